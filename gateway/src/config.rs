@@ -1,0 +1,104 @@
+//! The gateway's configuration, read from the environment by the binary.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything the gateway needs besides the service addresses and the
+/// internal token (shared with the services, passed in separately).
+#[derive(clap::Args, Debug, Clone)]
+pub struct GatewayConfig {
+    /// HTTP/WebSocket listen address.
+    #[arg(
+        long = "gateway-addr",
+        env = "CHATAI_GATEWAY_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+    /// HS256 secret for client tokens; unset = a development secret, with a loud warning.
+    #[arg(long = "jwt-secret", env = "CHATAI_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Largest client frame accepted, in bytes (larger: close 1009).
+    #[arg(long = "max-frame-bytes", env = "CHATAI_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Open connections per user or operator; a new one closes the oldest.
+    #[arg(
+        long = "max-connections-per-user",
+        env = "CHATAI_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 5
+    )]
+    pub max_connections_per_user: usize,
+    /// Seconds between client heartbeats, announced in `connected`.
+    #[arg(
+        long = "heartbeat-interval-secs",
+        env = "CHATAI_HEARTBEAT_INTERVAL_SECS",
+        default_value_t = 25
+    )]
+    pub heartbeat_interval_secs: u64,
+    /// A connection silent for this long (no frame, no pong) is closed (4003).
+    #[arg(
+        long = "idle-timeout-secs",
+        env = "CHATAI_IDLE_TIMEOUT_SECS",
+        default_value_t = 60
+    )]
+    pub idle_timeout_secs: u64,
+    /// Client frames allowed per second, per connection, on average.
+    #[arg(
+        long = "rate-limit-per-sec",
+        env = "CHATAI_RATE_LIMIT_PER_SEC",
+        default_value_t = 20
+    )]
+    pub rate_limit_per_sec: u32,
+    /// Client frames allowed in a burst.
+    #[arg(
+        long = "rate-limit-burst",
+        env = "CHATAI_RATE_LIMIT_BURST",
+        default_value_t = 40
+    )]
+    pub rate_limit_burst: u32,
+    /// Frames refused in a row for the rate limit before the connection is closed (1008).
+    #[arg(
+        long = "rate-limit-strikes",
+        env = "CHATAI_RATE_LIMIT_STRIKES",
+        default_value_t = 20
+    )]
+    pub rate_limit_strikes: u32,
+    /// Frames queued for one connection before it counts as too slow (4002).
+    #[arg(
+        long = "outbound-queue",
+        env = "CHATAI_OUTBOUND_QUEUE",
+        default_value_t = 256
+    )]
+    pub outbound_queue: usize,
+    /// Deadline of each gRPC call to a service, in milliseconds.
+    #[arg(
+        long = "request-timeout-ms",
+        env = "CHATAI_REQUEST_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub request_timeout_ms: u64,
+    /// This gateway's id in logs and connection ids; unset = random.
+    #[arg(long = "gateway-id", env = "CHATAI_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+}
+
+/// The secret used when none is configured. Never for production.
+pub const DEVELOPMENT_SECRET: &str = "chatai-development-secret-do-not-use-in-production";
+
+impl GatewayConfig {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval_secs.max(1))
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(self.heartbeat_interval_secs + 1))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.max(1))
+    }
+
+    /// The JWT secret, or the development one.
+    pub fn jwt_secret(&self) -> &str {
+        self.jwt_secret.as_deref().unwrap_or(DEVELOPMENT_SECRET)
+    }
+}

@@ -1,0 +1,227 @@
+//! Server → client frames. Events are prepared once per delivery (the JSON
+//! text split around the place the cursor goes) and rendered per connection
+//! by splicing in its cursor; frames that carry no cursor are rendered once
+//! and shared by every connection they go to.
+
+use chatai_kit::events::Delivery;
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Now, as RFC 3339 in UTC.
+pub fn now_rfc3339() -> String {
+    rfc3339_ms(OffsetDateTime::now_utc())
+}
+
+/// RFC 3339 with millisecond precision, the same for every frame.
+fn rfc3339_ms(at: OffsetDateTime) -> String {
+    let at = at
+        .replace_nanosecond(at.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(at);
+    at.format(&Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}
+
+fn timestamp_of(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(rfc3339_ms)
+        .unwrap_or_else(|_| now_rfc3339())
+}
+
+/// A service event made ready for the wire once: `head` holds `type`,
+/// `timestamp` and `event_id`, `tail` the event's own fields and the closing
+/// brace; the cursor, when there is one, goes between them.
+#[derive(Debug)]
+pub struct PreparedEvent {
+    /// Index of the service the event came from.
+    pub service: usize,
+    /// Position in the recipient's log at that service (0 = not durable).
+    pub position: u64,
+    /// The connection whose request caused the event.
+    pub origin: Option<String>,
+    head: String,
+    tail: String,
+}
+
+/// An event whose body is not a JSON object.
+#[derive(Debug, thiserror::Error)]
+#[error("event body is not a JSON object")]
+pub struct BadEventBody;
+
+impl PreparedEvent {
+    pub fn prepare(service: usize, delivery: &Delivery) -> Result<Self, BadEventBody> {
+        let event = &delivery.event;
+        let body = std::str::from_utf8(&event.body)
+            .map_err(|_| BadEventBody)?
+            .trim();
+        let inner = body
+            .strip_prefix('{')
+            .and_then(|b| b.strip_suffix('}'))
+            .ok_or(BadEventBody)?
+            .trim();
+        let head = format!(
+            "{{\"type\":{},\"timestamp\":\"{}\",\"event_id\":{}",
+            Value::from(event.kind.as_str()),
+            timestamp_of(event.timestamp_ms),
+            Value::from(event.id.as_str()),
+        );
+        let tail = if inner.is_empty() {
+            "}".to_owned()
+        } else {
+            format!(",{inner}}}")
+        };
+        Ok(PreparedEvent {
+            service,
+            position: delivery.position,
+            origin: delivery.event.origin_connection.clone(),
+            head,
+            tail,
+        })
+    }
+
+    /// Whether the event is durable (has a position, and so a cursor).
+    pub fn is_durable(&self) -> bool {
+        self.position > 0
+    }
+
+    /// The frame text, with `cursor` when given.
+    pub fn render(&self, cursor: Option<&str>) -> String {
+        let mut text = String::with_capacity(self.head.len() + self.tail.len() + 64);
+        text.push_str(&self.head);
+        if let Some(cursor) = cursor {
+            text.push_str(",\"cursor\":\"");
+            text.push_str(cursor);
+            text.push('"');
+        }
+        text.push_str(&self.tail);
+        text
+    }
+}
+
+fn frame(kind: &str, reference: Option<&str>, fields: Map<String, Value>) -> String {
+    let mut object = Map::with_capacity(fields.len() + 3);
+    object.insert("type".into(), kind.into());
+    if let Some(reference) = reference {
+        object.insert("ref".into(), reference.into());
+    }
+    object.extend(fields);
+    object.insert("timestamp".into(), now_rfc3339().into());
+    Value::Object(object).to_string()
+}
+
+fn fields(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// The first frame of a connection.
+pub fn connected(
+    connection_id: &str,
+    principal_id: i64,
+    role: &str,
+    cursor: &str,
+    heartbeat_interval: u64,
+    recovered: Option<bool>,
+) -> String {
+    let mut map = fields(json!({
+        "connection_id": connection_id,
+        "user_id": principal_id,
+        "role": role,
+        "cursor": cursor,
+        "heartbeat_interval": heartbeat_interval,
+    }));
+    if let Some(recovered) = recovered {
+        map.insert("recovered".into(), recovered.into());
+    }
+    frame("connected", None, map)
+}
+
+/// `ack` for a request, with what it produced.
+pub fn ack(reference: Option<&str>, produced: Value) -> String {
+    frame("ack", reference, fields(produced))
+}
+
+/// `error` with a stable `code` and a message for people.
+pub fn error(reference: Option<&str>, code: &str, message: &str) -> String {
+    frame(
+        "error",
+        reference,
+        fields(json!({ "code": code, "message": message })),
+    )
+}
+
+/// `heartbeat_ack`.
+pub fn heartbeat_ack(reference: Option<&str>) -> String {
+    frame("heartbeat_ack", reference, Map::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chatai_kit::events::{Event, Recipient};
+
+    use super::*;
+
+    fn delivery(body: &str, position: u64) -> Delivery {
+        Delivery {
+            recipient: Recipient::User(1),
+            position,
+            event: Arc::new(Event {
+                id: "e1".into(),
+                kind: "ai_response".into(),
+                body: body.as_bytes().to_vec().into(),
+                timestamp_ms: 1_700_000_000_123,
+                trace_context: Default::default(),
+                origin_connection: None,
+            }),
+        }
+    }
+
+    /// A prepared event renders as one JSON object with the event's fields,
+    /// the envelope, and the cursor when given.
+    #[test]
+    fn prepared_event_renders_valid_json() {
+        let prepared =
+            PreparedEvent::prepare(0, &delivery(r#"{"dialog_id":7,"message":"hi \"you\""}"#, 3))
+                .unwrap();
+        let with: Value = serde_json::from_str(&prepared.render(Some("abc"))).unwrap();
+        assert_eq!(with["type"], "ai_response");
+        assert_eq!(with["event_id"], "e1");
+        assert_eq!(with["cursor"], "abc");
+        assert_eq!(with["dialog_id"], 7);
+        assert_eq!(with["message"], "hi \"you\"");
+        assert_eq!(with["timestamp"], "2023-11-14T22:13:20.123Z");
+        let without: Value = serde_json::from_str(&prepared.render(None)).unwrap();
+        assert!(without.get("cursor").is_none());
+        let empty = PreparedEvent::prepare(0, &delivery("{}", 0)).unwrap();
+        let empty: Value = serde_json::from_str(&empty.render(None)).unwrap();
+        assert_eq!(empty["type"], "ai_response");
+    }
+
+    /// A body that is not an object is refused, not spliced.
+    #[test]
+    fn non_object_bodies_are_refused() {
+        assert!(PreparedEvent::prepare(0, &delivery("[1]", 1)).is_err());
+        assert!(PreparedEvent::prepare(0, &delivery("", 1)).is_err());
+    }
+
+    /// Every built frame has a type and a timestamp, and `ref` when given.
+    #[test]
+    fn frames_carry_type_timestamp_and_ref() {
+        let ack: Value = serde_json::from_str(&ack(Some("r1"), json!({"dialog_id": 1}))).unwrap();
+        assert_eq!(ack["type"], "ack");
+        assert_eq!(ack["ref"], "r1");
+        assert_eq!(ack["dialog_id"], 1);
+        assert!(ack["timestamp"].is_string());
+        let err: Value = serde_json::from_str(&error(None, "invalid_json", "bad")).unwrap();
+        assert_eq!(err["code"], "invalid_json");
+        assert!(err.get("ref").is_none());
+        let connected: Value =
+            serde_json::from_str(&connected("g:1", 5, "user", "c", 25, Some(false))).unwrap();
+        assert_eq!(connected["recovered"], false);
+        assert_eq!(connected["user_id"], 5);
+    }
+}

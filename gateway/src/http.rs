@@ -1,0 +1,214 @@
+//! The gateway's HTTP side: the WebSocket endpoints (authentication before
+//! the upgrade, the upgrade itself onto tokio-tungstenite), health and
+//! Prometheus metrics.
+//!
+//! A browser cannot read the HTTP status of a failed upgrade, so refused
+//! clients are upgraded and then closed with the code PROTOCOL.md names
+//! (1008 `Invalid token` / `Unauthorized`).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chatai_kit::events::Recipient;
+use chatai_kit::identity::Role;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
+
+use crate::Gateway;
+use crate::auth::{self, Claims};
+use crate::close::CloseReason;
+use crate::connection::{self, Session};
+use crate::cursor::Cursor;
+use crate::frames::outbound::now_rfc3339;
+
+/// The routes, one line each.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/ws/operator/{operator_id}", get(operator_socket))
+        .route("/ws/{user_id}", get(user_socket))
+        .route("/api/websocket/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(gateway)
+}
+
+/// Which endpoint a client came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    /// `/ws/{user_id}`: users and admins.
+    User,
+    /// `/ws/operator/{operator_id}`: operators.
+    Operator,
+}
+
+async fn user_socket(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    upgrade(gateway, Endpoint::User, &id, request)
+}
+
+async fn operator_socket(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    upgrade(gateway, Endpoint::Operator, &id, request)
+}
+
+/// Checks the token against the endpoint: `Ok` with the claims, or the close reason.
+fn authorize(
+    gateway: &Gateway,
+    endpoint: Endpoint,
+    path_id: &str,
+    request: &Request,
+) -> Result<Claims, CloseReason> {
+    let presented =
+        auth::presented_token(request.uri(), request.headers()).ok_or(CloseReason::InvalidToken)?;
+    let claims = gateway
+        .keys
+        .verify(&presented.token)
+        .map_err(|_| CloseReason::InvalidToken)?;
+    let same_subject = path_id.parse::<i64>().ok() == Some(claims.sub);
+    let role_fits = match endpoint {
+        Endpoint::User => matches!(claims.role, Role::User | Role::Admin),
+        Endpoint::Operator => claims.role == Role::Operator,
+    };
+    if same_subject && role_fits {
+        Ok(claims)
+    } else {
+        Err(CloseReason::Unauthorized)
+    }
+}
+
+fn upgrade(
+    gateway: Arc<Gateway>,
+    endpoint: Endpoint,
+    path_id: &str,
+    mut request: Request,
+) -> Response {
+    let headers = request.headers();
+    let is_upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| is_upgrade)
+    else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "a WebSocket upgrade is required",
+        )
+            .into_response();
+    };
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return (StatusCode::BAD_REQUEST, "unsupported WebSocket version").into_response();
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let subprotocol = auth::offers_chatai_subprotocol(headers);
+    // An unreadable cursor resumes like an expired one: `recovered: false`.
+    let resume = auth::query_param(request.uri(), "cursor")
+        .or_else(|| auth::query_param(request.uri(), "last_seq"))
+        .map(|text| Cursor::decode(&text).unwrap_or_default());
+    let verdict = authorize(&gateway, endpoint, path_id, &request).map(|claims| (claims, resume));
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(gateway.config.max_frame_bytes))
+        .max_frame_size(Some(gateway.config.max_frame_bytes));
+    let tasks = gateway.tasks.clone();
+    tasks.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(cause = %err, "upgrade failed");
+                return;
+            }
+        };
+        let mut socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(config))
+                .await;
+        match verdict {
+            Ok((claims, resume)) => {
+                let principal = match endpoint {
+                    Endpoint::User => Recipient::User(claims.sub),
+                    Endpoint::Operator => Recipient::Operator(claims.sub),
+                };
+                connection::serve(
+                    socket,
+                    gateway,
+                    Session {
+                        claims,
+                        principal,
+                        resume,
+                    },
+                )
+                .await;
+            }
+            Err(reason) => {
+                tracing::info!(
+                    code = reason.code(),
+                    reason = reason.reason(),
+                    "refused connection"
+                );
+                let _ = socket.close(Some(reason.frame())).await;
+            }
+        }
+    });
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if subprotocol {
+        response = response.header(header::SEC_WEBSOCKET_PROTOCOL, "chatai.v1");
+    }
+    response
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `GET /api/websocket/health`: 200 when every service stream is up, 503
+/// with the cause otherwise.
+async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
+    let down: Vec<&str> = gateway
+        .upstreams
+        .iter()
+        .filter(|u| !u.is_attached())
+        .map(|u| u.name)
+        .collect();
+    let mut body = json!({
+        "status": if down.is_empty() { "healthy" } else { "unhealthy" },
+        "active_connections": gateway.registry.connection_count(),
+        "queue_size": gateway.registry.queued_frames(),
+        "timestamp": now_rfc3339(),
+    });
+    if down.is_empty() {
+        (StatusCode::OK, axum::Json(body)).into_response()
+    } else {
+        body["error"] = format!("unreachable: {}", down.join(", ")).into();
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gateway.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,406 @@
+//! The connection registry: every open connection of this gateway, indexed by
+//! the recipients it receives events for, and the fan-out of service events
+//! to them.
+//!
+//! Built for 100 000+ connections: the maps are sharded (`DashMap`), so
+//! connects, disconnects and deliveries to different recipients do not
+//! contend; delivery never awaits (a full queue marks the connection too slow
+//! and stops it); and an event is rendered once per delivery, not once per
+//! socket (durable events get each connection's cursor spliced in).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+use chatai_kit::events::{Delivery, Recipient};
+use chatai_kit::identity::Role;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::close::CloseReason;
+use crate::frames::outbound::PreparedEvent;
+
+/// A connection's number on this gateway.
+pub type ConnId = u64;
+
+/// What the registry hands a connection's task.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A durable event: the task stamps it with its cursor.
+    Event(Arc<PreparedEvent>),
+    /// A ready frame (events that are not durable), shared by all receivers.
+    Frame(Utf8Bytes),
+    /// The stream to service `n` was re-established: catch up from its log.
+    Resync(usize),
+}
+
+/// The shared half of a connection: how others reach and stop it.
+#[derive(Debug)]
+pub struct Conn {
+    pub id: ConnId,
+    pub role: Role,
+    /// The user or operator this connection belongs to.
+    pub principal: Recipient,
+    tx: mpsc::Sender<Outbound>,
+    stop: CancellationToken,
+    stop_reason: AtomicU8,
+}
+
+impl Conn {
+    pub fn new(
+        id: ConnId,
+        role: Role,
+        principal: Recipient,
+        tx: mpsc::Sender<Outbound>,
+        stop: CancellationToken,
+    ) -> Self {
+        Conn {
+            id,
+            role,
+            principal,
+            tx,
+            stop,
+            stop_reason: AtomicU8::new(0),
+        }
+    }
+
+    /// Queues `outbound` without waiting; a full queue stops the connection
+    /// as too slow (its client resumes from its cursor).
+    pub fn push(&self, outbound: Outbound) -> bool {
+        match self.tx.try_send(outbound) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stop(CloseReason::TooSlow);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the connection's task to close with `reason` (the first reason wins).
+    pub fn stop(&self, reason: CloseReason) {
+        let _ =
+            self.stop_reason
+                .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.stop.cancel();
+    }
+
+    /// Resolves once the connection is stopped (by the registry or by the
+    /// gateway's shutdown).
+    pub fn stopped(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.stop.clone().cancelled_owned()
+    }
+
+    /// Why the connection was stopped; `Shutdown` when the gateway's own
+    /// shutdown (the parent token) stopped it.
+    pub fn stop_reason(&self) -> CloseReason {
+        CloseReason::from_u8(self.stop_reason.load(Ordering::Acquire))
+            .unwrap_or(CloseReason::Shutdown)
+    }
+
+    /// Frames waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// Every connection of this gateway.
+#[derive(Debug)]
+pub struct Registry {
+    gateway_id: String,
+    next_id: AtomicU64,
+    conns: DashMap<ConnId, Arc<Conn>>,
+    /// Connections by user, operator and room.
+    members: DashMap<Recipient, Vec<Arc<Conn>>>,
+    rooms: AtomicUsize,
+}
+
+impl Registry {
+    pub fn new(gateway_id: String) -> Self {
+        Registry {
+            gateway_id,
+            next_id: AtomicU64::new(1),
+            conns: DashMap::new(),
+            members: DashMap::new(),
+            rooms: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway_id
+    }
+
+    /// A fresh connection number.
+    pub fn next_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The id clients and services see: `{gateway}:{n}`.
+    pub fn connection_name(&self, id: ConnId) -> String {
+        format!("{}:{id}", self.gateway_id)
+    }
+
+    fn is_origin(&self, id: ConnId, origin: Option<&str>) -> bool {
+        origin
+            .and_then(|o| o.strip_prefix(self.gateway_id.as_str()))
+            .and_then(|o| o.strip_prefix(':'))
+            .and_then(|n| n.parse::<ConnId>().ok())
+            == Some(id)
+    }
+
+    /// Adds a connection. When its principal now has more than `limit`
+    /// connections here, the oldest are stopped (`Replaced`).
+    pub fn register(&self, conn: Arc<Conn>, limit: usize) {
+        self.conns.insert(conn.id, conn.clone());
+        let mut list = self.members.entry(conn.principal.clone()).or_default();
+        list.push(conn);
+        if list.len() > limit.max(1) {
+            list.sort_by_key(|c| c.id);
+            let excess = list.len() - limit.max(1);
+            for old in list.drain(..excess) {
+                old.stop(CloseReason::Replaced);
+            }
+        }
+    }
+
+    /// Removes a connection (and its room memberships, listed in `rooms`).
+    pub fn unregister(&self, conn: &Conn, rooms: &[Recipient]) {
+        self.conns.remove(&conn.id);
+        self.remove_member(&conn.principal, conn.id);
+        for room in rooms {
+            self.remove_member(room, conn.id);
+        }
+    }
+
+    /// Adds the connection to a room.
+    pub fn join(&self, room: Recipient, conn: &Arc<Conn>) {
+        let mut list = self.members.entry(room).or_insert_with(|| {
+            self.rooms.fetch_add(1, Ordering::Relaxed);
+            Vec::new()
+        });
+        if !list.iter().any(|c| c.id == conn.id) {
+            list.push(conn.clone());
+        }
+    }
+
+    /// Removes the connection from a room.
+    pub fn leave(&self, room: &Recipient, conn: &Conn) {
+        self.remove_member(room, conn.id);
+    }
+
+    fn remove_member(&self, key: &Recipient, id: ConnId) {
+        let emptied = match self.members.get_mut(key) {
+            Some(mut list) => {
+                list.retain(|c| c.id != id);
+                list.is_empty()
+            }
+            None => false,
+        };
+        if emptied
+            && self
+                .members
+                .remove_if(key, |_, list| list.is_empty())
+                .is_some()
+            && matches!(key, Recipient::Room(_))
+        {
+            self.rooms.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Distinct users, distinct operators, and rooms with members.
+    pub fn principal_counts(&self) -> (usize, usize, usize) {
+        let (mut users, mut operators) = (0, 0);
+        for entry in self.members.iter() {
+            match entry.key() {
+                Recipient::User(_) => users += 1,
+                Recipient::Operator(_) => operators += 1,
+                _ => {}
+            }
+        }
+        (users, operators, self.rooms.load(Ordering::Relaxed))
+    }
+
+    /// Frames waiting in every connection's queue.
+    pub fn queued_frames(&self) -> usize {
+        self.conns.iter().map(|c| c.queued()).sum()
+    }
+
+    /// Stops every connection (gateway shutdown).
+    pub fn stop_all(&self, reason: CloseReason) {
+        for conn in self.conns.iter() {
+            conn.stop(reason);
+        }
+    }
+
+    /// Tells the connections of `recipient` to catch up with `service`.
+    pub fn resync(&self, service: usize, recipient: &Recipient) {
+        if let Some(list) = self.members.get(recipient) {
+            for conn in list.iter() {
+                conn.push(Outbound::Resync(service));
+            }
+        }
+    }
+
+    /// Hands a delivery from `service` to every connection it is for.
+    /// Returns how many connections it was queued for.
+    pub fn dispatch(&self, service: usize, delivery: &Delivery) -> usize {
+        let prepared = match PreparedEvent::prepare(service, delivery) {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                tracing::error!(cause = %err, kind = %delivery.event.kind, "dropping malformed event");
+                return 0;
+            }
+        };
+        let origin = prepared.origin.clone();
+        let outbound = if prepared.is_durable() {
+            Shared::Event(Arc::new(prepared))
+        } else {
+            Shared::Frame(Utf8Bytes::from(prepared.render(None)))
+        };
+        let mut sent = 0;
+        let mut send = |conn: &Arc<Conn>| {
+            if conn.push(outbound.clone_outbound()) {
+                sent += 1;
+            }
+        };
+        match &delivery.recipient {
+            Recipient::User(_) | Recipient::Operator(_) => {
+                if let Some(list) = self.members.get(&delivery.recipient) {
+                    list.iter().for_each(&mut send);
+                }
+            }
+            Recipient::Room(_) => {
+                if let Some(list) = self.members.get(&delivery.recipient) {
+                    list.iter()
+                        .filter(|c| !self.is_origin(c.id, origin.as_deref()))
+                        .for_each(&mut send);
+                }
+            }
+            Recipient::Role(role) => {
+                for conn in self.conns.iter().filter(|c| c.role == *role) {
+                    send(conn.value());
+                }
+            }
+            Recipient::Everyone => {
+                for conn in self.conns.iter() {
+                    send(conn.value());
+                }
+            }
+        }
+        sent
+    }
+}
+
+/// One rendering of an event, cloned cheaply per receiver.
+enum Shared {
+    Event(Arc<PreparedEvent>),
+    Frame(Utf8Bytes),
+}
+
+impl Shared {
+    fn clone_outbound(&self) -> Outbound {
+        match self {
+            Shared::Event(event) => Outbound::Event(event.clone()),
+            Shared::Frame(frame) => Outbound::Frame(frame.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chatai_kit::events::Event;
+
+    use super::*;
+
+    fn conn(
+        registry: &Registry,
+        principal: Recipient,
+        capacity: usize,
+    ) -> (Arc<Conn>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let conn = Arc::new(Conn::new(
+            registry.next_id(),
+            Role::User,
+            principal,
+            tx,
+            CancellationToken::new(),
+        ));
+        (conn, rx)
+    }
+
+    fn delivery(recipient: Recipient, position: u64, origin: Option<String>) -> Delivery {
+        Delivery {
+            recipient,
+            position,
+            event: Arc::new(Event {
+                id: "e".into(),
+                kind: "typing".into(),
+                body: b"{}".to_vec().into(),
+                timestamp_ms: 0,
+                trace_context: Default::default(),
+                origin_connection: origin,
+            }),
+        }
+    }
+
+    /// A sixth connection of a user stops the oldest one.
+    #[test]
+    fn connection_limit_stops_the_oldest() {
+        let registry = Registry::new("g".into());
+        let conns: Vec<_> = (0..6)
+            .map(|_| conn(&registry, Recipient::User(1), 4))
+            .collect();
+        for (c, _) in &conns {
+            registry.register(c.clone(), 5);
+        }
+        assert!(conns[0].0.stop.is_cancelled());
+        assert_eq!(conns[0].0.stop_reason(), CloseReason::Replaced);
+        assert!(conns[1..].iter().all(|(c, _)| !c.stop.is_cancelled()));
+    }
+
+    /// Room copies skip the connection that caused them.
+    #[test]
+    fn room_copies_skip_their_origin() {
+        let registry = Registry::new("g".into());
+        let (a, mut rx_a) = conn(&registry, Recipient::User(1), 4);
+        let (b, mut rx_b) = conn(&registry, Recipient::User(2), 4);
+        registry.register(a.clone(), 5);
+        registry.register(b.clone(), 5);
+        let room = Recipient::dialog_room(9);
+        registry.join(room.clone(), &a);
+        registry.join(room.clone(), &b);
+        let sent = registry.dispatch(
+            0,
+            &delivery(room.clone(), 0, Some(registry.connection_name(a.id))),
+        );
+        assert_eq!(sent, 1);
+        assert!(rx_a.try_recv().is_err());
+        assert!(matches!(rx_b.try_recv(), Ok(Outbound::Frame(_))));
+        registry.unregister(&a, &[room.clone()]);
+        registry.unregister(&b, &[room]);
+        assert_eq!(registry.principal_counts(), (0, 0, 0));
+    }
+
+    /// A connection whose queue is full is stopped as too slow, and the
+    /// others still get the event.
+    #[test]
+    fn full_queue_stops_only_the_slow_connection() {
+        let registry = Registry::new("g".into());
+        let (slow, _rx_slow) = conn(&registry, Recipient::User(1), 1);
+        let (fast, mut rx_fast) = conn(&registry, Recipient::User(1), 8);
+        registry.register(slow.clone(), 5);
+        registry.register(fast.clone(), 5);
+        registry.dispatch(0, &delivery(Recipient::User(1), 1, None));
+        registry.dispatch(0, &delivery(Recipient::User(1), 2, None));
+        assert_eq!(slow.stop_reason(), CloseReason::TooSlow);
+        assert!(!fast.stop.is_cancelled());
+        assert!(matches!(rx_fast.try_recv(), Ok(Outbound::Event(_))));
+        assert!(matches!(rx_fast.try_recv(), Ok(Outbound::Event(_))));
+    }
+}

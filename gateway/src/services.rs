@@ -1,0 +1,151 @@
+//! The gateway's calls into the services' own APIs: caller identity and trace
+//! context in metadata, a deadline on every call, retries where they are
+//! safe, and the one mapping from a failed call to an `error` frame.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use chatai_kit::identity::Caller;
+use chatai_kit::status::error_code;
+use chatai_proto::v1 as pb;
+use chatai_proto::v1::chat_client::ChatClient;
+use tonic::{Code, Status};
+
+use crate::upstream::ServiceChannel;
+
+/// Clients of the services' APIs.
+#[derive(Clone)]
+pub struct Services {
+    chat: ChatClient<ServiceChannel>,
+    timeout: Duration,
+}
+
+impl Services {
+    pub fn new(chat: ServiceChannel, timeout: Duration) -> Self {
+        Services {
+            chat: ChatClient::new(chat),
+            timeout,
+        }
+    }
+
+    fn request<T>(&self, caller: &Caller, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        caller.write_metadata(request.metadata_mut());
+        request.set_timeout(self.timeout);
+        request
+    }
+
+    async fn deadline<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(response) => Ok(response?.into_inner()),
+            Err(_) => Err(Status::deadline_exceeded(
+                "the service did not answer in time",
+            )),
+        }
+    }
+
+    /// Posts a user's message. Retried while the chat service is
+    /// unreachable: the idempotency key makes a repeat return the first
+    /// call's message instead of storing it twice.
+    pub async fn send_message(
+        &self,
+        caller: &Caller,
+        dialog_id: Option<i64>,
+        text: String,
+    ) -> Result<pb::SendMessageResponse, Status> {
+        let message = pb::SendMessageRequest {
+            dialog_id,
+            text,
+            idempotency_key: uuid::Uuid::now_v7().to_string(),
+        };
+        (|| async {
+            let request = self.request(caller, message.clone());
+            self.deadline(self.chat.clone().send_message(request)).await
+        })
+        .retry(retry_policy())
+        .when(|status: &Status| status.code() == Code::Unavailable)
+        .await
+    }
+
+    /// Relays a typing indicator (not retried: a lost one is soon replaced).
+    pub async fn typing(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        is_typing: bool,
+    ) -> Result<(), Status> {
+        let request = self.request(
+            caller,
+            pb::TypingRequest {
+                dialog_id,
+                is_typing,
+            },
+        );
+        self.deadline(self.chat.clone().typing(request))
+            .await
+            .map(|_| ())
+    }
+}
+
+fn retry_policy() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_millis(500))
+        .with_max_times(3)
+        .with_jitter()
+}
+
+/// The `code` and `message` of the `error` frame for a failed call. Codes
+/// set by a service are passed on with its message (written for people);
+/// anything else gets a generic code and message, and the detail is logged.
+pub fn error_for(status: &Status) -> (String, String) {
+    if let Some(code) = error_code(status) {
+        return (code.to_owned(), status.message().to_owned());
+    }
+    let (code, message) = match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => (
+            "service_unavailable",
+            "The service is unavailable; try again",
+        ),
+        Code::PermissionDenied => ("forbidden", "You may not do that"),
+        Code::Unauthenticated => ("unauthorized", "Not authenticated"),
+        Code::NotFound => ("not_found", "Not found"),
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+            ("invalid_request", "The request was refused")
+        }
+        Code::ResourceExhausted => ("rate_limited", "Too many requests; slow down"),
+        _ => ("internal_error", "Something went wrong on our side"),
+    };
+    tracing::warn!(grpc_code = ?status.code(), cause = %status.message(), "service call failed");
+    (code.to_owned(), message.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service's own code reaches the client; otherwise the gRPC code
+    /// decides, and internal detail is not shown.
+    #[test]
+    fn errors_map_to_stable_codes() {
+        let own = chatai_kit::status::with_code(
+            Code::NotFound,
+            "dialog_not_found",
+            "dialog 9 does not exist",
+        );
+        assert_eq!(
+            error_for(&own),
+            ("dialog_not_found".into(), "dialog 9 does not exist".into())
+        );
+        let (code, message) = error_for(&Status::internal("db password wrong"));
+        assert_eq!(code, "internal_error");
+        assert!(!message.contains("password"));
+        assert_eq!(
+            error_for(&Status::unavailable("x")).0,
+            "service_unavailable"
+        );
+    }
+}

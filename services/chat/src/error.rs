@@ -1,0 +1,66 @@
+//! The chat service's error type, and its one mapping to a gRPC `Status`.
+
+use chatai_kit::events::EventLogError;
+use chatai_kit::status::with_code;
+use tonic::{Code, Status};
+
+use crate::store::StoreError;
+
+/// What a chat request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("message is empty")]
+    EmptyMessage,
+    #[error("message is longer than {max} characters")]
+    MessageTooLong { max: usize },
+    #[error("dialog {0} does not exist")]
+    DialogNotFound(i64),
+    #[error("dialog {0} belongs to someone else")]
+    NotParticipant(i64),
+    #[error("this role may not do that")]
+    Forbidden,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Events(#[from] EventLogError),
+}
+
+impl From<ChatError> for Status {
+    fn from(err: ChatError) -> Self {
+        match &err {
+            ChatError::EmptyMessage | ChatError::MessageTooLong { .. } => {
+                with_code(Code::InvalidArgument, "invalid_message", err.to_string())
+            }
+            ChatError::DialogNotFound(_) => {
+                with_code(Code::NotFound, "dialog_not_found", err.to_string())
+            }
+            ChatError::NotParticipant(_) => with_code(
+                Code::PermissionDenied,
+                "forbidden",
+                "you may not access this dialog",
+            ),
+            ChatError::Forbidden => with_code(Code::PermissionDenied, "forbidden", err.to_string()),
+            ChatError::Store(StoreError::NotFound { what: "dialog", id }) => with_code(
+                Code::NotFound,
+                "dialog_not_found",
+                format!("dialog {id} does not exist"),
+            ),
+            ChatError::Store(cause) => {
+                tracing::error!(%cause, "chat storage failed");
+                with_code(
+                    Code::Unavailable,
+                    "service_unavailable",
+                    "storage is unavailable, try again",
+                )
+            }
+            ChatError::Events(cause) => {
+                tracing::error!(%cause, "chat event delivery failed");
+                with_code(
+                    Code::Unavailable,
+                    "service_unavailable",
+                    "event delivery is unavailable, try again",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The chat service: dialogs between a user and the AI assistant, their
+//! messages and the user's balance, over gRPC (`chatai.v1.Chat`) plus the
+//! `EventStream` through which gateways receive `ai_response` and the rest.
+//!
+//! Layout:
+//! - [`config`] — [`ChatConfig`], read from the environment by the binary.
+//! - [`store`] — storage behind the [`store::ChatStore`] trait, on SQLite and
+//!   PostgreSQL.
+//! - `service` — the domain logic: authorization, messages, the assistant's
+//!   answers and charging.
+//! - `grpc` — the tonic adapter; `error` — [`ChatError`] and its one mapping
+//!   to a gRPC status; `events` — the bodies of the events this service sends.
+//!
+//! [`run`] serves it all on a listener until shutdown.
+
+pub mod config;
+mod error;
+mod events;
+mod grpc;
+mod service;
+pub mod store;
+
+use chatai_kit::config::ServiceCommon;
+use chatai_kit::host::ServiceHost;
+use chatai_proto::v1::chat_server::ChatServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::ChatConfig;
+pub use error::ChatError;
+pub use service::{ChatService, Policy, Sent};
+
+/// Why the chat service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("storage: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("assistant: {0}")]
+    Assistant(#[from] chatai_assistant::AssistantError),
+    #[error(transparent)]
+    Serve(#[from] chatai_kit::grpc::ServeError),
+}
+
+/// Runs the chat service on `listener` until `shutdown` is cancelled, then
+/// drains in-flight calls and waits for pending assistant answers.
+pub async fn run(
+    listener: TcpListener,
+    config: ChatConfig,
+    common: ServiceCommon,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let store = store::connect(&config.database_url).await?;
+    let assistant = chatai_assistant::build(&config.assistant)?;
+    let host = ServiceHost::new(&common, shutdown);
+    let policy = Policy {
+        starting_balance: store::Money::from_units(config.starting_balance),
+        price_per_1k_tokens: store::Money::from_units(config.price_per_1k_tokens),
+        balance_threshold: store::Money::from_units(config.balance_threshold),
+        max_message_chars: config.max_message_chars,
+        assistant_context: config.assistant_context,
+    };
+    let service = ChatService::new(
+        store,
+        assistant,
+        host.log.clone(),
+        policy,
+        host.tasks.clone(),
+    );
+    let routes = tonic::service::Routes::new(ChatServer::new(grpc::ChatApi::new(service)));
+    host.serve(listener, Some(routes), &["chatai.v1.Chat"])
+        .await?;
+    Ok(())
+}

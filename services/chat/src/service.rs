@@ -1,0 +1,348 @@
+//! The chat service's domain logic: who may post to and read a dialog,
+//! storing messages, and the assistant's answers, which are produced after
+//! the request has been acknowledged and delivered as events.
+
+use std::sync::Arc;
+
+use chatai_assistant::{Assistant, HumanReason, Speaker, Turn};
+use chatai_kit::events::{Event, EventLog, Recipient};
+use chatai_kit::identity::{Caller, Role};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::error::ChatError;
+use crate::events::{AiResponse, BalanceAlert, ChatMessageCopy, DeferredError, Typing};
+use crate::store::{ChatStore, Dialog, Message, Money, NewMessage, Sender};
+
+/// Prices and limits, in domain units.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub starting_balance: Money,
+    pub price_per_1k_tokens: Money,
+    pub balance_threshold: Money,
+    pub max_message_chars: usize,
+    pub assistant_context: u32,
+}
+
+/// A stored message, as the sender learns of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub dialog_id: i64,
+    pub message_id: i64,
+    /// False when the idempotency key matched an earlier message.
+    pub created: bool,
+}
+
+/// The chat service. Cheap to clone.
+#[derive(Clone)]
+pub struct ChatService {
+    store: Arc<dyn ChatStore>,
+    assistant: Arc<dyn Assistant>,
+    log: Arc<dyn EventLog>,
+    policy: Arc<Policy>,
+    /// Owns the assistant-answer tasks, so shutdown can wait for them.
+    tasks: TaskTracker,
+}
+
+impl ChatService {
+    pub fn new(
+        store: Arc<dyn ChatStore>,
+        assistant: Arc<dyn Assistant>,
+        log: Arc<dyn EventLog>,
+        policy: Policy,
+        tasks: TaskTracker,
+    ) -> Self {
+        ChatService {
+            store,
+            assistant,
+            log,
+            policy: Arc::new(policy),
+            tasks,
+        }
+    }
+
+    /// Stores a user's message (in a new dialog when `dialog_id` is `None`)
+    /// and has the assistant answer it in the background.
+    pub async fn send_message(
+        &self,
+        caller: &Caller,
+        dialog_id: Option<i64>,
+        text: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Sent, ChatError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(ChatError::EmptyMessage);
+        }
+        if text.chars().count() > self.policy.max_message_chars {
+            return Err(ChatError::MessageTooLong {
+                max: self.policy.max_message_chars,
+            });
+        }
+        // Operators reply through the handoff they hold; services post nothing.
+        if !matches!(caller.role, Role::User | Role::Admin) {
+            return Err(ChatError::Forbidden);
+        }
+        self.store
+            .ensure_user(
+                caller.id,
+                caller.name.as_deref(),
+                self.policy.starting_balance,
+            )
+            .await?;
+        let dialog = match dialog_id {
+            Some(id) => self.owned_dialog(caller, id).await?,
+            None => self.store.create_dialog(caller.id).await?,
+        };
+        let (message, created) = self
+            .store
+            .append_message(NewMessage {
+                dialog_id: dialog.id,
+                sender: Sender::User,
+                sender_id: Some(caller.id),
+                text,
+                tokens_used: 0,
+                idempotency_key,
+            })
+            .await?;
+        let sent = Sent {
+            dialog_id: message.dialog_id,
+            message_id: message.id,
+            created,
+        };
+        if created {
+            self.copy_to_room(caller, &message).await;
+            let this = self.clone();
+            let user_id = caller.id;
+            let connection = caller.connection_id.clone();
+            let span = tracing::info_span!(
+                "assistant_answer",
+                dialog_id = message.dialog_id,
+                message_id = message.id
+            );
+            self.tasks.spawn(
+                async move { this.answer(user_id, message, connection).await }.instrument(span),
+            );
+        }
+        Ok(sent)
+    }
+
+    /// A dialog's messages, oldest first, for its owner or an admin/service.
+    pub async fn history(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<(Dialog, Vec<Message>), ChatError> {
+        let dialog = self.readable_dialog(caller, dialog_id).await?;
+        let messages = self.store.history(dialog.id, before, limit).await?;
+        Ok((dialog, messages))
+    }
+
+    /// Relays a typing indicator to the others in the dialog's room.
+    pub async fn typing(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        is_typing: bool,
+    ) -> Result<(), ChatError> {
+        let dialog = self.owned_dialog(caller, dialog_id).await?;
+        let body = Typing {
+            dialog_id: dialog.id,
+            user_id: Some(caller.id),
+            operator_id: None,
+            is_typing,
+        };
+        let event = Event::new("typing", &body)?.with_origin(caller.connection_id.clone());
+        self.log
+            .deliver(Recipient::dialog_room(dialog.id), Arc::new(event))
+            .await?;
+        Ok(())
+    }
+
+    /// A user's balance: one's own, or anyone's for admins and services.
+    pub async fn balance(&self, caller: &Caller, user_id: i64) -> Result<Money, ChatError> {
+        if caller.id != user_id && !caller.role.is_privileged() {
+            return Err(ChatError::Forbidden);
+        }
+        Ok(self
+            .store
+            .balance(user_id)
+            .await?
+            .unwrap_or(self.policy.starting_balance))
+    }
+
+    async fn owned_dialog(&self, caller: &Caller, dialog_id: i64) -> Result<Dialog, ChatError> {
+        let dialog = self
+            .store
+            .dialog(dialog_id)
+            .await?
+            .ok_or(ChatError::DialogNotFound(dialog_id))?;
+        if dialog.user_id != caller.id || !matches!(caller.role, Role::User | Role::Admin) {
+            return Err(ChatError::NotParticipant(dialog_id));
+        }
+        Ok(dialog)
+    }
+
+    async fn readable_dialog(&self, caller: &Caller, dialog_id: i64) -> Result<Dialog, ChatError> {
+        let dialog = self
+            .store
+            .dialog(dialog_id)
+            .await?
+            .ok_or(ChatError::DialogNotFound(dialog_id))?;
+        let owner = dialog.user_id == caller.id && matches!(caller.role, Role::User | Role::Admin);
+        if !owner && !caller.role.is_privileged() {
+            return Err(ChatError::NotParticipant(dialog_id));
+        }
+        Ok(dialog)
+    }
+
+    /// Live copy of a user's message for the dialog's room (not durable).
+    async fn copy_to_room(&self, caller: &Caller, message: &Message) {
+        let body = ChatMessageCopy {
+            dialog_id: message.dialog_id,
+            message_id: message.id,
+            user_id: caller.id,
+            message: &message.text,
+        };
+        let delivered = match Event::new("chat_message", &body) {
+            Ok(event) => {
+                let event = event.with_origin(caller.connection_id.clone());
+                self.log
+                    .deliver(Recipient::dialog_room(message.dialog_id), Arc::new(event))
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(cause) = delivered {
+            tracing::warn!(%cause, dialog_id = message.dialog_id, "room copy not delivered");
+        }
+    }
+
+    /// Produces, stores, charges and delivers the assistant's answer to
+    /// `question`. Failures are reported to the user as an `error` event.
+    async fn answer(self, user_id: i64, question: Message, connection: Option<String>) {
+        let dialog_id = question.dialog_id;
+        if let Err(cause) = self.try_answer(user_id, &question, connection).await {
+            tracing::error!(%cause, dialog_id, "assistant answer failed");
+            let body = DeferredError {
+                code: "assistant_unavailable",
+                message: "The assistant could not answer; please try again.",
+                dialog_id,
+                message_id: question.id,
+            };
+            let delivered = match Event::new("error", &body) {
+                Ok(event) => {
+                    self.log
+                        .deliver(Recipient::User(user_id), Arc::new(event))
+                        .await
+                }
+                Err(err) => Err(err),
+            };
+            if let Err(cause) = delivered {
+                tracing::error!(%cause, dialog_id, "could not tell the user the answer failed");
+            }
+        }
+    }
+
+    async fn try_answer(
+        &self,
+        user_id: i64,
+        question: &Message,
+        connection: Option<String>,
+    ) -> Result<(), AnswerError> {
+        let history = self
+            .store
+            .history(
+                question.dialog_id,
+                Some(question.id + 1),
+                self.policy.assistant_context,
+            )
+            .await?;
+        let turns: Vec<Turn> = history
+            .into_iter()
+            .map(|m| Turn {
+                speaker: match m.sender {
+                    Sender::User => Speaker::User,
+                    Sender::Assistant => Speaker::Assistant,
+                    Sender::Operator => Speaker::Operator,
+                },
+                text: m.text,
+            })
+            .collect();
+        let answer = self.assistant.answer(&turns).await?;
+        let (stored, _) = self
+            .store
+            .append_message(NewMessage {
+                dialog_id: question.dialog_id,
+                sender: Sender::Assistant,
+                sender_id: None,
+                text: &answer.text,
+                tokens_used: answer.tokens_used,
+                idempotency_key: None,
+            })
+            .await?;
+        let body = AiResponse {
+            dialog_id: question.dialog_id,
+            message_id: stored.id,
+            message: &answer.text,
+            assistant_name: self.assistant.name(),
+            tokens_used: answer.tokens_used,
+            needs_human: answer.needs_human.map(|reason| match reason {
+                HumanReason::Requested => "requested",
+                HumanReason::NoGoodAnswer => "no_good_answer",
+            }),
+        };
+        let event = Arc::new(Event::new("ai_response", &body)?.with_origin(connection));
+        self.log
+            .deliver(Recipient::User(user_id), event.clone())
+            .await?;
+        self.log
+            .deliver(Recipient::dialog_room(question.dialog_id), event)
+            .await?;
+        self.charge(user_id, answer.tokens_used).await
+    }
+
+    /// Charges the tokens; one `balance_alert` when this charge crosses the threshold.
+    async fn charge(&self, user_id: i64, tokens: u32) -> Result<(), AnswerError> {
+        let cost = Money(
+            self.policy
+                .price_per_1k_tokens
+                .0
+                .saturating_mul(i64::from(tokens))
+                / 1000,
+        );
+        if cost == Money::ZERO {
+            return Ok(());
+        }
+        let charge = self.store.charge(user_id, cost).await?;
+        let threshold = self.policy.balance_threshold;
+        if charge.before >= threshold && charge.after < threshold {
+            let body = BalanceAlert {
+                user_id,
+                current_balance: charge.after.as_units(),
+                threshold: threshold.as_units(),
+                message: "Your balance is running low",
+            };
+            self.log
+                .deliver(
+                    Recipient::User(user_id),
+                    Arc::new(Event::new("balance_alert", &body)?),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Why the assistant's answer could not be produced or delivered.
+#[derive(Debug, thiserror::Error)]
+enum AnswerError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Assistant(#[from] chatai_assistant::AssistantError),
+    #[error(transparent)]
+    Events(#[from] chatai_kit::events::EventLogError),
+}

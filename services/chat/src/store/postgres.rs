@@ -1,0 +1,34 @@
+//! [`PostgresStore`]: opening a PostgreSQL pool for the chat store. The
+//! queries themselves are shared, in `sql.rs`.
+
+use std::str::FromStr;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use super::error::StoreError;
+use super::sql::impl_chat_store;
+
+/// The `migrations/postgres` folder, embedded at build time.
+static MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// The chat store on PostgreSQL, for production and several replicas.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Opens a pool to `postgres://…` and applies the migrations (under
+    /// PostgreSQL's migration lock, so replicas may start together).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new().connect_with(options).await?;
+        let store = Self::from_pool(pool);
+        store.migrate().await?;
+        Ok(store)
+    }
+}
+
+impl_chat_store!(PostgresStore, PgPool, MIGRATIONS);

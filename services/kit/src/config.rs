@@ -1,0 +1,115 @@
+//! Configuration shared by every ChatAI process, read once from the
+//! environment by the binary (through clap) and handed to libraries as typed
+//! values. Variable names and defaults are those of PROTOCOL.md.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Where each service listens (and where the gateway finds it).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServiceAddrs {
+    /// The chat service's gRPC address.
+    #[arg(
+        long = "chat-addr",
+        env = "CHATAI_CHAT_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub chat: SocketAddr,
+    /// The handoff service's gRPC address.
+    #[arg(
+        long = "handoff-addr",
+        env = "CHATAI_HANDOFF_ADDR",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub handoff: SocketAddr,
+    /// The operator presence service's gRPC address.
+    #[arg(
+        long = "presence-addr",
+        env = "CHATAI_PRESENCE_ADDR",
+        default_value = "127.0.0.1:50053"
+    )]
+    pub presence: SocketAddr,
+    /// The notification service's gRPC address.
+    #[arg(
+        long = "notification-addr",
+        env = "CHATAI_NOTIFICATION_ADDR",
+        default_value = "127.0.0.1:50054"
+    )]
+    pub notification: SocketAddr,
+}
+
+/// The shared secret that closes internal gRPC.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct InternalAuth {
+    /// Bearer token every internal gRPC call must carry; unset = not checked
+    /// (fine on loopback, not on a shared network).
+    #[arg(
+        long = "internal-token",
+        env = "CHATAI_INTERNAL_TOKEN",
+        hide_env_values = true
+    )]
+    pub internal_token: Option<String>,
+}
+
+/// How each service keeps its per-recipient event logs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EventLogConfig {
+    /// How long durable events are kept, in seconds (at least 24 h).
+    #[arg(long = "event-retention-secs", env = "CHATAI_EVENT_RETENTION_SECS", default_value_t = 25 * 3600)]
+    pub retention_secs: u64,
+    /// The most events the in-memory log keeps per recipient; older ones are
+    /// trimmed (a resume across them reports `cursor_expired`).
+    #[arg(
+        long = "event-log-max-per-recipient",
+        env = "CHATAI_EVENT_LOG_MAX_PER_RECIPIENT",
+        default_value_t = 10_000
+    )]
+    pub max_per_recipient: usize,
+    /// Events buffered for each attached gateway stream before it is cut
+    /// (the gateway then re-attaches and catches up from the log).
+    #[arg(
+        long = "event-live-buffer",
+        env = "CHATAI_EVENT_LIVE_BUFFER",
+        default_value_t = 65_536
+    )]
+    pub live_buffer: usize,
+}
+
+impl EventLogConfig {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_secs)
+    }
+}
+
+impl Default for EventLogConfig {
+    fn default() -> Self {
+        EventLogConfig {
+            retention_secs: 25 * 3600,
+            max_per_recipient: 10_000,
+            live_buffer: 65_536,
+        }
+    }
+}
+
+/// Logs and traces.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TelemetryConfig {
+    /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+    /// Log lines as JSON instead of text.
+    #[arg(long = "log-json", env = "CHATAI_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+    /// OTLP/gRPC endpoint for traces (Jaeger's 4317); unset = no export.
+    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// What every service process needs besides its own settings.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServiceCommon {
+    #[command(flatten)]
+    pub auth: InternalAuth,
+    #[command(flatten)]
+    pub events: EventLogConfig,
+}

@@ -1,0 +1,180 @@
+//! The gRPC server every service runs, built in one place: the service's own
+//! routes plus health checking and reflection (so `grpcurl` works), a span per
+//! request that continues the caller's trace, and the internal-token check.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::config::InternalAuth;
+use crate::telemetry;
+
+/// Why a gRPC server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot read the listener address: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Health checking path: left open so probes need no token.
+const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+/// Serves `routes` on `listener` until `shutdown` is cancelled, then drains
+/// in-flight calls. `service_names` are the fully qualified names reported as
+/// SERVING by the health service (e.g. `chatai.v1.Chat`).
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    service_names: &[&str],
+    auth: &InternalAuth,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let addr: SocketAddr = listener.local_addr()?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in service_names {
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(chatai_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let expected = auth
+        .internal_token
+        .as_ref()
+        .map(|token| format!("Bearer {token}"));
+    tracing::info!(%addr, services = ?service_names, "gRPC server listening");
+
+    Server::builder()
+        // Outermost: one span per call, continuing the trace of the caller
+        // (the gateway's span for the client frame) from its metadata.
+        .trace_fn(|request: &http::Request<()>| {
+            let span = tracing::info_span!("grpc", path = %request.uri().path());
+            let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
+            telemetry::adopt_parent(&span, &metadata);
+            span
+        })
+        // Then the internal token: nothing below runs for a caller without it.
+        .layer(tower::filter::FilterLayer::new(
+            move |request: http::Request<tonic::body::Body>| {
+                check_internal_token(expected.as_deref(), request)
+            },
+        ))
+        .add_routes(routes)
+        .add_service(health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    tracing::info!(%addr, "gRPC server stopped");
+    Ok(())
+}
+
+fn check_internal_token<B>(
+    expected: Option<&str>,
+    request: http::Request<B>,
+) -> Result<http::Request<B>, tonic::Status> {
+    let Some(expected) = expected else {
+        return Ok(request);
+    };
+    if request.uri().path().starts_with(HEALTH_PREFIX) {
+        return Ok(request);
+    }
+    let presented = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match presented {
+        Some(value) if constant_time_eq(value.as_bytes(), expected.as_bytes()) => Ok(request),
+        _ => Err(tonic::Status::unauthenticated(
+            "missing or wrong internal token",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Adds the internal token to outgoing calls: the client-side half of
+/// [`serve`]'s check, for gateways and internal callers.
+#[derive(Clone, Debug, Default)]
+pub struct TokenInterceptor {
+    header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl TokenInterceptor {
+    pub fn new(auth: &InternalAuth) -> Self {
+        TokenInterceptor {
+            header: auth
+                .internal_token
+                .as_ref()
+                .and_then(|t| format!("Bearer {t}").parse().ok()),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(header) = &self.header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
+        }
+        telemetry::inject_current(request.metadata_mut());
+        Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(path: &str, auth: Option<&str>) -> http::Request<()> {
+        let mut builder = http::Request::builder().uri(path);
+        if let Some(auth) = auth {
+            builder = builder.header("authorization", auth);
+        }
+        builder.body(()).unwrap()
+    }
+
+    /// Without a configured token every call passes; with one, only calls
+    /// carrying it (and health probes) do.
+    #[test]
+    fn internal_token_is_enforced_when_configured() {
+        assert!(check_internal_token(None, request("/chatai.v1.Chat/SendMessage", None)).is_ok());
+        let expected = Some("Bearer s3cret");
+        assert!(
+            check_internal_token(expected, request("/chatai.v1.Chat/SendMessage", None)).is_err()
+        );
+        assert!(
+            check_internal_token(
+                expected,
+                request("/chatai.v1.Chat/SendMessage", Some("Bearer nope"))
+            )
+            .is_err()
+        );
+        assert!(
+            check_internal_token(
+                expected,
+                request("/chatai.v1.Chat/SendMessage", Some("Bearer s3cret"))
+            )
+            .is_ok()
+        );
+        assert!(
+            check_internal_token(expected, request("/grpc.health.v1.Health/Check", None)).is_ok()
+        );
+    }
+}

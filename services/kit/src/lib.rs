@@ -1,0 +1,33 @@
+//! Plumbing every ChatAI service shares, written once.
+//!
+//! Layout:
+//! - [`identity`] — who is calling: the caller a gateway or internal client
+//!   puts in gRPC metadata, read back in one place.
+//! - [`config`] — configuration shared by every process (listen addresses,
+//!   the internal token, event-log settings), read from the environment.
+//! - [`telemetry`] — `tracing` set-up, OTLP export, W3C trace context in gRPC
+//!   metadata and in events.
+//! - [`shutdown`] — the one shutdown signal (SIGINT/SIGTERM).
+//! - [`status`] — stable client-facing error codes carried in a gRPC `Status`.
+//! - [`grpc`] — the gRPC server every service runs: health, reflection, the
+//!   internal-token check, a span per request.
+//! - [`host`] — what every service process does around its own API.
+//! - [`events`] — the event-stream library: per-recipient durable logs, live
+//!   fan-out, and the `EventStream` gRPC service gateways attach to.
+
+pub mod config;
+pub mod events;
+pub mod grpc;
+pub mod host;
+pub mod identity;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,140 @@
+//! The whole of ChatAI Realtime in one process: the four services and the
+//! gateway, each on its own listener and speaking real gRPC to each other.
+//! The `chatai` binary runs this with no subcommand; the end-to-end tests in
+//! `tests/` run it on port 0.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use chatai_chat::ChatConfig;
+use chatai_gateway::GatewayConfig;
+use chatai_kit::config::{ServiceAddrs, ServiceCommon};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The running parts, each reporting its name and how it ended.
+pub type Parts = JoinSet<(&'static str, anyhow::Result<()>)>;
+
+/// Settings of the whole system (service addresses come from the listeners).
+#[derive(Debug, Clone)]
+pub struct SystemConfig {
+    pub gateway: GatewayConfig,
+    pub chat: ChatConfig,
+    pub common: ServiceCommon,
+}
+
+/// Every listener, bound before anything starts: a busy port fails first,
+/// and tests bind port 0 and learn the real addresses.
+#[derive(Debug)]
+pub struct Listeners {
+    pub gateway: TcpListener,
+    pub chat: TcpListener,
+    pub handoff: TcpListener,
+    pub presence: TcpListener,
+    pub notification: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the gateway and the four services.
+    pub async fn bind(gateway: SocketAddr, services: &ServiceAddrs) -> anyhow::Result<Self> {
+        Ok(Listeners {
+            gateway: bind(gateway, "gateway").await?,
+            chat: bind(services.chat, "chat service").await?,
+            handoff: bind(services.handoff, "handoff service").await?,
+            presence: bind(services.presence, "presence service").await?,
+            notification: bind(services.notification, "notification service").await?,
+        })
+    }
+
+    /// Where the services actually listen.
+    pub fn service_addrs(&self) -> anyhow::Result<ServiceAddrs> {
+        Ok(ServiceAddrs {
+            chat: self.chat.local_addr()?,
+            handoff: self.handoff.local_addr()?,
+            presence: self.presence.local_addr()?,
+            notification: self.notification.local_addr()?,
+        })
+    }
+
+    /// Where the gateway actually listens.
+    pub fn gateway_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.gateway.local_addr()?)
+    }
+}
+
+/// Binds `addr`, naming `part` in the error.
+pub async fn bind(addr: SocketAddr, part: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {part}"))
+}
+
+/// Starts the four services and the gateway on `listeners`, into `parts`;
+/// they stop when `shutdown` is cancelled.
+pub fn spawn_all(
+    listeners: Listeners,
+    config: SystemConfig,
+    shutdown: &CancellationToken,
+    parts: &mut Parts,
+) -> anyhow::Result<()> {
+    let addrs = listeners.service_addrs()?;
+    let SystemConfig {
+        gateway,
+        chat,
+        common,
+    } = config;
+    let Listeners {
+        gateway: gateway_listener,
+        chat: chat_listener,
+        handoff: handoff_listener,
+        presence: presence_listener,
+        notification: notification_listener,
+    } = listeners;
+    let (stop, c) = (shutdown.clone(), common.clone());
+    parts.spawn(async move {
+        (
+            "chat",
+            chatai_chat::run(chat_listener, chat, c, stop)
+                .await
+                .map_err(Into::into),
+        )
+    });
+    let (stop, c) = (shutdown.clone(), common.clone());
+    parts.spawn(async move {
+        (
+            "handoff",
+            chatai_handoff::run(handoff_listener, c, stop)
+                .await
+                .map_err(Into::into),
+        )
+    });
+    let (stop, c) = (shutdown.clone(), common.clone());
+    parts.spawn(async move {
+        (
+            "presence",
+            chatai_presence::run(presence_listener, c, stop)
+                .await
+                .map_err(Into::into),
+        )
+    });
+    let (stop, c) = (shutdown.clone(), common.clone());
+    parts.spawn(async move {
+        (
+            "notification",
+            chatai_notification::run(notification_listener, c, stop)
+                .await
+                .map_err(Into::into),
+        )
+    });
+    let stop = shutdown.clone();
+    parts.spawn(async move {
+        (
+            "gateway",
+            chatai_gateway::run(gateway_listener, gateway, addrs, common.auth, stop)
+                .await
+                .map_err(Into::into),
+        )
+    });
+    Ok(())
+}

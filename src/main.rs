@@ -1,0 +1,279 @@
+//! `chatai`: the whole of ChatAI Realtime in one process (no subcommand, the
+//! embedded default: SQLite under `./data/`, the event bus in memory, every
+//! service still speaking real gRPC on its own loopback port), or one part of
+//! it (`chatai gateway|chat|handoff|presence|notification`), or a client
+//! token for trying it out (`chatai token`).
+//!
+//! Configuration comes from the environment (names in docs/protocol.md);
+//! every variable also has a `--flag`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chatai_chat::ChatConfig;
+use chatai_gateway::GatewayConfig;
+use chatai_gateway::auth::TokenKeys;
+use chatai_kit::config::{InternalAuth, ServiceAddrs, ServiceCommon, TelemetryConfig};
+use chatai_kit::identity::Role;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chatai",
+    version,
+    about = "ChatAI Realtime: WebSocket gateway and chat, handoff, presence and notification services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    telemetry: TelemetryConfig,
+    /// Settings of the all-in-one mode (no subcommand).
+    #[command(flatten)]
+    all: AllInOne,
+}
+
+#[derive(clap::Args, Debug)]
+struct AllInOne {
+    #[command(flatten)]
+    gateway: GatewayConfig,
+    #[command(flatten)]
+    addrs: ServiceAddrs,
+    #[command(flatten)]
+    chat: ChatConfig,
+    #[command(flatten)]
+    common: ServiceCommon,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the WebSocket gateway alone.
+    Gateway {
+        #[command(flatten)]
+        gateway: GatewayConfig,
+        #[command(flatten)]
+        addrs: ServiceAddrs,
+        #[command(flatten)]
+        auth: InternalAuth,
+    },
+    /// Run the chat service alone.
+    Chat {
+        #[command(flatten)]
+        chat: ChatConfig,
+        #[command(flatten)]
+        addrs: ServiceAddrs,
+        #[command(flatten)]
+        common: ServiceCommon,
+    },
+    /// Run the handoff service alone.
+    Handoff(ServiceArgs),
+    /// Run the operator presence service alone.
+    Presence(ServiceArgs),
+    /// Run the notification service alone.
+    Notification(ServiceArgs),
+    /// Print a client token signed with the configured secret.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServiceArgs {
+    #[command(flatten)]
+    addrs: ServiceAddrs,
+    #[command(flatten)]
+    common: ServiceCommon,
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenArgs {
+    /// The subject: the user's or operator's numeric id.
+    #[arg(long)]
+    sub: i64,
+    /// `user`, `operator` or `admin`.
+    #[arg(long, default_value = "user")]
+    role: String,
+    /// Display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// The HS256 secret (the gateway's).
+    #[arg(long = "jwt-secret", env = "CHATAI_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Token(args)) = &cli.command {
+        return print_token(args);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(cli))
+}
+
+fn print_token(args: &TokenArgs) -> anyhow::Result<()> {
+    let role: Role = args.role.parse()?;
+    anyhow::ensure!(
+        role != Role::Service,
+        "client tokens are for users, operators and admins"
+    );
+    let secret = args
+        .jwt_secret
+        .as_deref()
+        .unwrap_or(chatai_gateway::config::DEVELOPMENT_SECRET);
+    let token = TokenKeys::new(secret.as_bytes()).mint(
+        args.sub,
+        role,
+        args.name.as_deref(),
+        Duration::from_secs(args.ttl),
+    )?;
+    println!("{token}");
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let name = match &cli.command {
+        None => "chatai",
+        Some(Command::Gateway { .. }) => "chatai-gateway",
+        Some(Command::Chat { .. }) => "chatai-chat",
+        Some(Command::Handoff(_)) => "chatai-handoff",
+        Some(Command::Presence(_)) => "chatai-presence",
+        Some(Command::Notification(_)) => "chatai-notification",
+        Some(Command::Token(_)) => "chatai-token",
+    };
+    let _telemetry = chatai_kit::telemetry::init(name, &cli.telemetry)?;
+    let shutdown = CancellationToken::new();
+    let mut parts = chatai::Parts::new();
+    match cli.command {
+        None => {
+            let AllInOne {
+                gateway,
+                addrs,
+                chat,
+                common,
+            } = cli.all;
+            let listeners = chatai::Listeners::bind(gateway.listen, &addrs).await?;
+            let gateway_addr = listeners.gateway_addr()?;
+            let uses_dev_secret = gateway.jwt_secret.is_none();
+            let config = chatai::SystemConfig {
+                gateway,
+                chat,
+                common,
+            };
+            chatai::spawn_all(listeners, config, &shutdown, &mut parts)?;
+            let secret_hint = if uses_dev_secret {
+                ""
+            } else {
+                " (with CHATAI_JWT_SECRET set)"
+            };
+            eprintln!(
+                "\nChatAI Realtime is running.\n  WebSocket: ws://{gateway_addr}/ws/{{user_id}}?token=…   operators: ws://{gateway_addr}/ws/operator/{{id}}?token=…\n  Health:    http://{gateway_addr}/api/websocket/health   Metrics: http://{gateway_addr}/metrics\n  A token:   cargo run --release -- token --sub 456 --role user{secret_hint}\n"
+            );
+        }
+        Some(Command::Gateway {
+            gateway,
+            addrs,
+            auth,
+        }) => {
+            let listener = chatai::bind(gateway.listen, "gateway").await?;
+            let stop = shutdown.clone();
+            parts.spawn(async move {
+                (
+                    "gateway",
+                    chatai_gateway::run(listener, gateway, addrs, auth, stop)
+                        .await
+                        .map_err(anyhow::Error::from),
+                )
+            });
+        }
+        Some(Command::Chat {
+            chat,
+            addrs,
+            common,
+        }) => {
+            let listener = chatai::bind(addrs.chat, "chat").await?;
+            let stop = shutdown.clone();
+            parts.spawn(async move {
+                (
+                    "chat",
+                    chatai_chat::run(listener, chat, common, stop)
+                        .await
+                        .map_err(anyhow::Error::from),
+                )
+            });
+        }
+        Some(Command::Handoff(args)) => {
+            let listener = chatai::bind(args.addrs.handoff, "handoff").await?;
+            let stop = shutdown.clone();
+            parts.spawn(async move {
+                (
+                    "handoff",
+                    chatai_handoff::run(listener, args.common, stop)
+                        .await
+                        .map_err(anyhow::Error::from),
+                )
+            });
+        }
+        Some(Command::Presence(args)) => {
+            let listener = chatai::bind(args.addrs.presence, "presence").await?;
+            let stop = shutdown.clone();
+            parts.spawn(async move {
+                (
+                    "presence",
+                    chatai_presence::run(listener, args.common, stop)
+                        .await
+                        .map_err(anyhow::Error::from),
+                )
+            });
+        }
+        Some(Command::Notification(args)) => {
+            let listener = chatai::bind(args.addrs.notification, "notification").await?;
+            let stop = shutdown.clone();
+            parts.spawn(async move {
+                (
+                    "notification",
+                    chatai_notification::run(listener, args.common, stop)
+                        .await
+                        .map_err(anyhow::Error::from),
+                )
+            });
+        }
+        Some(Command::Token(_)) => unreachable!("handled before the runtime starts"),
+    }
+    supervise(parts, shutdown).await
+}
+
+/// Waits for SIGINT/SIGTERM or for any part to stop; then stops the rest and
+/// waits for all. A part that stops on its own is an error, and says why.
+async fn supervise(mut parts: chatai::Parts, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let signals = tokio::spawn(chatai_kit::shutdown::cancel_on_signal(shutdown.clone()));
+    let mut failure = None;
+    while let Some(joined) = parts.join_next().await {
+        let stopped_early = !shutdown.is_cancelled();
+        match joined {
+            Ok((part, Ok(()))) if stopped_early => {
+                tracing::error!(part, "stopped on its own; shutting everything down");
+                failure.get_or_insert_with(|| anyhow::anyhow!("the {part} stopped unexpectedly"));
+            }
+            Ok((part, Ok(()))) => tracing::info!(part, "stopped"),
+            Ok((part, Err(err))) => {
+                tracing::error!(part, cause = %format!("{err:#}"), "failed; shutting everything down");
+                failure.get_or_insert(err.context(format!("the {part} failed")));
+            }
+            Err(join_error) => {
+                tracing::error!(cause = %join_error, "a part panicked; shutting everything down");
+                failure.get_or_insert_with(|| anyhow::anyhow!("a part panicked: {join_error}"));
+            }
+        }
+        shutdown.cancel();
+    }
+    signals.abort();
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
