@@ -7,6 +7,7 @@
 //! (1008 `Invalid token` / `Unauthorized`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
@@ -181,25 +182,27 @@ fn upgrade(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// `GET /api/websocket/health`: 200 when every service stream is up, 503
-/// with the cause otherwise.
+/// `GET /api/websocket/health`: 200 when every service can do its work, 503
+/// naming the ones that cannot.
 async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
-    let down: Vec<&str> = gateway
-        .upstreams
-        .iter()
-        .filter(|u| !u.is_attached())
-        .map(|u| u.name)
-        .collect();
+    let timeout = Duration::from_secs(1).min(gateway.config.request_timeout());
+    let problems = futures::future::join_all(gateway.upstreams.iter().map(|u| async move {
+        u.problem(timeout)
+            .await
+            .map(|problem| format!("{} service {problem}", u.name))
+    }))
+    .await;
+    let problems: Vec<String> = problems.into_iter().flatten().collect();
     let mut body = json!({
-        "status": if down.is_empty() { "healthy" } else { "unhealthy" },
+        "status": if problems.is_empty() { "healthy" } else { "unhealthy" },
         "active_connections": gateway.registry.connection_count(),
         "queue_size": gateway.registry.queued_frames(),
         "timestamp": now_rfc3339(),
     });
-    if down.is_empty() {
+    if problems.is_empty() {
         (StatusCode::OK, axum::Json(body)).into_response()
     } else {
-        body["error"] = format!("unreachable: {}", down.join(", ")).into();
+        body["error"] = problems.join("; ").into();
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
     }
 }

@@ -26,6 +26,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::registry::Registry;
 
@@ -67,6 +70,7 @@ pub struct Upstream {
     pub index: usize,
     pub name: &'static str,
     client: EventStreamClient<ServiceChannel>,
+    health: HealthClient<ServiceChannel>,
     commands: mpsc::Sender<Command>,
     attached: Arc<AtomicBool>,
 }
@@ -83,6 +87,7 @@ impl Upstream {
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (commands, rx) = mpsc::channel(COMMAND_BUFFER);
         let attached = Arc::new(AtomicBool::new(false));
+        let health = HealthClient::new(channel.clone());
         let client = EventStreamClient::new(channel);
         let actor = Actor {
             index,
@@ -99,6 +104,7 @@ impl Upstream {
             index,
             name: SERVICE_NAMES[index],
             client,
+            health,
             commands,
             attached,
         };
@@ -108,6 +114,25 @@ impl Upstream {
     /// Whether the stream to the service is up.
     pub fn is_attached(&self) -> bool {
         self.attached.load(Ordering::Acquire)
+    }
+
+    /// Why the service cannot do its work right now, if it cannot: its event
+    /// stream is down, it does not answer health checks, or it reports
+    /// NOT_SERVING (e.g. its store is unreachable).
+    pub async fn problem(&self, timeout: Duration) -> Option<&'static str> {
+        if !self.is_attached() {
+            return Some("unreachable");
+        }
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: String::new(),
+        });
+        request.set_timeout(timeout);
+        let mut health = self.health.clone();
+        match tokio::time::timeout(timeout, health.check(request)).await {
+            Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => None,
+            Ok(Ok(_)) => Some("not serving (its store may be unreachable)"),
+            _ => Some("not answering health checks"),
+        }
     }
 
     /// Holds `recipient` at this service. True once the service confirmed it

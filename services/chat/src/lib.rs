@@ -25,6 +25,8 @@ use chatai_kit::host::ServiceHost;
 use chatai_proto::v1::chat_server::ChatServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 pub use config::ChatConfig;
 pub use error::ChatError;
@@ -59,6 +61,11 @@ pub async fn run(
         max_message_chars: config.max_message_chars,
         assistant_context: config.assistant_context,
     };
+    host.tasks.spawn(watch_store(
+        store.clone(),
+        host.health.clone(),
+        host.shutdown.clone(),
+    ));
     let service = ChatService::new(
         store,
         assistant,
@@ -70,4 +77,45 @@ pub async fn run(
     host.serve(listener, Some(routes), &["chatai.v1.Chat"])
         .await?;
     Ok(())
+}
+
+/// How often the store's reachability is checked for health reporting.
+const STORE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reports the service NOT_SERVING (overall gRPC health) while its store is
+/// unreachable, so the gateway's health endpoint can say why it is unhealthy.
+async fn watch_store(
+    store: std::sync::Arc<dyn store::ChatStore>,
+    health: HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(STORE_CHECK_EVERY);
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let reachable = match store.ping().await {
+            Ok(()) => true,
+            Err(cause) => {
+                if serving {
+                    tracing::error!(%cause, "the store is unreachable; reporting NOT_SERVING");
+                }
+                false
+            }
+        };
+        if reachable != serving {
+            serving = reachable;
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            if serving {
+                tracing::info!("the store is reachable again; reporting SERVING");
+            }
+        }
+    }
 }

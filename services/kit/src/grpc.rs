@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::config::InternalAuth;
 use crate::telemetry;
@@ -30,16 +32,18 @@ const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
 /// Serves `routes` on `listener` until `shutdown` is cancelled, then drains
 /// in-flight calls. `service_names` are the fully qualified names reported as
-/// SERVING by the health service (e.g. `chatai.v1.Chat`).
+/// SERVING by the health service (e.g. `chatai.v1.Chat`); the overall status
+/// (the empty name) is the service's own to set through `reporter`.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    reporter: HealthReporter,
     service_names: &[&str],
     auth: &InternalAuth,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let addr: SocketAddr = listener.local_addr()?;
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
     for name in service_names {
         reporter
             .set_service_status(*name, ServingStatus::Serving)

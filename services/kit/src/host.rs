@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
 
 use crate::config::{InternalAuth, ServiceCommon};
 use crate::events::{self, EventLog, stream::EventStreamService};
@@ -19,6 +20,10 @@ pub struct ServiceHost {
     pub log: Arc<dyn EventLog>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Sets what gRPC health checking reports; the overall status (the empty
+    /// service name) says whether this service can do its work (its store is
+    /// reachable, say).
+    pub health: HealthReporter,
     auth: InternalAuth,
 }
 
@@ -26,12 +31,14 @@ impl ServiceHost {
     /// Opens the configured event log and starts trimming it.
     pub fn new(common: &ServiceCommon, shutdown: CancellationToken) -> Self {
         let log = events::open(&common.events);
+        let health = HealthReporter::new();
         let tasks = TaskTracker::new();
         tasks.spawn(events::trim_until(log.clone(), shutdown.clone()));
         ServiceHost {
             log,
             tasks,
             shutdown,
+            health,
             auth: common.auth.clone(),
         }
     }
@@ -53,7 +60,15 @@ impl ServiceHost {
         };
         let mut names = service_names.to_vec();
         names.push("chatai.v1.EventStream");
-        let served = grpc::serve(listener, routes, &names, &self.auth, self.shutdown.clone()).await;
+        let served = grpc::serve(
+            listener,
+            routes,
+            self.health.clone(),
+            &names,
+            &self.auth,
+            self.shutdown.clone(),
+        )
+        .await;
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
