@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use chatai_chat::ChatConfig;
 use chatai_gateway::GatewayConfig;
+use chatai_handoff::HandoffConfig;
 use chatai_kit::config::{ServiceAddrs, ServiceCommon};
+use chatai_notification::NotificationConfig;
+use chatai_presence::PresenceConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +24,9 @@ pub type Parts = JoinSet<(&'static str, anyhow::Result<()>)>;
 pub struct SystemConfig {
     pub gateway: GatewayConfig,
     pub chat: ChatConfig,
+    pub handoff: HandoffConfig,
+    pub presence: PresenceConfig,
+    pub notification: NotificationConfig,
     pub common: ServiceCommon,
 }
 
@@ -82,6 +88,9 @@ pub fn spawn_all(
     let SystemConfig {
         gateway,
         chat,
+        handoff,
+        presence,
+        notification,
         common,
     } = config;
     let Listeners {
@@ -93,48 +102,28 @@ pub fn spawn_all(
     } = listeners;
     let (stop, c) = (shutdown.clone(), common.clone());
     parts.spawn(async move {
-        (
-            "chat",
-            chatai_chat::run(chat_listener, chat, c, stop)
-                .await
-                .map_err(Into::into),
-        )
+        let ran = chatai_chat::run(chat_listener, chat, addrs.handoff, c, stop).await;
+        ("chat", ran.map_err(Into::into))
     });
     let (stop, c) = (shutdown.clone(), common.clone());
     parts.spawn(async move {
-        (
-            "handoff",
-            chatai_handoff::run(handoff_listener, c, stop)
-                .await
-                .map_err(Into::into),
-        )
+        let ran = chatai_handoff::run(handoff_listener, handoff, addrs.presence, c, stop).await;
+        ("handoff", ran.map_err(Into::into))
     });
     let (stop, c) = (shutdown.clone(), common.clone());
     parts.spawn(async move {
-        (
-            "presence",
-            chatai_presence::run(presence_listener, c, stop)
-                .await
-                .map_err(Into::into),
-        )
+        let ran = chatai_presence::run(presence_listener, presence, c, stop).await;
+        ("presence", ran.map_err(Into::into))
     });
     let (stop, c) = (shutdown.clone(), common.clone());
     parts.spawn(async move {
-        (
-            "notification",
-            chatai_notification::run(notification_listener, c, stop)
-                .await
-                .map_err(Into::into),
-        )
+        let ran = chatai_notification::run(notification_listener, notification, c, stop).await;
+        ("notification", ran.map_err(Into::into))
     });
     let stop = shutdown.clone();
     parts.spawn(async move {
-        (
-            "gateway",
-            chatai_gateway::run(gateway_listener, gateway, addrs, common.auth, stop)
-                .await
-                .map_err(Into::into),
-        )
+        let ran = chatai_gateway::run(gateway_listener, gateway, addrs, common.auth, stop).await;
+        ("gateway", ran.map_err(Into::into))
     });
     Ok(())
 }

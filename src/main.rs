@@ -13,8 +13,11 @@ use anyhow::Context;
 use chatai_chat::ChatConfig;
 use chatai_gateway::GatewayConfig;
 use chatai_gateway::auth::TokenKeys;
+use chatai_handoff::HandoffConfig;
 use chatai_kit::config::{InternalAuth, ServiceAddrs, ServiceCommon, TelemetryConfig};
 use chatai_kit::identity::Role;
+use chatai_notification::NotificationConfig;
+use chatai_presence::PresenceConfig;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +46,12 @@ struct AllInOne {
     #[command(flatten)]
     chat: ChatConfig,
     #[command(flatten)]
+    handoff: HandoffConfig,
+    #[command(flatten)]
+    presence: PresenceConfig,
+    #[command(flatten)]
+    notification: NotificationConfig,
+    #[command(flatten)]
     common: ServiceCommon,
 }
 
@@ -67,11 +76,26 @@ enum Command {
         common: ServiceCommon,
     },
     /// Run the handoff service alone.
-    Handoff(ServiceArgs),
+    Handoff {
+        #[command(flatten)]
+        handoff: HandoffConfig,
+        #[command(flatten)]
+        args: ServiceArgs,
+    },
     /// Run the operator presence service alone.
-    Presence(ServiceArgs),
+    Presence {
+        #[command(flatten)]
+        presence: PresenceConfig,
+        #[command(flatten)]
+        args: ServiceArgs,
+    },
     /// Run the notification service alone.
-    Notification(ServiceArgs),
+    Notification {
+        #[command(flatten)]
+        notification: NotificationConfig,
+        #[command(flatten)]
+        args: ServiceArgs,
+    },
     /// Print a client token signed with the configured secret.
     Token(TokenArgs),
 }
@@ -140,9 +164,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => "chatai",
         Some(Command::Gateway { .. }) => "chatai-gateway",
         Some(Command::Chat { .. }) => "chatai-chat",
-        Some(Command::Handoff(_)) => "chatai-handoff",
-        Some(Command::Presence(_)) => "chatai-presence",
-        Some(Command::Notification(_)) => "chatai-notification",
+        Some(Command::Handoff { .. }) => "chatai-handoff",
+        Some(Command::Presence { .. }) => "chatai-presence",
+        Some(Command::Notification { .. }) => "chatai-notification",
         Some(Command::Token(_)) => "chatai-token",
     };
     let _telemetry = chatai_kit::telemetry::init(name, &cli.telemetry)?;
@@ -154,6 +178,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 gateway,
                 addrs,
                 chat,
+                handoff,
+                presence,
+                notification,
                 common,
             } = cli.all;
             let listeners = chatai::Listeners::bind(gateway.listen, &addrs).await?;
@@ -162,6 +189,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = chatai::SystemConfig {
                 gateway,
                 chat,
+                handoff,
+                presence,
+                notification,
                 common,
             };
             chatai::spawn_all(listeners, config, &shutdown, &mut parts)?;
@@ -200,46 +230,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             parts.spawn(async move {
                 (
                     "chat",
-                    chatai_chat::run(listener, chat, common, stop)
+                    chatai_chat::run(listener, chat, addrs.handoff, common, stop)
                         .await
                         .map_err(anyhow::Error::from),
                 )
             });
         }
-        Some(Command::Handoff(args)) => {
+        Some(Command::Handoff { handoff, args }) => {
             let listener = chatai::bind(args.addrs.handoff, "handoff").await?;
-            let stop = shutdown.clone();
+            let (stop, presence_addr) = (shutdown.clone(), args.addrs.presence);
             parts.spawn(async move {
-                (
-                    "handoff",
-                    chatai_handoff::run(listener, args.common, stop)
-                        .await
-                        .map_err(anyhow::Error::from),
-                )
+                let ran =
+                    chatai_handoff::run(listener, handoff, presence_addr, args.common, stop).await;
+                ("handoff", ran.map_err(anyhow::Error::from))
             });
         }
-        Some(Command::Presence(args)) => {
+        Some(Command::Presence { presence, args }) => {
             let listener = chatai::bind(args.addrs.presence, "presence").await?;
             let stop = shutdown.clone();
             parts.spawn(async move {
-                (
-                    "presence",
-                    chatai_presence::run(listener, args.common, stop)
-                        .await
-                        .map_err(anyhow::Error::from),
-                )
+                let ran = chatai_presence::run(listener, presence, args.common, stop).await;
+                ("presence", ran.map_err(anyhow::Error::from))
             });
         }
-        Some(Command::Notification(args)) => {
+        Some(Command::Notification { notification, args }) => {
             let listener = chatai::bind(args.addrs.notification, "notification").await?;
             let stop = shutdown.clone();
             parts.spawn(async move {
-                (
-                    "notification",
-                    chatai_notification::run(listener, args.common, stop)
-                        .await
-                        .map_err(anyhow::Error::from),
-                )
+                let ran = chatai_notification::run(listener, notification, args.common, stop).await;
+                ("notification", ran.map_err(anyhow::Error::from))
             });
         }
         Some(Command::Token(_)) => unreachable!("handled before the runtime starts"),

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chatai_kit::events::{Delivery, Recipient};
 use chatai_kit::identity::{Caller, Role};
 use chatai_proto::v1 as pb;
+use chatai_proto::v1::connection_event::Kind;
 use futures::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hyper_util::rt::TokioIo;
@@ -30,7 +31,7 @@ use crate::Gateway;
 use crate::auth::Claims;
 use crate::close::CloseReason;
 use crate::cursor::{Cursor, SERVICE_COUNT};
-use crate::frames::inbound::{self, ClientFrame, Inbound};
+use crate::frames::inbound::{self, ClientFrame, Inbound, OperatorStatus, Priority};
 use crate::frames::outbound::{self, PreparedEvent};
 use crate::registry::{Conn, Outbound};
 use crate::services::error_for;
@@ -55,15 +56,21 @@ pub async fn serve(socket: Socket, gateway: Arc<Gateway>, session: Session) {
     let name = registry.connection_name(id);
     let (tx, rx) = mpsc::channel(gateway.config.outbound_queue.max(1));
     let stop = gateway.connections_stop.child_token();
-    let conn = Arc::new(Conn::new(
-        id,
-        session.claims.role,
-        session.principal.clone(),
-        tx,
-        stop,
-    ));
+    let conn = Arc::new(
+        Conn::new(id, session.claims.role, session.principal.clone(), tx, stop)
+            .with_name(session.claims.name.as_deref()),
+    );
     registry.register(conn.clone(), gateway.config.max_connections_per_user);
     metrics::gauge!("chatai_gateway_connections").increment(1.0);
+    let opened = std::time::Instant::now();
+    gateway.reporter.connection_event(connection_event(
+        &gateway,
+        &name,
+        &session,
+        Kind::Connect,
+        0,
+        0,
+    ));
     let span = tracing::info_span!("connection", conn = %name, principal = %session.principal);
 
     let per_second = NonZeroU32::new(gateway.config.rate_limit_per_sec).unwrap_or(NonZeroU32::MIN);
@@ -87,7 +94,7 @@ pub async fn serve(socket: Socket, gateway: Arc<Gateway>, session: Session) {
         strikes: 0,
         last_heard: Instant::now(),
     };
-    async {
+    let reason = async {
         let reason = match connection.start(session.resume.is_some()).await {
             Ok(()) => connection.run().await,
             Err(Gone) => None,
@@ -96,10 +103,42 @@ pub async fn serve(socket: Socket, gateway: Arc<Gateway>, session: Session) {
             connection.close(reason).await;
         }
         connection.finish().await;
+        reason
     }
     .instrument(span)
     .await;
     metrics::gauge!("chatai_gateway_connections").decrement(1.0);
+    let name = connection.caller.connection_id.clone().unwrap_or_default();
+    let lived = opened.elapsed().as_millis() as i64;
+    let code = reason.map_or(0, |r| u32::from(r.code()));
+    gateway.reporter.connection_event(connection_event(
+        &gateway,
+        &name,
+        &session,
+        Kind::Disconnect,
+        lived,
+        code,
+    ));
+}
+
+fn connection_event(
+    gateway: &Gateway,
+    name: &str,
+    session: &Session,
+    kind: Kind,
+    duration_ms: i64,
+    close_code: u32,
+) -> pb::ConnectionEvent {
+    pb::ConnectionEvent {
+        connection_id: name.to_owned(),
+        gateway_id: gateway.registry.gateway_id().to_owned(),
+        role: session.claims.role.as_str().to_owned(),
+        principal_id: session.claims.sub,
+        kind: kind as i32,
+        at_ms: chatai_kit::now_ms(),
+        duration_ms,
+        close_code,
+    }
 }
 
 /// The socket is gone (or the connection was stopped mid-write).
@@ -133,9 +172,24 @@ enum Flow {
 
 impl Connection {
     /// Subscribes the connection's principal at every service, catches up
-    /// from their logs and sends `connected` first.
+    /// from their logs and sends `connected` first. An operator's connection
+    /// is announced to the presence service.
     async fn start(&mut self, resuming: bool) -> Result<(), Gone> {
         let gateway = self.gateway.clone();
+        if let Recipient::Operator(operator_id) = self.conn.principal {
+            let connection = pb::OperatorConnection {
+                operator_id,
+                connection_id: self.caller.connection_id.clone().unwrap_or_default(),
+                name: self.caller.name.clone().unwrap_or_default(),
+            };
+            if let Err(status) = gateway
+                .services
+                .operator_connected(gateway.registry.gateway_id(), connection)
+                .await
+            {
+                tracing::warn!(cause = %status, "presence not told of the connection; the lease refresh will");
+            }
+        }
         let timeout = gateway.config.request_timeout();
         let principal = self.conn.principal.clone();
         let acquired = futures::future::join_all(gateway.upstreams.iter().map(|upstream| {
@@ -419,10 +473,13 @@ impl Connection {
                     .send_message(&self.caller, dialog_id, message)
                     .await
                 {
-                    Ok(sent) => outbound::ack(
-                        reference,
-                        json!({ "dialog_id": sent.dialog_id, "message_id": sent.message_id }),
-                    ),
+                    Ok(sent) => {
+                        self.gateway.reporter.messages.tick();
+                        outbound::ack(
+                            reference,
+                            json!({ "dialog_id": sent.dialog_id, "message_id": sent.message_id }),
+                        )
+                    }
                     Err(status) => error_frame(reference, &status),
                 }
             }
@@ -442,16 +499,119 @@ impl Connection {
             {
                 outbound::error(reference, "forbidden", "Only operators may do that")
             }
-            other => outbound::error(
-                reference,
-                "unsupported",
-                &format!(
-                    "`{}` is not available on this server yet",
-                    other.type_name()
-                ),
-            ),
+            ClientFrame::SetStatus { status } => {
+                let wire = match status {
+                    OperatorStatus::Available => pb::OperatorStatus::Available,
+                    OperatorStatus::Busy => pb::OperatorStatus::Busy,
+                    OperatorStatus::Away => pb::OperatorStatus::Away,
+                };
+                match services.set_status(&self.caller, wire).await {
+                    Ok(info) => outbound::ack(
+                        reference,
+                        json!({ "status": status_name(info.status), "chosen_status": status.as_str() }),
+                    ),
+                    Err(status) => error_frame(reference, &status),
+                }
+            }
+            ClientFrame::CompleteHandoff {
+                dialog_id,
+                resolution,
+            } => {
+                match services
+                    .complete_handoff(&self.caller, dialog_id, resolution)
+                    .await
+                {
+                    Ok(done) => outbound::ack(
+                        reference,
+                        json!({ "dialog_id": dialog_id, "duration": done.duration_seconds }),
+                    ),
+                    Err(status) => error_frame(reference, &status),
+                }
+            }
+            ClientFrame::HandoffRequest { .. } if self.caller.role == Role::Operator => {
+                outbound::error(
+                    reference,
+                    "forbidden",
+                    "Operators take handoffs; users request them",
+                )
+            }
+            ClientFrame::HandoffRequest {
+                dialog_id,
+                reason,
+                priority,
+            } => {
+                let wire = match priority {
+                    Priority::Low => pb::Priority::Low,
+                    Priority::Normal => pb::Priority::Normal,
+                    Priority::High => pb::Priority::High,
+                    Priority::Urgent => pb::Priority::Urgent,
+                };
+                match services
+                    .request_handoff(&self.caller, dialog_id, reason, wire)
+                    .await
+                {
+                    Ok(handoff) => outbound::ack(
+                        reference,
+                        json!({
+                            "dialog_id": dialog_id,
+                            "handoff_id": handoff.handoff_id,
+                            "position": handoff.position,
+                            "estimated_wait_time": handoff.estimated_wait_seconds,
+                            "operator_id": handoff.operator_id,
+                        }),
+                    ),
+                    Err(status) => error_frame(reference, &status),
+                }
+            }
+            ClientFrame::JoinRoom { room_id } => self.join_room(reference, &room_id).await,
+            ClientFrame::LeaveRoom { room_id } => self.leave_room(reference, &room_id).await,
         };
         self.reply(reply).await
+    }
+
+    /// Joins a `dialog:{id}` room, for its owner, its operator and admins:
+    /// live copies of the dialog's events, the sender's own excluded.
+    async fn join_room(&mut self, reference: Option<&str>, room_id: &str) -> String {
+        let Some(dialog_id) = room_id
+            .strip_prefix("dialog:")
+            .and_then(|id| id.parse::<i64>().ok())
+        else {
+            return outbound::error(
+                reference,
+                "forbidden",
+                "Only `dialog:{id}` rooms can be joined",
+            );
+        };
+        if let Err(status) = self
+            .gateway
+            .services
+            .check_access(&self.caller, dialog_id)
+            .await
+        {
+            return error_frame(reference, &status);
+        }
+        let room = Recipient::dialog_room(dialog_id);
+        if !self.rooms.contains(&room) {
+            self.gateway.registry.join(room.clone(), &self.conn);
+            for upstream in &self.gateway.upstreams {
+                // Room events are live only: nothing to wait for.
+                upstream.hold(room.clone()).await;
+            }
+            self.rooms.push(room);
+        }
+        outbound::ack(reference, json!({ "room_id": room_id }))
+    }
+
+    async fn leave_room(&mut self, reference: Option<&str>, room_id: &str) -> String {
+        let room = Recipient::Room(room_id.into());
+        if let Some(index) = self.rooms.iter().position(|r| r == &room) {
+            self.rooms.swap_remove(index);
+            self.gateway.registry.leave(&room, &self.conn);
+            for upstream in &self.gateway.upstreams {
+                upstream.release(room.clone(), 0).await;
+            }
+        }
+        outbound::ack(reference, json!({ "room_id": room_id }))
     }
 
     /// Extends the connection's life with a newer token for the same subject and role.
@@ -516,6 +676,17 @@ impl Connection {
     /// telling each how far this connection got.
     async fn finish(&mut self) {
         self.gateway.registry.unregister(&self.conn, &self.rooms);
+        if let Recipient::Operator(operator_id) = self.conn.principal {
+            let name = self.caller.connection_id.clone().unwrap_or_default();
+            if let Err(status) = self
+                .gateway
+                .services
+                .operator_disconnected(self.gateway.registry.gateway_id(), operator_id, &name)
+                .await
+            {
+                tracing::warn!(cause = %status, "presence not told of the close; the lease will expire");
+            }
+        }
         for upstream in &self.gateway.upstreams {
             let delivered = if self.known[upstream.index] {
                 self.cursor.get(upstream.index)
@@ -529,6 +700,16 @@ impl Connection {
                 upstream.release(room.clone(), 0).await;
             }
         }
+    }
+}
+
+/// A presence status as clients write it.
+fn status_name(status: i32) -> &'static str {
+    match pb::OperatorStatus::try_from(status) {
+        Ok(pb::OperatorStatus::Available) => "available",
+        Ok(pb::OperatorStatus::Busy) => "busy",
+        Ok(pb::OperatorStatus::Away) => "away",
+        _ => "offline",
     }
 }
 

@@ -35,6 +35,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/ws/operator/{operator_id}", get(operator_socket))
         .route("/ws/{user_id}", get(user_socket))
         .route("/api/websocket/health", get(health))
+        .route("/api/websocket/stats", get(stats))
         .route("/metrics", get(metrics))
         .with_state(gateway)
 }
@@ -204,6 +205,40 @@ async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
     } else {
         body["error"] = problems.join("; ").into();
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    }
+}
+
+/// `GET /api/websocket/stats` (admin token, as `?token=` or a Bearer
+/// header): the original design's real-time stats, for this gateway.
+async fn stats(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
+    let claims = auth::presented_token(request.uri(), request.headers())
+        .and_then(|presented| gateway.keys.verify(&presented.token).ok());
+    match claims {
+        None => (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({ "error": "Invalid token" })),
+        )
+            .into_response(),
+        Some(claims) if claims.role != Role::Admin => (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({ "error": "Admins only" })),
+        )
+            .into_response(),
+        Some(_) => {
+            let snapshot = gateway.registry.snapshot();
+            axum::Json(json!({
+                "gateway_id": gateway.registry.gateway_id(),
+                "active_connections": snapshot.connections,
+                "active_users": snapshot.users,
+                "active_admins": snapshot.admins,
+                "active_operators": snapshot.operators,
+                "total_rooms": snapshot.rooms,
+                "messages_last_minute": gateway.reporter.messages.last_minute(),
+                "uptime": gateway.started.elapsed().as_secs(),
+                "timestamp": now_rfc3339(),
+            }))
+            .into_response()
+        }
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`auth`] — client tokens: verifying, minting, finding them in a request.
 //! - [`connection`] — one client connection's task, from `connected` to close.
 //! - [`registry`] — every open connection, by recipient; event fan-out.
+//! - [`reporting`] — connection events and counts for the notification
+//!   service's analytics.
 //! - [`upstream`] — the `EventStream` actors, one per service, and replay.
 //! - [`services`] — calls into the services' APIs and their error mapping.
 //! - [`frames`] — client frames in, server frames out.
@@ -21,6 +23,7 @@ pub mod cursor;
 pub mod frames;
 pub mod http;
 pub mod registry;
+pub mod reporting;
 pub mod services;
 pub mod upstream;
 
@@ -39,8 +42,9 @@ pub use config::GatewayConfig;
 use crate::auth::TokenKeys;
 use crate::close::CloseReason;
 use crate::registry::Registry;
+use crate::reporting::Reporter;
 use crate::services::Services;
-use crate::upstream::Upstream;
+use crate::upstream::{ServiceChannel, Upstream};
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,8 @@ pub enum GatewayError {
     Channel(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("expected one channel per service")]
+    Channels,
 }
 
 /// What every connection shares.
@@ -64,6 +70,9 @@ pub struct Gateway {
     /// Owns every connection task.
     pub tasks: TaskTracker,
     pub metrics: PrometheusHandle,
+    pub reporter: Reporter,
+    /// When this gateway started.
+    pub started: std::time::Instant,
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every
@@ -108,7 +117,7 @@ pub async fn run(
     let streams_stop = CancellationToken::new();
     let stream_tasks = TaskTracker::new();
     let mut upstreams = Vec::new();
-    let mut chat_channel = None;
+    let mut channels = Vec::new();
     for (index, addr) in [
         addrs.chat,
         addrs.handoff,
@@ -119,9 +128,10 @@ pub async fn run(
     .enumerate()
     {
         let channel = upstream::channel(addr)?;
-        if index == 0 {
-            chat_channel = Some(channel.clone());
-        }
+        channels.push(InterceptedService::new(
+            channel.clone(),
+            interceptor.clone(),
+        ));
         let (handle, actor) = Upstream::start(
             index,
             InterceptedService::new(channel, interceptor.clone()),
@@ -131,14 +141,18 @@ pub async fn run(
         stream_tasks.spawn(actor);
         upstreams.push(handle);
     }
-    let chat_channel = match chat_channel {
-        Some(channel) => channel,
-        None => upstream::channel(addrs.chat)?,
-    };
-    let services = Services::new(
-        InterceptedService::new(chat_channel, interceptor),
-        config.request_timeout(),
+    // One channel per service, in cursor order, shared by its event stream
+    // and its API clients.
+    let [chat, handoff, presence, notification]: [ServiceChannel; 4] =
+        channels.try_into().map_err(|_| GatewayError::Channels)?;
+    let (reporter, reporting) = Reporter::start(
+        notification,
+        presence.clone(),
+        registry.clone(),
+        streams_stop.clone(),
     );
+    stream_tasks.spawn(reporting);
+    let services = Services::new(chat, handoff, presence, config.request_timeout());
     let gateway = Arc::new(Gateway {
         keys: TokenKeys::new(config.jwt_secret().as_bytes()),
         config,
@@ -148,6 +162,8 @@ pub async fn run(
         connections_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
         metrics: metrics_handle(),
+        reporter,
+        started: std::time::Instant::now(),
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, gateway = %gateway_id, "gateway listening");

@@ -42,6 +42,8 @@ pub struct Conn {
     pub role: Role,
     /// The user or operator this connection belongs to.
     pub principal: Recipient,
+    /// The display name from the token, if any.
+    pub name: Option<Arc<str>>,
     tx: mpsc::Sender<Outbound>,
     stop: CancellationToken,
     stop_reason: AtomicU8,
@@ -59,10 +61,17 @@ impl Conn {
             id,
             role,
             principal,
+            name: None,
             tx,
             stop,
             stop_reason: AtomicU8::new(0),
         }
+    }
+
+    /// The same connection, with the display name from its token.
+    pub fn with_name(mut self, name: Option<&str>) -> Self {
+        self.name = name.map(Arc::from);
+        self
     }
 
     /// Queues `outbound` without waiting; a full queue stops the connection
@@ -103,6 +112,16 @@ impl Conn {
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
+}
+
+/// Counts of what a gateway holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub connections: usize,
+    pub users: usize,
+    pub operators: usize,
+    pub admins: usize,
+    pub rooms: usize,
 }
 
 /// Every connection of this gateway.
@@ -213,17 +232,36 @@ impl Registry {
         self.conns.len()
     }
 
-    /// Distinct users, distinct operators, and rooms with members.
-    pub fn principal_counts(&self) -> (usize, usize, usize) {
-        let (mut users, mut operators) = (0, 0);
+    /// What this gateway holds: connections, distinct users, operators and
+    /// admins, and rooms with members.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot {
+            connections: self.conns.len(),
+            rooms: self.rooms.load(Ordering::Relaxed),
+            ..Snapshot::default()
+        };
         for entry in self.members.iter() {
-            match entry.key() {
-                Recipient::User(_) => users += 1,
-                Recipient::Operator(_) => operators += 1,
+            match (entry.key(), entry.value().first().map(|c| c.role)) {
+                (Recipient::User(_), Some(Role::Admin)) => snapshot.admins += 1,
+                (Recipient::User(_), Some(_)) => snapshot.users += 1,
+                (Recipient::Operator(_), Some(_)) => snapshot.operators += 1,
                 _ => {}
             }
         }
-        (users, operators, self.rooms.load(Ordering::Relaxed))
+        snapshot
+    }
+
+    /// Every operator connection: (operator id, connection name, display name).
+    pub fn operator_connections(&self) -> Vec<(i64, String, Option<Arc<str>>)> {
+        let mut connections = Vec::new();
+        for entry in self.members.iter() {
+            if let Recipient::Operator(id) = entry.key() {
+                for conn in entry.value() {
+                    connections.push((*id, self.connection_name(conn.id), conn.name.clone()));
+                }
+            }
+        }
+        connections
     }
 
     /// Frames waiting in every connection's queue.
@@ -384,7 +422,7 @@ mod tests {
         assert!(matches!(rx_b.try_recv(), Ok(Outbound::Frame(_))));
         registry.unregister(&a, &[room.clone()]);
         registry.unregister(&b, &[room]);
-        assert_eq!(registry.principal_counts(), (0, 0, 0));
+        assert_eq!(registry.snapshot(), Snapshot::default());
     }
 
     /// A connection whose queue is full is stopped as too slow, and the

@@ -9,6 +9,8 @@ use chatai_kit::identity::Caller;
 use chatai_kit::status::error_code;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::chat_client::ChatClient;
+use chatai_proto::v1::handoff_client::HandoffClient;
+use chatai_proto::v1::presence_client::PresenceClient;
 use tonic::{Code, Status};
 
 use crate::upstream::ServiceChannel;
@@ -17,13 +19,22 @@ use crate::upstream::ServiceChannel;
 #[derive(Clone)]
 pub struct Services {
     chat: ChatClient<ServiceChannel>,
+    handoff: HandoffClient<ServiceChannel>,
+    presence: PresenceClient<ServiceChannel>,
     timeout: Duration,
 }
 
 impl Services {
-    pub fn new(chat: ServiceChannel, timeout: Duration) -> Self {
+    pub fn new(
+        chat: ServiceChannel,
+        handoff: ServiceChannel,
+        presence: ServiceChannel,
+        timeout: Duration,
+    ) -> Self {
         Services {
             chat: ChatClient::new(chat),
+            handoff: HandoffClient::new(handoff),
+            presence: PresenceClient::new(presence),
             timeout,
         }
     }
@@ -68,6 +79,102 @@ impl Services {
         .retry(retry_policy())
         .when(|status: &Status| status.code() == Code::Unavailable)
         .await
+    }
+
+    /// Asks for a human operator for the caller's dialog (through the chat
+    /// service, which checks the caller owns it).
+    pub async fn request_handoff(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        reason: String,
+        priority: pb::Priority,
+    ) -> Result<pb::HandoffRecord, Status> {
+        let message = pb::RequestHandoffForDialogRequest {
+            dialog_id,
+            reason,
+            priority: priority as i32,
+        };
+        let request = self.request(caller, message);
+        self.deadline(self.chat.clone().request_handoff(request))
+            .await
+    }
+
+    /// Whether the caller may see the dialog (for `dialog:{id}` rooms).
+    pub async fn check_access(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+    ) -> Result<pb::CheckAccessResponse, Status> {
+        let request = self.request(caller, pb::CheckAccessRequest { dialog_id });
+        self.deadline(self.chat.clone().check_access(request)).await
+    }
+
+    /// An operator's chosen status.
+    pub async fn set_status(
+        &self,
+        caller: &Caller,
+        status: pb::OperatorStatus,
+    ) -> Result<pb::OperatorInfo, Status> {
+        let message = pb::SetStatusRequest {
+            operator_id: caller.id,
+            status: status as i32,
+        };
+        let request = self.request(caller, message);
+        self.deadline(self.presence.clone().set_status(request))
+            .await
+    }
+
+    /// The holding operator ends a handoff.
+    pub async fn complete_handoff(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        resolution: String,
+    ) -> Result<pb::CompleteHandoffResponse, Status> {
+        let request = self.request(
+            caller,
+            pb::CompleteHandoffRequest {
+                dialog_id,
+                resolution,
+            },
+        );
+        self.deadline(self.handoff.clone().complete_handoff(request))
+            .await
+    }
+
+    /// Tells the presence service an operator connection opened.
+    pub async fn operator_connected(
+        &self,
+        gateway_id: &str,
+        connection: pb::OperatorConnection,
+    ) -> Result<(), Status> {
+        let message = pb::ConnectionOpenedRequest {
+            gateway_id: gateway_id.to_owned(),
+            connection: Some(connection),
+        };
+        let request = self.request(&Caller::service(), message);
+        self.deadline(self.presence.clone().connection_opened(request))
+            .await
+            .map(|_| ())
+    }
+
+    /// Tells the presence service an operator connection closed.
+    pub async fn operator_disconnected(
+        &self,
+        gateway_id: &str,
+        operator_id: i64,
+        connection_id: &str,
+    ) -> Result<(), Status> {
+        let message = pb::ConnectionClosedRequest {
+            gateway_id: gateway_id.to_owned(),
+            operator_id,
+            connection_id: connection_id.to_owned(),
+        };
+        let request = self.request(&Caller::service(), message);
+        self.deadline(self.presence.clone().connection_closed(request))
+            .await
+            .map(|_| ())
     }
 
     /// Relays a typing indicator (not retried: a lost one is soon replaced).

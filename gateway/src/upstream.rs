@@ -97,6 +97,7 @@ impl Upstream {
             commands: rx,
             interest: HashMap::new(),
             pending: HashMap::new(),
+            marks: HashMap::new(),
             next_request: 1,
             attached: attached.clone(),
         };
@@ -149,6 +150,16 @@ impl Upstream {
             return false;
         }
         answer.await.unwrap_or(false)
+    }
+
+    /// Holds `recipient` without waiting for the service's confirmation
+    /// (for live-only recipients such as rooms).
+    pub async fn hold(&self, recipient: Recipient) {
+        let (ready, _) = oneshot::channel();
+        let _ = self
+            .commands
+            .send(Command::Acquire { recipient, ready })
+            .await;
     }
 
     /// Lets go of `recipient`; `delivered` is the last position its
@@ -210,6 +221,9 @@ struct Actor {
     commands: mpsc::Receiver<Command>,
     interest: HashMap<Recipient, Interest>,
     pending: HashMap<u64, Recipient>,
+    /// Last-seen positions of recipients released while the stream was
+    /// down, sent as `Unsubscribe` once it is back.
+    marks: HashMap<Recipient, u64>,
     next_request: u64,
     attached: Arc<AtomicBool>,
 }
@@ -267,6 +281,11 @@ impl Actor {
             Recipient::Everyone,
         ] {
             out.push_back(subscribe(0, &recipient));
+        }
+        for (recipient, delivered) in std::mem::take(&mut self.marks) {
+            if !self.interest.contains_key(&recipient) {
+                out.push_back(unsubscribe(&recipient, delivered));
+            }
         }
         let mut resubscribe = Vec::new();
         for (recipient, interest) in self.interest.iter_mut() {
@@ -328,6 +347,17 @@ impl Actor {
         };
         self.attached.store(false, Ordering::Release);
         self.mark_down();
+        // Marks that never left keep for the next stream.
+        for message in out {
+            if let pb::gateway_message::Msg::Unsubscribe(pb::Unsubscribe {
+                recipient: Some(recipient),
+                delivered_position,
+            }) = message
+                && let Ok(recipient) = Recipient::try_from(&recipient)
+            {
+                self.keep_mark(recipient, delivered_position);
+            }
+        }
         Some(ended)
     }
 
@@ -401,12 +431,17 @@ impl Actor {
                 delivered,
             } => {
                 if self.release(&recipient) {
-                    out.push_back(pb::gateway_message::Msg::Unsubscribe(pb::Unsubscribe {
-                        recipient: Some((&recipient).into()),
-                        delivered_position: delivered,
-                    }));
+                    out.push_back(unsubscribe(&recipient, delivered));
                 }
             }
+        }
+    }
+
+    /// Remembers a last-seen position to send when the stream is back.
+    fn keep_mark(&mut self, recipient: Recipient, delivered: u64) {
+        if delivered > 0 && recipient.is_durable() {
+            let mark = self.marks.entry(recipient).or_default();
+            *mark = (*mark).max(delivered);
         }
     }
 
@@ -422,8 +457,13 @@ impl Actor {
                     .refs += 1;
                 let _ = ready.send(false);
             }
-            Command::Release { recipient, .. } => {
-                self.release(&recipient);
+            Command::Release {
+                recipient,
+                delivered,
+            } => {
+                if self.release(&recipient) {
+                    self.keep_mark(recipient, delivered);
+                }
             }
         }
     }
@@ -467,6 +507,13 @@ impl Actor {
         }
         self.pending.clear();
     }
+}
+
+fn unsubscribe(recipient: &Recipient, delivered: u64) -> pb::gateway_message::Msg {
+    pb::gateway_message::Msg::Unsubscribe(pb::Unsubscribe {
+        recipient: Some(recipient.into()),
+        delivered_position: delivered,
+    })
 }
 
 fn subscribe(request_id: u64, recipient: &Recipient) -> pb::gateway_message::Msg {

@@ -7,13 +7,6 @@ use chatai_assistant::AssistantConfig;
 /// as the clap defaults.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ChatConfig {
-    /// `sqlite://…` or `postgres://…`; migrations are applied at start-up.
-    #[arg(
-        long = "database-url",
-        env = "CHATAI_DATABASE_URL",
-        default_value = "sqlite://data/chatai.db"
-    )]
-    pub database_url: String,
     /// Balance a user starts with, in currency units.
     #[arg(
         long = "starting-balance",
@@ -56,7 +49,6 @@ pub struct ChatConfig {
 impl Default for ChatConfig {
     fn default() -> Self {
         ChatConfig {
-            database_url: "sqlite://data/chatai.db".to_owned(),
             starting_balance: 10.0,
             price_per_1k_tokens: 0.02,
             balance_threshold: 5.0,

@@ -4,6 +4,7 @@ use chatai_kit::events::EventLogError;
 use chatai_kit::status::with_code;
 use tonic::{Code, Status};
 
+use crate::handoffs::HandoffError;
 use crate::store::StoreError;
 
 /// What a chat request can fail with.
@@ -19,6 +20,10 @@ pub enum ChatError {
     NotParticipant(i64),
     #[error("this role may not do that")]
     Forbidden,
+    #[error("dialog_id is required")]
+    DialogRequired,
+    #[error(transparent)]
+    Handoff(#[from] HandoffError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -40,6 +45,19 @@ impl From<ChatError> for Status {
                 "you may not access this dialog",
             ),
             ChatError::Forbidden => with_code(Code::PermissionDenied, "forbidden", err.to_string()),
+            ChatError::DialogRequired => {
+                with_code(Code::InvalidArgument, "missing_field", err.to_string())
+            }
+            // The handoff service's own refusal (handoff_exists, queue_full, …) goes to the client as it is.
+            ChatError::Handoff(HandoffError::Refused(status)) => status.clone(),
+            ChatError::Handoff(HandoffError::Unavailable(cause)) => {
+                tracing::error!(%cause, "handoff service unavailable");
+                with_code(
+                    Code::Unavailable,
+                    "service_unavailable",
+                    "the handoff service is unavailable, try again",
+                )
+            }
             ChatError::Store(StoreError::NotFound { what: "dialog", id }) => with_code(
                 Code::NotFound,
                 "dialog_not_found",

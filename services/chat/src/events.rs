@@ -18,12 +18,23 @@ pub struct AiResponse<'a> {
     pub needs_human: Option<&'static str>,
 }
 
-/// `chat_message`: a copy of a user's message for the dialog's room.
+/// `chat_message`: a user's message, for the holding operator (durable) and
+/// the dialog's room (live).
 #[derive(Debug, Serialize)]
 pub struct ChatMessageCopy<'a> {
     pub dialog_id: i64,
     pub message_id: i64,
     pub user_id: i64,
+    pub message: &'a str,
+}
+
+/// `operator_message`: the holding operator's reply, to the user.
+#[derive(Debug, Serialize)]
+pub struct OperatorMessage<'a> {
+    pub dialog_id: i64,
+    pub message_id: i64,
+    pub operator_id: i64,
+    pub operator_name: &'a str,
     pub message: &'a str,
 }
 

@@ -99,6 +99,47 @@ impl Chat for ChatApi {
             balance: balance.as_units(),
         }))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn request_handoff(
+        &self,
+        request: Request<pb::RequestHandoffForDialogRequest>,
+    ) -> Result<Response<pb::HandoffRecord>, Status> {
+        Ok(Response::new(self.handoff_for(request).await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn check_access(
+        &self,
+        request: Request<pb::CheckAccessRequest>,
+    ) -> Result<Response<pb::CheckAccessResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let (dialog, operator_id) = self
+            .service
+            .check_access(&caller, request.into_inner().dialog_id)
+            .await?;
+        Ok(Response::new(pb::CheckAccessResponse {
+            dialog_id: dialog.id,
+            user_id: dialog.user_id,
+            operator_id,
+        }))
+    }
+}
+
+impl ChatApi {
+    /// Kept out of the trait impl so the trait block stays a list of calls.
+    async fn handoff_for(
+        &self,
+        request: Request<pb::RequestHandoffForDialogRequest>,
+    ) -> Result<pb::HandoffRecord, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        let priority = pb::Priority::try_from(request.priority).unwrap_or(pb::Priority::Normal);
+        Ok(self
+            .service
+            .request_handoff(&caller, request.dialog_id, &request.reason, priority)
+            .await?)
+    }
 }
 
 impl From<Message> for pb::ChatMessage {

@@ -6,6 +6,8 @@
 //! - [`config`] — [`ChatConfig`], read from the environment by the binary.
 //! - [`store`] — storage behind the [`store::ChatStore`] trait, on SQLite and
 //!   PostgreSQL.
+//! - [`handoffs`] — what the service asks the handoff service (who holds a
+//!   dialog), behind a trait.
 //! - `service` — the domain logic: authorization, messages, the assistant's
 //!   answers and charging.
 //! - `grpc` — the tonic adapter; `error` — [`ChatError`] and its one mapping
@@ -17,16 +19,19 @@ pub mod config;
 mod error;
 mod events;
 mod grpc;
+pub mod handoffs;
 mod service;
 pub mod store;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use chatai_kit::config::ServiceCommon;
+use chatai_kit::grpc::TokenInterceptor;
 use chatai_kit::host::ServiceHost;
 use chatai_proto::v1::chat_server::ChatServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 pub use config::ChatConfig;
 pub use error::ChatError;
@@ -39,8 +44,12 @@ pub enum RunError {
     Store(#[from] store::StoreError),
     #[error("assistant: {0}")]
     Assistant(#[from] chatai_assistant::AssistantError),
+    #[error("event log: {0}")]
+    Events(#[from] chatai_kit::events::EventLogError),
     #[error(transparent)]
     Serve(#[from] chatai_kit::grpc::ServeError),
+    #[error("handoff service address: {0}")]
+    HandoffAddress(#[from] tonic::transport::Error),
 }
 
 /// Runs the chat service on `listener` until `shutdown` is cancelled, then
@@ -48,12 +57,18 @@ pub enum RunError {
 pub async fn run(
     listener: TcpListener,
     config: ChatConfig,
+    handoff_addr: SocketAddr,
     common: ServiceCommon,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let store = store::connect(&config.database_url).await?;
+    let store = store::connect(&common.database_url).await?;
     let assistant = chatai_assistant::build(&config.assistant)?;
-    let host = ServiceHost::new(&common, shutdown);
+    let mut host = ServiceHost::start(&common, "chat", shutdown).await?;
+    let checked = store.clone();
+    host.check("database", move || {
+        let store = checked.clone();
+        Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+    });
     let policy = Policy {
         starting_balance: store::Money::from_units(config.starting_balance),
         price_per_1k_tokens: store::Money::from_units(config.price_per_1k_tokens),
@@ -61,15 +76,12 @@ pub async fn run(
         max_message_chars: config.max_message_chars,
         assistant_context: config.assistant_context,
     };
-    host.tasks.spawn(watch_store(
-        store.clone(),
-        host.health.clone(),
-        host.shutdown.clone(),
-    ));
+    let handoffs = handoffs::GrpcHandoffs::new(handoff_addr, TokenInterceptor::new(&common.auth))?;
     let service = ChatService::new(
         store,
         assistant,
         host.log.clone(),
+        Arc::new(handoffs),
         policy,
         host.tasks.clone(),
     );
@@ -77,45 +89,4 @@ pub async fn run(
     host.serve(listener, Some(routes), &["chatai.v1.Chat"])
         .await?;
     Ok(())
-}
-
-/// How often the store's reachability is checked for health reporting.
-const STORE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Reports the service NOT_SERVING (overall gRPC health) while its store is
-/// unreachable, so the gateway's health endpoint can say why it is unhealthy.
-async fn watch_store(
-    store: std::sync::Arc<dyn store::ChatStore>,
-    health: HealthReporter,
-    shutdown: CancellationToken,
-) {
-    let mut every = tokio::time::interval(STORE_CHECK_EVERY);
-    let mut serving = true;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let reachable = match store.ping().await {
-            Ok(()) => true,
-            Err(cause) => {
-                if serving {
-                    tracing::error!(%cause, "the store is unreachable; reporting NOT_SERVING");
-                }
-                false
-            }
-        };
-        if reachable != serving {
-            serving = reachable;
-            let status = if serving {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            health.set_service_status("", status).await;
-            if serving {
-                tracing::info!("the store is reachable again; reporting SERVING");
-            }
-        }
-    }
 }

@@ -11,8 +11,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::error::ChatError;
-use crate::events::{AiResponse, BalanceAlert, ChatMessageCopy, DeferredError, Typing};
+use crate::events::{
+    AiResponse, BalanceAlert, ChatMessageCopy, DeferredError, OperatorMessage, Typing,
+};
+use crate::handoffs::{HandoffError, Handoffs, Holder};
 use crate::store::{ChatStore, Dialog, Message, Money, NewMessage, Sender};
+use chatai_proto::v1 as pb;
 
 /// Prices and limits, in domain units.
 #[derive(Debug, Clone)]
@@ -39,6 +43,7 @@ pub struct ChatService {
     store: Arc<dyn ChatStore>,
     assistant: Arc<dyn Assistant>,
     log: Arc<dyn EventLog>,
+    handoffs: Arc<dyn Handoffs>,
     policy: Arc<Policy>,
     /// Owns the assistant-answer tasks, so shutdown can wait for them.
     tasks: TaskTracker,
@@ -49,6 +54,7 @@ impl ChatService {
         store: Arc<dyn ChatStore>,
         assistant: Arc<dyn Assistant>,
         log: Arc<dyn EventLog>,
+        handoffs: Arc<dyn Handoffs>,
         policy: Policy,
         tasks: TaskTracker,
     ) -> Self {
@@ -56,13 +62,17 @@ impl ChatService {
             store,
             assistant,
             log,
+            handoffs,
             policy: Arc::new(policy),
             tasks,
         }
     }
 
-    /// Stores a user's message (in a new dialog when `dialog_id` is `None`)
-    /// and has the assistant answer it in the background.
+    /// Stores a message. From a user (in a new dialog when `dialog_id` is
+    /// `None`): the assistant answers in the background, unless a handoff
+    /// holds the dialog — then the holding operator gets it, or, while the
+    /// handoff waits in the queue, nobody answers yet. From an operator: only
+    /// into a dialog they hold; the user gets it as `operator_message`.
     pub async fn send_message(
         &self,
         caller: &Caller,
@@ -79,10 +89,27 @@ impl ChatService {
                 max: self.policy.max_message_chars,
             });
         }
-        // Operators reply through the handoff they hold; services post nothing.
-        if !matches!(caller.role, Role::User | Role::Admin) {
-            return Err(ChatError::Forbidden);
+        match caller.role {
+            Role::User | Role::Admin => {
+                self.user_message(caller, dialog_id, text, idempotency_key)
+                    .await
+            }
+            Role::Operator => {
+                let dialog_id = dialog_id.ok_or(ChatError::DialogRequired)?;
+                self.operator_message(caller, dialog_id, text, idempotency_key)
+                    .await
+            }
+            Role::Service => Err(ChatError::Forbidden),
         }
+    }
+
+    async fn user_message(
+        &self,
+        caller: &Caller,
+        dialog_id: Option<i64>,
+        text: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Sent, ChatError> {
         self.store
             .ensure_user(
                 caller.id,
@@ -90,9 +117,15 @@ impl ChatService {
                 self.policy.starting_balance,
             )
             .await?;
-        let dialog = match dialog_id {
-            Some(id) => self.owned_dialog(caller, id).await?,
-            None => self.store.create_dialog(caller.id).await?,
+        let (dialog, holder) = match dialog_id {
+            Some(id) => {
+                let dialog = self.owned_dialog(caller, id).await?;
+                // Asked before storing: if the handoff service cannot say,
+                // nothing is stored and the client retries.
+                let holder = self.handoffs.holder(dialog.id).await?;
+                (dialog, holder)
+            }
+            None => (self.store.create_dialog(caller.id).await?, None),
         };
         let (message, created) = self
             .store
@@ -110,21 +143,149 @@ impl ChatService {
             message_id: message.id,
             created,
         };
-        if created {
-            self.copy_to_room(caller, &message).await;
-            let this = self.clone();
-            let user_id = caller.id;
-            let connection = caller.connection_id.clone();
-            let span = tracing::info_span!(
-                "assistant_answer",
-                dialog_id = message.dialog_id,
-                message_id = message.id
-            );
-            self.tasks.spawn(
-                async move { this.answer(user_id, message, connection).await }.instrument(span),
-            );
+        if !created {
+            return Ok(sent);
+        }
+        self.copy_to_room(caller, &message).await;
+        match holder {
+            None => {
+                let this = self.clone();
+                let user_id = caller.id;
+                let connection = caller.connection_id.clone();
+                let span = tracing::info_span!(
+                    "assistant_answer",
+                    dialog_id = message.dialog_id,
+                    message_id = message.id
+                );
+                self.tasks.spawn(
+                    async move { this.answer(user_id, message, connection).await }.instrument(span),
+                );
+            }
+            Some(Holder::Queued) => {}
+            Some(Holder::Operator { id, .. }) => {
+                let body = ChatMessageCopy {
+                    dialog_id: message.dialog_id,
+                    message_id: message.id,
+                    user_id: caller.id,
+                    message: &message.text,
+                };
+                let event =
+                    Event::new("chat_message", &body)?.with_origin(caller.connection_id.clone());
+                self.log
+                    .deliver(Recipient::Operator(id), Arc::new(event))
+                    .await?;
+            }
         }
         Ok(sent)
+    }
+
+    async fn operator_message(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        text: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Sent, ChatError> {
+        let dialog = self
+            .store
+            .dialog(dialog_id)
+            .await?
+            .ok_or(ChatError::DialogNotFound(dialog_id))?;
+        if !self.holds(caller, &dialog).await? {
+            return Err(ChatError::NotParticipant(dialog_id));
+        }
+        let (message, created) = self
+            .store
+            .append_message(NewMessage {
+                dialog_id: dialog.id,
+                sender: Sender::Operator,
+                sender_id: Some(caller.id),
+                text,
+                tokens_used: 0,
+                idempotency_key,
+            })
+            .await?;
+        if created {
+            let name = caller
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("Operator {}", caller.id));
+            let body = OperatorMessage {
+                dialog_id: dialog.id,
+                message_id: message.id,
+                operator_id: caller.id,
+                operator_name: &name,
+                message: &message.text,
+            };
+            let event = Arc::new(
+                Event::new("operator_message", &body)?.with_origin(caller.connection_id.clone()),
+            );
+            self.log
+                .deliver(Recipient::User(dialog.user_id), event.clone())
+                .await?;
+            self.log
+                .deliver(Recipient::dialog_room(dialog.id), event)
+                .await?;
+            if let Err(cause) = self.handoffs.operator_replied(dialog.id, caller.id).await {
+                tracing::warn!(%cause, dialog_id = dialog.id, "could not tell the handoff service the operator replied");
+            }
+        }
+        Ok(Sent {
+            dialog_id: message.dialog_id,
+            message_id: message.id,
+            created,
+        })
+    }
+
+    /// Whether `caller` is the operator holding `dialog`.
+    async fn holds(&self, caller: &Caller, dialog: &Dialog) -> Result<bool, ChatError> {
+        if caller.role != Role::Operator {
+            return Ok(false);
+        }
+        Ok(matches!(
+            self.handoffs.holder(dialog.id).await?,
+            Some(Holder::Operator { id, .. }) if id == caller.id
+        ))
+    }
+
+    /// Asks for a human operator for the caller's own dialog.
+    pub async fn request_handoff(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        reason: &str,
+        priority: pb::Priority,
+    ) -> Result<pb::HandoffRecord, ChatError> {
+        let dialog = self.owned_dialog(caller, dialog_id).await?;
+        Ok(self
+            .handoffs
+            .request(dialog.id, dialog.user_id, reason, priority)
+            .await?)
+    }
+
+    /// The dialog and its holding operator (0 for none), when `caller` may
+    /// see it: its owner, its operator, an admin or a service.
+    pub async fn check_access(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+    ) -> Result<(Dialog, i64), ChatError> {
+        let dialog = self
+            .store
+            .dialog(dialog_id)
+            .await?
+            .ok_or(ChatError::DialogNotFound(dialog_id))?;
+        let operator = match self.handoffs.holder(dialog.id).await? {
+            Some(Holder::Operator { id, .. }) => id,
+            _ => 0,
+        };
+        let owner = dialog.user_id == caller.id && matches!(caller.role, Role::User | Role::Admin);
+        let holder = caller.role == Role::Operator && operator == caller.id;
+        if owner || holder || caller.role.is_privileged() {
+            Ok((dialog, operator))
+        } else {
+            Err(ChatError::NotParticipant(dialog_id))
+        }
     }
 
     /// A dialog's messages, oldest first, for its owner or an admin/service.
@@ -135,28 +296,53 @@ impl ChatService {
         before: Option<i64>,
         limit: u32,
     ) -> Result<(Dialog, Vec<Message>), ChatError> {
-        let dialog = self.readable_dialog(caller, dialog_id).await?;
+        let (dialog, _) = self.check_access(caller, dialog_id).await?;
         let messages = self.store.history(dialog.id, before, limit).await?;
         Ok((dialog, messages))
     }
 
-    /// Relays a typing indicator to the others in the dialog's room.
+    /// Relays a typing indicator, live only: to the dialog's room, and to
+    /// the other side — the holding operator for the user, the user for the
+    /// operator.
     pub async fn typing(
         &self,
         caller: &Caller,
         dialog_id: i64,
         is_typing: bool,
     ) -> Result<(), ChatError> {
-        let dialog = self.owned_dialog(caller, dialog_id).await?;
+        let (dialog, operator) = if caller.role == Role::Operator {
+            let dialog = self
+                .store
+                .dialog(dialog_id)
+                .await?
+                .ok_or(ChatError::DialogNotFound(dialog_id))?;
+            if !self.holds(caller, &dialog).await? {
+                return Err(ChatError::NotParticipant(dialog_id));
+            }
+            (dialog, Some(caller.id))
+        } else {
+            (self.owned_dialog(caller, dialog_id).await?, None)
+        };
         let body = Typing {
             dialog_id: dialog.id,
-            user_id: Some(caller.id),
-            operator_id: None,
+            user_id: operator.is_none().then_some(caller.id),
+            operator_id: operator,
             is_typing,
         };
-        let event = Event::new("typing", &body)?.with_origin(caller.connection_id.clone());
+        let event =
+            Arc::new(Event::new("typing", &body)?.with_origin(caller.connection_id.clone()));
+        let other_side = match operator {
+            Some(_) => Some(Recipient::User(dialog.user_id)),
+            None => match self.handoffs.holder(dialog.id).await? {
+                Some(Holder::Operator { id, .. }) => Some(Recipient::Operator(id)),
+                _ => None,
+            },
+        };
+        if let Some(other_side) = other_side {
+            self.log.publish(other_side, event.clone()).await?;
+        }
         self.log
-            .deliver(Recipient::dialog_room(dialog.id), Arc::new(event))
+            .publish(Recipient::dialog_room(dialog.id), event)
             .await?;
         Ok(())
     }
@@ -180,19 +366,6 @@ impl ChatService {
             .await?
             .ok_or(ChatError::DialogNotFound(dialog_id))?;
         if dialog.user_id != caller.id || !matches!(caller.role, Role::User | Role::Admin) {
-            return Err(ChatError::NotParticipant(dialog_id));
-        }
-        Ok(dialog)
-    }
-
-    async fn readable_dialog(&self, caller: &Caller, dialog_id: i64) -> Result<Dialog, ChatError> {
-        let dialog = self
-            .store
-            .dialog(dialog_id)
-            .await?
-            .ok_or(ChatError::DialogNotFound(dialog_id))?;
-        let owner = dialog.user_id == caller.id && matches!(caller.role, Role::User | Role::Admin);
-        if !owner && !caller.role.is_privileged() {
             return Err(ChatError::NotParticipant(dialog_id));
         }
         Ok(dialog)
@@ -301,7 +474,30 @@ impl ChatService {
         self.log
             .deliver(Recipient::dialog_room(question.dialog_id), event)
             .await?;
+        if let Some(reason) = answer.needs_human {
+            self.ask_for_operator(question.dialog_id, user_id, reason)
+                .await;
+        }
         self.charge(user_id, answer.tokens_used).await
+    }
+
+    /// Acts on the assistant's "needs a human" signal. A dialog already
+    /// queued or held is fine; other failures are logged (the user can still
+    /// ask with `handoff_request`).
+    async fn ask_for_operator(&self, dialog_id: i64, user_id: i64, reason: HumanReason) {
+        let reason = match reason {
+            HumanReason::Requested => "the user asked the assistant for a person",
+            HumanReason::NoGoodAnswer => "the assistant had no good answer",
+        };
+        match self
+            .handoffs
+            .request(dialog_id, user_id, reason, pb::Priority::Normal)
+            .await
+        {
+            Ok(_) => {}
+            Err(HandoffError::Refused(status)) if status.code() == tonic::Code::AlreadyExists => {}
+            Err(cause) => tracing::warn!(%cause, dialog_id, "could not ask for an operator"),
+        }
     }
 
     /// Charges the tokens; one `balance_alert` when this charge crosses the threshold.

@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatai_assistant::{Answer, Assistant, AssistantError, KnowledgeBase, Turn};
+use chatai_chat::handoffs::{HandoffError, Handoffs, Holder, NoHandoffs};
 use chatai_chat::store::{self, ChatStore, Money};
 use chatai_chat::{ChatError, ChatService, Policy};
 use chatai_kit::config::EventLogConfig;
 use chatai_kit::events::memory::MemoryLog;
 use chatai_kit::events::{Delivery, EventLog, Recipient};
 use chatai_kit::identity::{Caller, Role};
+use chatai_proto::v1 as pb;
+use std::sync::Mutex;
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
 
@@ -42,11 +45,28 @@ struct Fixture {
 }
 
 async fn fixture(assistant: Arc<dyn Assistant>, policy: Policy) -> Fixture {
-    let store = store::connect("sqlite::memory:").await.expect("in-memory SQLite opens");
+    fixture_with(assistant, policy, Arc::new(NoHandoffs)).await
+}
+
+async fn fixture_with(
+    assistant: Arc<dyn Assistant>,
+    policy: Policy,
+    handoffs: Arc<dyn Handoffs>,
+) -> Fixture {
+    let store = store::connect("sqlite::memory:")
+        .await
+        .expect("in-memory SQLite opens");
     let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(&EventLogConfig::default()));
     let live = log.live();
     let tasks = TaskTracker::new();
-    let service = ChatService::new(store.clone(), assistant, log, policy, tasks.clone());
+    let service = ChatService::new(
+        store.clone(),
+        assistant,
+        log,
+        handoffs,
+        policy,
+        tasks.clone(),
+    );
     Fixture {
         service,
         store,
@@ -77,7 +97,11 @@ fn body(delivery: &Delivery) -> serde_json::Value {
 /// as a durable `ai_response` to the user, and the tokens are charged.
 #[tokio::test]
 async fn answer_is_stored_delivered_and_charged() {
-    let mut f = fixture(Arc::new(KnowledgeBase::bundled("Helper")), policy(10.0, 1.0, 5.0)).await;
+    let mut f = fixture(
+        Arc::new(KnowledgeBase::bundled("Helper")),
+        policy(10.0, 1.0, 5.0),
+    )
+    .await;
     let ann = caller(456, Role::User);
     let sent = f
         .service
@@ -91,7 +115,9 @@ async fn answer_is_stored_delivered_and_charged() {
     let answer = body(&delivery);
     assert_eq!(answer["dialog_id"], sent.dialog_id);
     assert_eq!(answer["assistant_name"], "Helper");
-    let tokens = answer["tokens_used"].as_u64().expect("tokens_used is a number");
+    let tokens = answer["tokens_used"]
+        .as_u64()
+        .expect("tokens_used is a number");
     assert!(tokens > 0);
     f.tasks.close();
     f.tasks.wait().await;
@@ -101,21 +127,42 @@ async fn answer_is_stored_delivered_and_charged() {
         .await
         .expect("the owner reads the dialog");
     assert_eq!(history.len(), 2);
-    assert_eq!(history[1].text, answer["message"].as_str().expect("message is text"));
-    let balance = f.store.balance(456).await.expect("balance reads").expect("user exists");
-    assert_eq!(balance, Money(Money::from_units(10.0).0 - (tokens as i64 * 1_000_000 / 1000)));
+    assert_eq!(
+        history[1].text,
+        answer["message"].as_str().expect("message is text")
+    );
+    let balance = f
+        .store
+        .balance(456)
+        .await
+        .expect("balance reads")
+        .expect("user exists");
+    assert_eq!(
+        balance,
+        Money(Money::from_units(10.0).0 - (tokens as i64 * 1_000_000 / 1000))
+    );
 }
 
 /// Nobody but the owner (or an admin reading) touches a dialog; unknown
 /// dialogs and empty or long messages are refused.
 #[tokio::test]
 async fn dialogs_are_private() {
-    let f = fixture(Arc::new(KnowledgeBase::bundled("Helper")), policy(10.0, 0.0, 5.0)).await;
+    let f = fixture(
+        Arc::new(KnowledgeBase::bundled("Helper")),
+        policy(10.0, 0.0, 5.0),
+    )
+    .await;
     let ann = caller(1, Role::User);
     let bob = caller(2, Role::User);
-    let sent = f.service.send_message(&ann, None, "hello", None).await.expect("accepted");
+    let sent = f
+        .service
+        .send_message(&ann, None, "hello", None)
+        .await
+        .expect("accepted");
     assert!(matches!(
-        f.service.send_message(&bob, Some(sent.dialog_id), "mine now", None).await,
+        f.service
+            .send_message(&bob, Some(sent.dialog_id), "mine now", None)
+            .await,
         Err(ChatError::NotParticipant(_))
     ));
     assert!(matches!(
@@ -127,12 +174,21 @@ async fn dialogs_are_private() {
         Err(ChatError::NotParticipant(_))
     ));
     assert!(matches!(
-        f.service.send_message(&caller(3, Role::Operator), Some(sent.dialog_id), "hi", None).await,
-        Err(ChatError::Forbidden)
+        f.service
+            .send_message(&caller(3, Role::Operator), Some(sent.dialog_id), "hi", None)
+            .await,
+        Err(ChatError::NotParticipant(_))
     ));
-    assert!(f.service.history(&caller(9, Role::Admin), sent.dialog_id, None, 10).await.is_ok());
+    assert!(
+        f.service
+            .history(&caller(9, Role::Admin), sent.dialog_id, None, 10)
+            .await
+            .is_ok()
+    );
     assert!(matches!(
-        f.service.send_message(&ann, Some(999_999), "hello", None).await,
+        f.service
+            .send_message(&ann, Some(999_999), "hello", None)
+            .await,
         Err(ChatError::DialogNotFound(999_999))
     ));
     assert!(matches!(
@@ -140,18 +196,31 @@ async fn dialogs_are_private() {
         Err(ChatError::EmptyMessage)
     ));
     assert!(matches!(
-        f.service.send_message(&ann, None, &"x".repeat(101), None).await,
+        f.service
+            .send_message(&ann, None, &"x".repeat(101), None)
+            .await,
         Err(ChatError::MessageTooLong { max: 100 })
     ));
-    assert!(matches!(f.service.balance(&bob, 1).await, Err(ChatError::Forbidden)));
+    assert!(matches!(
+        f.service.balance(&bob, 1).await,
+        Err(ChatError::Forbidden)
+    ));
 }
 
 /// The same idempotency key stores one message and asks the assistant once.
 #[tokio::test]
 async fn retried_message_is_stored_once() {
-    let f = fixture(Arc::new(KnowledgeBase::bundled("Helper")), policy(10.0, 0.0, 5.0)).await;
+    let f = fixture(
+        Arc::new(KnowledgeBase::bundled("Helper")),
+        policy(10.0, 0.0, 5.0),
+    )
+    .await;
     let ann = caller(1, Role::User);
-    let first = f.service.send_message(&ann, None, "hello", Some("k1")).await.expect("accepted");
+    let first = f
+        .service
+        .send_message(&ann, None, "hello", Some("k1"))
+        .await
+        .expect("accepted");
     let again = f
         .service
         .send_message(&ann, Some(first.dialog_id), "hello", Some("k1"))
@@ -161,7 +230,11 @@ async fn retried_message_is_stored_once() {
     assert!(!again.created);
     f.tasks.close();
     f.tasks.wait().await;
-    let (_, history) = f.service.history(&ann, first.dialog_id, None, 50).await.expect("readable");
+    let (_, history) = f
+        .service
+        .history(&ann, first.dialog_id, None, 50)
+        .await
+        .expect("readable");
     assert_eq!(history.len(), 2, "one user message and one answer");
 }
 
@@ -190,7 +263,11 @@ async fn balance_alert_fires_once_per_crossing() {
     // 10.00 to start, 2.00 per answer: 8, 6, 4 (crossing 5.00), 2, 0.
     let mut f = fixture(Arc::new(Spender(1000)), policy(10.0, 2.0, 5.0)).await;
     let ann = caller(7, Role::User);
-    let first = f.service.send_message(&ann, None, "one", None).await.expect("accepted");
+    let first = f
+        .service
+        .send_message(&ann, None, "one", None)
+        .await
+        .expect("accepted");
     let mut alerts = 0;
     let mut answers = 0;
     for n in 0..5 {
@@ -253,23 +330,42 @@ impl Assistant for Broken {
 async fn assistant_failure_is_reported_to_the_user() {
     let mut f = fixture(Arc::new(Broken), policy(10.0, 1.0, 5.0)).await;
     let ann = caller(5, Role::User);
-    let sent = f.service.send_message(&ann, None, "hello?", None).await.expect("accepted");
+    let sent = f
+        .service
+        .send_message(&ann, None, "hello?", None)
+        .await
+        .expect("accepted");
     let delivery = next_for(&mut f.live, &Recipient::User(5)).await;
     assert_eq!(delivery.event.kind, "error");
     let error = body(&delivery);
     assert_eq!(error["code"], "assistant_unavailable");
     assert_eq!(error["message_id"], sent.message_id);
-    let (_, history) = f.service.history(&ann, sent.dialog_id, None, 10).await.expect("readable");
+    let (_, history) = f
+        .service
+        .history(&ann, sent.dialog_id, None, 10)
+        .await
+        .expect("readable");
     assert_eq!(history.len(), 1);
 }
 
 /// Typing goes to the dialog's room, live only, marked with its origin.
 #[tokio::test]
 async fn typing_is_relayed_to_the_room() {
-    let mut f = fixture(Arc::new(KnowledgeBase::bundled("Helper")), policy(10.0, 0.0, 5.0)).await;
+    let mut f = fixture(
+        Arc::new(KnowledgeBase::bundled("Helper")),
+        policy(10.0, 0.0, 5.0),
+    )
+    .await;
     let ann = caller(3, Role::User);
-    let sent = f.service.send_message(&ann, None, "hello", None).await.expect("accepted");
-    f.service.typing(&ann, sent.dialog_id, true).await.expect("relayed");
+    let sent = f
+        .service
+        .send_message(&ann, None, "hello", None)
+        .await
+        .expect("accepted");
+    f.service
+        .typing(&ann, sent.dialog_id, true)
+        .await
+        .expect("relayed");
     let room = Recipient::dialog_room(sent.dialog_id);
     let delivery = loop {
         let delivery = next_for(&mut f.live, &room).await;
@@ -280,4 +376,250 @@ async fn typing_is_relayed_to_the_room() {
     assert_eq!(delivery.position, 0);
     assert_eq!(delivery.event.origin_connection.as_deref(), Some("g:1"));
     assert_eq!(body(&delivery)["is_typing"], true);
+}
+
+/// A handoff service in memory: who holds which dialog, and what was asked.
+#[derive(Default)]
+struct FakeHandoffs {
+    holders: Mutex<std::collections::HashMap<i64, Holder>>,
+    requests: Mutex<Vec<(i64, i64, String)>>,
+    replies: Mutex<Vec<(i64, i64)>>,
+}
+
+#[async_trait::async_trait]
+impl Handoffs for FakeHandoffs {
+    async fn holder(&self, dialog_id: i64) -> Result<Option<Holder>, HandoffError> {
+        Ok(self
+            .holders
+            .lock()
+            .expect("not poisoned")
+            .get(&dialog_id)
+            .cloned())
+    }
+
+    async fn request(
+        &self,
+        dialog_id: i64,
+        user_id: i64,
+        reason: &str,
+        _: pb::Priority,
+    ) -> Result<pb::HandoffRecord, HandoffError> {
+        self.requests
+            .lock()
+            .expect("not poisoned")
+            .push((dialog_id, user_id, reason.to_owned()));
+        self.holders
+            .lock()
+            .expect("not poisoned")
+            .insert(dialog_id, Holder::Queued);
+        Ok(pb::HandoffRecord {
+            dialog_id,
+            user_id,
+            position: 1,
+            ..Default::default()
+        })
+    }
+
+    async fn operator_replied(&self, dialog_id: i64, operator_id: i64) -> Result<(), HandoffError> {
+        self.replies
+            .lock()
+            .expect("not poisoned")
+            .push((dialog_id, operator_id));
+        Ok(())
+    }
+}
+
+/// While an operator holds a dialog, the user's messages go to that operator
+/// (durable `chat_message`) and the assistant stays quiet; the operator's
+/// replies reach the user as `operator_message` and stop the no-reply timer.
+#[tokio::test]
+async fn a_held_dialog_is_between_user_and_operator() {
+    let handoffs = Arc::new(FakeHandoffs::default());
+    let mut f = fixture_with(
+        Arc::new(KnowledgeBase::bundled("Helper")),
+        policy(10.0, 0.0, 5.0),
+        handoffs.clone(),
+    )
+    .await;
+    let ann = caller(1, Role::User);
+    let first = f
+        .service
+        .send_message(&ann, None, "hello", None)
+        .await
+        .expect("accepted");
+    let _ = next_for(&mut f.live, &Recipient::User(1)).await; // the assistant's answer
+    handoffs.holders.lock().expect("not poisoned").insert(
+        first.dialog_id,
+        Holder::Operator {
+            id: 77,
+            name: "Olga".into(),
+        },
+    );
+    f.service
+        .send_message(&ann, Some(first.dialog_id), "are you human?", None)
+        .await
+        .expect("accepted");
+    let to_operator = next_for(&mut f.live, &Recipient::Operator(77)).await;
+    assert_eq!(to_operator.event.kind, "chat_message");
+    assert!(to_operator.position > 0, "the operator's copy is durable");
+    assert_eq!(body(&to_operator)["message"], "are you human?");
+    assert_eq!(body(&to_operator)["user_id"], 1);
+
+    let olga = Caller {
+        id: 77,
+        role: Role::Operator,
+        name: Some("Olga".into()),
+        connection_id: None,
+    };
+    f.service
+        .send_message(&olga, Some(first.dialog_id), "yes, I am", None)
+        .await
+        .expect("the holder may reply");
+    let to_user = next_for(&mut f.live, &Recipient::User(1)).await;
+    assert_eq!(
+        to_user.event.kind, "operator_message",
+        "no ai_response while held"
+    );
+    assert_eq!(body(&to_user)["operator_name"], "Olga");
+    assert_eq!(body(&to_user)["operator_id"], 77);
+    assert_eq!(
+        handoffs.replies.lock().expect("not poisoned").as_slice(),
+        &[(first.dialog_id, 77)]
+    );
+    f.tasks.close();
+    f.tasks.wait().await;
+    let (_, history) = f
+        .service
+        .history(&olga, first.dialog_id, None, 10)
+        .await
+        .expect("the holder reads");
+    assert_eq!(history.len(), 4, "hello, answer, question, reply");
+
+    let other = Caller {
+        id: 78,
+        role: Role::Operator,
+        name: None,
+        connection_id: None,
+    };
+    assert!(matches!(
+        f.service
+            .send_message(&other, Some(first.dialog_id), "me too", None)
+            .await,
+        Err(ChatError::NotParticipant(_))
+    ));
+    assert!(matches!(
+        f.service.history(&other, first.dialog_id, None, 10).await,
+        Err(ChatError::NotParticipant(_))
+    ));
+    assert!(matches!(
+        f.service
+            .send_message(&olga, None, "new dialog?", None)
+            .await,
+        Err(ChatError::DialogRequired)
+    ));
+}
+
+/// Typing crosses to the other side, live only: the user's to the holding
+/// operator, the operator's to the user.
+#[tokio::test]
+async fn typing_crosses_to_the_other_side() {
+    let handoffs = Arc::new(FakeHandoffs::default());
+    let mut f = fixture_with(
+        Arc::new(KnowledgeBase::bundled("Helper")),
+        policy(10.0, 0.0, 5.0),
+        handoffs.clone(),
+    )
+    .await;
+    let ann = caller(1, Role::User);
+    let sent = f
+        .service
+        .send_message(&ann, None, "hello", None)
+        .await
+        .expect("accepted");
+    handoffs.holders.lock().expect("not poisoned").insert(
+        sent.dialog_id,
+        Holder::Operator {
+            id: 5,
+            name: String::new(),
+        },
+    );
+    f.service
+        .typing(&ann, sent.dialog_id, true)
+        .await
+        .expect("relayed");
+    let to_operator = loop {
+        let d = next_for(&mut f.live, &Recipient::Operator(5)).await;
+        if d.event.kind == "typing" {
+            break d;
+        }
+    };
+    assert_eq!(to_operator.position, 0, "typing is never stored");
+    assert_eq!(body(&to_operator)["user_id"], 1);
+    let operator = caller(5, Role::Operator);
+    f.service
+        .typing(&operator, sent.dialog_id, false)
+        .await
+        .expect("relayed");
+    let to_user = loop {
+        let d = next_for(&mut f.live, &Recipient::User(1)).await;
+        if d.event.kind == "typing" {
+            break d;
+        }
+    };
+    assert_eq!(body(&to_user)["operator_id"], 5);
+    assert_eq!(body(&to_user)["is_typing"], false);
+}
+
+/// A queued handoff keeps the assistant quiet; asking for a person through
+/// the assistant requests a handoff; only the owner may request one.
+#[tokio::test]
+async fn handoff_requests_and_the_quiet_assistant() {
+    let handoffs = Arc::new(FakeHandoffs::default());
+    let mut f = fixture_with(
+        Arc::new(KnowledgeBase::bundled("Helper")),
+        policy(10.0, 0.0, 5.0),
+        handoffs.clone(),
+    )
+    .await;
+    let ann = caller(1, Role::User);
+    let sent = f
+        .service
+        .send_message(&ann, None, "I want to talk to a human please", None)
+        .await
+        .expect("accepted");
+    let answer = next_for(&mut f.live, &Recipient::User(1)).await;
+    assert_eq!(body(&answer)["needs_human"], "requested");
+    f.tasks.close();
+    f.tasks.wait().await;
+    f.tasks.reopen();
+    assert_eq!(
+        handoffs.requests.lock().expect("not poisoned").len(),
+        1,
+        "the assistant's signal asked for an operator"
+    );
+    // Now queued: the assistant stays quiet.
+    f.service
+        .send_message(&ann, Some(sent.dialog_id), "hello?", None)
+        .await
+        .expect("accepted");
+    f.tasks.close();
+    f.tasks.wait().await;
+    while let Ok(delivery) = f.live.try_recv() {
+        assert!(
+            !(delivery.recipient == Recipient::User(1) && delivery.event.kind == "ai_response"),
+            "the assistant answered a dialog waiting for an operator"
+        );
+    }
+    let bob = caller(2, Role::User);
+    assert!(matches!(
+        f.service
+            .request_handoff(&bob, sent.dialog_id, "mine", pb::Priority::High)
+            .await,
+        Err(ChatError::NotParticipant(_))
+    ));
+    f.service
+        .request_handoff(&ann, sent.dialog_id, "still need help", pb::Priority::High)
+        .await
+        .expect("the owner may ask");
+    assert_eq!(handoffs.requests.lock().expect("not poisoned").len(), 2);
 }

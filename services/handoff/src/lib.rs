@@ -1,23 +1,133 @@
-//! The handoff service: the queue of dialogs waiting for a human operator and their assignment.
+//! The handoff service: dialogs waiting for a human operator, in a priority
+//! queue (urgent > high > normal > low, first come first served inside), and
+//! their assignment to the eligible operator with the fewest active handoffs
+//! (the longest idle on a tie), over gRPC (`chatai.v1.Handoff`) plus the
+//! `EventStream` through which gateways receive `handoff_request`,
+//! `handoff_queued`, `operator_assigned` and `handoff_completed`.
 //!
-//! Today this process serves the `EventStream` that gateways attach to, with
-//! health checking and reflection; its own `chatai.v1.Handoff` API (see
-//! `proto/chatai/v1/handoff.proto`) is built on this crate by the issue that
-//! introduces it, and calls to it answer UNIMPLEMENTED until then.
+//! It follows the presence service as a client (who is online, the status
+//! each operator chose) and tells it each operator's load.
+//!
+//! Layout:
+//! - [`config`] — [`HandoffConfig`], read from the environment by the binary.
+//! - [`store`] — storage behind the [`store::HandoffStore`] trait, on SQLite
+//!   and PostgreSQL.
+//! - [`service`] — the queue: one actor owning every active handoff and the
+//!   operator view, its handle [`HandoffService`], the timers.
+//! - `queue` — the pure rules: order, eligibility, who is next, estimates.
+//! - [`directory`] — the seam to presence ([`directory::OperatorUpdate`],
+//!   [`directory::OperatorDirectory`]), so the queue is tested without it.
+//! - [`presence`] — that seam over gRPC: follows presence's `EventStream`,
+//!   calls `ListOperators` and `SetLoad`.
+//! - `grpc` — the tonic adapter; `error` — [`HandoffError`] and its one
+//!   mapping to a gRPC status; `events` — the bodies of the events sent.
+//!
+//! [`run`] serves it all on a listener until shutdown.
+
+pub mod config;
+pub mod directory;
+mod error;
+mod events;
+mod grpc;
+pub mod presence;
+mod queue;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chatai_kit::config::ServiceCommon;
-use chatai_kit::grpc::ServeError;
 use chatai_kit::host::ServiceHost;
+use chatai_proto::v1::handoff_server::HandoffServer;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Runs the handoff service on `listener` until `shutdown` is cancelled.
+pub use config::HandoffConfig;
+pub use error::HandoffError;
+pub use service::HandoffService;
+
+/// Operator updates buffered from the presence follower to the queue. The
+/// follower waits when it is full (presence's stream then backs up, and cuts
+/// us off if it must; we re-attach and start from a snapshot).
+const UPDATE_BUFFER: usize = 1024;
+
+/// Why the handoff service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("storage: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("event log: {0}")]
+    Events(#[from] chatai_kit::events::EventLogError),
+    #[error("presence address: {0}")]
+    Presence(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Serve(#[from] chatai_kit::grpc::ServeError),
+    #[error("the handoff queue stopped unexpectedly")]
+    QueueStopped,
+}
+
+/// Runs the handoff service on `listener` until `shutdown` is cancelled,
+/// following the presence service at `presence_addr`; then drains in-flight
+/// calls and waits for its tasks.
 pub async fn run(
     listener: TcpListener,
+    config: HandoffConfig,
+    presence_addr: SocketAddr,
     common: ServiceCommon,
     shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    ServiceHost::new(&common, shutdown)
-        .serve(listener, None, &[])
-        .await
+) -> Result<(), RunError> {
+    let store = store::connect(&config.database_url).await?;
+    let mut host = ServiceHost::start(&common, "handoff", shutdown).await?;
+    let checked = store.clone();
+    host.check("database", move || {
+        let store = checked.clone();
+        Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+    });
+
+    let channel = presence::channel(presence_addr, &common.auth)?;
+    let reporter = presence::LoadReporter::new();
+    host.tasks
+        .spawn(reporter.clone().run(channel.clone(), host.shutdown.clone()));
+    let (updates_tx, updates) = mpsc::channel(UPDATE_BUFFER);
+    host.tasks
+        .spawn(presence::follow(channel, updates_tx, host.shutdown.clone()));
+
+    let (service, queue) = HandoffService::load(
+        store,
+        host.log.clone(),
+        reporter,
+        updates,
+        config.policy(),
+        host.shutdown.clone(),
+    )
+    .await?;
+    let failed = Arc::new(AtomicBool::new(false));
+    host.tasks
+        .spawn(supervise(queue, host.shutdown.clone(), failed.clone()));
+
+    let routes = tonic::service::Routes::new(HandoffServer::new(grpc::HandoffApi::new(service)));
+    host.serve(listener, Some(routes), &["chatai.v1.Handoff"])
+        .await?;
+    if failed.load(Ordering::Acquire) {
+        return Err(RunError::QueueStopped);
+    }
+    Ok(())
+}
+
+/// Runs the queue actor; if it ends before shutdown (or panics), says why
+/// and stops the service (STYLE 8: no task dies silently).
+async fn supervise(queue: service::Queue, shutdown: CancellationToken, failed: Arc<AtomicBool>) {
+    let outcome = tokio::spawn(queue.run()).await;
+    if shutdown.is_cancelled() && outcome.is_ok() {
+        return;
+    }
+    match outcome {
+        Ok(()) => tracing::error!("the handoff queue stopped on its own; stopping the service"),
+        Err(cause) => tracing::error!(%cause, "the handoff queue failed; stopping the service"),
+    }
+    failed.store(true, Ordering::Release);
+    shutdown.cancel();
 }

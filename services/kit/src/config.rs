@@ -106,10 +106,71 @@ pub struct TelemetryConfig {
 }
 
 /// What every service process needs besides its own settings.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct ServiceCommon {
+    /// The database: `sqlite://…` or `postgres://…`; each service owns its
+    /// tables, migrations are applied at start-up.
+    #[arg(
+        long = "database-url",
+        env = "CHATAI_DATABASE_URL",
+        default_value = "sqlite://data/chatai.db"
+    )]
+    pub database_url: String,
+    /// Redis for the event logs (and, with it, replicas of a service);
+    /// unset = in memory, one process.
+    #[arg(long = "redis-url", env = "CHATAI_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     #[command(flatten)]
     pub auth: InternalAuth,
     #[command(flatten)]
     pub events: EventLogConfig,
+}
+
+impl Default for ServiceCommon {
+    fn default() -> Self {
+        ServiceCommon {
+            database_url: "sqlite://data/chatai.db".into(),
+            redis_url: None,
+            auth: InternalAuth::default(),
+            events: EventLogConfig::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: ServiceCommon,
+    }
+
+    /// The defaults in code are the ones the command line documents (the
+    /// environment of the machine running the tests ignored).
+    #[test]
+    fn defaults_match_clap() {
+        let matches = Cli::command()
+            .mut_args(|arg| arg.env(None::<&str>))
+            .try_get_matches_from(["chatai"])
+            .expect("an empty command line parses");
+        let parsed = Cli::from_arg_matches(&matches)
+            .expect("matches convert")
+            .common;
+        let default = ServiceCommon::default();
+        assert_eq!(parsed.database_url, default.database_url);
+        assert_eq!(
+            parsed.max_handoffs_per_operator,
+            default.max_handoffs_per_operator
+        );
+        assert_eq!(parsed.events.retention_secs, default.events.retention_secs);
+        assert_eq!(
+            parsed.events.max_per_recipient,
+            default.events.max_per_recipient
+        );
+        assert_eq!(parsed.events.live_buffer, default.events.live_buffer);
+    }
 }

@@ -27,6 +27,9 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// How long a stopping server waits for in-flight calls.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Health checking path: left open so probes need no token.
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
@@ -59,7 +62,7 @@ pub async fn serve(
         .map(|token| format!("Bearer {token}"));
     tracing::info!(%addr, services = ?service_names, "gRPC server listening");
 
-    Server::builder()
+    let server = Server::builder()
         // Outermost: one span per call, continuing the trace of the caller
         // (the gateway's span for the client frame) from its metadata.
         .trace_fn(|request: &http::Request<()>| {
@@ -77,8 +80,20 @@ pub async fn serve(
         .add_routes(routes)
         .add_service(health)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
-        .await?;
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    // Drain in-flight calls, but not forever: a peer that stopped reading
+    // must not keep the process from stopping.
+    let drain_limit = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        _ = drain_limit => tracing::warn!(%addr, "in-flight calls did not finish within {DRAIN_TIMEOUT:?}; stopping anyway"),
+    }
     tracing::info!(%addr, "gRPC server stopped");
     Ok(())
 }

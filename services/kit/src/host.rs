@@ -1,18 +1,29 @@
 //! What every service process does around its own API: open the event log,
 //! serve `EventStream` next to the service's routes, own the background tasks,
-//! and on shutdown drain calls and wait for every task.
+//! report readiness through gRPC health checking, and on shutdown drain calls
+//! and wait for every task.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
+use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{InternalAuth, ServiceCommon};
-use crate::events::{self, EventLog, stream::EventStreamService};
+use crate::events::{self, EventLog, EventLogError, stream::EventStreamService};
 use crate::grpc::{self, ServeError};
+
+/// How often readiness checks run.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// A readiness check: resolves to an error message while a dependency the
+/// service needs (its database, Redis) is unreachable.
+pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// A service's shared runtime: its event log, its tasks, its shutdown signal.
 #[derive(Clone)]
@@ -20,27 +31,46 @@ pub struct ServiceHost {
     pub log: Arc<dyn EventLog>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
-    /// Sets what gRPC health checking reports; the overall status (the empty
-    /// service name) says whether this service can do its work (its store is
-    /// reachable, say).
+    /// What gRPC health checking reports; the overall status (the empty
+    /// name) is SERVING while every readiness check passes.
     pub health: HealthReporter,
+    checks: Vec<(&'static str, Check)>,
     auth: InternalAuth,
 }
 
 impl ServiceHost {
-    /// Opens the configured event log and starts trimming it.
-    pub fn new(common: &ServiceCommon, shutdown: CancellationToken) -> Self {
-        let log = events::open(&common.events);
-        let health = HealthReporter::new();
+    /// Opens the event log of `service` (Redis when `CHATAI_REDIS_URL` is
+    /// set, memory otherwise) and starts its background tasks.
+    pub async fn start(
+        common: &ServiceCommon,
+        service: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Self, EventLogError> {
         let tasks = TaskTracker::new();
+        let log = events::open(common, service, &tasks, shutdown.clone()).await?;
         tasks.spawn(events::trim_until(log.clone(), shutdown.clone()));
-        ServiceHost {
-            log,
+        let mut host = ServiceHost {
+            log: log.clone(),
             tasks,
             shutdown,
-            health,
+            health: HealthReporter::new(),
+            checks: Vec::new(),
             auth: common.auth.clone(),
-        }
+        };
+        host.check("event log", move || {
+            let log = log.clone();
+            Box::pin(async move { log.ping().await.map_err(|e| e.to_string()) })
+        });
+        Ok(host)
+    }
+
+    /// Adds a readiness check, run every few seconds once serving.
+    pub fn check(
+        &mut self,
+        name: &'static str,
+        check: impl Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+    ) {
+        self.checks.push((name, Arc::new(check)));
     }
 
     /// Serves `routes` (may be empty) plus `EventStream` on `listener` until
@@ -60,6 +90,11 @@ impl ServiceHost {
         };
         let mut names = service_names.to_vec();
         names.push("chatai.v1.EventStream");
+        self.tasks.spawn(watch_readiness(
+            self.checks.clone(),
+            self.health.clone(),
+            self.shutdown.clone(),
+        ));
         let served = grpc::serve(
             listener,
             routes,
@@ -74,4 +109,49 @@ impl ServiceHost {
         self.tasks.wait().await;
         served
     }
+}
+
+/// Runs the checks every few seconds; the overall health status is
+/// NOT_SERVING while any fails, and each change is logged once.
+async fn watch_readiness(
+    checks: Vec<(&'static str, Check)>,
+    health: HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(CHECK_EVERY);
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let mut failures = Vec::new();
+        for (name, check) in &checks {
+            if let Err(cause) = check().await {
+                failures.push(format!("{name}: {cause}"));
+            }
+        }
+        let now_serving = failures.is_empty();
+        if now_serving != serving {
+            serving = now_serving;
+            if serving {
+                tracing::info!("dependencies reachable again; reporting SERVING");
+                health.set_service_status("", ServingStatus::Serving).await;
+            } else {
+                tracing::error!(causes = ?failures, "a dependency is unreachable; reporting NOT_SERVING");
+                health
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+            }
+        }
+    }
+}
+
+/// Why a service that only hosts the event stream could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("event log: {0}")]
+    Events(#[from] EventLogError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }

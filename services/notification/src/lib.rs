@@ -1,23 +1,94 @@
-//! The notification service: notifications for one user or operator, system alerts, analytics for admins.
+//! The notification service: notifications for one user or operator, system
+//! alerts for everyone connected, live analytics for admins, and the history
+//! of gateway connections behind them — over gRPC (`chatai.v1.Notification`)
+//! plus the `EventStream` through which gateways receive its events.
 //!
-//! Today this process serves the `EventStream` that gateways attach to, with
-//! health checking and reflection; its own `chatai.v1.Notification` API (see
-//! `proto/chatai/v1/notification.proto`) is built on this crate by the issue that
-//! introduces it, and calls to it answer UNIMPLEMENTED until then.
+//! - `Notify` (admins, internal services such as billing): an event of any
+//!   snake_case `type` except the gateway's own frames (`ack`, `error`,
+//!   `connected`, `heartbeat_ack`), with a JSON object body (≤ 32 KiB, not
+//!   setting `type`, `timestamp`, `event_id` or `cursor`). Durable for a user
+//!   or an operator (the response has its position), live for a room, a role
+//!   or everyone.
+//! - `SystemAlert` (admins, internal services): `system_alert` to everyone
+//!   connected, live.
+//! - `RecordConnections` (gateways): connection events stored in
+//!   `connection_events`, a batch in one transaction.
+//! - `ReportGateway` (gateways) and `GetAnalytics` (admins, internal
+//!   services): the latest report of each gateway, kept until its ttl runs
+//!   out, summed into `active_connections`, `active_users`,
+//!   `online_operators` and `messages_per_minute`. Every
+//!   `CHATAI_ANALYTICS_INTERVAL_SECS` the metrics that changed are pushed to
+//!   admins as `analytics_update` (see [`analytics`] for what is and is not
+//!   measured).
+//!
+//! `balance_alert` is not sent from here: the chat service sends it, exactly
+//! once per threshold crossing, from the atomic charge that crosses it.
+//!
+//! Layout:
+//! - [`config`] — [`NotificationConfig`], read from the environment by the binary.
+//! - [`store`] — connection events behind [`store::NotificationStore`], on
+//!   SQLite and PostgreSQL (the chat service's database, its own table).
+//! - [`analytics`] — gateway reports, the metrics, what changed.
+//! - `service` — the domain logic: who may do what, validation, delivery,
+//!   the analytics push.
+//! - `grpc` — the tonic adapter; `error` — [`NotificationError`] and its one
+//!   mapping to a gRPC status; `events` — the bodies of the events built here.
+//!
+//! [`run`] serves it all on a listener until shutdown.
+
+pub mod analytics;
+pub mod config;
+mod error;
+mod events;
+mod grpc;
+mod service;
+pub mod store;
 
 use chatai_kit::config::ServiceCommon;
-use chatai_kit::grpc::ServeError;
 use chatai_kit::host::ServiceHost;
+use chatai_proto::v1::notification_server::NotificationServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Runs the notification service on `listener` until `shutdown` is cancelled.
+pub use config::NotificationConfig;
+pub use error::NotificationError;
+pub use service::{NotificationService, Notified, Severity};
+
+/// Why the notification service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("storage: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("event log: {0}")]
+    Events(#[from] chatai_kit::events::EventLogError),
+    #[error(transparent)]
+    Serve(#[from] chatai_kit::grpc::ServeError),
+}
+
+/// Runs the notification service on `listener` until `shutdown` is
+/// cancelled, then drains in-flight calls and stops the analytics task.
 pub async fn run(
     listener: TcpListener,
+    config: NotificationConfig,
     common: ServiceCommon,
     shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    ServiceHost::new(&common, shutdown)
-        .serve(listener, None, &[])
-        .await
+) -> Result<(), RunError> {
+    let store = store::connect(&config.database_url).await?;
+    let mut host = ServiceHost::start(&common, "notification", shutdown).await?;
+    let checked = store.clone();
+    host.check("database", move || {
+        let store = checked.clone();
+        Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+    });
+    let service = NotificationService::new(store, host.log.clone());
+    host.tasks.spawn(
+        service
+            .clone()
+            .push_analytics(config.analytics_interval(), host.shutdown.clone()),
+    );
+    let routes =
+        tonic::service::Routes::new(NotificationServer::new(grpc::NotificationApi::new(service)));
+    host.serve(listener, Some(routes), &["chatai.v1.Notification"])
+        .await?;
+    Ok(())
 }

@@ -1,23 +1,92 @@
-//! The operator presence service: who is online, their chosen status and their load.
+//! The operator presence service: who is online, the status each operator
+//! chose, and their load — three separate signals — and the effective status
+//! derived from them, over gRPC (`chatai.v1.Presence`) plus the `EventStream`
+//! through which every operator connection gets `operator_status_change`.
 //!
-//! Today this process serves the `EventStream` that gateways attach to, with
-//! health checking and reflection; its own `chatai.v1.Presence` API (see
-//! `proto/chatai/v1/presence.proto`) is built on this crate by the issue that
-//! introduces it, and calls to it answer UNIMPLEMENTED until then.
+//! An operator is online while any of their connections, on any gateway, is
+//! open, and for a grace period after the last one closed (a reconnect within
+//! it is invisible). Gateways report connections as they open and close, and
+//! refresh their whole list under a lease, so the connections of a gateway
+//! that died expire. The handoff service reports each operator's load.
+//!
+//! Layout:
+//! - [`config`] — [`PresenceConfig`], read from the environment by the binary.
+//! - `model` — the domain types and the effective-status rule.
+//! - `state` — the state machine: operators, gateways' connections, timers.
+//! - `actor` — the task owning the state, and its handle (no locks).
+//! - `service` — authorization and input checks in front of the actor.
+//! - `grpc` — the tonic adapter; `error` — [`PresenceError`] and its one
+//!   mapping to a gRPC status; `events` — the body of
+//!   `operator_status_change`.
+//!
+//! [`run`] serves it all on a listener until shutdown.
+
+mod actor;
+pub mod config;
+mod error;
+mod events;
+mod grpc;
+mod model;
+mod service;
+mod state;
 
 use chatai_kit::config::ServiceCommon;
-use chatai_kit::grpc::ServeError;
 use chatai_kit::host::ServiceHost;
+use chatai_proto::v1::presence_server::PresenceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Runs the presence service on `listener` until `shutdown` is cancelled.
+pub use config::PresenceConfig;
+pub use error::PresenceError;
+
+/// Why the presence service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] config::InvalidConfig),
+    #[error("event log: {0}")]
+    Events(#[from] chatai_kit::events::EventLogError),
+    #[error(transparent)]
+    Serve(#[from] chatai_kit::grpc::ServeError),
+}
+
+/// Runs the presence service on `listener` until `shutdown` is cancelled,
+/// then drains in-flight calls and waits for its tasks.
 pub async fn run(
     listener: TcpListener,
+    config: PresenceConfig,
     common: ServiceCommon,
     shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    ServiceHost::new(&common, shutdown)
-        .serve(listener, None, &[])
-        .await
+) -> Result<(), RunError> {
+    config.validate()?;
+    let mut host = ServiceHost::start(&common, "presence", shutdown).await?;
+    let presence = actor::PresenceHandle::spawn(
+        &config,
+        host.log.clone(),
+        &host.tasks,
+        host.shutdown.clone(),
+    );
+    // The actor only stops at shutdown; should it ever die, say so through
+    // health checking instead of answering UNAVAILABLE in silence.
+    let watched = presence.clone();
+    host.check("presence state", move || {
+        let running = watched.is_running();
+        Box::pin(async move {
+            if running {
+                Ok(())
+            } else {
+                Err("the presence actor has stopped".to_owned())
+            }
+        })
+    });
+    let api = grpc::PresenceApi::new(service::PresenceService::new(presence));
+    let routes = tonic::service::Routes::new(PresenceServer::new(api));
+    tracing::info!(
+        grace_period_secs = config.grace_period_secs,
+        max_handoffs = config.max_handoffs,
+        "presence service starting"
+    );
+    host.serve(listener, Some(routes), &["chatai.v1.Presence"])
+        .await?;
+    Ok(())
 }

@@ -63,10 +63,27 @@ impl SqliteStore {
             SqlitePoolOptions::new().connect_with(options).await?
         };
         let store = Self::from_pool(pool);
-        store.migrate().await?;
-        Ok(store)
+        // SQLite has no migration lock: another service migrating the same
+        // file at the same moment makes one of them fail on a migration the
+        // other applied. Trying again finds it applied and goes on.
+        let mut attempt = 1;
+        loop {
+            match store.migrate().await {
+                Ok(()) => return Ok(store),
+                Err(cause) if attempt < MIGRATION_ATTEMPTS => {
+                    tracing::debug!(%cause, attempt, "migrating SQLite failed; trying again");
+                    attempt += 1;
+                    tokio::time::sleep(MIGRATION_RETRY_AFTER).await;
+                }
+                Err(cause) => return Err(cause),
+            }
+        }
     }
 }
+
+/// How often, and how far apart, SQLite migration is tried.
+const MIGRATION_ATTEMPTS: u32 = 5;
+const MIGRATION_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(300);
 
 impl_chat_store!(SqliteStore, SqlitePool, MIGRATIONS);
 

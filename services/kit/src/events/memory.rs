@@ -1,10 +1,11 @@
 //! The in-memory event log of the embedded default: one log per recipient in
 //! a sharded map, live fan-out through a broadcast channel.
 //!
-//! Positions are `epoch + n`, where the epoch is chosen at random when the log
-//! is created (the high 32 bits) and `n` counts a recipient's events from 1.
-//! A cursor from before a restart therefore never matches a position of the
-//! new log: its replay reports "incomplete" instead of returning wrong events.
+//! A recipient's positions start at a random base (20 random bits shifted
+//! left 32, as in the Redis log) and count up by one. A cursor from before a
+//! restart, or from a log that was dropped after a long idle time, therefore
+//! never matches a position of the new log: its replay reports "incomplete"
+//! instead of returning the wrong events.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,21 +21,40 @@ use crate::config::EventLogConfig;
 pub struct MemoryLog {
     logs: DashMap<Recipient, RecipientLog>,
     live: broadcast::Sender<Delivery>,
-    epoch: u64,
     retention: Duration,
     max_per_recipient: usize,
 }
 
 struct RecipientLog {
-    /// The last position handed out (`epoch` when none yet).
+    /// The position before the first one handed out.
+    base: u64,
+    /// The last position handed out (`base` when none yet).
     last: u64,
+    /// When the last event was appended, ms.
+    touched_ms: i64,
     /// Retained events with the time they were appended, oldest first.
     entries: VecDeque<(i64, Delivery)>,
     /// Where the recipient's connections were when last released.
     seen: Option<u64>,
 }
 
+/// A fresh random base for a recipient's positions.
+pub(crate) fn random_base() -> u64 {
+    u64::from(uuid::Uuid::new_v4().as_u128() as u32 & 0x000F_FFFF) << 32
+}
+
 impl RecipientLog {
+    fn new() -> Self {
+        let base = random_base();
+        RecipientLog {
+            base,
+            last: base,
+            touched_ms: crate::now_ms(),
+            entries: VecDeque::new(),
+            seen: None,
+        }
+    }
+
     fn trim(&mut self, oldest_kept_ms: i64, max: usize) {
         while self.entries.len() > max
             || self
@@ -50,11 +70,9 @@ impl RecipientLog {
 impl MemoryLog {
     pub fn new(config: &EventLogConfig) -> Self {
         let (live, _) = broadcast::channel(config.live_buffer.max(16));
-        let epoch = u64::from(uuid::Uuid::new_v4().as_u128() as u32 >> 1) << 32;
         MemoryLog {
             logs: DashMap::new(),
             live,
-            epoch,
             retention: config.retention(),
             max_per_recipient: config.max_per_recipient.max(1),
         }
@@ -63,35 +81,55 @@ impl MemoryLog {
     fn oldest_kept_ms(&self) -> i64 {
         crate::now_ms() - self.retention.as_millis() as i64
     }
+
+    /// How long an emptied log is remembered (its last position and mark)
+    /// after its last event: twice the retention, at least a second — as the
+    /// Redis log's key expiry.
+    fn forget_after_ms(&self) -> i64 {
+        (self.retention.as_millis() as i64)
+            .saturating_mul(2)
+            .max(1000)
+    }
+}
+
+/// Whether a replay after `start` can be complete: nothing after it was
+/// trimmed, and it is not ahead of the log. `0` means "nothing seen from this
+/// log yet": complete while the log still holds its first event.
+pub(crate) fn replay_is_complete(start: u64, base: u64, first_kept: u64, last: u64) -> bool {
+    let from_beginning = start == 0 && first_kept == base + 1;
+    (from_beginning || start + 1 >= first_kept) && start <= last
 }
 
 #[async_trait::async_trait]
 impl EventLog for MemoryLog {
+    async fn publish(&self, recipient: Recipient, event: Arc<Event>) -> Result<(), EventLogError> {
+        let _ = self.live.send(Delivery {
+            recipient,
+            position: 0,
+            event,
+        });
+        Ok(())
+    }
+
     async fn deliver(&self, recipient: Recipient, event: Arc<Event>) -> Result<u64, EventLogError> {
         if !recipient.is_durable() {
-            let _ = self.live.send(Delivery {
-                recipient,
-                position: 0,
-                event,
-            });
+            self.publish(recipient, event).await?;
             return Ok(0);
         }
         let oldest = self.oldest_kept_ms();
         let mut log = self
             .logs
             .entry(recipient.clone())
-            .or_insert_with(|| RecipientLog {
-                last: self.epoch,
-                entries: VecDeque::new(),
-                seen: None,
-            });
+            .or_insert_with(RecipientLog::new);
         log.last += 1;
+        log.touched_ms = crate::now_ms();
         let delivery = Delivery {
             recipient,
             position: log.last,
             event,
         };
-        log.entries.push_back((crate::now_ms(), delivery.clone()));
+        let now = log.touched_ms;
+        log.entries.push_back((now, delivery.clone()));
         log.trim(oldest, self.max_per_recipient);
         // Published while the entry is locked, so live order is log order.
         let _ = self.live.send(delivery);
@@ -105,15 +143,16 @@ impl EventLog for MemoryLog {
         limit: usize,
     ) -> Result<LogPage, EventLogError> {
         let Some(log) = self.logs.get(recipient) else {
+            // No log: only "nothing seen yet" can be complete.
             let start = match from {
                 ReplayFrom::After(position) => position,
-                ReplayFrom::SinceLastSeen => self.epoch,
+                ReplayFrom::SinceLastSeen => 0,
             };
             return Ok(LogPage {
                 deliveries: Vec::new(),
-                complete: start == self.epoch,
+                complete: start == 0,
                 start_after: start,
-                next_after: self.epoch,
+                next_after: 0,
                 more: false,
             });
         };
@@ -125,7 +164,7 @@ impl EventLog for MemoryLog {
             .entries
             .front()
             .map_or(log.last + 1, |(_, d)| d.position);
-        let complete = start + 1 >= first_kept && start <= log.last;
+        let complete = replay_is_complete(start, log.base, first_kept, log.last);
         if !complete {
             return Ok(LogPage {
                 deliveries: Vec::new(),
@@ -143,7 +182,9 @@ impl EventLog for MemoryLog {
             .take(limit.max(1))
             .cloned()
             .collect();
-        let next_after = deliveries.last().map_or(start, |d| d.position);
+        let next_after = deliveries
+            .last()
+            .map_or(start.max(log.base), |d| d.position);
         Ok(LogPage {
             more: next_after < log.last,
             deliveries,
@@ -172,9 +213,44 @@ impl EventLog for MemoryLog {
         for mut log in self.logs.iter_mut() {
             log.trim(oldest, self.max_per_recipient);
         }
-        // Recipients with nothing retained and nothing to remember go; a
-        // cursor for them then reads as expired, which it is.
-        self.logs.retain(|_, log| !log.entries.is_empty());
+        // Emptied logs are remembered for a while (their last position keeps
+        // cursors valid), then dropped; a log made again later starts from a
+        // new random base, so old cursors read as expired.
+        let forget_before = crate::now_ms() - self.forget_after_ms();
+        self.logs
+            .retain(|_, log| !log.entries.is_empty() || log.touched_ms >= forget_before);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replay_is_complete;
+
+    /// Completeness: nothing trimmed after the start, not ahead of the log;
+    /// "nothing seen yet" is complete only while the first event is kept.
+    #[test]
+    fn completeness_rules() {
+        let base = 7 << 32;
+        assert!(replay_is_complete(base + 3, base, base + 1, base + 5));
+        assert!(replay_is_complete(base + 5, base, base + 1, base + 5));
+        assert!(
+            !replay_is_complete(base + 6, base, base + 1, base + 5),
+            "ahead of the log"
+        );
+        assert!(
+            !replay_is_complete(base + 1, base, base + 4, base + 5),
+            "events 2 and 3 trimmed"
+        );
+        assert!(replay_is_complete(base + 3, base, base + 4, base + 5));
+        assert!(replay_is_complete(0, base, base + 1, base + 5));
+        assert!(
+            !replay_is_complete(0, base, base + 2, base + 5),
+            "the first event is gone"
+        );
+        assert!(
+            !replay_is_complete(3 << 32, base, base + 1, base + 5),
+            "another log's position"
+        );
     }
 }

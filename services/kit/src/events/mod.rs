@@ -15,11 +15,13 @@
 //! Layout:
 //! - this file — the domain types and the [`EventLog`] trait (the backend);
 //! - [`memory`] — the in-memory backend of the embedded default;
+//! - [`redis`] — the Redis backend (Streams + pub/sub) for production;
 //! - [`stream`] — the `EventStream` gRPC service over any backend;
 //! - [`convert`] — domain ↔ wire types, in one place.
 
 pub mod convert;
 pub mod memory;
+pub mod redis;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -183,6 +185,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// is durable (returns the position); only published otherwise (returns 0).
     async fn deliver(&self, recipient: Recipient, event: Arc<Event>) -> Result<u64, EventLogError>;
 
+    /// Publishes `event` to `recipient` live only, whatever the recipient:
+    /// nothing is logged and it carries no position (typing indicators, say).
+    async fn publish(&self, recipient: Recipient, event: Arc<Event>) -> Result<(), EventLogError>;
+
     /// Reads up to `limit` events of `recipient`'s log from `from`.
     async fn read(
         &self,
@@ -199,12 +205,34 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Drops events older than the retention period.
     async fn trim(&self) -> Result<(), EventLogError>;
+
+    /// Whether the backend is reachable (for health checks).
+    async fn ping(&self) -> Result<(), EventLogError> {
+        Ok(())
+    }
 }
 
-/// Opens the event log backend the configuration names (memory for now;
-/// Redis when `CHATAI_REDIS_URL` is set, from the durable-delivery work on).
-pub fn open(config: &crate::config::EventLogConfig) -> Arc<dyn EventLog> {
-    Arc::new(memory::MemoryLog::new(config))
+/// Opens `service`'s event log: Redis when `common.redis_url` is set (its
+/// live relay runs in `tasks` until `shutdown`), memory otherwise.
+pub async fn open(
+    common: &crate::config::ServiceCommon,
+    service: &str,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<Arc<dyn EventLog>, EventLogError> {
+    match &common.redis_url {
+        Some(url) => {
+            let (log, relay) =
+                redis::RedisLog::connect(url, service, &common.events, shutdown).await?;
+            tasks.spawn(relay);
+            tracing::info!(service, "event log: Redis");
+            Ok(Arc::new(log))
+        }
+        None => {
+            tracing::info!(service, "event log: memory");
+            Ok(Arc::new(memory::MemoryLog::new(&common.events)))
+        }
+    }
 }
 
 /// Trims `log` every minute until `shutdown`.

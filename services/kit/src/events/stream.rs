@@ -15,6 +15,7 @@ use std::sync::Arc;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::event_stream_server::{EventStream, EventStreamServer};
 use futures::Stream;
+use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -27,8 +28,11 @@ use super::{Delivery, EventLog, Recipient, ReplayFrom};
 const STREAM_BUFFER: usize = 1024;
 /// Replay page size when the request asks for none.
 const DEFAULT_PAGE: usize = 500;
-/// The largest replay page.
+/// The largest replay page, in events.
 const MAX_PAGE: usize = 5_000;
+/// The largest replay page, in encoded bytes (well under the 4 MiB a gRPC
+/// client decodes by default); a page is cut there and says `more`.
+const MAX_PAGE_BYTES: usize = 1024 * 1024;
 
 /// The `EventStream` service over an [`EventLog`].
 #[derive(Clone)]
@@ -71,6 +75,7 @@ impl EventStream for EventStreamService {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let attached = Attached {
             log: self.log.clone(),
+            shutdown: self.shutdown.clone(),
             inbound: request.into_inner(),
             live,
             tx,
@@ -106,11 +111,26 @@ impl EventStream for EventStreamService {
             n => n.min(MAX_PAGE),
         };
         let page = self.log.read(&recipient, from, limit).await?;
+        let mut deliveries = Vec::with_capacity(page.deliveries.len());
+        let (mut bytes, mut next_after, mut more) = (0, page.next_after, page.more);
+        for delivery in &page.deliveries {
+            let wire = pb::Delivery::from(delivery);
+            bytes += wire.encoded_len();
+            if bytes > MAX_PAGE_BYTES && !deliveries.is_empty() {
+                more = true;
+                break;
+            }
+            next_after = delivery.position;
+            deliveries.push(wire);
+        }
+        if deliveries.len() == page.deliveries.len() {
+            next_after = page.next_after;
+        }
         Ok(Response::new(pb::ReplayResponse {
-            deliveries: page.deliveries.iter().map(pb::Delivery::from).collect(),
+            deliveries,
             complete: page.complete,
-            next_after: page.next_after,
-            more: page.more,
+            next_after,
+            more,
             start_after: page.start_after,
         }))
     }
@@ -119,6 +139,7 @@ impl EventStream for EventStreamService {
 /// One attached gateway stream.
 struct Attached {
     log: Arc<dyn EventLog>,
+    shutdown: CancellationToken,
     inbound: Streaming<pb::GatewayMessage>,
     live: broadcast::Receiver<Delivery>,
     tx: mpsc::Sender<Result<pb::ServiceMessage, Status>>,
@@ -131,7 +152,7 @@ impl Attached {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = self.tx.send(Err(Status::unavailable("service is shutting down"))).await;
+                    let _ = self.tx.try_send(Err(Status::unavailable("service is shutting down")));
                     break;
                 }
                 message = self.inbound.message() => match message {
@@ -168,12 +189,13 @@ impl Attached {
         tracing::debug!(gateway = %self.gateway, "gateway stream ended");
     }
 
-    /// Sends to the gateway; false when it is gone.
+    /// Sends to the gateway; false when it is gone or the service is
+    /// shutting down (a gateway that does not read must not hold up the drain).
     async fn send(&self, message: pb::service_message::Msg) -> bool {
-        self.tx
-            .send(Ok(pb::ServiceMessage { msg: Some(message) }))
-            .await
-            .is_ok()
+        tokio::select! {
+            sent = self.tx.send(Ok(pb::ServiceMessage { msg: Some(message) })) => sent.is_ok(),
+            _ = self.shutdown.cancelled() => false,
+        }
     }
 
     async fn handle(&mut self, message: pb::GatewayMessage) -> Result<(), Status> {

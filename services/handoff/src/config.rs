@@ -1,0 +1,179 @@
+//! The handoff service's configuration, read from the environment by the binary.
+
+use std::time::Duration;
+
+/// The handoff service's own settings (the shared ones are in
+/// [`chatai_kit::config::ServiceCommon`]; the presence service's address is
+/// passed to [`run`](crate::run) by the binary). [`Default`] gives the same
+/// values as the clap defaults.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HandoffConfig {
+    /// `sqlite://…` or `postgres://…`; the database is shared with the other
+    /// services (each owns its tables); migrations are applied at start-up.
+    ///
+    /// The flag is `--handoff-database-url` (and the argument id
+    /// `handoff_database_url`) so that this struct can be flattened next to
+    /// the chat service's config, which owns `--database-url`; both read
+    /// `CHATAI_DATABASE_URL`.
+    #[arg(
+        id = "handoff_database_url",
+        long = "handoff-database-url",
+        env = "CHATAI_DATABASE_URL",
+        default_value = "sqlite://data/chatai.db"
+    )]
+    pub database_url: String,
+    /// The most handoffs one operator holds at once; at the cap they get no
+    /// new one (and presence shows them busy). Every argument of this struct
+    /// has a `handoff`-prefixed id and flag, so that it flattens next to the
+    /// other services' configs (presence reads the same variable).
+    #[arg(
+        id = "handoff_max_handoffs",
+        long = "handoff-max-per-operator",
+        env = "CHATAI_MAX_HANDOFFS_PER_OPERATOR",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_handoffs: u32,
+    /// Seconds an operator has to send the first reply in a handoff they got
+    /// before it is taken back and given to someone else.
+    #[arg(
+        id = "handoff_reply_timeout_secs",
+        long = "handoff-reply-timeout-secs",
+        env = "CHATAI_HANDOFF_REPLY_TIMEOUT_SECS",
+        default_value_t = 180,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub reply_timeout_secs: u64,
+    /// Seconds a request may wait in the queue before it goes back to the
+    /// assistant.
+    #[arg(
+        id = "handoff_max_queue_secs",
+        long = "handoff-max-queue-secs",
+        env = "CHATAI_HANDOFF_MAX_QUEUE_SECS",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_queue_secs: u64,
+    /// The most requests waiting at once; more are refused (`queue_full`).
+    #[arg(
+        id = "handoff_max_queue_len",
+        long = "handoff-max-queue",
+        env = "CHATAI_HANDOFF_MAX_QUEUE",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_queue_len: u32,
+    /// Handling time assumed for wait estimates, in seconds, until some
+    /// handoffs have been completed.
+    #[arg(
+        id = "handoff_default_handling_secs",
+        long = "handoff-default-handling-secs",
+        env = "CHATAI_HANDOFF_DEFAULT_HANDLING_SECS",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub default_handling_secs: u64,
+}
+
+impl HandoffConfig {
+    /// The queue's rules, in domain units.
+    pub fn policy(&self) -> crate::service::Policy {
+        crate::service::Policy {
+            max_handoffs: self.max_handoffs,
+            reply_timeout: Duration::from_secs(self.reply_timeout_secs),
+            max_queue_time: Duration::from_secs(self.max_queue_secs),
+            max_queue_len: self.max_queue_len as usize,
+            default_handling: Duration::from_secs(self.default_handling_secs),
+        }
+    }
+}
+
+impl Default for HandoffConfig {
+    fn default() -> Self {
+        HandoffConfig {
+            database_url: "sqlite://data/chatai.db".to_owned(),
+            max_handoffs: 5,
+            reply_timeout_secs: 180,
+            max_queue_secs: 600,
+            max_queue_len: 100,
+            default_handling_secs: 300,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        handoff: HandoffConfig,
+    }
+
+    /// `Default` equals what clap parses from an empty command line (with the
+    /// environment of the machine running the tests ignored).
+    #[test]
+    fn default_matches_clap_defaults() {
+        let matches = Cli::command()
+            .mut_args(|arg| arg.env(None::<&str>))
+            .try_get_matches_from(["chatai"])
+            .expect("an empty command line parses");
+        let parsed = Cli::from_arg_matches(&matches)
+            .expect("matches convert")
+            .handoff;
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{:?}", HandoffConfig::default())
+        );
+    }
+
+    /// The all-in-one command flattens this next to the chat service's
+    /// config, which owns `database_url` / `--database-url`: no clash, and
+    /// both read `CHATAI_DATABASE_URL`.
+    #[test]
+    fn flattens_next_to_the_chat_config() {
+        #[derive(clap::Args, Debug)]
+        struct ChatLike {
+            #[arg(long = "database-url", env = "CHATAI_DATABASE_URL")]
+            database_url: String,
+        }
+        #[derive(Parser, Debug)]
+        struct AllInOne {
+            #[command(flatten)]
+            chat: ChatLike,
+            #[command(flatten)]
+            handoff: HandoffConfig,
+        }
+        AllInOne::command().debug_assert();
+        let matches = AllInOne::command()
+            .mut_args(|arg| arg.env(None::<&str>))
+            .try_get_matches_from([
+                "chatai",
+                "--database-url=sqlite://a.db",
+                "--handoff-database-url=sqlite://b.db",
+                "--handoff-max-per-operator=2",
+            ])
+            .expect("parses");
+        let parsed = AllInOne::from_arg_matches(&matches).expect("matches convert");
+        assert_eq!(parsed.chat.database_url, "sqlite://a.db");
+        assert_eq!(parsed.handoff.database_url, "sqlite://b.db");
+        assert_eq!(parsed.handoff.max_handoffs, 2);
+    }
+
+    /// Zero limits are refused when the configuration is read.
+    #[test]
+    fn zero_limits_are_refused() {
+        for flag in [
+            "--handoff-max-per-operator=0",
+            "--handoff-reply-timeout-secs=0",
+            "--handoff-max-queue=0",
+        ] {
+            let parsed = Cli::command()
+                .mut_args(|arg| arg.env(None::<&str>))
+                .try_get_matches_from(["chatai", flag]);
+            assert!(parsed.is_err(), "{flag} is refused");
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The handoff service's error type, and its one mapping to a gRPC `Status`.
+
+use chatai_kit::status::with_code;
+use tonic::{Code, Status};
+
+use crate::store::StoreError;
+
+/// What a handoff request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("{0} is required")]
+    Missing(&'static str),
+    #[error("the reason is longer than {max} characters")]
+    ReasonTooLong { max: usize },
+    #[error("unknown priority {0}")]
+    UnknownPriority(i32),
+    #[error("this role may not do that")]
+    Forbidden,
+    #[error("operator {operator_id} does not hold the handoff of dialog {dialog_id}")]
+    NotHolder { dialog_id: i64, operator_id: i64 },
+    #[error("dialog {0} already has a handoff in progress")]
+    Exists(i64),
+    #[error("the handoff queue is full")]
+    QueueFull,
+    #[error("dialog {0} has no active handoff")]
+    NotFound(i64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The queue is not running (the service is stopping).
+    #[error("the handoff queue is not running")]
+    Stopped,
+}
+
+impl From<HandoffError> for Status {
+    fn from(err: HandoffError) -> Self {
+        match &err {
+            HandoffError::Missing(_)
+            | HandoffError::ReasonTooLong { .. }
+            | HandoffError::UnknownPriority(_) => {
+                with_code(Code::InvalidArgument, "invalid_request", err.to_string())
+            }
+            HandoffError::Forbidden | HandoffError::NotHolder { .. } => {
+                with_code(Code::PermissionDenied, "forbidden", err.to_string())
+            }
+            HandoffError::Exists(_) | HandoffError::Store(StoreError::ActiveExists { .. }) => {
+                with_code(
+                    Code::AlreadyExists,
+                    "handoff_exists",
+                    "This dialog is already waiting for or talking to an operator.",
+                )
+            }
+            HandoffError::QueueFull => with_code(
+                Code::ResourceExhausted,
+                "queue_full",
+                "All our operators are busy and the queue is full. Please try again in a few minutes.",
+            ),
+            HandoffError::NotFound(_) => {
+                with_code(Code::NotFound, "handoff_not_found", err.to_string())
+            }
+            HandoffError::Store(cause) => {
+                tracing::error!(%cause, "handoff storage failed");
+                with_code(
+                    Code::Unavailable,
+                    "service_unavailable",
+                    "storage is unavailable, try again",
+                )
+            }
+            HandoffError::Stopped => with_code(
+                Code::Unavailable,
+                "service_unavailable",
+                "the handoff service is stopping, try again",
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatai_kit::status::error_code;
+
+    /// Each error reaches the wire with its stable code.
+    #[test]
+    fn errors_map_to_stable_codes() {
+        let cases = [
+            (
+                HandoffError::Exists(1),
+                Code::AlreadyExists,
+                "handoff_exists",
+            ),
+            (
+                HandoffError::QueueFull,
+                Code::ResourceExhausted,
+                "queue_full",
+            ),
+            (
+                HandoffError::NotFound(1),
+                Code::NotFound,
+                "handoff_not_found",
+            ),
+            (HandoffError::Forbidden, Code::PermissionDenied, "forbidden"),
+            (
+                HandoffError::Missing("user_id"),
+                Code::InvalidArgument,
+                "invalid_request",
+            ),
+            (
+                HandoffError::Store(StoreError::ActiveExists { dialog_id: 1 }),
+                Code::AlreadyExists,
+                "handoff_exists",
+            ),
+            (
+                HandoffError::Stopped,
+                Code::Unavailable,
+                "service_unavailable",
+            ),
+        ];
+        for (err, code, stable) in cases {
+            let status = Status::from(err);
+            assert_eq!(status.code(), code);
+            assert_eq!(error_code(&status), Some(stable));
+        }
+    }
+}

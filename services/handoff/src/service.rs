@@ -1,0 +1,1149 @@
+//! The queue of dialogs waiting for a human, and their assignment: one actor
+//! task ([`Queue`]) owns every active handoff and the view of operators, and
+//! a cloneable handle ([`HandoffService`]) sends it commands (STYLE 9).
+//!
+//! The actor reacts to four kinds of signal — a call (request, completion,
+//! reply, read), an operator update from presence, a timer (no reply, waited
+//! too long), a retry after a storage failure — and after each one
+//! *settles*: tells new arrivals their place, gives the head of the queue to
+//! the best eligible operator for as long as there is one, then tells every
+//! user whose position changed. Each transition is written to the store
+//! before any event about it goes out; the events are best effort after that
+//! (a failed delivery is logged, the transition stands).
+//!
+//! Timers are deadlines on [`tokio::time::Instant`], checked by the actor's
+//! loop (the next one is found by a scan: the queue is bounded by
+//! `max_queue_len`, the assigned handoffs by the operators' caps), so tests
+//! drive them with tokio's paused clock.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatai_kit::events::{Event, EventLog, Recipient};
+use chatai_kit::identity::{Caller, Role};
+use chatai_kit::now_ms;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::directory::{ChosenStatus, OperatorDirectory, OperatorUpdate, OperatorView};
+use crate::error::HandoffError;
+use crate::events::{
+    DEFAULT_RESOLUTION, HandoffCompleted, HandoffQueued, HandoffRequest, OperatorAssigned,
+    REASSIGNED_NO_REPLY, REASSIGNED_OFFLINE,
+};
+use crate::queue::{self, Operator, QueueKey, RecentHandling};
+use crate::store::{
+    Handoff, HandoffState, HandoffStore, NewHandoff, Priority, RETURNED_TO_ASSISTANT, StoreError,
+};
+
+/// Commands buffered for the actor before callers wait. Each is handled in
+/// well under a millisecond plus one storage write, so 1024 absorbs bursts of
+/// requests from every gateway without unbounded memory.
+const COMMAND_BUFFER: usize = 1024;
+/// How long the actor waits before retrying a transition the store refused.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The longest reason or resolution accepted, in characters.
+pub const MAX_TEXT_CHARS: usize = 1000;
+
+/// The queue's rules, in domain units (from [`crate::HandoffConfig`]).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Most handoffs one operator holds at once.
+    pub max_handoffs: u32,
+    /// An assigned handoff whose operator has not replied within this is taken back.
+    pub reply_timeout: Duration,
+    /// A handoff waiting longer than this goes back to the assistant.
+    pub max_queue_time: Duration,
+    /// Most handoffs waiting at once.
+    pub max_queue_len: usize,
+    /// Assumed handling time before any handoff was completed.
+    pub default_handling: Duration,
+}
+
+/// A request for a human operator, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRequest {
+    pub dialog_id: i64,
+    pub user_id: i64,
+    pub reason: String,
+    pub priority: Priority,
+}
+
+/// A handoff as callers see it: the stored record and its place in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffView {
+    pub handoff: Handoff,
+    /// 1-based position while queued, else 0.
+    pub position: u32,
+    /// Queued: the estimated wait; assigned: the wait the user had; else 0.
+    pub wait_secs: u32,
+}
+
+/// A completed handoff and how long its operator had it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub view: HandoffView,
+    pub duration_secs: u32,
+}
+
+/// The queue (in order) and the assigned handoffs (oldest assignment first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub queued: Vec<HandoffView>,
+    pub assigned: Vec<HandoffView>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, HandoffError>>;
+
+enum Command {
+    Request {
+        request: NewRequest,
+        reply: Reply<HandoffView>,
+    },
+    Complete {
+        caller: Caller,
+        dialog_id: i64,
+        resolution: String,
+        reply: Reply<Completed>,
+    },
+    Active {
+        caller: Caller,
+        dialog_id: i64,
+        reply: Reply<Option<HandoffView>>,
+    },
+    Replied {
+        dialog_id: i64,
+        operator_id: i64,
+        reply: Reply<()>,
+    },
+    List {
+        reply: Reply<Listing>,
+    },
+}
+
+/// A command and the span of the call that sent it, so that the actor's work
+/// (and the trace context of the events it sends) belongs to that call.
+struct Envelope {
+    command: Command,
+    span: tracing::Span,
+}
+
+/// The handle to the queue. Cheap to clone. Checks who may call what, then
+/// hands the call to the actor.
+#[derive(Clone)]
+pub struct HandoffService {
+    commands: mpsc::Sender<Envelope>,
+}
+
+impl HandoffService {
+    /// Loads every queued and assigned handoff from `store` and returns the
+    /// handle and the actor, which the caller runs ([`Queue::run`]). Assigned
+    /// handoffs keep their operator and get a fresh reply timer (unless the
+    /// operator already replied); queued ones keep their place and the time
+    /// they have waited.
+    pub async fn load(
+        store: Arc<dyn HandoffStore>,
+        log: Arc<dyn EventLog>,
+        directory: Arc<dyn OperatorDirectory>,
+        updates: mpsc::Receiver<OperatorUpdate>,
+        policy: Policy,
+        shutdown: CancellationToken,
+    ) -> Result<(HandoffService, Queue), StoreError> {
+        let active = store.active().await?;
+        let recent = store
+            .recent_handling_ms(RecentHandling::KEEP as u32)
+            .await?
+            .into_iter()
+            .map(|ms| Duration::from_millis(ms.max(0) as u64));
+        let (commands_tx, commands) = mpsc::channel(COMMAND_BUFFER);
+        let mut queue = Queue {
+            store,
+            log,
+            directory,
+            recent: RecentHandling::new(recent, policy.default_handling),
+            policy,
+            commands,
+            updates: Some(updates),
+            shutdown,
+            handoffs: HashMap::new(),
+            by_dialog: HashMap::new(),
+            waiting: BTreeSet::new(),
+            operators: HashMap::new(),
+            retry_drain_at: None,
+        };
+        queue.restore(active);
+        Ok((
+            HandoffService {
+                commands: commands_tx,
+            },
+            queue,
+        ))
+    }
+
+    /// Queues a handoff (and assigns it at once when someone is free).
+    /// Services and admins only: users ask through the chat service, which
+    /// checks the dialog is theirs.
+    pub async fn request(
+        &self,
+        caller: &Caller,
+        request: NewRequest,
+    ) -> Result<HandoffView, HandoffError> {
+        if !caller.role.is_privileged() {
+            return Err(HandoffError::Forbidden);
+        }
+        if request.dialog_id <= 0 {
+            return Err(HandoffError::Missing("dialog_id"));
+        }
+        if request.user_id <= 0 {
+            return Err(HandoffError::Missing("user_id"));
+        }
+        let reason = request.reason.trim().to_owned();
+        if reason.chars().count() > MAX_TEXT_CHARS {
+            return Err(HandoffError::ReasonTooLong {
+                max: MAX_TEXT_CHARS,
+            });
+        }
+        let request = NewRequest { reason, ..request };
+        self.call(|reply| Command::Request { request, reply }).await
+    }
+
+    /// Ends the dialog's handoff: by its operator, or an admin / service
+    /// (who may also end one still queued).
+    pub async fn complete(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        resolution: &str,
+    ) -> Result<Completed, HandoffError> {
+        if !matches!(caller.role, Role::Operator) && !caller.role.is_privileged() {
+            return Err(HandoffError::Forbidden);
+        }
+        let resolution = match resolution.trim() {
+            "" => DEFAULT_RESOLUTION.to_owned(),
+            text if text.chars().count() > MAX_TEXT_CHARS => {
+                return Err(HandoffError::ReasonTooLong {
+                    max: MAX_TEXT_CHARS,
+                });
+            }
+            text => text.to_owned(),
+        };
+        let caller = caller.clone();
+        self.call(|reply| Command::Complete {
+            caller,
+            dialog_id,
+            resolution,
+            reply,
+        })
+        .await
+    }
+
+    /// The dialog's queued or assigned handoff, if any: for admins and
+    /// services, or the operator holding it.
+    pub async fn active(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+    ) -> Result<Option<HandoffView>, HandoffError> {
+        if !matches!(caller.role, Role::Operator) && !caller.role.is_privileged() {
+            return Err(HandoffError::Forbidden);
+        }
+        let caller = caller.clone();
+        self.call(|reply| Command::Active {
+            caller,
+            dialog_id,
+            reply,
+        })
+        .await
+    }
+
+    /// The operator holding the dialog replied (the chat service says so):
+    /// their no-reply timer stops. Admins and services only.
+    pub async fn operator_replied(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        operator_id: i64,
+    ) -> Result<(), HandoffError> {
+        if !caller.role.is_privileged() {
+            return Err(HandoffError::Forbidden);
+        }
+        self.call(|reply| Command::Replied {
+            dialog_id,
+            operator_id,
+            reply,
+        })
+        .await
+    }
+
+    /// The queue and the assigned handoffs: operators, admins, services.
+    pub async fn list(&self, caller: &Caller) -> Result<Listing, HandoffError> {
+        if !matches!(caller.role, Role::Operator) && !caller.role.is_privileged() {
+            return Err(HandoffError::Forbidden);
+        }
+        self.call(|reply| Command::List { reply }).await
+    }
+
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, HandoffError> {
+        let (reply, answer) = oneshot::channel();
+        let envelope = Envelope {
+            command: command(reply),
+            span: tracing::Span::current(),
+        };
+        self.commands
+            .send(envelope)
+            .await
+            .map_err(|_| HandoffError::Stopped)?;
+        answer.await.map_err(|_| HandoffError::Stopped)?
+    }
+}
+
+/// One active handoff as the actor holds it.
+#[derive(Debug)]
+struct Entry {
+    handoff: Handoff,
+    /// When it (re-)entered the queue, on the actor's clock.
+    queued_at: Instant,
+    /// Assigned and no reply yet: when it is taken back.
+    reply_deadline: Option<Instant>,
+    /// The position last sent to the user (`None`: not told since it entered
+    /// the queue).
+    told_position: Option<u32>,
+    /// The operator it was just taken from, passed over when possible.
+    avoid: Option<i64>,
+    /// After a failed timed transition: not retried before this.
+    hold_until: Option<Instant>,
+}
+
+impl Entry {
+    fn new(handoff: Handoff, queued_at: Instant) -> Self {
+        Entry {
+            handoff,
+            queued_at,
+            reply_deadline: None,
+            told_position: None,
+            avoid: None,
+            hold_until: None,
+        }
+    }
+
+    fn is_queued(&self) -> bool {
+        self.handoff.state == HandoffState::Queued
+    }
+
+    /// When this entry's timer fires, if it has one.
+    fn due(&self, policy: &Policy) -> Option<Instant> {
+        let due = match self.handoff.state {
+            HandoffState::Queued => Some(self.queued_at + policy.max_queue_time),
+            HandoffState::Assigned => self.reply_deadline,
+            _ => None,
+        }?;
+        Some(self.hold_until.map_or(due, |hold| hold.max(due)))
+    }
+}
+
+/// The actor: owns the queue, the assigned handoffs and the operator view.
+pub struct Queue {
+    store: Arc<dyn HandoffStore>,
+    log: Arc<dyn EventLog>,
+    directory: Arc<dyn OperatorDirectory>,
+    policy: Policy,
+    commands: mpsc::Receiver<Envelope>,
+    /// `None` once the presence follower has stopped.
+    updates: Option<mpsc::Receiver<OperatorUpdate>>,
+    shutdown: CancellationToken,
+    /// Every queued and assigned handoff, by id.
+    handoffs: HashMap<i64, Entry>,
+    /// The active handoff of each dialog.
+    by_dialog: HashMap<i64, i64>,
+    /// The queued handoffs, in serving order.
+    waiting: BTreeSet<QueueKey>,
+    /// Operators presence told of, and those holding handoffs.
+    operators: HashMap<i64, Operator>,
+    recent: RecentHandling,
+    /// After a failed assignment: drain again then.
+    retry_drain_at: Option<Instant>,
+}
+
+impl Queue {
+    /// Handles commands, operator updates and timers until shutdown (or
+    /// until every handle is gone).
+    pub async fn run(mut self) {
+        self.report_all_loads();
+        self.settle().await;
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                envelope = self.commands.recv() => match envelope {
+                    Some(Envelope { command, span }) => {
+                        self.on_command(command).instrument(span).await;
+                    }
+                    None => break,
+                },
+                update = next_update(&mut self.updates) => match update {
+                    Some(update) => self.on_update(update).await,
+                    None => {
+                        tracing::debug!("presence follower stopped; no more operator updates");
+                        self.updates = None;
+                    }
+                },
+                _ = sleep_until(wake) => self.on_timers().await,
+            }
+        }
+        tracing::debug!("handoff queue stopped");
+    }
+
+    // ---------------------------------------------------------------------
+    // Restoring after a restart
+    // ---------------------------------------------------------------------
+
+    fn restore(&mut self, active: Vec<Handoff>) {
+        let now = Instant::now();
+        let now_wall = now_ms();
+        for handoff in active {
+            let waited =
+                Duration::from_millis((now_wall - handoff.queued_since_ms()).max(0) as u64);
+            let queued_at = now.checked_sub(waited).unwrap_or(now);
+            let mut entry = Entry::new(handoff, queued_at);
+            match entry.handoff.state {
+                HandoffState::Queued => {
+                    self.waiting.insert(QueueKey::of(&entry.handoff));
+                }
+                HandoffState::Assigned => {
+                    if let Some(operator_id) = entry.handoff.operator_id {
+                        let name = entry.handoff.operator_name.clone().unwrap_or_default();
+                        let operator = self.operator_entry(operator_id, &name);
+                        operator.load += 1;
+                    }
+                    if entry.handoff.first_reply_at_ms.is_none() {
+                        entry.reply_deadline = Some(now + self.policy.reply_timeout);
+                    }
+                }
+                HandoffState::Completed | HandoffState::Returned => continue,
+            }
+            self.by_dialog
+                .insert(entry.handoff.dialog_id, entry.handoff.id);
+            self.handoffs.insert(entry.handoff.id, entry);
+        }
+        // The users were told their positions before the restart.
+        let positions: Vec<(i64, u32)> = self.positions().collect();
+        for (id, position) in positions {
+            if let Some(entry) = self.handoffs.get_mut(&id) {
+                entry.told_position = Some(position);
+            }
+        }
+        tracing::info!(
+            queued = self.waiting.len(),
+            assigned = self.handoffs.len() - self.waiting.len(),
+            "handoffs restored"
+        );
+    }
+
+    /// The operator's entry, created (offline, unknown to presence) if needed.
+    fn operator_entry(&mut self, operator_id: i64, name: &str) -> &mut Operator {
+        self.operators
+            .entry(operator_id)
+            .or_insert_with(|| Operator {
+                id: operator_id,
+                name: name.to_owned(),
+                online: false,
+                chosen: ChosenStatus::Away,
+                load: 0,
+                last_active: None,
+            })
+    }
+
+    // ---------------------------------------------------------------------
+    // Calls
+    // ---------------------------------------------------------------------
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Request { request, reply } => {
+                let result = self.request(request).await;
+                let _ = reply.send(result);
+            }
+            Command::Complete {
+                caller,
+                dialog_id,
+                resolution,
+                reply,
+            } => {
+                let result = self.complete(&caller, dialog_id, &resolution).await;
+                let _ = reply.send(result);
+            }
+            Command::Active {
+                caller,
+                dialog_id,
+                reply,
+            } => {
+                let _ = reply.send(self.active(&caller, dialog_id));
+            }
+            Command::Replied {
+                dialog_id,
+                operator_id,
+                reply,
+            } => {
+                let result = self.replied(dialog_id, operator_id).await;
+                let _ = reply.send(result);
+            }
+            Command::List { reply } => {
+                let _ = reply.send(Ok(self.listing()));
+            }
+        }
+    }
+
+    async fn request(&mut self, request: NewRequest) -> Result<HandoffView, HandoffError> {
+        if self.by_dialog.contains_key(&request.dialog_id) {
+            return Err(HandoffError::Exists(request.dialog_id));
+        }
+        if self.waiting.len() >= self.policy.max_queue_len {
+            return Err(HandoffError::QueueFull);
+        }
+        let handoff = self
+            .store
+            .create(NewHandoff {
+                dialog_id: request.dialog_id,
+                user_id: request.user_id,
+                priority: request.priority,
+                reason: &request.reason,
+                requested_at_ms: now_ms(),
+            })
+            .await
+            .map_err(|err| match err {
+                StoreError::ActiveExists { dialog_id } => HandoffError::Exists(dialog_id),
+                other => HandoffError::Store(other),
+            })?;
+        let id = handoff.id;
+        tracing::info!(
+            handoff_id = id,
+            dialog_id = handoff.dialog_id,
+            priority = %handoff.priority,
+            "handoff requested"
+        );
+        self.insert_queued(Entry::new(handoff, Instant::now()));
+        if let Some(entry) = self.handoffs.get(&id) {
+            let handoff = &entry.handoff;
+            let body = HandoffRequest {
+                handoff_id: handoff.id,
+                dialog_id: handoff.dialog_id,
+                user_id: handoff.user_id,
+                reason: &handoff.reason,
+                priority: handoff.priority.as_str(),
+            };
+            self.deliver(Recipient::Role(Role::Operator), "handoff_request", &body)
+                .await;
+        }
+        self.settle().await;
+        self.view(id)
+            .ok_or(HandoffError::NotFound(request.dialog_id))
+    }
+
+    async fn complete(
+        &mut self,
+        caller: &Caller,
+        dialog_id: i64,
+        resolution: &str,
+    ) -> Result<Completed, HandoffError> {
+        let id = *self
+            .by_dialog
+            .get(&dialog_id)
+            .ok_or(HandoffError::NotFound(dialog_id))?;
+        let entry = self
+            .handoffs
+            .get(&id)
+            .ok_or(HandoffError::NotFound(dialog_id))?;
+        let holder = entry.handoff.operator_id;
+        if !caller.role.is_privileged()
+            && (caller.role != Role::Operator || holder != Some(caller.id))
+        {
+            return Err(HandoffError::NotHolder {
+                dialog_id,
+                operator_id: caller.id,
+            });
+        }
+        let done = match self.store.complete(id, resolution, now_ms()).await {
+            Ok(done) => done,
+            Err(err @ StoreError::NotInState { .. }) => {
+                self.resync(id).await;
+                return Err(err.into());
+            }
+            Err(err) => return Err(err.into()),
+        };
+        self.remove(id);
+        let duration_secs = match (done.assigned_at_ms, done.completed_at_ms) {
+            (Some(assigned), Some(completed)) => {
+                let took = Duration::from_millis((completed - assigned).max(0) as u64);
+                self.recent.record(took);
+                secs(took)
+            }
+            _ => 0,
+        };
+        if let Some(operator_id) = holder {
+            self.release(operator_id);
+        }
+        tracing::info!(
+            handoff_id = id,
+            dialog_id,
+            duration_secs,
+            "handoff completed"
+        );
+        let body = HandoffCompleted {
+            handoff_id: id,
+            dialog_id,
+            operator_id: holder.unwrap_or(0),
+            resolution,
+            duration: duration_secs,
+        };
+        self.deliver(Recipient::User(done.user_id), "handoff_completed", &body)
+            .await;
+        if let Some(operator_id) = holder {
+            self.deliver(Recipient::Operator(operator_id), "handoff_completed", &body)
+                .await;
+        }
+        self.settle().await;
+        Ok(Completed {
+            view: HandoffView {
+                handoff: done,
+                position: 0,
+                wait_secs: 0,
+            },
+            duration_secs,
+        })
+    }
+
+    fn active(&self, caller: &Caller, dialog_id: i64) -> Result<Option<HandoffView>, HandoffError> {
+        let view = self.by_dialog.get(&dialog_id).and_then(|id| self.view(*id));
+        if caller.role.is_privileged() {
+            return Ok(view);
+        }
+        match view {
+            Some(view)
+                if caller.role == Role::Operator && view.handoff.operator_id == Some(caller.id) =>
+            {
+                Ok(Some(view))
+            }
+            _ => Err(HandoffError::NotHolder {
+                dialog_id,
+                operator_id: caller.id,
+            }),
+        }
+    }
+
+    async fn replied(&mut self, dialog_id: i64, operator_id: i64) -> Result<(), HandoffError> {
+        let id = *self
+            .by_dialog
+            .get(&dialog_id)
+            .ok_or(HandoffError::NotFound(dialog_id))?;
+        let entry = self
+            .handoffs
+            .get(&id)
+            .ok_or(HandoffError::NotFound(dialog_id))?;
+        if entry.handoff.state != HandoffState::Assigned
+            || entry.handoff.operator_id != Some(operator_id)
+        {
+            return Err(HandoffError::NotHolder {
+                dialog_id,
+                operator_id,
+            });
+        }
+        if entry.handoff.first_reply_at_ms.is_some() {
+            return Ok(());
+        }
+        match self
+            .store
+            .record_first_reply(id, operator_id, now_ms())
+            .await?
+        {
+            Some(handoff) => {
+                if let Some(entry) = self.handoffs.get_mut(&id) {
+                    entry.handoff = handoff;
+                    entry.reply_deadline = None;
+                }
+                tracing::debug!(handoff_id = id, dialog_id, operator_id, "first reply");
+            }
+            // Someone else changed the row; believe the store.
+            None => self.resync(id).await,
+        }
+        Ok(())
+    }
+
+    fn listing(&self) -> Listing {
+        let queued = self
+            .positions()
+            .filter_map(|(id, _)| self.view(id))
+            .collect();
+        let mut assigned: Vec<HandoffView> = self
+            .handoffs
+            .values()
+            .filter(|entry| entry.handoff.state == HandoffState::Assigned)
+            .filter_map(|entry| self.view(entry.handoff.id))
+            .collect();
+        assigned.sort_by_key(|view| (view.handoff.assigned_at_ms, view.handoff.id));
+        Listing { queued, assigned }
+    }
+
+    // ---------------------------------------------------------------------
+    // Operator updates
+    // ---------------------------------------------------------------------
+
+    async fn on_update(&mut self, update: OperatorUpdate) {
+        match update {
+            OperatorUpdate::Snapshot(views) => {
+                let seen: HashSet<i64> = views.iter().map(|v| v.operator_id).collect();
+                // Operators presence no longer lists are not given work; what
+                // they hold stays theirs until presence says they are
+                // offline or their reply timer runs out.
+                for operator in self.operators.values_mut() {
+                    if !seen.contains(&operator.id) {
+                        operator.online = false;
+                    }
+                }
+                tracing::info!(
+                    operators = views.len(),
+                    "operator view rebuilt from presence"
+                );
+                for view in views {
+                    self.apply_view(view).await;
+                }
+            }
+            OperatorUpdate::Changed(view) => self.apply_view(view).await,
+        }
+        self.settle().await;
+    }
+
+    async fn apply_view(&mut self, view: OperatorView) {
+        let operator = self.operator_entry(view.operator_id, &view.name);
+        operator.online = view.online;
+        operator.chosen = view.chosen;
+        if !view.name.is_empty() {
+            operator.name = view.name;
+        }
+        let load = operator.load;
+        // Presence's count is ours to keep right (it forgets on a restart).
+        if view.reported_load.is_some_and(|reported| reported != load) {
+            self.directory.set_load(view.operator_id, load);
+        }
+        if !view.online {
+            let held: Vec<i64> = self
+                .handoffs
+                .values()
+                .filter(|e| {
+                    e.handoff.state == HandoffState::Assigned
+                        && e.handoff.operator_id == Some(view.operator_id)
+                })
+                .map(|e| e.handoff.id)
+                .collect();
+            for id in held {
+                if let Err(cause) = self.take_back(id, REASSIGNED_OFFLINE).await {
+                    // Retried by the reply timer, which still runs.
+                    tracing::error!(%cause, handoff_id = id, "could not take a handoff back from an offline operator");
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // Timers
+    // ---------------------------------------------------------------------
+
+    fn next_wake(&self) -> Option<Instant> {
+        self.handoffs
+            .values()
+            .filter_map(|entry| entry.due(&self.policy))
+            .chain(self.retry_drain_at)
+            .min()
+    }
+
+    async fn on_timers(&mut self) {
+        let now = Instant::now();
+        if self.retry_drain_at.is_some_and(|at| at <= now) {
+            self.retry_drain_at = None;
+        }
+        let due: Vec<(i64, HandoffState)> = self
+            .handoffs
+            .values()
+            .filter(|entry| entry.due(&self.policy).is_some_and(|at| at <= now))
+            .map(|entry| (entry.handoff.id, entry.handoff.state))
+            .collect();
+        for (id, state) in due {
+            let done = match state {
+                HandoffState::Assigned => self.take_back(id, REASSIGNED_NO_REPLY).await,
+                HandoffState::Queued => self.return_to_assistant(id).await,
+                _ => Ok(()),
+            };
+            if let Err(cause) = done {
+                tracing::error!(%cause, handoff_id = id, "timed transition failed; retrying");
+                if let Some(entry) = self.handoffs.get_mut(&id) {
+                    entry.hold_until = Some(now + RETRY_AFTER);
+                }
+            }
+        }
+        self.settle().await;
+    }
+
+    // ---------------------------------------------------------------------
+    // Transitions
+    // ---------------------------------------------------------------------
+
+    /// Assigned → queued again, at the front of its priority: the operator is
+    /// told (`handoff_completed` with `resolution`), the user is told their
+    /// place by the next [`settle`](Self::settle).
+    async fn take_back(&mut self, id: i64, resolution: &str) -> Result<(), StoreError> {
+        let Some(entry) = self.handoffs.get(&id) else {
+            return Ok(());
+        };
+        let (Some(operator_id), HandoffState::Assigned) =
+            (entry.handoff.operator_id, entry.handoff.state)
+        else {
+            return Ok(());
+        };
+        let assigned_at = entry.handoff.assigned_at_ms.unwrap_or_default();
+        let at = now_ms();
+        let back = match self.store.requeue(id, at).await {
+            Ok(back) => back,
+            Err(err @ StoreError::NotInState { .. }) => {
+                self.resync(id).await;
+                return Err(err);
+            }
+            Err(err) => return Err(err),
+        };
+        let (dialog_id, handoff_id) = (back.dialog_id, back.id);
+        self.handoffs.remove(&id);
+        let mut entry = Entry::new(back, Instant::now());
+        entry.avoid = Some(operator_id);
+        self.insert_queued(entry);
+        self.release(operator_id);
+        tracing::info!(
+            handoff_id,
+            dialog_id,
+            operator_id,
+            resolution,
+            "handoff taken back"
+        );
+        let body = HandoffCompleted {
+            handoff_id,
+            dialog_id,
+            operator_id,
+            resolution,
+            duration: secs(Duration::from_millis((at - assigned_at).max(0) as u64)),
+        };
+        self.deliver(Recipient::Operator(operator_id), "handoff_completed", &body)
+            .await;
+        Ok(())
+    }
+
+    /// Queued too long → back to the assistant; the user is told.
+    async fn return_to_assistant(&mut self, id: i64) -> Result<(), StoreError> {
+        let returned = match self.store.return_to_assistant(id, now_ms()).await {
+            Ok(returned) => returned,
+            Err(err @ StoreError::NotInState { .. }) => {
+                self.resync(id).await;
+                return Err(err);
+            }
+            Err(err) => return Err(err),
+        };
+        self.remove(id);
+        tracing::info!(
+            handoff_id = id,
+            dialog_id = returned.dialog_id,
+            "handoff waited too long; back to the assistant"
+        );
+        let body = HandoffCompleted {
+            handoff_id: id,
+            dialog_id: returned.dialog_id,
+            operator_id: 0,
+            resolution: RETURNED_TO_ASSISTANT,
+            duration: 0,
+        };
+        self.deliver(
+            Recipient::User(returned.user_id),
+            "handoff_completed",
+            &body,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// After any change: tell new arrivals their place, assign while someone
+    /// is eligible, then tell everyone whose position changed.
+    async fn settle(&mut self) {
+        self.announce(true).await;
+        self.drain().await;
+        self.announce(false).await;
+    }
+
+    /// Gives the head of the queue to the best eligible operator, again and
+    /// again, until the queue is empty or nobody is eligible.
+    async fn drain(&mut self) {
+        if self.retry_drain_at.is_some() {
+            return;
+        }
+        while let Some(key) = self.waiting.first().copied() {
+            let id = key.id();
+            let avoid = self.handoffs.get(&id).and_then(|entry| entry.avoid);
+            let Some(operator) =
+                queue::pick(self.operators.values(), self.policy.max_handoffs, avoid)
+            else {
+                return;
+            };
+            let (operator_id, operator_name) = (operator.id, operator.display_name());
+            let assigned = match self
+                .store
+                .assign(id, operator_id, &operator_name, now_ms())
+                .await
+            {
+                Ok(assigned) => assigned,
+                Err(StoreError::NotInState { .. }) => {
+                    self.resync(id).await;
+                    if self.waiting.first() == Some(&key) {
+                        // Could not be re-read: try again later, not in a loop.
+                        self.retry_drain_at = Some(Instant::now() + RETRY_AFTER);
+                        return;
+                    }
+                    continue;
+                }
+                Err(cause) => {
+                    tracing::error!(%cause, handoff_id = id, "assignment not stored; retrying shortly");
+                    self.retry_drain_at = Some(Instant::now() + RETRY_AFTER);
+                    return;
+                }
+            };
+            self.waiting.remove(&key);
+            let waited = match self.handoffs.get_mut(&id) {
+                Some(entry) => {
+                    entry.reply_deadline = Some(Instant::now() + self.policy.reply_timeout);
+                    entry.told_position = None;
+                    entry.avoid = None;
+                    entry.hold_until = None;
+                    let waited = entry.queued_at.elapsed();
+                    entry.handoff = assigned;
+                    waited
+                }
+                None => Duration::ZERO,
+            };
+            if let Some(operator) = self.operators.get_mut(&operator_id) {
+                operator.load += 1;
+                operator.last_active = Some(Instant::now());
+                self.directory.set_load(operator_id, operator.load);
+            }
+            let Some(handoff) = self.handoffs.get(&id).map(|e| e.handoff.clone()) else {
+                continue;
+            };
+            tracing::info!(
+                handoff_id = id,
+                dialog_id = handoff.dialog_id,
+                operator_id,
+                "handoff assigned"
+            );
+            let body = OperatorAssigned {
+                handoff_id: id,
+                dialog_id: handoff.dialog_id,
+                operator_id,
+                operator_name: &operator_name,
+                estimated_wait_time: secs(waited),
+                user_id: handoff.user_id,
+                reason: &handoff.reason,
+                priority: handoff.priority.as_str(),
+            };
+            self.deliver(Recipient::User(handoff.user_id), "operator_assigned", &body)
+                .await;
+            self.deliver(Recipient::Operator(operator_id), "operator_assigned", &body)
+                .await;
+        }
+    }
+
+    /// Sends `handoff_queued` to each waiting user whose position differs
+    /// from the one they were told; with `only_new`, only to those not told
+    /// since they (re-)entered the queue.
+    async fn announce(&mut self, only_new: bool) {
+        let free = queue::free_seats(self.operators.values(), self.policy.max_handoffs);
+        let average = self.recent.average();
+        let changed: Vec<(i64, u32)> = self
+            .positions()
+            .filter(|(id, position)| {
+                self.handoffs
+                    .get(id)
+                    .is_some_and(|entry| match entry.told_position {
+                        None => true,
+                        Some(told) => !only_new && told != *position,
+                    })
+            })
+            .collect();
+        for (id, position) in changed {
+            let Some(entry) = self.handoffs.get_mut(&id) else {
+                continue;
+            };
+            entry.told_position = Some(position);
+            let (user_id, body) = (
+                entry.handoff.user_id,
+                HandoffQueued {
+                    handoff_id: id,
+                    dialog_id: entry.handoff.dialog_id,
+                    position,
+                    estimated_wait_time: queue::estimated_wait(position, free, average),
+                },
+            );
+            self.deliver(Recipient::User(user_id), "handoff_queued", &body)
+                .await;
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // Bookkeeping
+    // ---------------------------------------------------------------------
+
+    fn insert_queued(&mut self, entry: Entry) {
+        self.waiting.insert(QueueKey::of(&entry.handoff));
+        self.by_dialog
+            .insert(entry.handoff.dialog_id, entry.handoff.id);
+        self.handoffs.insert(entry.handoff.id, entry);
+    }
+
+    /// Forgets a handoff that is no longer active.
+    fn remove(&mut self, id: i64) {
+        if let Some(entry) = self.handoffs.remove(&id) {
+            self.waiting.remove(&QueueKey::of(&entry.handoff));
+            if self.by_dialog.get(&entry.handoff.dialog_id) == Some(&id) {
+                self.by_dialog.remove(&entry.handoff.dialog_id);
+            }
+        }
+    }
+
+    /// The operator let go of a handoff: one less, and idle from now.
+    fn release(&mut self, operator_id: i64) {
+        if let Some(operator) = self.operators.get_mut(&operator_id) {
+            operator.load = operator.load.saturating_sub(1);
+            operator.last_active = Some(Instant::now());
+            self.directory.set_load(operator_id, operator.load);
+        }
+    }
+
+    fn report_all_loads(&self) {
+        for operator in self.operators.values().filter(|op| op.load > 0) {
+            self.directory.set_load(operator.id, operator.load);
+        }
+    }
+
+    /// Re-reads one handoff after the store refused a transition (another
+    /// writer changed it), and believes the store.
+    async fn resync(&mut self, id: i64) {
+        let stored = match self.store.handoff(id).await {
+            Ok(stored) => stored,
+            Err(cause) => {
+                tracing::error!(%cause, handoff_id = id, "cannot re-read a handoff");
+                return;
+            }
+        };
+        tracing::warn!(
+            handoff_id = id,
+            "handoff changed under the queue; reloading it"
+        );
+        if let Some(old) = self.handoffs.get(&id)
+            && let (HandoffState::Assigned, Some(operator_id)) =
+                (old.handoff.state, old.handoff.operator_id)
+        {
+            self.release(operator_id);
+        }
+        self.remove(id);
+        match stored {
+            Some(handoff) if handoff.state == HandoffState::Queued => {
+                self.insert_queued(Entry::new(handoff, Instant::now()));
+            }
+            Some(handoff) if handoff.state == HandoffState::Assigned => {
+                if let Some(operator_id) = handoff.operator_id {
+                    let name = handoff.operator_name.clone().unwrap_or_default();
+                    let operator = self.operator_entry(operator_id, &name);
+                    operator.load += 1;
+                    let load = operator.load;
+                    self.directory.set_load(operator_id, load);
+                }
+                let mut entry = Entry::new(handoff, Instant::now());
+                if entry.handoff.first_reply_at_ms.is_none() {
+                    entry.reply_deadline = Some(Instant::now() + self.policy.reply_timeout);
+                }
+                self.by_dialog
+                    .insert(entry.handoff.dialog_id, entry.handoff.id);
+                self.handoffs.insert(id, entry);
+            }
+            _ => {}
+        }
+    }
+
+    /// Queued handoffs with their 1-based positions, in order.
+    fn positions(&self) -> impl Iterator<Item = (i64, u32)> + '_ {
+        self.waiting
+            .iter()
+            .zip(1u32..)
+            .map(|(key, position)| (key.id(), position))
+    }
+
+    fn view(&self, id: i64) -> Option<HandoffView> {
+        let entry = self.handoffs.get(&id)?;
+        let handoff = entry.handoff.clone();
+        let (position, wait_secs) = if entry.is_queued() {
+            let position = self
+                .positions()
+                .find(|(queued, _)| *queued == id)
+                .map_or(0, |(_, position)| position);
+            let free = queue::free_seats(self.operators.values(), self.policy.max_handoffs);
+            let wait = queue::estimated_wait(position, free, self.recent.average());
+            (position, wait)
+        } else {
+            let waited = handoff
+                .assigned_at_ms
+                .map_or(0, |assigned| assigned - handoff.queued_since_ms());
+            (0, secs(Duration::from_millis(waited.max(0) as u64)))
+        };
+        Some(HandoffView {
+            handoff,
+            position,
+            wait_secs,
+        })
+    }
+
+    /// Delivers an event; a failure is logged, never undoes the transition
+    /// (which is already stored).
+    async fn deliver(&self, recipient: Recipient, kind: &str, body: &impl Serialize) {
+        let event = match Event::new(kind, body) {
+            Ok(event) => Arc::new(event),
+            Err(cause) => {
+                tracing::error!(%cause, kind, "event could not be built");
+                return;
+            }
+        };
+        if let Err(cause) = self.log.deliver(recipient.clone(), event).await {
+            tracing::error!(%cause, kind, %recipient, "event not delivered");
+        }
+    }
+}
+
+/// The next operator update, or never once the follower has stopped.
+async fn next_update(
+    updates: &mut Option<mpsc::Receiver<OperatorUpdate>>,
+) -> Option<OperatorUpdate> {
+    match updates {
+        Some(updates) => updates.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whole seconds, saturating.
+fn secs(duration: Duration) -> u32 {
+    u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests;

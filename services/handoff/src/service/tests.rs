@@ -1,0 +1,995 @@
+//! The queue actor with a fake operator directory, an in-memory store and
+//! the memory event log, on tokio's paused clock: timeouts are driven by
+//! sleeping on the paused clock, never by real waiting.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chatai_kit::config::EventLogConfig;
+use chatai_kit::events::Delivery;
+use chatai_kit::events::memory::MemoryLog;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use super::*;
+
+// ---------------------------------------------------------------------------
+// Fakes
+// ---------------------------------------------------------------------------
+
+/// The store's semantics (see `store/sql.rs`) over a vector; `fail` makes
+/// every call fail as if the database were down.
+#[derive(Default)]
+struct MemoryStore {
+    rows: Mutex<Vec<Handoff>>,
+    fail: AtomicBool,
+}
+
+impl MemoryStore {
+    fn rows(&self) -> std::sync::MutexGuard<'_, Vec<Handoff>> {
+        self.rows.lock().expect("store lock")
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
+        }
+        Ok(())
+    }
+
+    fn get(&self, id: i64) -> Handoff {
+        self.rows()
+            .iter()
+            .find(|h| h.id == id)
+            .cloned()
+            .expect("handoff exists")
+    }
+
+    /// Inserts a row as stored earlier (for restarts).
+    fn put(&self, handoff: Handoff) {
+        self.rows().push(handoff);
+    }
+
+    fn update(
+        &self,
+        id: i64,
+        expected: &'static str,
+        allowed: &[HandoffState],
+        change: impl FnOnce(&mut Handoff),
+    ) -> Result<Handoff, StoreError> {
+        self.check()?;
+        let mut rows = self.rows();
+        let row = rows
+            .iter_mut()
+            .find(|h| h.id == id && allowed.contains(&h.state))
+            .ok_or(StoreError::NotInState { id, expected })?;
+        change(row);
+        Ok(row.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl HandoffStore for MemoryStore {
+    async fn create(&self, new: NewHandoff<'_>) -> Result<Handoff, StoreError> {
+        self.check()?;
+        let mut rows = self.rows();
+        if rows
+            .iter()
+            .any(|h| h.dialog_id == new.dialog_id && h.state.is_active())
+        {
+            return Err(StoreError::ActiveExists {
+                dialog_id: new.dialog_id,
+            });
+        }
+        let handoff = Handoff {
+            id: rows.iter().map(|h| h.id).max().unwrap_or(0) + 1,
+            dialog_id: new.dialog_id,
+            user_id: new.user_id,
+            operator_id: None,
+            operator_name: None,
+            priority: new.priority,
+            reason: new.reason.to_owned(),
+            state: HandoffState::Queued,
+            requested_at_ms: new.requested_at_ms,
+            requeued_at_ms: None,
+            assigned_at_ms: None,
+            first_reply_at_ms: None,
+            completed_at_ms: None,
+            resolution: None,
+        };
+        rows.push(handoff.clone());
+        Ok(handoff)
+    }
+
+    async fn assign(
+        &self,
+        id: i64,
+        operator_id: i64,
+        operator_name: &str,
+        at_ms: i64,
+    ) -> Result<Handoff, StoreError> {
+        self.update(id, "queued", &[HandoffState::Queued], |h| {
+            h.state = HandoffState::Assigned;
+            h.operator_id = Some(operator_id);
+            h.operator_name = Some(operator_name.to_owned());
+            h.assigned_at_ms = Some(at_ms);
+            h.first_reply_at_ms = None;
+        })
+    }
+
+    async fn record_first_reply(
+        &self,
+        id: i64,
+        operator_id: i64,
+        at_ms: i64,
+    ) -> Result<Option<Handoff>, StoreError> {
+        self.check()?;
+        let mut rows = self.rows();
+        Ok(rows
+            .iter_mut()
+            .find(|h| {
+                h.id == id
+                    && h.state == HandoffState::Assigned
+                    && h.operator_id == Some(operator_id)
+                    && h.first_reply_at_ms.is_none()
+            })
+            .map(|h| {
+                h.first_reply_at_ms = Some(at_ms);
+                h.clone()
+            }))
+    }
+
+    async fn requeue(&self, id: i64, at_ms: i64) -> Result<Handoff, StoreError> {
+        self.update(id, "assigned", &[HandoffState::Assigned], |h| {
+            h.state = HandoffState::Queued;
+            h.operator_id = None;
+            h.operator_name = None;
+            h.assigned_at_ms = None;
+            h.first_reply_at_ms = None;
+            h.requeued_at_ms = Some(at_ms);
+        })
+    }
+
+    async fn complete(&self, id: i64, resolution: &str, at_ms: i64) -> Result<Handoff, StoreError> {
+        self.update(
+            id,
+            "queued or assigned",
+            &[HandoffState::Queued, HandoffState::Assigned],
+            |h| {
+                h.state = HandoffState::Completed;
+                h.completed_at_ms = Some(at_ms);
+                h.resolution = Some(resolution.to_owned());
+            },
+        )
+    }
+
+    async fn return_to_assistant(&self, id: i64, at_ms: i64) -> Result<Handoff, StoreError> {
+        self.update(id, "queued", &[HandoffState::Queued], |h| {
+            h.state = HandoffState::Returned;
+            h.completed_at_ms = Some(at_ms);
+            h.resolution = Some(RETURNED_TO_ASSISTANT.to_owned());
+        })
+    }
+
+    async fn handoff(&self, id: i64) -> Result<Option<Handoff>, StoreError> {
+        self.check()?;
+        Ok(self.rows().iter().find(|h| h.id == id).cloned())
+    }
+
+    async fn active(&self) -> Result<Vec<Handoff>, StoreError> {
+        self.check()?;
+        Ok(self
+            .rows()
+            .iter()
+            .filter(|h| h.state.is_active())
+            .cloned()
+            .collect())
+    }
+
+    async fn recent_handling_ms(&self, limit: u32) -> Result<Vec<i64>, StoreError> {
+        self.check()?;
+        let mut done: Vec<(i64, i64, i64)> = self
+            .rows()
+            .iter()
+            .filter(|h| h.state == HandoffState::Completed)
+            .filter_map(|h| {
+                Some((
+                    h.completed_at_ms?,
+                    h.id,
+                    h.completed_at_ms? - h.assigned_at_ms?,
+                ))
+            })
+            .collect();
+        done.sort_by(|a, b| b.cmp(a));
+        Ok(done
+            .into_iter()
+            .take(limit as usize)
+            .map(|(_, _, took)| took)
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.check()
+    }
+}
+
+/// Records every load the queue reports.
+#[derive(Default)]
+struct FakeDirectory {
+    loads: Mutex<Vec<(i64, u32)>>,
+}
+
+impl OperatorDirectory for FakeDirectory {
+    fn set_load(&self, operator_id: i64, active_handoffs: u32) {
+        self.loads
+            .lock()
+            .expect("loads lock")
+            .push((operator_id, active_handoffs));
+    }
+}
+
+impl FakeDirectory {
+    fn last(&self, operator_id: i64) -> Option<u32> {
+        self.loads
+            .lock()
+            .expect("loads lock")
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == operator_id)
+            .map(|(_, load)| *load)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+fn policy(max_handoffs: u32) -> Policy {
+    Policy {
+        max_handoffs,
+        reply_timeout: Duration::from_secs(180),
+        max_queue_time: Duration::from_secs(600),
+        max_queue_len: 100,
+        default_handling: Duration::from_secs(300),
+    }
+}
+
+fn service_caller() -> Caller {
+    Caller::service()
+}
+
+fn caller(id: i64, role: Role) -> Caller {
+    Caller {
+        id,
+        role,
+        name: None,
+        connection_id: None,
+    }
+}
+
+fn available(operator_id: i64) -> OperatorView {
+    OperatorView {
+        operator_id,
+        name: format!("Op{operator_id}"),
+        online: true,
+        chosen: ChosenStatus::Available,
+        reported_load: None,
+    }
+}
+
+/// One event as seen on the log.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    to: Recipient,
+    kind: String,
+    body: serde_json::Value,
+}
+
+struct Harness {
+    service: HandoffService,
+    store: Arc<MemoryStore>,
+    directory: Arc<FakeDirectory>,
+    updates: mpsc::Sender<OperatorUpdate>,
+    live: broadcast::Receiver<Delivery>,
+    shutdown: CancellationToken,
+    actor: JoinHandle<()>,
+}
+
+impl Harness {
+    async fn start(policy: Policy) -> Self {
+        Self::start_on(policy, Arc::new(MemoryStore::default())).await
+    }
+
+    async fn start_on(policy: Policy, store: Arc<MemoryStore>) -> Self {
+        let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(&EventLogConfig::default()));
+        let live = log.live();
+        let directory = Arc::new(FakeDirectory::default());
+        let (updates, updates_rx) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        let (service, queue) = HandoffService::load(
+            store.clone(),
+            log,
+            directory.clone(),
+            updates_rx,
+            policy,
+            shutdown.clone(),
+        )
+        .await
+        .expect("the queue loads");
+        let actor = tokio::spawn(queue.run());
+        Harness {
+            service,
+            store,
+            directory,
+            updates,
+            live,
+            shutdown,
+            actor,
+        }
+    }
+
+    /// Sends an operator update and waits until the actor has handled it.
+    async fn update(&self, update: OperatorUpdate) {
+        self.updates.send(update).await.expect("the actor runs");
+        self.settled().await;
+    }
+
+    async fn operators(&self, views: Vec<OperatorView>) {
+        self.update(OperatorUpdate::Snapshot(views)).await;
+    }
+
+    /// Waits until the actor took every update, then makes a round trip, so
+    /// everything sent before is handled.
+    async fn settled(&self) {
+        while self.updates.capacity() < self.updates.max_capacity() {
+            tokio::task::yield_now().await;
+        }
+        self.list().await;
+    }
+
+    async fn request(&self, dialog_id: i64, priority: Priority) -> HandoffView {
+        self.try_request(dialog_id, priority)
+            .await
+            .expect("the request is accepted")
+    }
+
+    /// Dialog `d` belongs to user `100 + d`.
+    async fn try_request(
+        &self,
+        dialog_id: i64,
+        priority: Priority,
+    ) -> Result<HandoffView, HandoffError> {
+        self.service
+            .request(
+                &service_caller(),
+                NewRequest {
+                    dialog_id,
+                    user_id: 100 + dialog_id,
+                    reason: format!("help with {dialog_id}"),
+                    priority,
+                },
+            )
+            .await
+    }
+
+    async fn complete_by(&self, operator_id: i64, dialog_id: i64) -> Completed {
+        self.service
+            .complete(&caller(operator_id, Role::Operator), dialog_id, "done")
+            .await
+            .expect("the holder completes")
+    }
+
+    async fn list(&self) -> Listing {
+        self.service
+            .list(&service_caller())
+            .await
+            .expect("services list the queue")
+    }
+
+    async fn holder(&self, dialog_id: i64) -> Option<i64> {
+        self.service
+            .active(&service_caller(), dialog_id)
+            .await
+            .expect("services read handoffs")
+            .and_then(|view| view.handoff.operator_id)
+    }
+
+    /// The dialogs waiting, in order.
+    async fn waiting(&self) -> Vec<i64> {
+        self.list()
+            .await
+            .queued
+            .iter()
+            .map(|view| view.handoff.dialog_id)
+            .collect()
+    }
+
+    /// Every event sent since the last call (everything already handled).
+    fn events(&mut self) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        loop {
+            match self.live.try_recv() {
+                Ok(delivery) => seen.push(Seen {
+                    to: delivery.recipient.clone(),
+                    kind: delivery.event.kind.clone(),
+                    body: serde_json::from_slice(&delivery.event.body).expect("JSON body"),
+                }),
+                Err(broadcast::error::TryRecvError::Empty) => return seen,
+                Err(err) => panic!("live fan-out failed: {err}"),
+            }
+        }
+    }
+
+    async fn stop(self) -> Arc<MemoryStore> {
+        self.shutdown.cancel();
+        self.actor.await.expect("the actor ends cleanly");
+        self.store
+    }
+}
+
+fn of_kind<'a>(events: &'a [Seen], kind: &str) -> Vec<&'a Seen> {
+    events.iter().filter(|e| e.kind == kind).collect()
+}
+
+/// `(user, position)` of every `handoff_queued`, in order.
+fn positions(events: &[Seen]) -> Vec<(Recipient, u64)> {
+    of_kind(events, "handoff_queued")
+        .into_iter()
+        .map(|e| (e.to.clone(), e.body["position"].as_u64().expect("position")))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Cases
+// ---------------------------------------------------------------------------
+
+/// A request is announced to operators and queued; with nobody eligible it
+/// waits, told its position and an estimate from the default handling time.
+#[tokio::test(start_paused = true)]
+async fn request_is_announced_and_queued() {
+    let mut h = Harness::start(policy(1)).await;
+    let view = h.request(1, Priority::High).await;
+    assert_eq!(view.handoff.state, HandoffState::Queued);
+    assert_eq!(view.position, 1);
+    assert_eq!(view.wait_secs, 300);
+    let events = h.events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].to, Recipient::Role(Role::Operator));
+    assert_eq!(events[0].kind, "handoff_request");
+    assert_eq!(
+        events[0].body,
+        serde_json::json!({"handoff_id": view.handoff.id, "dialog_id": 1, "user_id": 101,
+                           "reason": "help with 1", "priority": "high"})
+    );
+    assert_eq!(events[1].to, Recipient::User(101));
+    assert_eq!(
+        events[1].body,
+        serde_json::json!({"handoff_id": view.handoff.id, "dialog_id": 1, "position": 1,
+                           "estimated_wait_time": 300})
+    );
+    let second = h.request(2, Priority::Low).await;
+    assert_eq!((second.position, second.wait_secs), (2, 600));
+}
+
+/// The queue serves urgent > high > normal > low, first come first served
+/// inside; each completion frees the seat for the next, and every user
+/// whose position changed is told.
+#[tokio::test(start_paused = true)]
+async fn queue_serves_priority_then_fifo_and_tells_positions() {
+    let mut h = Harness::start(policy(1)).await;
+    h.operators(vec![available(7)]).await;
+    h.request(1, Priority::Normal).await;
+    assert_eq!(h.holder(1).await, Some(7));
+    for (dialog, priority) in [
+        (2, Priority::Low),
+        (3, Priority::Urgent),
+        (4, Priority::Normal),
+        (5, Priority::Urgent),
+        (6, Priority::High),
+    ] {
+        tokio::time::advance(Duration::from_millis(5)).await;
+        h.request(dialog, priority).await;
+    }
+    assert_eq!(h.waiting().await, vec![3, 5, 6, 4, 2]);
+    h.events();
+
+    let mut served = Vec::new();
+    let mut holding = 1;
+    for _ in 0..5 {
+        h.complete_by(7, holding).await;
+        holding = h.list().await.assigned[0].handoff.dialog_id;
+        served.push(holding);
+    }
+    assert_eq!(served, vec![3, 5, 6, 4, 2]);
+
+    // One more round, watching the positions.
+    let mut h = Harness::start(policy(1)).await;
+    h.operators(vec![available(7)]).await;
+    h.request(1, Priority::Normal).await;
+    h.request(2, Priority::Normal).await;
+    h.request(3, Priority::Normal).await;
+    h.request(4, Priority::Urgent).await;
+    let events = h.events();
+    // 4 jumps the queue: it is told 1, and 2 and 3 move down.
+    assert_eq!(
+        positions(&events),
+        vec![
+            (Recipient::User(101), 1),
+            (Recipient::User(102), 1),
+            (Recipient::User(103), 2),
+            (Recipient::User(104), 1),
+            (Recipient::User(102), 2),
+            (Recipient::User(103), 3),
+        ]
+    );
+    h.complete_by(7, 1).await;
+    let events = h.events();
+    assert_eq!(
+        positions(&events),
+        vec![(Recipient::User(102), 1), (Recipient::User(103), 2)]
+    );
+    let assigned = of_kind(&events, "operator_assigned");
+    assert_eq!(assigned.len(), 2);
+    assert_eq!(assigned[0].to, Recipient::User(104));
+    assert_eq!(assigned[1].to, Recipient::Operator(7));
+    assert_eq!(assigned[0].body["dialog_id"], 4);
+    assert_eq!(assigned[0].body["operator_name"], "Op7");
+    assert_eq!(assigned[0].body["priority"], "urgent");
+    let completed = of_kind(&events, "handoff_completed");
+    assert_eq!(completed.len(), 2);
+    assert_eq!(completed[0].to, Recipient::User(101));
+    assert_eq!(completed[1].to, Recipient::Operator(7));
+    assert_eq!(completed[0].body["resolution"], "done");
+    assert_eq!(completed[0].body["operator_id"], 7);
+}
+
+/// The next handoff goes to the eligible operator with the fewest, and on a
+/// tie to the one idle the longest (here the higher id).
+#[tokio::test(start_paused = true)]
+async fn fewest_handoffs_then_longest_idle_wins() {
+    let h = Harness::start(policy(3)).await;
+    h.operators(vec![available(1), available(2)]).await;
+    h.request(10, Priority::Normal).await;
+    assert_eq!(
+        h.holder(10).await,
+        Some(1),
+        "a tie between fresh operators: lowest id"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    h.request(11, Priority::Normal).await;
+    assert_eq!(h.holder(11).await, Some(2), "fewest handoffs");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    h.request(12, Priority::Normal).await;
+    assert_eq!(
+        h.holder(12).await,
+        Some(1),
+        "tie at one each: op 1 idle longer"
+    );
+
+    // Op 2 finishes first, op 1 later: both at none, op 2 idle longer.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    h.complete_by(2, 11).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    h.complete_by(1, 12).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    h.complete_by(1, 10).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    h.request(13, Priority::Normal).await;
+    assert_eq!(h.holder(13).await, Some(2));
+    assert_eq!(h.directory.last(1), Some(0));
+    assert_eq!(h.directory.last(2), Some(1));
+}
+
+/// Away, busy, offline and full operators get nothing; a request waits
+/// until someone becomes available.
+#[tokio::test(start_paused = true)]
+async fn only_online_available_operators_below_the_cap_are_assigned() {
+    let h = Harness::start(policy(1)).await;
+    h.operators(vec![
+        OperatorView {
+            chosen: ChosenStatus::Away,
+            ..available(1)
+        },
+        OperatorView {
+            chosen: ChosenStatus::Busy,
+            ..available(2)
+        },
+        OperatorView {
+            online: false,
+            ..available(3)
+        },
+        available(4),
+    ])
+    .await;
+    h.request(1, Priority::Normal).await;
+    assert_eq!(h.holder(1).await, Some(4));
+    h.request(2, Priority::Urgent).await;
+    assert_eq!(h.holder(2).await, None, "op 4 is full, the rest cannot");
+    h.update(OperatorUpdate::Changed(available(1))).await;
+    assert_eq!(h.holder(2).await, Some(1));
+}
+
+/// An operator who does not reply in time loses the handoff: they get
+/// `handoff_completed` ("reassigned: no reply"), the user is queued again,
+/// and the other eligible operator gets it.
+#[tokio::test(start_paused = true)]
+async fn no_reply_in_time_reassigns_to_another_operator() {
+    let mut h = Harness::start(policy(1)).await;
+    h.operators(vec![available(1), available(2)]).await;
+    h.request(1, Priority::Normal).await;
+    assert_eq!(h.holder(1).await, Some(1));
+    h.events();
+
+    tokio::time::sleep(Duration::from_secs(181)).await;
+    h.settled().await;
+    assert_eq!(h.holder(1).await, Some(2));
+    let events = h.events();
+    let kinds: Vec<(&Recipient, &str)> = events.iter().map(|e| (&e.to, e.kind.as_str())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (&Recipient::Operator(1), "handoff_completed"),
+            (&Recipient::User(101), "handoff_queued"),
+            (&Recipient::User(101), "operator_assigned"),
+            (&Recipient::Operator(2), "operator_assigned"),
+        ]
+    );
+    assert_eq!(events[0].body["resolution"], "reassigned: no reply");
+    assert_eq!(h.directory.last(1), Some(0));
+    assert_eq!(h.directory.last(2), Some(1));
+    assert!(h.store.get(1).requeued_at_ms.is_some());
+
+    // Alone, the operator gets it back rather than nobody.
+    let h = Harness::start(policy(1)).await;
+    h.operators(vec![available(1)]).await;
+    h.request(1, Priority::Normal).await;
+    tokio::time::sleep(Duration::from_secs(181)).await;
+    h.settled().await;
+    assert_eq!(h.holder(1).await, Some(1));
+}
+
+/// The first reply stops the timer; only the holder's reply counts, and only
+/// services may report one.
+#[tokio::test(start_paused = true)]
+async fn a_reply_stops_the_no_reply_timer() {
+    let mut h = Harness::start(policy(1)).await;
+    h.operators(vec![available(1), available(2)]).await;
+    h.request(1, Priority::Normal).await;
+    let svc = service_caller();
+    assert!(matches!(
+        h.service.operator_replied(&svc, 1, 2).await,
+        Err(HandoffError::NotHolder { .. })
+    ));
+    assert!(matches!(
+        h.service
+            .operator_replied(&caller(1, Role::Operator), 1, 1)
+            .await,
+        Err(HandoffError::Forbidden)
+    ));
+    assert!(matches!(
+        h.service.operator_replied(&svc, 99, 1).await,
+        Err(HandoffError::NotFound(99))
+    ));
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    h.service
+        .operator_replied(&svc, 1, 1)
+        .await
+        .expect("the holder's reply is recorded");
+    h.service
+        .operator_replied(&svc, 1, 1)
+        .await
+        .expect("a second reply is fine");
+    h.events();
+    tokio::time::sleep(Duration::from_secs(1000)).await;
+    h.settled().await;
+    assert_eq!(h.holder(1).await, Some(1));
+    assert!(h.events().is_empty());
+    assert!(h.store.get(1).first_reply_at_ms.is_some());
+}
+
+/// A request that waits longer than the maximum goes back to the assistant:
+/// the user gets `handoff_completed` with operator 0 and
+/// `returned_to_assistant`, and the ones behind it move up.
+#[tokio::test(start_paused = true)]
+async fn waiting_too_long_returns_to_the_assistant() {
+    let mut h = Harness::start(policy(1)).await;
+    h.request(1, Priority::Normal).await;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    h.request(2, Priority::Normal).await;
+    h.events();
+    tokio::time::sleep(Duration::from_secs(301)).await;
+    h.settled().await;
+    let events = h.events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].to, Recipient::User(101));
+    assert_eq!(
+        events[0].body,
+        serde_json::json!({"handoff_id": 1, "dialog_id": 1, "operator_id": 0,
+                           "resolution": "returned_to_assistant", "duration": 0})
+    );
+    assert_eq!(positions(&events), vec![(Recipient::User(102), 1)]);
+    assert_eq!(h.store.get(1).state, HandoffState::Returned);
+    assert_eq!(h.holder(1).await, None);
+    assert!(
+        h.service
+            .active(&service_caller(), 1)
+            .await
+            .expect("readable")
+            .is_none()
+    );
+    h.request(1, Priority::Normal).await;
+}
+
+/// When an operator goes offline their handoffs go back to the front of
+/// their priority (ahead of one requested earlier), the user is told, and
+/// the next eligible operator gets it.
+#[tokio::test(start_paused = true)]
+async fn offline_operator_handoffs_go_to_the_front() {
+    let store = Arc::new(MemoryStore::default());
+    let now = now_ms();
+    let queued = |id, dialog_id, requested_at_ms| Handoff {
+        id,
+        dialog_id,
+        user_id: 100 + dialog_id,
+        operator_id: None,
+        operator_name: None,
+        priority: Priority::Normal,
+        reason: String::new(),
+        state: HandoffState::Queued,
+        requested_at_ms,
+        requeued_at_ms: None,
+        assigned_at_ms: None,
+        first_reply_at_ms: None,
+        completed_at_ms: None,
+        resolution: None,
+    };
+    // Dialog 5 waits since before dialog 6 was even asked for; 6 is with op 1.
+    store.put(queued(1, 5, now - 2000));
+    store.put(Handoff {
+        state: HandoffState::Assigned,
+        operator_id: Some(1),
+        operator_name: Some("Op1".into()),
+        assigned_at_ms: Some(now - 500),
+        ..queued(2, 6, now - 1000)
+    });
+    let mut h = Harness::start_on(policy(1), store).await;
+    h.operators(vec![available(1)]).await;
+    assert_eq!(h.holder(6).await, Some(1));
+    assert_eq!(h.waiting().await, vec![5]);
+    h.events();
+
+    h.update(OperatorUpdate::Changed(OperatorView {
+        online: false,
+        ..available(1)
+    }))
+    .await;
+    assert_eq!(h.waiting().await, vec![6, 5]);
+    let events = h.events();
+    assert_eq!(events[0].to, Recipient::Operator(1));
+    assert_eq!(events[0].body["resolution"], "reassigned: operator offline");
+    assert_eq!(
+        positions(&events),
+        vec![(Recipient::User(106), 1), (Recipient::User(105), 2)]
+    );
+    assert_eq!(h.directory.last(1), Some(0));
+
+    h.update(OperatorUpdate::Changed(available(2))).await;
+    assert_eq!(h.holder(6).await, Some(2));
+    assert_eq!(h.waiting().await, vec![5]);
+}
+
+/// A restart loses nothing: queued handoffs keep their order, assigned ones
+/// their operator (whose load is reported again), and the reply timer
+/// starts over.
+#[tokio::test(start_paused = true)]
+async fn restart_restores_the_queue_and_assignments() {
+    let h = Harness::start(policy(1)).await;
+    h.operators(vec![available(1), available(2)]).await;
+    h.request(1, Priority::Normal).await;
+    h.service
+        .operator_replied(&service_caller(), 1, 1)
+        .await
+        .expect("reply recorded");
+    h.request(2, Priority::Normal).await;
+    h.request(3, Priority::Low).await;
+    h.request(4, Priority::High).await;
+    assert_eq!(h.holder(1).await, Some(1));
+    assert_eq!(h.holder(2).await, Some(2));
+    assert_eq!(h.waiting().await, vec![4, 3]);
+    let store = h.stop().await;
+
+    tokio::time::advance(Duration::from_secs(100)).await;
+    let h = Harness::start_on(policy(1), store).await;
+    let listing = h.list().await;
+    assert_eq!(listing.assigned.len(), 2);
+    assert_eq!(h.holder(1).await, Some(1));
+    assert_eq!(h.holder(2).await, Some(2));
+    assert_eq!(h.waiting().await, vec![4, 3]);
+    h.settled().await;
+    assert_eq!(h.directory.last(1), Some(1), "loads are reported again");
+    assert_eq!(h.directory.last(2), Some(1));
+
+    // Op 2 never replied: a fresh timer, then op 1 (who replied to theirs)
+    // holds one and op 2 would get it back only if alone — here dialog 4
+    // (high) is ahead and goes to op 2, dialog 2 waits.
+    h.operators(vec![available(1), available(2)]).await;
+    tokio::time::sleep(Duration::from_secs(181)).await;
+    h.settled().await;
+    assert_eq!(h.holder(1).await, Some(1), "replied: no timer");
+    assert_eq!(h.holder(2).await, None);
+    assert_eq!(h.holder(4).await, Some(2));
+    assert_eq!(h.waiting().await, vec![2, 3], "taken back: front of normal");
+}
+
+/// A second request for a dialog is refused, and so is one past the
+/// queue's capacity.
+#[tokio::test(start_paused = true)]
+async fn duplicates_and_a_full_queue_are_refused() {
+    let h = Harness::start(Policy {
+        max_queue_len: 2,
+        ..policy(1)
+    })
+    .await;
+    h.request(1, Priority::Normal).await;
+    assert!(matches!(
+        h.try_request(1, Priority::Urgent).await,
+        Err(HandoffError::Exists(1))
+    ));
+    h.request(2, Priority::Normal).await;
+    assert!(matches!(
+        h.try_request(3, Priority::Urgent).await,
+        Err(HandoffError::QueueFull)
+    ));
+    // An assigned handoff leaves the queue: room again.
+    h.operators(vec![available(1)]).await;
+    h.request(3, Priority::Urgent).await;
+    assert!(matches!(
+        h.try_request(1, Priority::Normal).await,
+        Err(HandoffError::Exists(1))
+    ));
+}
+
+/// Who may request, complete, read and list.
+#[tokio::test(start_paused = true)]
+async fn callers_are_checked() {
+    let h = Harness::start(policy(1)).await;
+    h.operators(vec![available(1), available(2)]).await;
+    let request = NewRequest {
+        dialog_id: 1,
+        user_id: 5,
+        reason: "r".into(),
+        priority: Priority::Normal,
+    };
+    for role in [Role::User, Role::Operator] {
+        assert!(matches!(
+            h.service.request(&caller(5, role), request.clone()).await,
+            Err(HandoffError::Forbidden)
+        ));
+    }
+    assert!(matches!(
+        h.service
+            .request(
+                &service_caller(),
+                NewRequest {
+                    user_id: 0,
+                    ..request.clone()
+                }
+            )
+            .await,
+        Err(HandoffError::Missing("user_id"))
+    ));
+    h.service
+        .request(&caller(9, Role::Admin), request)
+        .await
+        .expect("admins may request");
+    assert_eq!(h.holder(1).await, Some(1));
+
+    let op2 = caller(2, Role::Operator);
+    assert!(matches!(
+        h.service.complete(&op2, 1, "x").await,
+        Err(HandoffError::NotHolder { .. })
+    ));
+    assert!(matches!(
+        h.service.active(&op2, 1).await,
+        Err(HandoffError::NotHolder { .. })
+    ));
+    assert!(matches!(
+        h.service.active(&caller(5, Role::User), 1).await,
+        Err(HandoffError::Forbidden)
+    ));
+    assert!(matches!(
+        h.service.list(&caller(5, Role::User)).await,
+        Err(HandoffError::Forbidden)
+    ));
+    h.service.list(&op2).await.expect("operators list");
+    let mine = h
+        .service
+        .active(&caller(1, Role::Operator), 1)
+        .await
+        .expect("the holder reads it")
+        .expect("it is active");
+    assert_eq!(mine.handoff.operator_id, Some(1));
+    assert!(matches!(
+        h.service.complete(&op2, 42, "x").await,
+        Err(HandoffError::NotFound(42))
+    ));
+    let done = h
+        .service
+        .complete(&caller(3, Role::Admin), 1, "  ")
+        .await
+        .expect("admins complete");
+    assert_eq!(done.view.handoff.resolution.as_deref(), Some("resolved"));
+    assert_eq!(done.view.handoff.state, HandoffState::Completed);
+}
+
+/// Presence's idea of a load is corrected when it differs from the queue's.
+#[tokio::test(start_paused = true)]
+async fn presence_loads_are_corrected() {
+    let h = Harness::start(policy(2)).await;
+    h.operators(vec![
+        OperatorView {
+            reported_load: Some(3),
+            ..available(1)
+        },
+        OperatorView {
+            reported_load: Some(0),
+            ..available(2)
+        },
+    ])
+    .await;
+    assert_eq!(h.directory.last(1), Some(0));
+    assert_eq!(h.directory.last(2), None, "already right");
+}
+
+/// The estimate uses the average handling time of recent completions.
+#[tokio::test(start_paused = true)]
+async fn estimates_follow_recent_handling_times() {
+    let store = Arc::new(MemoryStore::default());
+    for (id, took_secs) in [(1, 60), (2, 120)] {
+        store.put(Handoff {
+            id,
+            dialog_id: id,
+            user_id: 1,
+            operator_id: Some(1),
+            operator_name: None,
+            priority: Priority::Normal,
+            reason: String::new(),
+            state: HandoffState::Completed,
+            requested_at_ms: 0,
+            requeued_at_ms: None,
+            assigned_at_ms: Some(1_000),
+            first_reply_at_ms: None,
+            completed_at_ms: Some(1_000 + took_secs * 1000),
+            resolution: Some("ok".into()),
+        });
+    }
+    let h = Harness::start_on(policy(2), store).await;
+    let first = h.request(10, Priority::Normal).await;
+    assert_eq!(first.wait_secs, 90);
+    let second = h.request(11, Priority::Normal).await;
+    let third = h.request(12, Priority::Normal).await;
+    assert_eq!((second.position, second.wait_secs), (2, 180));
+    assert_eq!((third.position, third.wait_secs), (3, 270));
+}
+
+/// A storage outage during an assignment leaves the handoff queued and the
+/// assignment is retried once the store answers again.
+#[tokio::test(start_paused = true)]
+async fn assignment_is_retried_after_a_storage_failure() {
+    let h = Harness::start(policy(1)).await;
+    h.request(1, Priority::Normal).await;
+    h.store.fail.store(true, Ordering::SeqCst);
+    h.update(OperatorUpdate::Changed(available(1))).await;
+    assert!(matches!(
+        h.service.active(&service_caller(), 1).await,
+        Ok(Some(view)) if view.handoff.state == HandoffState::Queued
+    ));
+    assert!(matches!(
+        h.try_request(2, Priority::Normal).await,
+        Err(HandoffError::Store(_))
+    ));
+    h.store.fail.store(false, Ordering::SeqCst);
+    tokio::time::sleep(RETRY_AFTER * 2).await;
+    h.settled().await;
+    assert_eq!(h.holder(1).await, Some(1));
+}

@@ -1,0 +1,484 @@
+//! The Redis event log, for production: durable per-recipient logs in Redis
+//! Streams shared by every replica of a service, live fan-out through Redis
+//! pub/sub, appended and published atomically by one Lua script.
+//!
+//! Keys, for service `svc` and recipient `r` (`user:42`, `operator:7`):
+//! - `chatai:{svc}:seq:{r}` — the last position handed out;
+//! - `chatai:{svc}:base:{r}` — the position before the log's first event;
+//! - `chatai:{svc}:log:{r}` — a stream with one entry per event, entry id
+//!   `{position}-0`, fields `t` (append time, ms) and `e` (the protobuf `Event`);
+//! - `chatai:{svc}:seen:{r}` — where the recipient's connections were when
+//!   last released;
+//! - channel `chatai:{svc}:live` — every delivery, framed as
+//!   `{position} {recipient-length} {recipient}{event}`.
+//!
+//! A recipient's first position is a random base (20 bits, shifted left 32),
+//! so positions of a log that expired and started again never match an old
+//! cursor, and every position stays below 2^53 (exact as a Lua number). All
+//! keys of a recipient expire after twice the retention without an append;
+//! entries older than the retention are trimmed on append, and at most
+//! `max_per_recipient` are kept.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use chatai_proto::v1 as pb;
+use futures::StreamExt;
+use prost::Message;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::{Delivery, Event, EventLog, EventLogError, LogPage, Recipient, ReplayFrom};
+use crate::config::EventLogConfig;
+
+/// Lua: drops the entries of stream KEYS[1] appended before ARGV[1] (ms).
+macro_rules! trim_lua {
+    ($log:literal, $cutoff:literal) => {
+        concat!(
+            "local cutoff = tonumber(",
+            $cutoff,
+            ")\n",
+            "while true do\n",
+            "  local batch = redis.call('XRANGE', ",
+            $log,
+            ", '-', '+', 'COUNT', 64)\n",
+            "  if #batch == 0 then break end\n",
+            "  local keep = nil\n",
+            "  for _, entry in ipairs(batch) do\n",
+            "    if tonumber(entry[2][2]) >= cutoff then keep = entry[1] break end\n",
+            "  end\n",
+            "  if keep then redis.call('XTRIM', ",
+            $log,
+            ", 'MINID', keep) break end\n",
+            "  for _, entry in ipairs(batch) do redis.call('XDEL', ",
+            $log,
+            ", entry[1]) end\n",
+            "end\n",
+        )
+    };
+}
+
+/// Appends one event, trims by age, and publishes it, atomically.
+/// KEYS: seq, log, base. ARGV: base, now ms, cutoff ms, max len, event, ttl ms, channel, recipient.
+const APPEND: &str = concat!(
+    "if redis.call('EXISTS', KEYS[1]) == 0 then\n",
+    "  redis.call('SET', KEYS[1], ARGV[1])\n",
+    "  redis.call('SET', KEYS[3], ARGV[1])\n",
+    "end\n",
+    "local pos = redis.call('INCR', KEYS[1])\n",
+    // Lua prints big numbers in exponent form: format positions as integers.
+    "local id = string.format('%d', pos)\n",
+    "redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], id .. '-0', 't', ARGV[2], 'e', ARGV[5])\n",
+    trim_lua!("KEYS[2]", "ARGV[3]"),
+    "redis.call('PEXPIRE', KEYS[1], ARGV[6])\n",
+    "redis.call('PEXPIRE', KEYS[2], ARGV[6])\n",
+    "redis.call('PEXPIRE', KEYS[3], ARGV[6])\n",
+    "redis.call('PUBLISH', ARGV[7], id .. ' ' .. string.len(ARGV[8]) .. ' ' .. ARGV[8] .. ARGV[5])\n",
+    "return pos\n",
+);
+
+/// Drops a log's entries older than the retention. KEYS: log. ARGV: cutoff ms.
+const TRIM: &str = concat!(trim_lua!("KEYS[1]", "ARGV[1]"), "return 0\n");
+
+/// Moves the last-seen mark forward only. KEYS: seen, seq. ARGV: position, ttl ms.
+const MARK_SEEN: &str = r#"
+local last = redis.call('GET', KEYS[2])
+if not last or tonumber(ARGV[1]) > tonumber(last) then return 0 end
+local seen = redis.call('GET', KEYS[1])
+if seen and tonumber(seen) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// The Redis [`EventLog`] of one service.
+pub struct RedisLog {
+    prefix: String,
+    connection: ConnectionManager,
+    live: Arc<Mutex<broadcast::Sender<Delivery>>>,
+    append: redis::Script,
+    trim: redis::Script,
+    mark_seen: redis::Script,
+    retention: Duration,
+    max_per_recipient: usize,
+}
+
+fn unavailable(err: redis::RedisError) -> EventLogError {
+    EventLogError::Unavailable(err.to_string())
+}
+
+impl RedisLog {
+    /// Connects to `url` for `service`'s logs and starts relaying its live
+    /// channel until `shutdown`. The relay task is returned for the caller
+    /// to own.
+    pub async fn connect(
+        url: &str,
+        service: &str,
+        config: &EventLogConfig,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), EventLogError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let connection = ConnectionManager::new(client.clone())
+            .await
+            .map_err(unavailable)?;
+        let (sender, _) = broadcast::channel(config.live_buffer.max(16));
+        let live = Arc::new(Mutex::new(sender));
+        let prefix = format!("chatai:{service}");
+        let channel = format!("{prefix}:live");
+        // Subscribe before returning, so nothing published after `connect`
+        // can be missed by the first receivers.
+        let pubsub = subscribe(&client, &channel).await.map_err(unavailable)?;
+        let relay = relay(
+            client,
+            channel,
+            pubsub,
+            live.clone(),
+            config.live_buffer.max(16),
+            shutdown,
+        );
+        let log = RedisLog {
+            prefix,
+            connection,
+            live,
+            append: redis::Script::new(APPEND),
+            trim: redis::Script::new(TRIM),
+            mark_seen: redis::Script::new(MARK_SEEN),
+            retention: config.retention(),
+            max_per_recipient: config.max_per_recipient.max(1),
+        };
+        Ok((log, relay))
+    }
+
+    fn key(&self, kind: &str, recipient: &Recipient) -> String {
+        format!("{}:{kind}:{recipient}", self.prefix)
+    }
+
+    /// Entries appended before this are past the retention.
+    fn cutoff_ms(&self) -> i64 {
+        crate::now_ms() - self.retention.as_millis() as i64
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        (self.retention.as_millis() as u64)
+            .saturating_mul(2)
+            .max(1000)
+    }
+
+    async fn publish_live(
+        &self,
+        recipient: &Recipient,
+        event: &Event,
+    ) -> Result<(), EventLogError> {
+        let mut connection = self.connection.clone();
+        let payload = frame(0, recipient, event);
+        let _: i64 = connection
+            .publish(format!("{}:live", self.prefix), payload)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+/// `{position} {recipient-length} {recipient}{event}`.
+fn frame(position: u64, recipient: &Recipient, event: &Event) -> Vec<u8> {
+    let recipient = pb::Recipient::from(recipient).encode_to_vec();
+    let event = pb::Event::from(event).encode_to_vec();
+    let mut payload = format!("{position} {} ", recipient.len()).into_bytes();
+    payload.extend_from_slice(&recipient);
+    payload.extend_from_slice(&event);
+    payload
+}
+
+fn parse_frame(payload: &[u8]) -> Option<Delivery> {
+    let mut parts = payload.splitn(3, |b| *b == b' ');
+    let position: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let length: usize = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let rest = parts.next()?;
+    if rest.len() < length {
+        return None;
+    }
+    let (recipient, event) = rest.split_at(length);
+    let recipient = Recipient::try_from(&pb::Recipient::decode(recipient).ok()?).ok()?;
+    let event = pb::Event::decode(event).ok()?;
+    Some(Delivery {
+        recipient,
+        position,
+        event: Arc::new(event.into()),
+    })
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
+}
+
+/// Relays the live channel into the local broadcast. When the subscription
+/// breaks, events may have been missed: the broadcast is replaced, which ends
+/// every attached gateway stream, and the gateways re-attach and catch up
+/// from the logs.
+async fn relay(
+    client: redis::Client,
+    channel: String,
+    mut pubsub: redis::aio::PubSub,
+    live: Arc<Mutex<broadcast::Sender<Delivery>>>,
+    capacity: usize,
+    shutdown: CancellationToken,
+) {
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(3))
+        .with_jitter()
+        .without_max_times();
+    loop {
+        {
+            let mut messages = pubsub.on_message();
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    message = messages.next() => message,
+                };
+                let Some(message) = message else { break };
+                match parse_frame(message.get_payload_bytes()) {
+                    Some(delivery) => {
+                        if let Ok(sender) = live.lock() {
+                            let _ = sender.send(delivery);
+                        }
+                    }
+                    None => tracing::warn!(%channel, "dropping an unreadable live event"),
+                }
+            }
+        }
+        tracing::warn!(%channel, "lost the Redis live subscription; cutting attached streams and resubscribing");
+        if let Ok(mut sender) = live.lock() {
+            *sender = broadcast::channel(capacity).0;
+        }
+        let mut delays = backoff.build();
+        pubsub = loop {
+            let delay = delays.next().unwrap_or(Duration::from_secs(3));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match subscribe(&client, &channel).await {
+                Ok(pubsub) => break pubsub,
+                Err(err) => tracing::warn!(%channel, cause = %err, "cannot resubscribe yet"),
+            }
+        };
+        // Anything published while unsubscribed reaches gateways through
+        // their catch-up replay; cut them again so none keeps waiting.
+        if let Ok(mut sender) = live.lock() {
+            *sender = broadcast::channel(capacity).0;
+        }
+    }
+}
+
+type StreamEntries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
+fn entry_position(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+#[async_trait::async_trait]
+impl EventLog for RedisLog {
+    async fn publish(&self, recipient: Recipient, event: Arc<Event>) -> Result<(), EventLogError> {
+        self.publish_live(&recipient, &event).await
+    }
+
+    async fn deliver(&self, recipient: Recipient, event: Arc<Event>) -> Result<u64, EventLogError> {
+        if !recipient.is_durable() {
+            self.publish_live(&recipient, &event).await?;
+            return Ok(0);
+        }
+        let base = super::memory::random_base();
+        let encoded = pb::Event::from(event.as_ref()).encode_to_vec();
+        let recipient_bytes = pb::Recipient::from(&recipient).encode_to_vec();
+        let mut connection = self.connection.clone();
+        let position: u64 = self
+            .append
+            .key(self.key("seq", &recipient))
+            .key(self.key("log", &recipient))
+            .key(self.key("base", &recipient))
+            .arg(base)
+            .arg(crate::now_ms())
+            .arg(self.cutoff_ms())
+            .arg(self.max_per_recipient)
+            .arg(encoded)
+            .arg(self.ttl_ms())
+            .arg(format!("{}:live", self.prefix))
+            .arg(recipient_bytes)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(position)
+    }
+
+    async fn read(
+        &self,
+        recipient: &Recipient,
+        from: ReplayFrom,
+        limit: usize,
+    ) -> Result<LogPage, EventLogError> {
+        let mut connection = self.connection.clone();
+        let log_key = self.key("log", recipient);
+        // What is past the retention is gone for reads too, appended to or not.
+        let _: i64 = self
+            .trim
+            .key(&log_key)
+            .arg(self.cutoff_ms())
+            .invoke_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        let (last, base, seen, first): (Option<u64>, Option<u64>, Option<u64>, StreamEntries) =
+            redis::pipe()
+                .atomic()
+                .get(self.key("seq", recipient))
+                .get(self.key("base", recipient))
+                .get(self.key("seen", recipient))
+                .cmd("XRANGE")
+                .arg(&log_key)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+        let Some(last) = last else {
+            // No log at all: a cursor can only be complete if it asks for nothing.
+            let start = match from {
+                ReplayFrom::After(position) => position,
+                ReplayFrom::SinceLastSeen => 0,
+            };
+            return Ok(LogPage {
+                deliveries: Vec::new(),
+                complete: start == 0,
+                start_after: start,
+                next_after: 0,
+                more: false,
+            });
+        };
+        let start = match from {
+            ReplayFrom::After(position) => position,
+            ReplayFrom::SinceLastSeen => seen.unwrap_or(last),
+        };
+        let first_kept = first
+            .first()
+            .and_then(|(id, _)| entry_position(id))
+            .unwrap_or(last + 1);
+        let complete =
+            super::memory::replay_is_complete(start, base.unwrap_or(last), first_kept, last);
+        if !complete || start == last {
+            return Ok(LogPage {
+                deliveries: Vec::new(),
+                complete,
+                start_after: start,
+                next_after: last,
+                more: false,
+            });
+        }
+        let entries: StreamEntries = redis::cmd("XRANGE")
+            .arg(&log_key)
+            .arg(format!("({start}-0"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        let mut deliveries = Vec::with_capacity(entries.len());
+        for (id, fields) in entries {
+            let Some(position) = entry_position(&id) else {
+                continue;
+            };
+            let Some((_, bytes)) = fields.iter().find(|(name, _)| name == "e") else {
+                continue;
+            };
+            match pb::Event::decode(bytes.as_slice()) {
+                Ok(event) => deliveries.push(Delivery {
+                    recipient: recipient.clone(),
+                    position,
+                    event: Arc::new(event.into()),
+                }),
+                Err(err) => {
+                    tracing::warn!(%recipient, position, cause = %err, "skipping an unreadable logged event")
+                }
+            }
+        }
+        let next_after = deliveries.last().map_or(start, |d| d.position);
+        Ok(LogPage {
+            more: next_after < last && !deliveries.is_empty(),
+            deliveries,
+            complete,
+            start_after: start,
+            next_after,
+        })
+    }
+
+    async fn mark_seen(&self, recipient: &Recipient, position: u64) -> Result<(), EventLogError> {
+        let mut connection = self.connection.clone();
+        let _: i64 = self
+            .mark_seen
+            .key(self.key("seen", recipient))
+            .key(self.key("seq", recipient))
+            .arg(position)
+            .arg(self.ttl_ms())
+            .invoke_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn live(&self) -> broadcast::Receiver<Delivery> {
+        match self.live.lock() {
+            Ok(sender) => sender.subscribe(),
+            Err(poisoned) => poisoned.into_inner().subscribe(),
+        }
+    }
+
+    async fn trim(&self) -> Result<(), EventLogError> {
+        // Trimming happens on append and by key expiry.
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), EventLogError> {
+        let mut connection = self.connection.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A live frame reads back as the delivery it was made from, whatever
+    /// bytes the recipient and event hold.
+    #[test]
+    fn live_frames_round_trip() {
+        let event = Event {
+            id: "e 1".into(),
+            kind: "ai_response".into(),
+            body: b"{\"message\":\"a b  c\"}".to_vec().into(),
+            timestamp_ms: 5,
+            trace_context: Default::default(),
+            origin_connection: Some("g:1".into()),
+        };
+        for recipient in [Recipient::User(7), Recipient::Room("dialog: 1".into())] {
+            let delivery = parse_frame(&frame(42, &recipient, &event)).expect("frame parses");
+            assert_eq!(delivery.position, 42);
+            assert_eq!(delivery.recipient, recipient);
+            assert_eq!(*delivery.event, event);
+        }
+        assert!(parse_frame(b"x").is_none());
+        assert!(parse_frame(b"1 99 abc").is_none());
+    }
+}

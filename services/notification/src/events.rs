@@ -1,0 +1,24 @@
+//! The bodies of the events this service builds itself, in the field names of
+//! the original design (PROTOCOL.md). The gateway adds `type`, `timestamp`
+//! and `event_id` (and `cursor` to durable ones). `Notify` events carry the
+//! caller's own JSON object instead.
+
+use serde::Serialize;
+
+/// `system_alert`: to everyone connected.
+#[derive(Debug, Serialize)]
+pub struct SystemAlert<'a> {
+    /// `info`, `warning` or `critical`.
+    pub severity: &'static str,
+    pub message: &'a str,
+    pub affected_services: &'a [String],
+}
+
+/// `analytics_update`: one metric that changed, to admins.
+#[derive(Debug, Serialize)]
+pub struct AnalyticsUpdate {
+    pub metric: &'static str,
+    pub value: u64,
+    /// The signed difference from the value pushed before, e.g. `+12`, `-3`.
+    pub change: String,
+}

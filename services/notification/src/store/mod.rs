@@ -1,0 +1,82 @@
+//! The notification service's storage: the history of gateway connections,
+//! behind one trait, [`NotificationStore`], with a SQLite implementation (the
+//! embedded default) and a PostgreSQL one. Handlers never see SQL.
+//!
+//! Layout:
+//! - `types.rs`: the domain types ([`ConnectionEvent`], [`ConnectionKind`],
+//!   [`StoredConnectionEvent`]).
+//! - `error.rs`: [`StoreError`], the one error type of this layer.
+//! - `sql.rs`: every statement, written once, and the macro that implements
+//!   [`NotificationStore`] from them for a pool type.
+//! - `sqlite.rs`, `postgres.rs`: opening and migrating a pool of each kind;
+//!   [`SqliteStore`], [`PostgresStore`].
+//!
+//! The service shares its database with the chat service (same
+//! `CHATAI_DATABASE_URL`) and owns only its own table, `connection_events`
+//! (`migrations/*/0002_notification.sql`). Migrations are one history per
+//! database for both services, so each embeds the whole folder and applies
+//! whatever is missing.
+
+mod error;
+mod postgres;
+mod sql;
+mod sqlite;
+mod types;
+
+use std::sync::Arc;
+
+pub use error::StoreError;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+pub use types::{ConnectionEvent, ConnectionKind, StoredConnectionEvent};
+
+/// The notification service's storage. Cheap to share: implementations hold
+/// a pool.
+#[async_trait::async_trait]
+pub trait NotificationStore: Send + Sync + 'static {
+    /// Stores every event of the batch, in order, in one transaction: all
+    /// or none. An empty batch writes nothing.
+    async fn record_connections(&self, events: &[ConnectionEvent]) -> Result<(), StoreError>;
+
+    /// Up to `limit` events that happened at or after `since_ms`, oldest
+    /// first (insertion order within one millisecond).
+    async fn connection_events(
+        &self,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredConnectionEvent>, StoreError>;
+
+    /// Cheap liveness check for health checking.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens `sqlite://path` (creating the file and its parent folder),
+/// `sqlite::memory:`, or `postgres://…` / `postgresql://…`, applies the
+/// migrations, returns the store.
+pub async fn connect(url: &str) -> Result<Arc<dyn NotificationStore>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url).await?))
+    } else {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        Err(StoreError::UnsupportedUrl(scheme.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unknown scheme is refused, naming the scheme and never the password.
+    #[tokio::test]
+    async fn unsupported_url_names_only_the_scheme() {
+        let err = connect("mysql://root:secret@localhost/chat")
+            .await
+            .err()
+            .map(|err| err.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("\"mysql\""), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+}

@@ -1,0 +1,307 @@
+//! What the notification service's integration tests share: [`Service`] runs
+//! the real service (`chatai_notification::run`) on 127.0.0.1:0 with the
+//! memory event log, on a fresh SQLite file or a fresh PostgreSQL database;
+//! gRPC clients carry a caller identity ([`as_caller`]); [`Attached`] is a
+//! gateway's `EventStream.Attach` stream, to observe deliveries.
+//!
+//! Nothing sleeps to wait for readiness: the listener is bound before the
+//! service starts and calls wait for it; every wait has a timeout ([`WAIT`]),
+//! and no test asserts how long anything took.
+//!
+//! PostgreSQL: a fresh database `chatai_notification_test_<uuid>` on the
+//! server at `CHATAI_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), dropped afterwards. An
+//! unreachable server fails the test, never skips it.
+
+// Each test binary uses its own part of these helpers.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chatai_kit::config::ServiceCommon;
+use chatai_kit::events::Recipient;
+use chatai_kit::identity::{Caller, Role};
+use chatai_notification::{NotificationConfig, RunError};
+use chatai_proto::v1 as pb;
+use chatai_proto::v1::event_stream_client::EventStreamClient;
+use chatai_proto::v1::notification_client::NotificationClient;
+use sqlx::{Connection, PgConnection};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Request, Streaming};
+
+/// How long any single wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The notification service, running.
+pub struct Service {
+    pub addr: SocketAddr,
+    pub database_url: String,
+    shutdown: CancellationToken,
+    served: JoinHandle<Result<(), RunError>>,
+    /// Keeps the SQLite file's folder until the service is gone.
+    _folder: Option<tempfile::TempDir>,
+}
+
+impl Service {
+    /// Runs the service on a fresh SQLite file, pushing analytics every
+    /// `analytics_interval_secs`.
+    pub async fn on_sqlite(analytics_interval_secs: u64) -> Self {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let url = format!("sqlite://{}", folder.path().join("chatai.db").display());
+        let mut service = Self::start(url, analytics_interval_secs).await;
+        service._folder = Some(folder);
+        service
+    }
+
+    /// Runs the service on `database_url`.
+    pub async fn start(database_url: String, analytics_interval_secs: u64) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let config = NotificationConfig {
+            database_url: database_url.clone(),
+            analytics_interval_secs,
+        };
+        let shutdown = CancellationToken::new();
+        let served = tokio::spawn(chatai_notification::run(
+            listener,
+            config,
+            ServiceCommon::default(),
+            shutdown.clone(),
+        ));
+        Service {
+            addr,
+            database_url,
+            shutdown,
+            served,
+            _folder: None,
+        }
+    }
+
+    /// A `chatai.v1.Notification` client.
+    pub async fn client(&self) -> NotificationClient<Channel> {
+        let connect = NotificationClient::connect(format!("http://{}", self.addr));
+        tokio::time::timeout(WAIT, connect)
+            .await
+            .expect("connect in time")
+            .expect("connect")
+    }
+
+    /// A `chatai.v1.EventStream` client.
+    pub async fn events(&self) -> EventStreamClient<Channel> {
+        let connect = EventStreamClient::connect(format!("http://{}", self.addr));
+        tokio::time::timeout(WAIT, connect)
+            .await
+            .expect("connect in time")
+            .expect("connect")
+    }
+
+    /// Cancels the shutdown token and waits for the service to stop cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.served)
+            .await
+            .expect("the service stops in time")
+            .expect("the service task")
+            .expect("the service stops cleanly");
+    }
+}
+
+/// `message` as a request from a caller with `role` (id 7, or 0 for a service).
+pub fn as_caller<T>(message: T, role: Role) -> Request<T> {
+    let caller = match role {
+        Role::Service => Caller::service(),
+        role => Caller {
+            id: 7,
+            role,
+            name: None,
+            connection_id: None,
+        },
+    };
+    let mut request = Request::new(message);
+    caller.write_metadata(request.metadata_mut());
+    request.set_timeout(WAIT);
+    request
+}
+
+/// Awaits a gRPC call with [`WAIT`]; the call's own result.
+pub async fn call<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(WAIT, call)
+        .await
+        .expect("the call answers in time")
+        .map(tonic::Response::into_inner)
+}
+
+/// Asserts that `result` failed with `code` and the stable `error_code`.
+pub fn assert_refused<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    error_code: &str,
+) {
+    match result {
+        Err(status) => {
+            assert_eq!(status.code(), code, "{status:?}");
+            assert_eq!(
+                chatai_kit::status::error_code(&status),
+                Some(error_code),
+                "{status:?}"
+            );
+        }
+        Ok(answer) => panic!("expected {code:?} {error_code}, got {answer:?}"),
+    }
+}
+
+/// The JSON body of a delivered event.
+pub fn body(delivery: &pb::Delivery) -> serde_json::Value {
+    let event = delivery
+        .event
+        .as_ref()
+        .expect("a delivery carries its event");
+    serde_json::from_slice(&event.body).expect("event bodies are JSON")
+}
+
+/// One gateway's `Attach` stream.
+pub struct Attached {
+    out: mpsc::Sender<pb::GatewayMessage>,
+    inbound: Streaming<pb::ServiceMessage>,
+}
+
+impl Attached {
+    /// Attaches and says hello.
+    pub async fn open(service: &Service) -> Self {
+        let mut client = service.events().await;
+        let (out, rx) = mpsc::channel(64);
+        let inbound = tokio::time::timeout(WAIT, client.attach(ReceiverStream::new(rx)))
+            .await
+            .expect("attach in time")
+            .expect("attach")
+            .into_inner();
+        let attached = Attached { out, inbound };
+        attached
+            .send(pb::gateway_message::Msg::Hello(pb::Hello {
+                gateway_id: "test-gateway".into(),
+            }))
+            .await;
+        attached
+    }
+
+    async fn send(&self, msg: pb::gateway_message::Msg) {
+        self.out
+            .send(pb::GatewayMessage { msg: Some(msg) })
+            .await
+            .expect("the stream is open");
+    }
+
+    /// Subscribes `recipient` and waits for its `Subscribed`.
+    pub async fn subscribe(&mut self, request_id: u64, recipient: &Recipient) {
+        self.send(pb::gateway_message::Msg::Subscribe(pb::Subscribe {
+            request_id,
+            recipient: Some(recipient.into()),
+        }))
+        .await;
+        match self.next().await {
+            pb::service_message::Msg::Subscribed(subscribed) => {
+                assert_eq!(
+                    subscribed.request_id, request_id,
+                    "Subscribed echoes the id"
+                );
+            }
+            other => panic!("expected Subscribed({request_id}), got {other:?}"),
+        }
+    }
+
+    /// The next message, failing on an error or the end of the stream.
+    async fn next(&mut self) -> pb::service_message::Msg {
+        match tokio::time::timeout(WAIT, self.inbound.message()).await {
+            Ok(Ok(Some(pb::ServiceMessage { msg: Some(msg) }))) => msg,
+            Ok(Ok(Some(empty))) => panic!("empty service message {empty:?}"),
+            Ok(Ok(None)) => panic!("the stream ended"),
+            Ok(Err(status)) => panic!("the stream failed: {status:?}"),
+            Err(_) => panic!("no message in time"),
+        }
+    }
+
+    /// The next delivery.
+    pub async fn next_delivery(&mut self) -> pb::Delivery {
+        match self.next().await {
+            pb::service_message::Msg::Delivery(delivery) => delivery,
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+}
+
+/// Runs `case` with the URL of a fresh PostgreSQL database, then drops the
+/// database, also when the case panicked. Panics (fails) when the server is
+/// unreachable.
+pub async fn on_postgres<F, Fut>(case: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let admin_url = std::env::var("CHATAI_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+    let mut admin = match PgConnection::connect(&admin_url).await {
+        Ok(admin) => admin,
+        Err(err) => panic!(
+            "PostgreSQL must be reachable for these tests \
+             (CHATAI_TEST_POSTGRES_URL, default {DEFAULT_POSTGRES_URL}): {err}"
+        ),
+    };
+    let name = format!("chatai_notification_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("CREATE DATABASE");
+
+    // The case runs in its own task, so its pools are dropped when it ends
+    // and a panic is caught here, after which the database is still dropped.
+    let outcome = tokio::spawn(case(with_database(&admin_url, &name))).await;
+
+    sqlx::raw_sql(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .expect("DROP DATABASE");
+    admin.close().await.expect("closing the admin connection");
+    if let Err(join_error) = outcome {
+        std::panic::resume_unwind(join_error.into_panic());
+    }
+}
+
+/// Runs `case` with the URL of a fresh SQLite file in a temporary folder.
+pub async fn on_sqlite<F, Fut>(case: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let url = format!("sqlite://{}", folder.path().join("chatai.db").display());
+    if let Err(join_error) = tokio::spawn(case(url)).await {
+        std::panic::resume_unwind(join_error.into_panic());
+    }
+}
+
+/// `url` with its database name replaced by `name`, keeping any `?params`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, params) = url
+        .split_once('?')
+        .map_or((url, None), |(b, p)| (b, Some(p)));
+    let host_start = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[host_start..].find('/') {
+        Some(slash) => &base[..host_start + slash],
+        None => base,
+    };
+    match params {
+        Some(params) => format!("{server}/{name}?{params}"),
+        None => format!("{server}/{name}"),
+    }
+}
