@@ -423,7 +423,8 @@ async fn send_and_measure(
                 let question = QUESTIONS[(user_index + seq as usize) % QUESTIONS.len()];
                 let frame = chat_frame(&format!("m{seq}"), Some(dialog_id), question);
                 let sent_at = Instant::now();
-                stats.max_send_lag = stats.max_send_lag.max(sent_at.saturating_duration_since(scheduled));
+                let lag = sent_at.saturating_duration_since(scheduled);
+                stats.max_send_lag = stats.max_send_lag.max(lag);
                 if ws.send(frame).await.is_err() {
                     *stats.errors.entry("socket_error".into()).or_default() += 1;
                     break;
@@ -466,11 +467,10 @@ async fn send_and_measure(
                     }
                     "ai_response" if frame.dialog_id == Some(dialog_id) => {
                         let answer_id = frame.message_id.unwrap_or(i64::MAX);
-                        if let Some(index) = awaiting_answer.iter().position(|(id, _)| *id < answer_id) {
-                            if let Some((_, sent_at)) = awaiting_answer.remove(index) {
-                                stats.answered += 1;
-                                stats.answer.record(now.duration_since(sent_at).as_micros());
-                            }
+                        let oldest = awaiting_answer.iter().position(|(id, _)| *id < answer_id);
+                        if let Some((_, sent_at)) = oldest.and_then(|i| awaiting_answer.remove(i)) {
+                            stats.answered += 1;
+                            stats.answer.record(now.duration_since(sent_at).as_micros());
                         }
                     }
                     "error" => {

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{Failure, Target};
+use crate::client::{Failure, Target, Ws};
 use crate::procstat::{Proc, Sample, cores_used};
 use crate::stats::{Table, mib};
 
@@ -135,33 +135,13 @@ pub async fn run(target: Target, args: IdleArgs, nofile: u64) -> anyhow::Result<
                         _ = stop.cancelled() => return,
                     };
                     drop(permit);
-                    let mut ws = match connected {
+                    match connected {
                         Ok(ws) => {
                             let _ = report_tx.send(Report::Opened);
-                            ws
+                            hold(ws, &stop, &report_tx).await;
                         }
                         Err(failure) => {
                             let _ = report_tx.send(Report::Failed(failure));
-                            return;
-                        }
-                    };
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => {
-                                let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(None)).await;
-                                return;
-                            }
-                            message = ws.next() => match message {
-                                Some(Ok(message @ Message::Close(_))) => {
-                                    let _ = report_tx.send(Report::Dropped(Failure::closed(&message)));
-                                    return;
-                                }
-                                Some(Ok(_)) => {}
-                                Some(Err(_)) | None => {
-                                    let _ = report_tx.send(Report::Dropped(Failure::new("socket_error")));
-                                    return;
-                                }
-                            },
                         }
                     }
                 });
@@ -366,6 +346,10 @@ pub async fn run(target: Target, args: IdleArgs, nofile: u64) -> anyhow::Result<
         tool_idle_cores * 100.0,
         mib(tool_idle_end.rss_bytes)
     );
+    let failure_counts: serde_json::Map<String, serde_json::Value> = failures
+        .iter()
+        .map(|(failure, count)| (failure.0.clone(), json!(count)))
+        .collect();
     let summary = json!({
         "mode": "idle",
         "connections_requested": n,
@@ -386,10 +370,32 @@ pub async fn run(target: Target, args: IdleArgs, nofile: u64) -> anyhow::Result<
             .map(|w| (w[1].cpu.saturating_sub(w[0].cpu).as_secs_f64() * 1000.0).round())
             .collect::<Vec<_>>(),
         "active_connections_health": active_after,
-        "failures": failures.iter().map(|(f, c)| (f.0.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
+        "failures": failure_counts,
     });
     println!("{summary}");
     Ok(())
+}
+
+/// Keeps an open connection: reads (so pings are answered) until `stop`,
+/// then closes it; reports a close or failure from the server.
+async fn hold(mut ws: Ws, stop: &CancellationToken, report_tx: &mpsc::UnboundedSender<Report>) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(None)).await;
+                return;
+            }
+            message = ws.next() => {
+                let dropped = match message {
+                    Some(Ok(message @ Message::Close(_))) => Failure::closed(&message),
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => Failure::new("socket_error"),
+                };
+                let _ = report_tx.send(Report::Dropped(dropped));
+                return;
+            }
+        }
+    }
 }
 
 /// Bytes of gateway RSS per extra connection: the least-squares slope of RSS

@@ -6,28 +6,28 @@ use std::time::Duration;
 /// [`chatai_kit::config::ServiceCommon`]; the presence service's address is
 /// passed to [`run`](crate::run) by the binary). [`Default`] gives the same
 /// values as the clap defaults.
+///
+/// Every argument has a `handoff`-prefixed id and flag, so that this struct
+/// flattens next to the other services' configs in the all-in-one command:
+/// the chat service owns `--database-url` (both read `CHATAI_DATABASE_URL`),
+/// presence reads `CHATAI_MAX_HANDOFFS_PER_OPERATOR` too.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HandoffConfig {
     /// `sqlite://…` or `postgres://…`; the database is shared with the other
     /// services (each owns its tables); migrations are applied at start-up.
-    ///
-    /// The flag is `--handoff-database-url` (and the argument id
-    /// `handoff_database_url`) so that this struct can be flattened next to
-    /// the chat service's config, which owns `--database-url`; both read
-    /// `CHATAI_DATABASE_URL`.
     #[arg(
         id = "handoff_database_url",
+        value_name = "URL",
         long = "handoff-database-url",
         env = "CHATAI_DATABASE_URL",
         default_value = "sqlite://data/chatai.db"
     )]
     pub database_url: String,
     /// The most handoffs one operator holds at once; at the cap they get no
-    /// new one (and presence shows them busy). Every argument of this struct
-    /// has a `handoff`-prefixed id and flag, so that it flattens next to the
-    /// other services' configs (presence reads the same variable).
+    /// new one (and presence shows them busy).
     #[arg(
         id = "handoff_max_handoffs",
+        value_name = "N",
         long = "handoff-max-per-operator",
         env = "CHATAI_MAX_HANDOFFS_PER_OPERATOR",
         default_value_t = 5,
@@ -38,6 +38,7 @@ pub struct HandoffConfig {
     /// before it is taken back and given to someone else.
     #[arg(
         id = "handoff_reply_timeout_secs",
+        value_name = "SECS",
         long = "handoff-reply-timeout-secs",
         env = "CHATAI_HANDOFF_REPLY_TIMEOUT_SECS",
         default_value_t = 180,
@@ -48,6 +49,7 @@ pub struct HandoffConfig {
     /// assistant.
     #[arg(
         id = "handoff_max_queue_secs",
+        value_name = "SECS",
         long = "handoff-max-queue-secs",
         env = "CHATAI_HANDOFF_MAX_QUEUE_SECS",
         default_value_t = 600,
@@ -57,6 +59,7 @@ pub struct HandoffConfig {
     /// The most requests waiting at once; more are refused (`queue_full`).
     #[arg(
         id = "handoff_max_queue_len",
+        value_name = "N",
         long = "handoff-max-queue",
         env = "CHATAI_HANDOFF_MAX_QUEUE",
         default_value_t = 100,
@@ -67,6 +70,7 @@ pub struct HandoffConfig {
     /// handoffs have been completed.
     #[arg(
         id = "handoff_default_handling_secs",
+        value_name = "SECS",
         long = "handoff-default-handling-secs",
         env = "CHATAI_HANDOFF_DEFAULT_HANDLING_SECS",
         default_value_t = 300,

@@ -120,6 +120,14 @@ pub struct ServiceCommon {
     /// unset = in memory, one process.
     #[arg(long = "redis-url", env = "CHATAI_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel (several deployments, or test
+    /// runs, can share one Redis).
+    #[arg(
+        long = "redis-prefix",
+        env = "CHATAI_REDIS_PREFIX",
+        default_value = "chatai"
+    )]
+    pub redis_prefix: String,
     #[command(flatten)]
     pub auth: InternalAuth,
     #[command(flatten)]
@@ -131,6 +139,7 @@ impl Default for ServiceCommon {
         ServiceCommon {
             database_url: "sqlite://data/chatai.db".into(),
             redis_url: None,
+            redis_prefix: "chatai".into(),
             auth: InternalAuth::default(),
             events: EventLogConfig::default(),
         }
@@ -162,10 +171,7 @@ mod tests {
             .common;
         let default = ServiceCommon::default();
         assert_eq!(parsed.database_url, default.database_url);
-        assert_eq!(
-            parsed.max_handoffs_per_operator,
-            default.max_handoffs_per_operator
-        );
+        assert_eq!(parsed.redis_prefix, default.redis_prefix);
         assert_eq!(parsed.events.retention_secs, default.events.retention_secs);
         assert_eq!(
             parsed.events.max_per_recipient,

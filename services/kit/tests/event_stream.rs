@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatai_kit::config::{EventLogConfig, InternalAuth, ServiceCommon};
+use chatai_kit::config::{EventLogConfig, ServiceCommon};
 use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::grpc::ServeError;
 use chatai_kit::host::ServiceHost;
@@ -36,9 +36,8 @@ impl Service {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let common = ServiceCommon {
-            redis_url: None,
-            auth: InternalAuth::default(),
             events,
+            ..ServiceCommon::default()
         };
         let host = ServiceHost::start(&common, "test", CancellationToken::new())
             .await

@@ -51,7 +51,7 @@ impl SqliteStore {
     /// notification services migrate this same file at the same moment: two
     /// migrators applying one migration make the later fail ("table already
     /// exists"). So when the file lacks migrations, they are left for up to
-    /// [`MIGRATION_GRACE`] to whoever else is applying them, and only then
+    /// a grace period (2 s) to whoever else is applying them, and only then
     /// applied here, with a retry (the same dance as the notification store).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?

@@ -158,7 +158,8 @@ impl EventLog for MemoryLog {
         };
         let start = match from {
             ReplayFrom::After(position) => position,
-            ReplayFrom::SinceLastSeen => log.seen.unwrap_or(log.last),
+            // Never released: everything retained is its offline queue.
+            ReplayFrom::SinceLastSeen => log.seen.unwrap_or(0),
         };
         let first_kept = log
             .entries

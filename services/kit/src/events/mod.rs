@@ -129,7 +129,8 @@ pub struct Delivery {
 pub enum ReplayFrom {
     /// After this position (from a client's cursor).
     After(u64),
-    /// After the position delivered when the recipient was last released.
+    /// After the position delivered when the recipient was last released;
+    /// from the start of the log when it never was (its offline queue).
     SinceLastSeen,
 }
 
@@ -222,8 +223,9 @@ pub async fn open(
 ) -> Result<Arc<dyn EventLog>, EventLogError> {
     match &common.redis_url {
         Some(url) => {
+            let namespace = format!("{}:{service}", common.redis_prefix);
             let (log, relay) =
-                redis::RedisLog::connect(url, service, &common.events, shutdown).await?;
+                redis::RedisLog::connect(url, &namespace, &common.events, shutdown).await?;
             tasks.spawn(relay);
             tracing::info!(service, "event log: Redis");
             Ok(Arc::new(log))

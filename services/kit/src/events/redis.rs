@@ -2,7 +2,8 @@
 //! Streams shared by every replica of a service, live fan-out through Redis
 //! pub/sub, appended and published atomically by one Lua script.
 //!
-//! Keys, for service `svc` and recipient `r` (`user:42`, `operator:7`):
+//! Keys, for service `svc` and recipient `r` (`user:42`, `operator:7`),
+//! under a configurable prefix (`chatai` by default, `CHATAI_REDIS_PREFIX`):
 //! - `chatai:{svc}:seq:{r}` — the last position handed out;
 //! - `chatai:{svc}:base:{r}` — the position before the log's first event;
 //! - `chatai:{svc}:log:{r}` — a stream with one entry per event, entry id
@@ -110,12 +111,12 @@ fn unavailable(err: redis::RedisError) -> EventLogError {
 }
 
 impl RedisLog {
-    /// Connects to `url` for `service`'s logs and starts relaying its live
-    /// channel until `shutdown`. The relay task is returned for the caller
-    /// to own.
+    /// Connects to `url` for the logs under `namespace` (`chatai:chat`: the
+    /// key prefix and the service) and starts relaying its live channel until
+    /// `shutdown`. The relay task is returned for the caller to own.
     pub async fn connect(
         url: &str,
-        service: &str,
+        namespace: &str,
         config: &EventLogConfig,
         shutdown: CancellationToken,
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), EventLogError> {
@@ -125,7 +126,7 @@ impl RedisLog {
             .map_err(unavailable)?;
         let (sender, _) = broadcast::channel(config.live_buffer.max(16));
         let live = Arc::new(Mutex::new(sender));
-        let prefix = format!("chatai:{service}");
+        let prefix = namespace.to_owned();
         let channel = format!("{prefix}:live");
         // Subscribe before returning, so nothing published after `connect`
         // can be missed by the first receivers.
@@ -365,7 +366,8 @@ impl EventLog for RedisLog {
         };
         let start = match from {
             ReplayFrom::After(position) => position,
-            ReplayFrom::SinceLastSeen => seen.unwrap_or(last),
+            // Never released: everything retained is its offline queue.
+            ReplayFrom::SinceLastSeen => seen.unwrap_or(0),
         };
         let first_kept = first
             .first()
