@@ -1,0 +1,337 @@
+//! Operators end to end, through the real gateway: presence across tabs,
+//! the handoff queue by priority and load, messages and typing both ways,
+//! completion, offline operators' handoffs going to someone else, and the
+//! rooms and dialogs nobody else may enter.
+
+mod common;
+
+use std::time::Duration;
+
+use chatai_kit::identity::Role;
+use common::{TestApp, TestOptions, WsClient, spawn_app};
+use serde_json::{Value, json};
+
+/// Two operators who take one handoff each, a short presence grace.
+fn options() -> TestOptions {
+    let mut options = TestOptions::default();
+    options.presence.grace_period_secs = 1;
+    options.presence.max_handoffs = 1;
+    options.handoff.max_handoffs = 1;
+    options
+}
+
+/// The next frame of type `kind`, skipping others (presence changes, copies).
+async fn next(client: &mut WsClient, kind: &str) -> Value {
+    loop {
+        let frame = client.recv().await;
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
+/// The next frame of type `kind` for `dialog_id`.
+async fn next_for(client: &mut WsClient, kind: &str, dialog_id: i64) -> Value {
+    loop {
+        let frame = next(client, kind).await;
+        if frame["dialog_id"] == dialog_id {
+            return frame;
+        }
+    }
+}
+
+/// Sends a frame and returns its reply (`ack` or `error`), skipping events.
+async fn request(client: &mut WsClient, frame: Value) -> Value {
+    let reference = frame["id"].clone();
+    client.send_json(&frame).await;
+    loop {
+        let reply = client.recv().await;
+        if reply["ref"] == reference && (reply["type"] == "ack" || reply["type"] == "error") {
+            return reply;
+        }
+    }
+}
+
+/// A user's dialog with one message, answered by the assistant.
+async fn dialog(app: &TestApp, user: i64) -> (WsClient, i64) {
+    let (mut client, _) = app.connect_user(user).await;
+    let (ack, _) = client.chat_and_answer("hello", None, "hello").await;
+    (client, ack["dialog_id"].as_i64().expect("a dialog"))
+}
+
+async fn ask_for_operator(client: &mut WsClient, dialog_id: i64, priority: &str) -> Value {
+    let reply = request(
+        client,
+        json!({"type": "handoff_request", "id": format!("h{dialog_id}"), "dialog_id": dialog_id, "reason": "need a person", "priority": priority}),
+    )
+    .await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    reply
+}
+
+/// The whole life of handoffs with two operators and three users: requests
+/// queue when both operators are at capacity and are served by priority;
+/// messages and typing flow both ways; completion frees the seat for the
+/// next in line and gives the dialog back to the assistant.
+async fn handoff_life(app: TestApp) {
+    let (mut olga, _) = app.connect_as(701, Role::Operator, "").await;
+    let (mut oscar, _) = app.connect_as(702, Role::Operator, "").await;
+    let (mut ann, ann_dialog) = dialog(&app, 711).await;
+    let (mut bob, bob_dialog) = dialog(&app, 712).await;
+    let (mut cid, cid_dialog) = dialog(&app, 713).await;
+
+    // Ann first: to one operator; Bob: to the other; both are now full.
+    ask_for_operator(&mut ann, ann_dialog, "normal").await;
+    let ann_assigned = next_for(&mut ann, "operator_assigned", ann_dialog).await;
+    ask_for_operator(&mut bob, bob_dialog, "low").await;
+    let bob_assigned = next_for(&mut bob, "operator_assigned", bob_dialog).await;
+    assert_ne!(
+        ann_assigned["operator_id"], bob_assigned["operator_id"],
+        "the less loaded operator is chosen"
+    );
+    // Cid must wait, and is told where he stands.
+    ask_for_operator(&mut cid, cid_dialog, "urgent").await;
+    let queued = next_for(&mut cid, "handoff_queued", cid_dialog).await;
+    assert_eq!(queued["position"], 1);
+    assert!(
+        queued["estimated_wait_time"]
+            .as_u64()
+            .is_some_and(|s| s > 0),
+        "{queued}"
+    );
+
+    let (ann_operator, ann_operator_id) = if ann_assigned["operator_id"] == 701 {
+        (&mut olga, 701)
+    } else {
+        (&mut oscar, 702)
+    };
+    next_for(ann_operator, "operator_assigned", ann_dialog).await;
+    // User → operator: the assistant stays quiet, the operator gets it.
+    let ack = ann.chat("q1", Some(ann_dialog), "are you a person?").await;
+    assert_eq!(ack["dialog_id"], ann_dialog);
+    let question = next_for(ann_operator, "chat_message", ann_dialog).await;
+    assert_eq!(question["message"], "are you a person?");
+    assert_eq!(question["user_id"], 711);
+    // Typing both ways.
+    ann.send_json(&json!({"type": "typing", "dialog_id": ann_dialog, "is_typing": true}))
+        .await;
+    let typing = next_for(ann_operator, "typing", ann_dialog).await;
+    assert_eq!(typing["user_id"], 711);
+    ann_operator
+        .send_json(&json!({"type": "typing", "dialog_id": ann_dialog, "is_typing": true}))
+        .await;
+    let typing = next_for(&mut ann, "typing", ann_dialog).await;
+    assert_eq!(typing["operator_id"], ann_operator_id);
+    // Operator → user.
+    let reply = request(
+        ann_operator,
+        json!({"type": "chat_message", "id": "r1", "dialog_id": ann_dialog, "message": "Yes, I am here."}),
+    )
+    .await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    let answer = next_for(&mut ann, "operator_message", ann_dialog).await;
+    assert_eq!(answer["message"], "Yes, I am here.");
+    assert_eq!(answer["operator_id"], ann_operator_id);
+    // Completion: both are told, and the seat goes to Cid at once.
+    let done = request(
+        ann_operator,
+        json!({"type": "complete_handoff", "id": "c1", "dialog_id": ann_dialog, "resolution": "answered"}),
+    )
+    .await;
+    assert_eq!(done["type"], "ack", "{done}");
+    let completed = next_for(&mut ann, "handoff_completed", ann_dialog).await;
+    assert_eq!(completed["resolution"], "answered");
+    let cid_assigned = next_for(&mut cid, "operator_assigned", cid_dialog).await;
+    assert_eq!(cid_assigned["operator_id"], ann_operator_id);
+    // The assistant has Ann's dialog again.
+    let (_, again) = ann
+        .chat_and_answer("q2", Some(ann_dialog), common::FAQ_QUESTION)
+        .await;
+    assert_eq!(again["assistant_name"], common::ASSISTANT_NAME);
+    // Nobody else's dialog: another operator may not write into it.
+    let (other, _) = if ann_operator_id == 701 {
+        (&mut oscar, 702)
+    } else {
+        (&mut olga, 701)
+    };
+    let refused = request(
+        other,
+        json!({"type": "chat_message", "id": "x1", "dialog_id": cid_dialog, "message": "mine?"}),
+    )
+    .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let duplicate = request(
+        &mut bob,
+        json!({"type": "handoff_request", "id": "dup", "dialog_id": bob_dialog}),
+    )
+    .await;
+    assert_eq!(duplicate["code"], "handoff_exists", "{duplicate}");
+    app.stop().await;
+}
+
+/// (SQLite) The life of handoffs with two operators and three users.
+#[tokio::test]
+async fn handoff_life_on_sqlite() {
+    handoff_life(spawn_app(options()).await).await;
+}
+
+/// (PostgreSQL) The life of handoffs with two operators and three users.
+#[tokio::test]
+async fn handoff_life_on_postgres() {
+    handoff_life(spawn_app(options().postgres()).await).await;
+}
+
+/// An operator with two tabs who closes one stays online; closing both
+/// takes them offline after the grace period, and their handoff goes to the
+/// other operator, the user being told.
+#[tokio::test]
+async fn operator_offline_after_last_tab_and_grace() {
+    let app = spawn_app(options()).await;
+    let (mut watcher, _) = app.connect_as(722, Role::Operator, "").await;
+    let (tab1, _) = app.connect_as(721, Role::Operator, "").await;
+    let (tab2, _) = app.connect_as(721, Role::Operator, "").await;
+    // Make 722 busy with its own choice, so 721 gets the handoff.
+    let busy = request(
+        &mut watcher,
+        json!({"type": "set_status", "id": "s1", "status": "busy"}),
+    )
+    .await;
+    assert_eq!(busy["type"], "ack", "{busy}");
+    let (mut ann, dialog_id) = dialog(&app, 731).await;
+    ask_for_operator(&mut ann, dialog_id, "high").await;
+    let assigned = next_for(&mut ann, "operator_assigned", dialog_id).await;
+    assert_eq!(assigned["operator_id"], 721);
+    tab1.close().await;
+    // Still online: a later change of 722 arrives with no offline of 721 before it.
+    let available = request(
+        &mut watcher,
+        json!({"type": "set_status", "id": "s2", "status": "available"}),
+    )
+    .await;
+    assert_eq!(available["type"], "ack", "{available}");
+    loop {
+        let change = next(&mut watcher, "operator_status_change").await;
+        assert!(
+            !(change["operator_id"] == 721 && change["status"] == "offline"),
+            "one tab closed: still online"
+        );
+        if change["operator_id"] == 722 && change["status"] == "available" {
+            break;
+        }
+    }
+    tab2.close().await;
+    loop {
+        let change = next(&mut watcher, "operator_status_change").await;
+        if change["operator_id"] == 721 && change["status"] == "offline" {
+            break;
+        }
+    }
+    let requeued = next_for(&mut ann, "handoff_queued", dialog_id).await;
+    assert_eq!(requeued["position"], 1);
+    let reassigned = next_for(&mut ann, "operator_assigned", dialog_id).await;
+    assert_eq!(reassigned["operator_id"], 722);
+    app.stop().await;
+}
+
+/// An operator who chose `away` stays away at full capacity and is never
+/// given a handoff.
+#[tokio::test]
+async fn away_is_never_overridden() {
+    let app = spawn_app(options()).await;
+    let (mut olga, _) = app.connect_as(741, Role::Operator, "").await;
+    let away = request(
+        &mut olga,
+        json!({"type": "set_status", "id": "a", "status": "away"}),
+    )
+    .await;
+    assert_eq!(away["status"], "away", "{away}");
+    let (mut ann, dialog_id) = dialog(&app, 751).await;
+    ask_for_operator(&mut ann, dialog_id, "urgent").await;
+    let queued = next_for(&mut ann, "handoff_queued", dialog_id).await;
+    assert_eq!(queued["position"], 1);
+    ann.expect_nothing_for(Duration::from_millis(500)).await;
+    let back = request(
+        &mut olga,
+        json!({"type": "set_status", "id": "b", "status": "available"}),
+    )
+    .await;
+    assert_eq!(back["type"], "ack", "{back}");
+    let assigned = next_for(&mut ann, "operator_assigned", dialog_id).await;
+    assert_eq!(assigned["operator_id"], 741);
+    // At capacity now: busy, automatically; choosing away again wins.
+    let change = loop {
+        let change = next(&mut olga, "operator_status_change").await;
+        if change["operator_id"] == 741 && change["active_handoffs"] == 1 {
+            break change;
+        }
+    };
+    assert_eq!(change["status"], "busy");
+    let away = request(
+        &mut olga,
+        json!({"type": "set_status", "id": "c", "status": "away"}),
+    )
+    .await;
+    assert_eq!(
+        away["status"], "away",
+        "away is not overridden by the capacity rule: {away}"
+    );
+    app.stop().await;
+}
+
+/// Rooms and dialogs are private: a user may not join another user's dialog
+/// room, post into it, or ask for an operator for it; the owner may join.
+#[tokio::test]
+async fn rooms_and_dialogs_are_private() {
+    let app = spawn_app(options()).await;
+    let (mut ann, dialog_id) = dialog(&app, 761).await;
+    let (mut bob, _) = app.connect_user(762).await;
+    let room = format!("dialog:{dialog_id}");
+    let refused = request(
+        &mut bob,
+        json!({"type": "join_room", "id": "j", "room_id": room}),
+    )
+    .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let refused = request(
+        &mut bob,
+        json!({"type": "join_room", "id": "k", "room_id": "lobby"}),
+    )
+    .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let refused = request(
+        &mut bob,
+        json!({"type": "chat_message", "id": "p", "dialog_id": dialog_id, "message": "hi"}),
+    )
+    .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let refused = request(
+        &mut bob,
+        json!({"type": "handoff_request", "id": "h", "dialog_id": dialog_id}),
+    )
+    .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let joined = request(
+        &mut ann,
+        json!({"type": "join_room", "id": "j", "room_id": room}),
+    )
+    .await;
+    assert_eq!(joined["type"], "ack", "{joined}");
+    // A second connection of Ann's in the room gets copies of what the first sends.
+    let (mut ann2, _) = app.connect_user(761).await;
+    let joined = request(
+        &mut ann2,
+        json!({"type": "join_room", "id": "j2", "room_id": room}),
+    )
+    .await;
+    assert_eq!(joined["type"], "ack", "{joined}");
+    ann.chat("m", Some(dialog_id), "copy me").await;
+    let copy = next_for(&mut ann2, "chat_message", dialog_id).await;
+    assert_eq!(copy["message"], "copy me");
+    let left = request(
+        &mut ann2,
+        json!({"type": "leave_room", "id": "l", "room_id": room}),
+    )
+    .await;
+    assert_eq!(left["type"], "ack", "{left}");
+    app.stop().await;
+}
