@@ -148,7 +148,6 @@ async fn reconnect_without_cursor_delivers_what_arrived_offline() {
 /// A cursor the gateway cannot use: `connected` says `"recovered": false`,
 /// an `error` `cursor_expired` follows, and the connection then works normally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: an unreadable cursor decodes to all-zero positions, which the event logs now read as 'from the beginning' (gateway/src/http.rs, Cursor::decode(..).unwrap_or_default())"]
 async fn garbage_cursor_is_cursor_expired_then_live() {
     let app = spawn_app(TestOptions::default()).await;
     let (mut client, connected) = app

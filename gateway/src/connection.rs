@@ -95,7 +95,9 @@ pub async fn serve(socket: Socket, gateway: Arc<Gateway>, session: Session) {
         last_heard: Instant::now(),
     };
     let reason = async {
-        let reason = match connection.start(session.resume.is_some()).await {
+        // Rarely awaited, large futures are boxed so an idle connection's
+        // task only keeps room for its main loop (see BENCHMARKS.md).
+        let reason = match Box::pin(connection.start(session.resume.is_some())).await {
             Ok(()) => connection.run().await,
             Err(Gone) => None,
         };
@@ -224,7 +226,15 @@ impl Connection {
         let mut start = self.cursor;
         for (service, page) in first_pages.iter().enumerate() {
             if let Some(page) = page {
-                start.set(service, page.start_after);
+                // After an incomplete replay the client goes on from the head.
+                start.set(
+                    service,
+                    if page.complete {
+                        page.start_after
+                    } else {
+                        page.next_after
+                    },
+                );
             }
         }
         let connected = outbound::connected(
@@ -351,12 +361,12 @@ impl Connection {
                 let same_epoch = event.position >> 32 == last >> 32;
                 if self.known[service] && same_epoch && event.position > last + 1 {
                     // A gap: something was missed; the log has it.
-                    self.resync(service).await?;
+                    Box::pin(self.resync(service)).await?;
                 }
                 self.write_event(&event).await
             }
             Outbound::Frame(frame) => self.send(Message::Text(frame)).await,
-            Outbound::Resync(service) => self.resync(service).await,
+            Outbound::Resync(service) => Box::pin(self.resync(service)).await,
         }
     }
 
@@ -453,7 +463,7 @@ impl Connection {
             r#type = inbound.frame.type_name(),
             id = inbound.id.as_deref()
         );
-        self.on_frame(inbound).instrument(span).await
+        Box::pin(self.on_frame(inbound).instrument(span)).await
     }
 
     async fn reply(&mut self, frame: String) -> Flow {

@@ -67,6 +67,12 @@ pub enum CursorError {
 }
 
 impl Cursor {
+    /// Stands for a cursor the client sent but the gateway cannot read: it
+    /// is past every log, so every replay from it reports "incomplete"
+    /// (`recovered: false`, `cursor_expired`) and live delivery starts from
+    /// each log's head.
+    pub const UNREADABLE: Cursor = Cursor([u64::MAX; SERVICE_COUNT]);
+
     /// The cursor's text form: base64url without padding of the version byte
     /// and the four positions as LEB128 varints.
     pub fn encode(&self) -> String {

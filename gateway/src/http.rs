@@ -123,11 +123,11 @@ fn upgrade(
     // An unreadable cursor resumes like an expired one: `recovered: false`.
     let resume = auth::query_param(request.uri(), "cursor")
         .or_else(|| auth::query_param(request.uri(), "last_seq"))
-        .map(|text| Cursor::decode(&text).unwrap_or_default());
+        .map(|text| Cursor::decode(&text).unwrap_or(Cursor::UNREADABLE));
     let verdict = authorize(&gateway, endpoint, path_id, &request).map(|claims| (claims, resume));
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(0)
         .max_message_size(Some(gateway.config.max_frame_bytes))
         .max_frame_size(Some(gateway.config.max_frame_bytes));

@@ -29,6 +29,7 @@ pub mod upstream;
 
 use std::sync::{Arc, OnceLock};
 
+use axum::serve::ListenerExt;
 use chatai_kit::config::{InternalAuth, ServiceAddrs};
 use chatai_kit::grpc::TokenInterceptor;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -168,6 +169,12 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
 
+    // Frames are small and latency matters: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(cause = %err, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, http::router(gateway.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;

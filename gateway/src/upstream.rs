@@ -131,7 +131,7 @@ impl Upstream {
         let mut health = self.health.clone();
         match tokio::time::timeout(timeout, health.check(request)).await {
             Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => None,
-            Ok(Ok(_)) => Some("not serving (its store may be unreachable)"),
+            Ok(Ok(_)) => Some("not serving (its database or Redis is unreachable)"),
             _ => Some("not answering health checks"),
         }
     }

@@ -246,6 +246,15 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
         Database::Sqlite => {
             let folder = tempfile::tempdir().expect("a temporary folder");
             let url = format!("sqlite://{}", folder.path().join("chat.db").display());
+            // Workaround, see the end-to-end suite's report: services opening
+            // one fresh SQLite file at the same moment now and then fail with
+            // "database is locked" (switching it to WAL); so the file is
+            // created, switched to WAL and migrated before they start.
+            drop(
+                chatai_chat::store::connect(&url)
+                    .await
+                    .expect("preparing the SQLite file"),
+            );
             (Storage::Sqlite(folder), url)
         }
         Database::Postgres => {

@@ -97,7 +97,7 @@ impl MemoryLog {
 /// log yet": complete while the log still holds its first event.
 pub(crate) fn replay_is_complete(start: u64, base: u64, first_kept: u64, last: u64) -> bool {
     let from_beginning = start == 0 && first_kept == base + 1;
-    (from_beginning || start + 1 >= first_kept) && start <= last
+    (from_beginning || start.saturating_add(1) >= first_kept) && start <= last
 }
 
 #[async_trait::async_trait]
