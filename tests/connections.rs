@@ -75,12 +75,14 @@ async fn silent_client_is_closed_4003() {
 }
 
 /// A client that answers the server's pings (as every WebSocket library
-/// does while reading) stays open well past the idle timeout.
+/// does while reading) stays open well past the idle timeout (heartbeat 1 s,
+/// idle timeout 3 s here: at least twice the heartbeat, see the suite's
+/// report about shorter idle timeouts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_answering_pings_stays_open() {
-    let app = spawn_app(TestOptions::default().heartbeat(1, 2)).await;
+    let app = spawn_app(TestOptions::default().heartbeat(1, 3)).await;
     let (mut client, _) = app.connect_user(1).await;
-    client.expect_nothing_for(Duration::from_secs(4)).await;
+    client.expect_nothing_for(Duration::from_secs(5)).await;
     client.assert_quiet_and_open("alive").await;
     client.close().await;
     app.stop().await;

@@ -145,6 +145,47 @@ async fn reconnect_without_cursor_delivers_what_arrived_offline() {
     app.stop().await;
 }
 
+/// The offline queue also holds a user's very first events: one who
+/// connected once and left before anything was addressed to them, and one
+/// who never connected, each get the answer posted for them meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_answer_while_offline_is_delivered() {
+    let app = spawn_app(TestOptions::default()).await;
+    let (client, _) = app.connect_user(1).await;
+    client.close().await;
+    app.wait_for_connection_count(0).await;
+
+    for user in [1, 2] {
+        let sent = app
+            .chat_client()
+            .await
+            .send_message(as_caller(
+                user,
+                Role::User,
+                pb::SendMessageRequest {
+                    dialog_id: None,
+                    text: FAQ_QUESTION.into(),
+                    idempotency_key: String::new(),
+                },
+            ))
+            .await
+            .expect("SendMessage as the user")
+            .into_inner();
+        let history = app.wait_for_history(user, sent.dialog_id, 2).await;
+
+        let (mut back, _) = app.connect_user(user).await;
+        let delivered = back.recv_type("ai_response").await;
+        assert_eq!(
+            delivered["message_id"], history[1].message_id,
+            "{delivered}"
+        );
+        back.assert_quiet_and_open("once").await;
+        back.close().await;
+        app.wait_for_connection_count(0).await;
+    }
+    app.stop().await;
+}
+
 /// A cursor the gateway cannot use: `connected` says `"recovered": false`,
 /// an `error` `cursor_expired` follows, and the connection then works normally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,8 @@
 //! Layout:
 //! - [`identity`] — who is calling: the caller a gateway or internal client
 //!   puts in gRPC metadata, read back in one place.
+//! - `db` (feature `db`) — opening the shared SQLite or PostgreSQL database
+//!   and applying its migrations, for the services that store.
 //! - [`config`] — configuration shared by every process (listen addresses,
 //!   the internal token, event-log settings), read from the environment.
 //! - [`telemetry`] — `tracing` set-up, OTLP export, W3C trace context in gRPC
@@ -16,6 +18,8 @@
 //!   fan-out, and the `EventStream` gRPC service gateways attach to.
 
 pub mod config;
+#[cfg(feature = "db")]
+pub mod db;
 pub mod events;
 pub mod grpc;
 pub mod host;

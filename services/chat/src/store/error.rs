@@ -6,6 +6,10 @@ use std::path::PathBuf;
 /// Everything a [`ChatStore`](super::ChatStore) call or [`connect`](super::connect) can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Opening or migrating the database failed.
+    #[error(transparent)]
+    Db(#[from] chatai_kit::db::DbError),
+
     /// The database refused or failed a query, or could not be reached.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),

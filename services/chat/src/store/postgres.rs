@@ -1,11 +1,10 @@
 //! [`PostgresStore`]: opening a PostgreSQL pool for the chat store. The
 //! queries themselves are shared, in `sql.rs`.
 
-use std::str::FromStr;
-
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use chatai_kit::db;
 
 use super::error::StoreError;
 use super::sql::impl_chat_store;
@@ -23,11 +22,9 @@ impl PostgresStore {
     /// Opens a pool to `postgres://…` and applies the migrations (under
     /// PostgreSQL's migration lock, so replicas may start together).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?;
-        let pool = PgPoolOptions::new().connect_with(options).await?;
-        let store = Self::from_pool(pool);
-        store.migrate().await?;
-        Ok(store)
+        let pool = db::open_postgres(url).await?;
+        db::migrate_postgres(&pool, &MIGRATIONS).await?;
+        Ok(Self::from_pool(pool))
     }
 }
 

@@ -1,11 +1,10 @@
 //! [`PostgresStore`]: opening a PostgreSQL pool for the handoff store. The
 //! queries themselves are shared, in `sql.rs`.
 
-use std::str::FromStr;
-
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use chatai_kit::db;
 
 use super::error::StoreError;
 use super::sql::impl_handoff_store;
@@ -26,17 +25,9 @@ impl PostgresStore {
     /// PostgreSQL's migration lock, so services sharing the database may
     /// start together).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?;
-        let pool = PgPoolOptions::new().connect_with(options).await?;
-        let store = Self::from_pool(pool);
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    /// Applies the embedded migrations that this database lacks.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATIONS.run(&self.pool).await?;
-        Ok(())
+        let pool = db::open_postgres(url).await?;
+        db::migrate_postgres(&pool, &MIGRATIONS).await?;
+        Ok(Self::from_pool(pool))
     }
 }
 

@@ -1,11 +1,10 @@
 //! [`PostgresStore`]: opening a PostgreSQL pool for the notification store.
 //! The queries themselves are shared, in `sql.rs`.
 
-use std::str::FromStr;
-
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use chatai_kit::db;
 
 use super::error::StoreError;
 use super::sql::impl_notification_store;
@@ -23,19 +22,9 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Opens a pool to `postgres://…` and applies the migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?;
-        let pool = PgPoolOptions::new().connect_with(options).await?;
-        let store = Self::from_pool(pool);
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    /// Applies the embedded migrations that this database lacks, under
-    /// PostgreSQL's migration lock (sqlx takes an advisory lock), so the chat
-    /// service, replicas and this service may start together.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATIONS.run(&self.pool).await?;
-        Ok(())
+        let pool = db::open_postgres(url).await?;
+        db::migrate_postgres(&pool, &MIGRATIONS).await?;
+        Ok(Self::from_pool(pool))
     }
 }
 

@@ -1,0 +1,129 @@
+//! The database the storing services share (chat, handoff, notification):
+//! opening SQLite — a file or memory — and PostgreSQL pools the same way for
+//! all of them, and applying the embedded migrations. Each service's store
+//! owns its queries; this owns the connection and the schema history.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+/// How long a SQLite statement waits for another connection's write lock
+/// before failing with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts at migrating SQLite, and the pause between two.
+const MIGRATION_ATTEMPTS: u32 = 8;
+const MIGRATION_RETRY_AFTER: Duration = Duration::from_millis(250);
+
+/// Why the database could not be opened or migrated.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] MigrateError),
+    #[error("cannot create the database folder {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Whether a SQLite URL names an in-memory database (`sqlite::memory:`,
+/// `sqlite://:memory:`, `…?mode=memory`), which has no file or folder.
+pub fn is_in_memory(url: &str) -> bool {
+    let rest = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    database == ":memory:" || params.split('&').any(|pair| pair == "mode=memory")
+}
+
+/// Opens `sqlite://path` (creating the file and its folder) or an in-memory
+/// database.
+///
+/// A file is opened in WAL mode (readers never block the writer) with
+/// `synchronous = NORMAL`, which in WAL mode survives a process crash and
+/// only risks the last commits on power loss, for far cheaper commits, and a
+/// busy timeout. An in-memory database lives in one connection that the pool
+/// never closes, since it vanishes with its last connection.
+pub async fn open_sqlite(url: &str) -> Result<SqlitePool, DbError> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true);
+    if is_in_memory(url) {
+        return Ok(SqlitePoolOptions::new()
+            .min_connections(1)
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?);
+    }
+    if let Some(folder) = options.get_filename().parent()
+        && !folder.as_os_str().is_empty()
+    {
+        tokio::fs::create_dir_all(folder)
+            .await
+            .map_err(|source| DbError::CreateDir {
+                path: folder.to_path_buf(),
+                source,
+            })?;
+    }
+    let options = options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal);
+    Ok(SqlitePoolOptions::new().connect_with(options).await?)
+}
+
+/// Opens a pool to `postgres://…`.
+pub async fn open_postgres(url: &str) -> Result<PgPool, DbError> {
+    let options = PgConnectOptions::from_str(url)?;
+    Ok(PgPoolOptions::new().connect_with(options).await?)
+}
+
+/// Applies the migrations a SQLite database lacks. SQLite gives sqlx's
+/// migrator no lock, and in the all-in-one process several services migrate
+/// the same file at the same moment: one of two migrators applying the same
+/// migration fails ("table already exists"). Trying again finds it applied
+/// and goes on.
+pub async fn migrate_sqlite(pool: &SqlitePool, migrator: &Migrator) -> Result<(), DbError> {
+    let mut attempt = 1;
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(cause) if attempt < MIGRATION_ATTEMPTS => {
+                tracing::debug!(%cause, attempt, "migrating SQLite failed; trying again");
+                attempt += 1;
+                tokio::time::sleep(MIGRATION_RETRY_AFTER).await;
+            }
+            Err(cause) => return Err(cause.into()),
+        }
+    }
+}
+
+/// Applies the migrations a PostgreSQL database lacks, under sqlx's
+/// advisory lock, so services and replicas may start together.
+pub async fn migrate_postgres(pool: &PgPool, migrator: &Migrator) -> Result<(), DbError> {
+    Ok(migrator.run(pool).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In-memory URLs are recognised; files are not.
+    #[test]
+    fn recognises_in_memory_urls() {
+        assert!(is_in_memory("sqlite::memory:"));
+        assert!(is_in_memory("sqlite://:memory:"));
+        assert!(is_in_memory("sqlite://n?mode=memory&cache=shared"));
+        assert!(!is_in_memory("sqlite://data/chatai.db"));
+        assert!(!is_in_memory("sqlite:memory.db"));
+    }
+}
