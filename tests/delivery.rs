@@ -90,6 +90,12 @@ async fn offline_user_gets_everything_in_order(app: TestApp) {
     client.close().await;
     app.wait_for_connection_count(0).await;
     notify(&app, 501, 0..10).await;
+    let (status, health) = app.health().await;
+    assert_eq!(status, 200, "{health}");
+    assert!(
+        health["queue_size"].as_u64().is_some_and(|size| size >= 10),
+        "the ten waiting events count in queue_size, read from the logs: {health}"
+    );
     let (mut client, connected) = app.connect_user(501).await;
     assert!(
         connected.get("recovered").is_none(),

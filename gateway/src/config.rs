@@ -6,7 +6,7 @@ use std::time::Duration;
 /// Everything the gateway needs besides the service addresses and the
 /// internal token (shared with the services, passed in separately).
 /// [`Default`] gives the same values as the clap defaults.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Clone)]
 pub struct GatewayConfig {
     /// HTTP/WebSocket listen address.
     #[arg(
@@ -82,6 +82,29 @@ pub struct GatewayConfig {
     pub gateway_id: Option<String>,
 }
 
+/// Shown in logs and panics without the JWT secret.
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("listen", &self.listen)
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("max_connections_per_user", &self.max_connections_per_user)
+            .field("heartbeat_interval_secs", &self.heartbeat_interval_secs)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("rate_limit_strikes", &self.rate_limit_strikes)
+            .field("outbound_queue", &self.outbound_queue)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("gateway_id", &self.gateway_id)
+            .finish()
+    }
+}
+
 /// The secret used when none is configured. Never for production.
 pub const DEVELOPMENT_SECRET: &str = "chatai-development-secret-do-not-use-in-production";
 
@@ -110,7 +133,11 @@ impl GatewayConfig {
     }
 
     pub fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_secs.max(self.heartbeat_interval_secs + 1))
+        // At least two heartbeat intervals: a client answering pings is never cut.
+        Duration::from_secs(
+            self.idle_timeout_secs
+                .max(2 * self.heartbeat_interval_secs.max(1)),
+        )
     }
 
     pub fn request_timeout(&self) -> Duration {

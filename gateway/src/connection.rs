@@ -401,7 +401,9 @@ impl Connection {
                     if silent >= idle_timeout {
                         return Some(CloseReason::HeartbeatTimeout);
                     }
-                    if silent >= heartbeat && self.send(Message::Ping(Default::default())).await.is_err() {
+                    // Ping once half an interval has passed in silence, so a
+                    // client that answers is heard from well before the timeout.
+                    if silent >= heartbeat / 2 && self.send(Message::Ping(Default::default())).await.is_err() {
                         return None;
                     }
                 }

@@ -187,17 +187,28 @@ fn upgrade(
 /// naming the ones that cannot.
 async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
     let timeout = Duration::from_secs(1).min(gateway.config.request_timeout());
-    let problems = futures::future::join_all(gateway.upstreams.iter().map(|u| async move {
-        u.problem(timeout)
+    let checks = futures::future::join_all(gateway.upstreams.iter().map(|u| async move {
+        let problem = u
+            .problem(timeout)
             .await
-            .map(|problem| format!("{} service {problem}", u.name))
+            .map(|problem| format!("{} service {problem}", u.name));
+        let retained = match problem {
+            None => u.retained_events(timeout).await,
+            Some(_) => None,
+        };
+        (problem, retained)
     }))
     .await;
-    let problems: Vec<String> = problems.into_iter().flatten().collect();
+    let queue_size: u64 = checks.iter().filter_map(|(_, retained)| *retained).sum();
+    let problems: Vec<String> = checks
+        .into_iter()
+        .filter_map(|(problem, _)| problem)
+        .collect();
     let mut body = json!({
         "status": if problems.is_empty() { "healthy" } else { "unhealthy" },
         "active_connections": gateway.registry.connection_count(),
-        "queue_size": gateway.registry.queued_frames(),
+        "queue_size": queue_size,
+        "outbound_queued": gateway.registry.queued_frames(),
         "timestamp": now_rfc3339(),
     });
     if problems.is_empty() {

@@ -136,6 +136,17 @@ impl Upstream {
         }
     }
 
+    /// Durable events retained in this service's logs, if it answers in time.
+    pub async fn retained_events(&self, timeout: Duration) -> Option<u64> {
+        let mut request = tonic::Request::new(pb::StatsRequest {});
+        request.set_timeout(timeout);
+        let mut client = self.client.clone();
+        match tokio::time::timeout(timeout, client.stats(request)).await {
+            Ok(Ok(response)) => Some(response.into_inner().retained_events),
+            _ => None,
+        }
+    }
+
     /// Holds `recipient` at this service. True once the service confirmed it
     /// sends the recipient's events; false when the stream is down (the
     /// connection is told to catch up when it is back).

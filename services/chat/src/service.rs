@@ -468,17 +468,25 @@ impl ChatService {
             }),
         };
         let event = Arc::new(Event::new("ai_response", &body)?.with_origin(connection));
+        // Charged before it is delivered: a client that reads its balance on
+        // receiving the answer sees the charge.
+        let alert = self.charge(user_id, answer.tokens_used).await?;
         self.log
             .deliver(Recipient::User(user_id), event.clone())
             .await?;
         self.log
             .deliver(Recipient::dialog_room(question.dialog_id), event)
             .await?;
+        if let Some(alert) = alert {
+            self.log
+                .deliver(Recipient::User(user_id), Arc::new(alert))
+                .await?;
+        }
         if let Some(reason) = answer.needs_human {
             self.ask_for_operator(question.dialog_id, user_id, reason)
                 .await;
         }
-        self.charge(user_id, answer.tokens_used).await
+        Ok(())
     }
 
     /// Acts on the assistant's "needs a human" signal. A dialog already
@@ -500,8 +508,9 @@ impl ChatService {
         }
     }
 
-    /// Charges the tokens; one `balance_alert` when this charge crosses the threshold.
-    async fn charge(&self, user_id: i64, tokens: u32) -> Result<(), AnswerError> {
+    /// Charges the tokens; returns the one `balance_alert` to send when this
+    /// charge crossed the threshold.
+    async fn charge(&self, user_id: i64, tokens: u32) -> Result<Option<Event>, AnswerError> {
         let cost = Money(
             self.policy
                 .price_per_1k_tokens
@@ -510,7 +519,7 @@ impl ChatService {
                 / 1000,
         );
         if cost == Money::ZERO {
-            return Ok(());
+            return Ok(None);
         }
         let charge = self.store.charge(user_id, cost).await?;
         let threshold = self.policy.balance_threshold;
@@ -521,14 +530,9 @@ impl ChatService {
                 threshold: threshold.as_units(),
                 message: "Your balance is running low",
             };
-            self.log
-                .deliver(
-                    Recipient::User(user_id),
-                    Arc::new(Event::new("balance_alert", &body)?),
-                )
-                .await?;
+            return Ok(Some(Event::new("balance_alert", &body)?));
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -39,7 +39,7 @@ pub struct ServiceAddrs {
 }
 
 /// The shared secret that closes internal gRPC.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Clone, Default)]
 pub struct InternalAuth {
     /// Bearer token every internal gRPC call must carry; unset = not checked
     /// (fine on loopback, not on a shared network).
@@ -106,7 +106,7 @@ pub struct TelemetryConfig {
 }
 
 /// What every service process needs besides its own settings.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Clone)]
 pub struct ServiceCommon {
     /// The database: `sqlite://…` or `postgres://…`; each service owns its
     /// tables, migrations are applied at start-up.
@@ -134,6 +134,57 @@ pub struct ServiceCommon {
     pub events: EventLogConfig,
 }
 
+/// Shown in logs and panics without its secret.
+impl std::fmt::Debug for InternalAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InternalAuth")
+            .field(
+                "internal_token",
+                &self.internal_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Shown in logs and panics without the credentials in its URLs.
+impl std::fmt::Debug for ServiceCommon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceCommon")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("auth", &self.auth)
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+/// A URL with any password replaced: `postgres://me:secret@db/x` →
+/// `postgres://me:<redacted>@db/x`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, p)| (a, Some(p)));
+    let Some((credentials, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = credentials
+        .split_once(':')
+        .map_or(credentials, |(user, _)| user);
+    let redacted = if credentials.contains(':') {
+        format!("{user}:<redacted>")
+    } else {
+        user.to_owned()
+    };
+    match path {
+        Some(path) => format!("{scheme}://{redacted}@{host}/{path}"),
+        None => format!("{scheme}://{redacted}@{host}"),
+    }
+}
+
 impl Default for ServiceCommon {
     fn default() -> Self {
         ServiceCommon {
@@ -156,6 +207,31 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         common: ServiceCommon,
+    }
+
+    /// Passwords in URLs and the internal token never reach Debug output.
+    #[test]
+    fn debug_output_hides_secrets() {
+        let common = ServiceCommon {
+            database_url: "postgres://app:hunter2@db:5432/chatai".into(),
+            redis_url: Some("redis://:s3cret@cache:6379".into()),
+            auth: InternalAuth {
+                internal_token: Some("t0ken".into()),
+            },
+            ..ServiceCommon::default()
+        };
+        let shown = format!("{common:?}");
+        for secret in ["hunter2", "s3cret", "t0ken"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("postgres://app:<redacted>@db:5432/chatai"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/chatai.db"),
+            "sqlite://data/chatai.db"
+        );
     }
 
     /// The defaults in code are the ones the command line documents (the

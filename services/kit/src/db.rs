@@ -78,7 +78,32 @@ pub async fn open_sqlite(url: &str) -> Result<SqlitePool, DbError> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal);
-    Ok(SqlitePoolOptions::new().connect_with(options).await?)
+    // Turning a fresh file to WAL takes an exclusive lock, and SQLite answers
+    // "database is locked" at once, without waiting, to a service opening the
+    // same fresh file at that moment (the all-in-one process opens it from
+    // three services together): try again.
+    let mut attempt = 1;
+    loop {
+        match SqlitePoolOptions::new().connect_with(options.clone()).await {
+            Ok(pool) => return Ok(pool),
+            Err(cause) if attempt < MIGRATION_ATTEMPTS && is_busy(&cause) => {
+                tracing::debug!(%cause, attempt, "opening SQLite: locked; trying again");
+                attempt += 1;
+                tokio::time::sleep(MIGRATION_RETRY_AFTER).await;
+            }
+            Err(cause) => return Err(cause.into()),
+        }
+    }
+}
+
+/// Whether SQLite said the database is busy or locked (codes 5 and 6).
+fn is_busy(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("5" | "6" | "517" | "261"))
+        }
+        _ => false,
+    }
 }
 
 /// Opens a pool to `postgres://…`.

@@ -468,6 +468,17 @@ async fn trimming_everything_keeps_positions(log: Arc<dyn EventLog>) {
     );
 }
 
+/// Stats count the retained durable events and the recipients with a log;
+/// live-only deliveries count for nothing.
+async fn stats_count_retained_events(log: Arc<dyn EventLog>) {
+    deliver_many(&log, &Recipient::User(1), 3).await;
+    deliver_many(&log, &Recipient::Operator(2), 2).await;
+    deliver(&log, &Recipient::Everyone, 9).await;
+    let stats = log.stats().await.expect("stats");
+    assert_eq!(stats.retained_events, 5);
+    assert_eq!(stats.recipients, 2);
+}
+
 /// Many tasks delivering to one recipient at once get contiguous, unique
 /// positions, and the live order is the position order.
 async fn concurrent_deliveries_get_contiguous_positions(log: Arc<dyn EventLog>) {
@@ -546,6 +557,7 @@ macro_rules! conformance {
             conformance!(@case trimming_by_count_makes_old_reads_incomplete, capped(5));
             conformance!(@case trimming_by_age_makes_old_reads_incomplete, no_retention());
             conformance!(@case concurrent_deliveries_get_contiguous_positions, default_config());
+            conformance!(@case stats_count_retained_events, default_config());
 
             /// Two instances: the second is the first one after a restart.
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
-use super::{Delivery, Event, EventLog, EventLogError, LogPage, Recipient, ReplayFrom};
+use super::{Delivery, Event, EventLog, EventLogError, LogPage, LogStats, Recipient, ReplayFrom};
 use crate::config::EventLogConfig;
 
 /// The in-memory [`EventLog`].
@@ -207,6 +207,15 @@ impl EventLog for MemoryLog {
 
     fn live(&self) -> broadcast::Receiver<Delivery> {
         self.live.subscribe()
+    }
+
+    async fn stats(&self) -> Result<LogStats, EventLogError> {
+        let mut stats = LogStats::default();
+        for log in self.logs.iter() {
+            stats.recipients += 1;
+            stats.retained_events += log.entries.len() as u64;
+        }
+        Ok(stats)
     }
 
     async fn trim(&self) -> Result<(), EventLogError> {

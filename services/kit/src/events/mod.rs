@@ -150,6 +150,13 @@ pub struct LogPage {
     pub more: bool,
 }
 
+/// How much a log holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub retained_events: u64,
+    pub recipients: u64,
+}
+
 /// Failures of an event log backend.
 #[derive(Debug, thiserror::Error)]
 pub enum EventLogError {
@@ -206,6 +213,10 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Drops events older than the retention period.
     async fn trim(&self) -> Result<(), EventLogError>;
+
+    /// Durable events retained and recipients with a log (for health checks;
+    /// may walk every log, so not for hot paths).
+    async fn stats(&self) -> Result<LogStats, EventLogError>;
 
     /// Whether the backend is reachable (for health checks).
     async fn ping(&self) -> Result<(), EventLogError> {

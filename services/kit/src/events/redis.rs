@@ -32,7 +32,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::{Delivery, Event, EventLog, EventLogError, LogPage, Recipient, ReplayFrom};
+use super::{Delivery, Event, EventLog, EventLogError, LogPage, LogStats, Recipient, ReplayFrom};
 use crate::config::EventLogConfig;
 
 /// Lua: drops the entries of stream KEYS[1] appended before ARGV[1] (ms).
@@ -441,6 +441,44 @@ impl EventLog for RedisLog {
             Ok(sender) => sender.subscribe(),
             Err(poisoned) => poisoned.into_inner().subscribe(),
         }
+    }
+
+    async fn stats(&self) -> Result<LogStats, EventLogError> {
+        let mut connection = self.connection.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:log:*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut stats = LogStats {
+            recipients: keys.len() as u64,
+            retained_events: 0,
+        };
+        for chunk in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("XLEN").arg(key);
+            }
+            let lengths: Vec<u64> = pipe
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            stats.retained_events += lengths.iter().sum::<u64>();
+        }
+        Ok(stats)
     }
 
     async fn trim(&self) -> Result<(), EventLogError> {

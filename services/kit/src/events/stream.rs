@@ -86,6 +86,13 @@ impl EventStream for EventStreamService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn stats(
+        &self,
+        _: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        Ok(Response::new(self.log_stats().await?))
+    }
+
     async fn replay(
         &self,
         request: Request<pb::ReplayRequest>,
@@ -133,6 +140,16 @@ impl EventStream for EventStreamService {
             more,
             start_after: page.start_after,
         }))
+    }
+}
+
+impl EventStreamService {
+    async fn log_stats(&self) -> Result<pb::StatsResponse, Status> {
+        let stats = self.log.stats().await?;
+        Ok(pb::StatsResponse {
+            retained_events: stats.retained_events,
+            recipients: stats.recipients,
+        })
     }
 }
 
