@@ -104,7 +104,7 @@ pub async fn serve(socket: Socket, gateway: Arc<Gateway>, session: Session) {
         if let Some(reason) = reason {
             connection.close(reason).await;
         }
-        connection.finish().await;
+        Box::pin(connection.finish()).await;
         reason
     }
     .instrument(span)

@@ -127,7 +127,7 @@ fn upgrade(
     let verdict = authorize(&gateway, endpoint, path_id, &request).map(|claims| (claims, resume));
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = WebSocketConfig::default()
-        .read_buffer_size(2 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(gateway.config.max_frame_bytes))
         .max_frame_size(Some(gateway.config.max_frame_bytes));
