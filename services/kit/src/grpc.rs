@@ -28,7 +28,7 @@ pub enum ServeError {
 }
 
 /// How long a stopping server waits for in-flight calls.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Health checking path: left open so probes need no token.
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
