@@ -302,6 +302,19 @@ async fn resume_on_another_gateway_after_shutdown() {
 /// chat round trip works again — nothing lost, nothing repeated.
 #[tokio::test]
 async fn chat_service_restart_loses_nothing() {
+    chat_service_restart(false).await;
+}
+
+/// As above, but Redis lost the user's log while the service was away, and a
+/// new one began with the event: the client is told `cursor_expired` (what
+/// the old log held after its cursor is gone), and still gets the event of
+/// the new log, which the gateway reads from its start.
+#[tokio::test]
+async fn a_log_lost_and_begun_again_is_reported_and_read_whole() {
+    chat_service_restart(true).await;
+}
+
+async fn chat_service_restart(lose_the_log: bool) {
     let options = on_redis(TestOptions::default());
     let prefix = options.common.redis_prefix.clone();
     let folder = tempfile::tempdir().expect("a temporary folder");
@@ -409,6 +422,23 @@ async fn chat_service_restart_loses_nothing() {
     .await
     .expect("Redis");
     let relay = tokio::spawn(relay);
+    if lose_the_log {
+        let client = redis::Client::open(redis_url()).expect("a Redis URL");
+        let mut redis = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis");
+        let keys: Vec<String> = ["seq", "base", "log", "seen"]
+            .iter()
+            .map(|kind| format!("{prefix}:chat:{kind}:user:508"))
+            .collect();
+        let removed: u64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut redis)
+            .await
+            .expect("DEL");
+        assert!(removed >= 3, "the user's log was there: {removed} keys");
+    }
     let event = Event::new("notice", &json!({ "n": 42 })).expect("an event");
     log.deliver(Recipient::User(508), Arc::new(event))
         .await
@@ -426,10 +456,24 @@ async fn chat_service_restart_loses_nothing() {
         common.clone(),
         chat_stop.clone(),
     ));
-    let missed = recv_skipping(&mut client, "notice").await;
+    let mut before = Vec::new();
+    let missed = loop {
+        let frame = client.recv().await;
+        if frame["type"] == "notice" {
+            break frame;
+        }
+        before.push(frame);
+    };
     assert_eq!(
         missed["n"], 42,
         "the event appended while the service was away arrives"
+    );
+    let told = before
+        .iter()
+        .any(|f| f["type"] == "error" && f["code"] == "cursor_expired");
+    assert_eq!(
+        told, lose_the_log,
+        "cursor_expired iff the log was lost: {before:?}"
     );
     let (_, again) = client
         .chat_and_answer("m2", Some(dialog_id), common::FAQ_QUESTION)

@@ -12,7 +12,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chatai_kit::events::{Delivery, Recipient};
+use chatai_kit::events::{Delivery, Recipient, generation_start};
 use chatai_kit::identity::{Caller, Role};
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::connection_event::Kind;
@@ -318,6 +318,10 @@ impl Connection {
             Ok(page) => {
                 if !page.complete && had_position {
                     self.send_cursor_expired().await?;
+                    if let Some(fresh) = self.new_generation(service, &page).await {
+                        self.cursor.set(service, fresh.start_after);
+                        return self.deliver_pages(service, fresh).await;
+                    }
                 }
                 if !had_position {
                     self.cursor.set(service, page.start_after);
@@ -328,6 +332,34 @@ impl Connection {
             Err(status) => {
                 tracing::warn!(service = upstream.name, cause = %status, "catch-up failed; waiting for the stream");
                 Ok(())
+            }
+        }
+    }
+
+    /// When the log this connection was reading was lost and began again
+    /// (`page` found its head in another generation), the new generation
+    /// read from its start: what it holds arrived after the loss and is all
+    /// there, so it is delivered rather than skipped. `None` when the log did
+    /// not begin again, or the new generation is itself incomplete.
+    async fn new_generation(
+        &mut self,
+        service: usize,
+        page: &pb::ReplayResponse,
+    ) -> Option<pb::ReplayResponse> {
+        let head = page.next_after;
+        let start = generation_start(head);
+        if head == 0 || start == generation_start(self.cursor.get(service)) {
+            return None;
+        }
+        let upstream = &self.gateway.upstreams[service];
+        let from = pb::replay_request::From::AfterPosition(start);
+        let timeout = self.gateway.config.request_timeout();
+        match upstream.replay(&self.conn.principal, from, timeout).await {
+            Ok(fresh) if fresh.complete => Some(fresh),
+            Ok(_) => None,
+            Err(status) => {
+                tracing::warn!(service = upstream.name, cause = %status, "reading the new log generation failed; going on from its head");
+                None
             }
         }
     }
@@ -358,9 +390,15 @@ impl Connection {
             Outbound::Event(event) => {
                 let service = event.service;
                 let last = self.cursor.get(service);
-                let same_epoch = event.position >> 32 == last >> 32;
-                if self.known[service] && same_epoch && event.position > last + 1 {
-                    // A gap: something was missed; the log has it.
+                let same_generation = generation_start(event.position) == generation_start(last);
+                let gap = if same_generation {
+                    event.position > last + 1
+                } else {
+                    // The log began again since this connection read it.
+                    last != 0
+                };
+                if self.known[service] && gap {
+                    // Something was missed; the log has it (or says it is gone).
                     Box::pin(self.resync(service)).await?;
                 }
                 self.write_event(&event).await

@@ -19,7 +19,10 @@ use crate::events::{self, EventLog, EventLogError, stream::EventStreamService};
 use crate::grpc::{self, ServeError};
 
 /// How often readiness checks run.
-const CHECK_EVERY: Duration = Duration::from_secs(5);
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// A check that has not answered in this long has failed.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// A readiness check: resolves to an error message while a dependency the
 /// service needs (its database, Redis) is unreachable.
@@ -127,8 +130,10 @@ async fn watch_readiness(
         }
         let mut failures = Vec::new();
         for (name, check) in &checks {
-            if let Err(cause) = check().await {
-                failures.push(format!("{name}: {cause}"));
+            match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(cause)) => failures.push(format!("{name}: {cause}")),
+                Err(_) => failures.push(format!("{name}: no answer within {CHECK_TIMEOUT:?}")),
             }
         }
         let now_serving = failures.is_empty();

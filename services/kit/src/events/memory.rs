@@ -38,14 +38,9 @@ struct RecipientLog {
     seen: Option<u64>,
 }
 
-/// A fresh random base for a recipient's positions.
-pub(crate) fn random_base() -> u64 {
-    u64::from(uuid::Uuid::new_v4().as_u128() as u32 & 0x000F_FFFF) << 32
-}
-
 impl RecipientLog {
     fn new() -> Self {
-        let base = random_base();
+        let base = super::random_base();
         RecipientLog {
             base,
             last: base,

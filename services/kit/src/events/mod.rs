@@ -124,6 +124,25 @@ pub struct Delivery {
     pub event: Arc<Event>,
 }
 
+/// Where the generation of a recipient's log that `position` belongs to
+/// starts: its first event is at `generation_start(p) + 1`.
+///
+/// A log that is lost and begins again (a memory log whose service
+/// restarted, a Redis that lost its data) starts at a new random base
+/// (20 bits, shifted left 32, never 0), so positions of one generation never
+/// pass for another's: a reader holding a position of an older generation
+/// knows what it missed is gone, and can read the new generation whole from
+/// its start.
+pub fn generation_start(position: u64) -> u64 {
+    position & !u64::from(u32::MAX)
+}
+
+/// A fresh, nonzero generation base for a recipient's positions.
+pub(crate) fn random_base() -> u64 {
+    let random = uuid::Uuid::new_v4().as_u128() as u32 & 0x000F_FFFF;
+    u64::from(random.max(1)) << 32
+}
+
 /// Where a replay starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayFrom {
@@ -260,5 +279,23 @@ pub async fn trim_until(log: Arc<dyn EventLog>, shutdown: tokio_util::sync::Canc
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_start_at_nonzero_multiples_of_two_to_the_32() {
+        for _ in 0..1000 {
+            let base = random_base();
+            assert_ne!(base, 0);
+            assert_eq!(generation_start(base), base);
+            assert_eq!(generation_start(base + 1), base);
+            assert_eq!(generation_start(base + u64::from(u32::MAX)), base);
+            assert!(base + u64::from(u32::MAX) < 1 << 53, "exact in Lua");
+        }
+        assert_eq!(generation_start(0), 0);
     }
 }

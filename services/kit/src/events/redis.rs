@@ -28,7 +28,7 @@ use chatai_proto::v1 as pb;
 use futures::StreamExt;
 use prost::Message;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -121,7 +121,15 @@ impl RedisLog {
         shutdown: CancellationToken,
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), EventLogError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
-        let connection = ConnectionManager::new(client.clone())
+        // Fail fast while Redis is away (the default retries for ~6 s per
+        // command): callers get `Unavailable` and health says so at once.
+        let reconnect = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(3)));
+        let connection = ConnectionManager::new_with_config(client.clone(), reconnect)
             .await
             .map_err(unavailable)?;
         let (sender, _) = broadcast::channel(config.live_buffer.max(16));
@@ -296,7 +304,7 @@ impl EventLog for RedisLog {
             self.publish_live(&recipient, &event).await?;
             return Ok(0);
         }
-        let base = super::memory::random_base();
+        let base = super::random_base();
         let encoded = pb::Event::from(event.as_ref()).encode_to_vec();
         let recipient_bytes = pb::Recipient::from(&recipient).encode_to_vec();
         let mut connection = self.connection.clone();
