@@ -171,15 +171,15 @@ enum Storage {
 }
 
 /// A database created for one test on the test server.
-struct PostgresDatabase {
+pub struct PostgresDatabase {
     admin_url: String,
     name: String,
 }
 
 impl PostgresDatabase {
-    /// Creates `chatai_e2e_<uuid>`; panics (fails the test) when the server
-    /// is unreachable.
-    async fn create() -> (Self, String) {
+    /// Creates `chatai_e2e_<uuid>` and returns it with its URL; panics
+    /// (fails the test) when the server is unreachable.
+    pub async fn create() -> (Self, String) {
         let admin_url = std::env::var("CHATAI_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
         let mut admin = match PgConnection::connect(&admin_url).await {
@@ -199,7 +199,8 @@ impl PostgresDatabase {
         (PostgresDatabase { admin_url, name }, url)
     }
 
-    async fn drop_database(&self) {
+    /// Drops the database, closing whatever is still connected to it.
+    pub async fn drop_database(&self) {
         let mut admin = PgConnection::connect(&self.admin_url)
             .await
             .expect("connecting to PostgreSQL to drop the test database");

@@ -1,0 +1,435 @@
+//! The system as it is deployed: every part in a process of its own (the
+//! `chatai` binary's subcommands), configured only through the environment,
+//! on PostgreSQL and a Redis of the test's own, with an internal token
+//! between the services. Drives a user and an operator through the gateway,
+//! then breaks things the way production does: a service killed and
+//! restarted, Redis killed and restarted, the gateway stopped with SIGTERM.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use chatai_gateway::auth::TokenKeys;
+use chatai_kit::identity::Role;
+use common::{PostgresDatabase, WAIT, WsClient};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const JWT_SECRET: &str = "processes-test-secret";
+const INTERNAL_TOKEN: &str = "processes-internal-token";
+
+/// How long a freshly started process may take to become healthy (it
+/// connects to PostgreSQL and Redis and applies migrations first).
+const START: Duration = Duration::from_secs(30);
+
+/// A port nobody listens on right now (bound, read, released).
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address")
+}
+
+/// A `redis-server` of the test's own, so the test can kill it.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    async fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server (scripts/test installs it) starts");
+        wait_for_port(port).await;
+        Redis { port, child }
+    }
+
+    async fn kill(&mut self) {
+        self.child.kill().await.expect("Redis is killed");
+    }
+}
+
+async fn wait_for_port(port: u16) {
+    let deadline = tokio::time::Instant::now() + START;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing listens on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The five processes, their shared environment and their logs.
+struct Deployment {
+    env: Vec<(&'static str, String)>,
+    gateway: SocketAddr,
+    logs: tempfile::TempDir,
+    children: HashMap<&'static str, Child>,
+    keys: TokenKeys,
+    http: reqwest::Client,
+}
+
+impl Deployment {
+    /// The environment of a deployment on `database_url`, with the event
+    /// logs in the Redis on `redis_port`, or in each service's memory.
+    fn new(database_url: &str, redis_port: Option<u16>) -> Deployment {
+        let gateway = free_addr();
+        let mut env = vec![
+            ("CHATAI_DATABASE_URL", database_url.to_owned()),
+            ("CHATAI_INTERNAL_TOKEN", INTERNAL_TOKEN.to_owned()),
+            ("CHATAI_JWT_SECRET", JWT_SECRET.to_owned()),
+            ("CHATAI_GATEWAY_ADDR", gateway.to_string()),
+            ("CHATAI_CHAT_ADDR", free_addr().to_string()),
+            ("CHATAI_HANDOFF_ADDR", free_addr().to_string()),
+            ("CHATAI_PRESENCE_ADDR", free_addr().to_string()),
+            ("CHATAI_NOTIFICATION_ADDR", free_addr().to_string()),
+            ("CHATAI_PRESENCE_GRACE_SECS", "1".to_owned()),
+            // `CHATAI_TEST_PROCESS_LOG=debug` to see more when one fails.
+            (
+                "RUST_LOG",
+                std::env::var("CHATAI_TEST_PROCESS_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            ),
+        ];
+        if let Some(port) = redis_port {
+            env.push(("CHATAI_REDIS_URL", format!("redis://127.0.0.1:{port}")));
+            env.push(("CHATAI_REDIS_PREFIX", "processes".to_owned()));
+        }
+        Deployment {
+            env,
+            gateway,
+            logs: tempfile::tempdir().expect("a folder for the logs"),
+            children: HashMap::new(),
+            keys: TokenKeys::new(JWT_SECRET.as_bytes()),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn log_path(&self, part: &str) -> PathBuf {
+        self.logs.path().join(format!("{part}.log"))
+    }
+
+    /// Starts `chatai {part}` with the deployment's environment only (none
+    /// of the test machine's `CHATAI_*` settings leak in).
+    fn start(&mut self, part: &'static str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(part))
+            .expect("a log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chatai"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("CHATAI_") || name.starts_with("OTEL_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .arg(part)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the chatai binary starts");
+        self.children.insert(part, child);
+    }
+
+    /// Every part's log, for a failure message.
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for part in self.children.keys() {
+            let text = std::fs::read_to_string(self.log_path(part)).unwrap_or_default();
+            all.push_str(&format!("--- {part}\n{text}"));
+        }
+        all
+    }
+
+    /// SIGKILL: the part gets no chance to say goodbye.
+    async fn kill(&mut self, part: &str) {
+        let mut child = self.children.remove(part).expect("a running part");
+        child.kill().await.expect("the part is killed");
+    }
+
+    /// SIGTERM, then waits for the process; it must exit 0 in time.
+    async fn terminate(&mut self, part: &str) {
+        let mut child = self.children.remove(part).expect("a running part");
+        let pid = child.id().expect("a live process");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent to the {part}");
+        let status = tokio::time::timeout(WAIT * 2, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the {part} stops after SIGTERM"))
+            .expect("its exit status");
+        assert!(
+            status.success(),
+            "the {part} exits cleanly on SIGTERM: {status}\n{}",
+            self.logs()
+        );
+    }
+
+    /// The health endpoint's status and body, or `None` while the gateway
+    /// does not answer.
+    async fn health(&self) -> Option<(u16, Value)> {
+        let url = format!("http://{}/api/websocket/health", self.gateway);
+        let response = self.http.get(url).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json().await.ok()?))
+    }
+
+    /// Polls health until `wanted` says yes; fails with every log otherwise.
+    async fn wait_for_health(&self, what: &str, wanted: impl Fn(u16, &Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + START;
+        let mut last = None;
+        loop {
+            if let Some((status, body)) = self.health().await {
+                if wanted(status, &body) {
+                    return body;
+                }
+                last = Some((status, body));
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: last health {last:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_healthy(&self) {
+        self.wait_for_health("the deployment becomes healthy", |status, _| status == 200)
+            .await;
+    }
+
+    async fn connect(&self, id: i64, role: Role) -> WsClient {
+        let token = self
+            .keys
+            .mint(id, role, None, Duration::from_secs(600))
+            .expect("a token");
+        let path = match role {
+            Role::Operator => format!("/ws/operator/{id}"),
+            _ => format!("/ws/{id}"),
+        };
+        let url = format!("ws://{}{path}?token={token}", self.gateway);
+        let (stream, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("the handshake finishes in time")
+            .expect("the handshake succeeds");
+        let mut client = WsClient { stream };
+        client.recv_type("connected").await;
+        client
+    }
+}
+
+impl Drop for Deployment {
+    /// A failed test shows what every process logged.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+/// The next frame of type `kind`, skipping others.
+async fn next(client: &mut WsClient, kind: &str) -> Value {
+    loop {
+        let frame = client.recv().await;
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
+/// Reads frames until one satisfies `last`; returns them all.
+async fn until(client: &mut WsClient, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = client.recv().await;
+        let done = last(&frame);
+        frames.push(frame);
+        if done {
+            return frames;
+        }
+    }
+}
+
+/// Sends a frame and returns its reply (`ack` or `error`), skipping events.
+async fn request(client: &mut WsClient, frame: Value) -> Value {
+    let reference = frame["id"].clone();
+    client.send_json(&frame).await;
+    loop {
+        let reply = client.recv().await;
+        if reply["ref"] == reference && (reply["type"] == "ack" || reply["type"] == "error") {
+            return reply;
+        }
+    }
+}
+
+/// Every part in its own process: the chat path and a whole handoff across
+/// five processes, then a killed service, a killed Redis and a SIGTERM.
+#[tokio::test]
+async fn every_part_in_its_own_process() {
+    let (database, database_url) = PostgresDatabase::create().await;
+    let mut redis = Redis::start(free_addr().port()).await;
+    let mut deployment = Deployment::new(&database_url, Some(redis.port));
+    for part in ["presence", "handoff", "chat", "notification", "gateway"] {
+        deployment.start(part);
+    }
+    deployment.wait_healthy().await;
+
+    // The chat path: gateway → chat service → PostgreSQL, the answer back
+    // over the chat service's event stream.
+    let mut user = deployment.connect(1901, Role::User).await;
+    let (ack, answer) = user.chat_and_answer("m1", None, common::FAQ_QUESTION).await;
+    let dialog_id = ack["dialog_id"].as_i64().expect("a dialog");
+    assert_eq!(answer["assistant_name"], common::ASSISTANT_NAME);
+
+    // A handoff: presence, handoff and chat services talk to each other.
+    let mut operator = deployment.connect(1951, Role::Operator).await;
+    let reply = request(
+        &mut user,
+        json!({"type": "handoff_request", "id": "h1", "dialog_id": dialog_id, "reason": "a person, please"}),
+    )
+    .await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    let assigned = next(&mut user, "operator_assigned").await;
+    assert_eq!(assigned["operator_id"], 1951, "{assigned}");
+    next(&mut operator, "operator_assigned").await;
+    user.chat("m2", Some(dialog_id), "are you there?").await;
+    let question = next(&mut operator, "chat_message").await;
+    assert_eq!(question["message"], "are you there?");
+    let sent = request(
+        &mut operator,
+        json!({"type": "chat_message", "id": "r1", "dialog_id": dialog_id, "message": "I am."}),
+    )
+    .await;
+    assert_eq!(sent["type"], "ack", "{sent}");
+    let reply = next(&mut user, "operator_message").await;
+    assert_eq!(reply["message"], "I am.");
+    let done = request(
+        &mut operator,
+        json!({"type": "complete_handoff", "id": "c1", "dialog_id": dialog_id, "resolution": "answered"}),
+    )
+    .await;
+    assert_eq!(done["type"], "ack", "{done}");
+    next(&mut user, "handoff_completed").await;
+
+    // A service killed outright: health names it, and when it is back the
+    // gateway re-attaches by itself and the connected user chats again.
+    deployment.kill("chat").await;
+    let down = deployment
+        .wait_for_health("health reports the chat service down", |status, body| {
+            status == 503 && body["error"].as_str().is_some_and(|e| e.contains("chat"))
+        })
+        .await;
+    assert_eq!(down["status"], "unhealthy", "{down}");
+    deployment.start("chat");
+    deployment.wait_healthy().await;
+    let (_, again) = user
+        .chat_and_answer("m3", Some(dialog_id), common::FAQ_QUESTION)
+        .await;
+    assert_eq!(again["dialog_id"], dialog_id);
+
+    // Redis killed: every service that keeps its logs there stops serving,
+    // and health says so; a new Redis and the services carry on.
+    redis.kill().await;
+    let down = deployment
+        .wait_for_health("health reports Redis down", |status, body| {
+            status == 503
+                && body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("Redis is unreachable"))
+        })
+        .await;
+    assert_eq!(down["status"], "unhealthy", "{down}");
+    let mut redis = Redis::start(redis.port).await;
+    deployment.wait_healthy().await;
+    // Redis kept nothing on disk: events not yet delivered may have gone
+    // with it, and the connected user is told so rather than left guessing.
+    let expired = next(&mut user, "error").await;
+    assert_eq!(expired["code"], "cursor_expired", "{expired}");
+    let sent = request(
+        &mut user,
+        json!({"type": "chat_message", "id": "m4", "dialog_id": dialog_id, "message": common::FAQ_QUESTION}),
+    )
+    .await;
+    assert_eq!(sent["type"], "ack", "{sent}");
+    let after_redis = next(&mut user, "ai_response").await;
+    assert_eq!(after_redis["dialog_id"], dialog_id);
+
+    // SIGTERM: the gateway closes its clients with 1001 and exits 0; so do
+    // the services.
+    deployment.terminate("gateway").await;
+    user.expect_close(1001, "Server shutting down").await;
+    operator.expect_close(1001, "Server shutting down").await;
+    for part in ["chat", "handoff", "presence", "notification"] {
+        deployment.terminate(part).await;
+    }
+    redis.kill().await;
+    database.drop_database().await;
+}
+
+/// The embedded default's event logs live in each service's memory: a
+/// service that restarts has lost them. A connected client is told
+/// (`cursor_expired`), and what the restarted service sends it afterwards
+/// still arrives, whether it was logged before or after the gateway
+/// re-attached.
+#[tokio::test]
+async fn a_restarted_service_on_memory_logs_tells_and_goes_on() {
+    let (database, database_url) = PostgresDatabase::create().await;
+    let mut deployment = Deployment::new(&database_url, None);
+    for part in ["presence", "handoff", "chat", "notification", "gateway"] {
+        deployment.start(part);
+    }
+    deployment.wait_healthy().await;
+    let mut user = deployment.connect(1902, Role::User).await;
+    let (ack, _) = user.chat_and_answer("m1", None, common::FAQ_QUESTION).await;
+    let dialog_id = ack["dialog_id"].as_i64().expect("a dialog");
+
+    deployment.kill("chat").await;
+    deployment
+        .wait_for_health("health reports the chat service down", |status, _| {
+            status == 503
+        })
+        .await;
+    deployment.start("chat");
+    deployment.wait_healthy().await;
+    user.send_json(&json!({"type": "chat_message", "id": "m2", "dialog_id": dialog_id, "message": common::FAQ_QUESTION}))
+        .await;
+    let frames = until(&mut user, |frame| frame["type"] == "ai_response").await;
+    let expired = frames
+        .iter()
+        .position(|f| f["type"] == "error" && f["code"] == "cursor_expired");
+    let acked = frames
+        .iter()
+        .any(|f| f["type"] == "ack" && f["ref"] == "m2");
+    assert!(
+        expired.is_some(),
+        "the client is told its chat events were lost: {frames:?}"
+    );
+    assert!(acked, "the message is acknowledged: {frames:?}");
+    let answer = frames.last().expect("the answer");
+    assert_eq!(answer["dialog_id"], dialog_id);
+    assert!(answer["cursor"].is_string(), "{answer}");
+
+    deployment.terminate("gateway").await;
+    user.expect_close(1001, "Server shutting down").await;
+    for part in ["chat", "handoff", "presence", "notification"] {
+        deployment.terminate(part).await;
+    }
+    database.drop_database().await;
+}
