@@ -296,3 +296,36 @@ async fn supervise(mut parts: chatai::Parts, shutdown: CancellationToken) -> any
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand's flags and variables fit together (clap checks ids,
+    /// flags and conflicts).
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// One `--database-url` is the database of every service, in the
+    /// all-in-one mode and alone.
+    #[test]
+    fn one_database_url_for_every_service() {
+        let parse = |args: &[&str]| {
+            let matches = Cli::command()
+                .mut_args(|arg| arg.env(None::<&str>))
+                .try_get_matches_from(args)
+                .expect("parses");
+            <Cli as clap::FromArgMatches>::from_arg_matches(&matches).expect("converts")
+        };
+        let all = parse(&["chatai", "--database-url=postgres://db/x"]);
+        assert_eq!(all.all.common.database_url, "postgres://db/x");
+        let handoff = parse(&["chatai", "handoff", "--database-url=postgres://db/y"]);
+        let Some(Command::Handoff { args, .. }) = handoff.command else {
+            panic!("the handoff subcommand");
+        };
+        assert_eq!(args.common.database_url, "postgres://db/y");
+    }
+}

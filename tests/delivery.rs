@@ -339,10 +339,8 @@ async fn chat_service_restart(lose_the_log: bool) {
         notification: notification_l.local_addr().expect("address"),
     };
     let others = CancellationToken::new();
-    let mut handoff = options.handoff.clone();
-    handoff.database_url = database_url.clone();
-    let mut notification = options.notification.clone();
-    notification.database_url = database_url.clone();
+    let handoff = options.handoff.clone();
+    let notification = options.notification.clone();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(
         chatai_handoff::run(

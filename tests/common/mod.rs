@@ -238,9 +238,9 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
         database,
         gateway,
         chat,
-        mut handoff,
+        handoff,
         presence,
-        mut notification,
+        notification,
         mut common,
     } = options;
     let (storage, database_url) = match database {
@@ -266,8 +266,6 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
     // Every service that stores anything gets the test's database, never
     // the default file under `./data/`.
     common.database_url = database_url.clone();
-    handoff.database_url = database_url.clone();
-    notification.database_url = database_url.clone();
     let port_zero = SocketAddr::from(([127, 0, 0, 1], 0));
     let any_port = ServiceAddrs {
         chat: port_zero,

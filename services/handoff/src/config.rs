@@ -2,27 +2,16 @@
 
 use std::time::Duration;
 
-/// The handoff service's own settings (the shared ones are in
-/// [`chatai_kit::config::ServiceCommon`]; the presence service's address is
-/// passed to [`run`](crate::run) by the binary). [`Default`] gives the same
-/// values as the clap defaults.
+/// The handoff service's own settings (the shared ones, its database among
+/// them, are in [`chatai_kit::config::ServiceCommon`]; the presence service's
+/// address is passed to [`run`](crate::run) by the binary). [`Default`] gives
+/// the same values as the clap defaults.
 ///
 /// Every argument has a `handoff`-prefixed id and flag, so that this struct
 /// flattens next to the other services' configs in the all-in-one command:
-/// the chat service owns `--database-url` (both read `CHATAI_DATABASE_URL`),
 /// presence reads `CHATAI_MAX_HANDOFFS_PER_OPERATOR` too.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HandoffConfig {
-    /// `sqlite://…` or `postgres://…`; the database is shared with the other
-    /// services (each owns its tables); migrations are applied at start-up.
-    #[arg(
-        id = "handoff_database_url",
-        value_name = "URL",
-        long = "handoff-database-url",
-        env = "CHATAI_DATABASE_URL",
-        default_value = "sqlite://data/chatai.db"
-    )]
-    pub database_url: String,
     /// The most handoffs one operator holds at once; at the cap they get no
     /// new one (and presence shows them busy).
     #[arg(
@@ -95,7 +84,6 @@ impl HandoffConfig {
 impl Default for HandoffConfig {
     fn default() -> Self {
         HandoffConfig {
-            database_url: "sqlite://data/chatai.db".to_owned(),
             max_handoffs: 5,
             reply_timeout_secs: 180,
             max_queue_secs: 600,
@@ -133,20 +121,15 @@ mod tests {
         );
     }
 
-    /// The all-in-one command flattens this next to the chat service's
-    /// config, which owns `database_url` / `--database-url`: no clash, and
-    /// both read `CHATAI_DATABASE_URL`.
+    /// The all-in-one command flattens this next to the shared settings and
+    /// the presence config, which reads the same variable for its cap: no
+    /// clash.
     #[test]
-    fn flattens_next_to_the_chat_config() {
-        #[derive(clap::Args, Debug)]
-        struct ChatLike {
-            #[arg(long = "database-url", env = "CHATAI_DATABASE_URL")]
-            database_url: String,
-        }
+    fn flattens_next_to_the_shared_settings() {
         #[derive(Parser, Debug)]
         struct AllInOne {
             #[command(flatten)]
-            chat: ChatLike,
+            common: chatai_kit::config::ServiceCommon,
             #[command(flatten)]
             handoff: HandoffConfig,
         }
@@ -156,13 +139,11 @@ mod tests {
             .try_get_matches_from([
                 "chatai",
                 "--database-url=sqlite://a.db",
-                "--handoff-database-url=sqlite://b.db",
                 "--handoff-max-per-operator=2",
             ])
             .expect("parses");
         let parsed = AllInOne::from_arg_matches(&matches).expect("matches convert");
-        assert_eq!(parsed.chat.database_url, "sqlite://a.db");
-        assert_eq!(parsed.handoff.database_url, "sqlite://b.db");
+        assert_eq!(parsed.common.database_url, "sqlite://a.db");
         assert_eq!(parsed.handoff.max_handoffs, 2);
     }
 

@@ -79,7 +79,7 @@ pub async fn run(
     common: ServiceCommon,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let store = store::connect(&config.database_url).await?;
+    let store = store::connect(&common.database_url).await?;
     let mut host = ServiceHost::start(&common, "handoff", shutdown).await?;
     let checked = store.clone();
     host.check("database", move || {

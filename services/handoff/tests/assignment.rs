@@ -21,7 +21,7 @@ async fn requests_queue_at_capacity_and_are_served_by_priority_then_fifo() {
     presence.set(1, "Ann", true, "available").await;
     presence.set(2, "Bob", true, "available").await;
     let database = Database::new();
-    let app = App::start(config(&database), &presence).await;
+    let app = App::start(&database, config(), &presence).await;
     let client = app.client().await;
     let mut events = Observer::attach(&client, &recipients(&[1, 2], 1..=6)).await;
     let everyone = Recipient::Role(Role::Operator);
@@ -149,9 +149,10 @@ async fn the_operator_with_the_fewest_handoffs_then_the_longest_idle_gets_the_ne
     presence.set(2, "Bob", true, "available").await;
     let database = Database::new();
     let app = App::start(
+        &database,
         chatai_handoff::HandoffConfig {
             max_handoffs: 2,
-            ..config(&database)
+            ..config()
         },
         &presence,
     )
@@ -185,9 +186,10 @@ async fn duplicates_and_a_full_queue_are_refused() {
     let presence = FakePresence::start().await;
     let database = Database::new();
     let app = App::start(
+        &database,
         chatai_handoff::HandoffConfig {
             max_queue_len: 2,
-            ..config(&database)
+            ..config()
         },
         &presence,
     )

@@ -17,7 +17,7 @@ async fn an_offline_operators_handoffs_go_back_to_the_front_and_are_reassigned()
     presence.set(1, "Ann", true, "available").await;
     presence.set(2, "Bob", true, "available").await;
     let database = Database::new();
-    let app = App::start(config(&database), &presence).await;
+    let app = App::start(&database, config(), &presence).await;
     let client = app.client().await;
     let mut events = Observer::attach(&client, &recipients(&[1, 3], 1..=3)).await;
 
@@ -79,7 +79,7 @@ async fn away_operators_are_never_assigned() {
     presence.set(2, "Bob", true, "available").await;
     presence.set(3, "Cid", true, "busy").await;
     let database = Database::new();
-    let app = App::start(config(&database), &presence).await;
+    let app = App::start(&database, config(), &presence).await;
     let client = app.client().await;
 
     let first = client.request(1, pb::Priority::Urgent).await.expect("ok");

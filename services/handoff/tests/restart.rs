@@ -15,7 +15,7 @@ async fn a_restart_keeps_queued_and_assigned_handoffs() {
     let presence = FakePresence::start().await;
     presence.set(1, "Ann", true, "available").await;
     let database = Database::new();
-    let app = App::start(config(&database), &presence).await;
+    let app = App::start(&database, config(), &presence).await;
     let client = app.client().await;
     assert_eq!(
         client
@@ -30,7 +30,7 @@ async fn a_restart_keeps_queued_and_assigned_handoffs() {
     assert_eq!(client.waiting().await, vec![3, 2]);
     app.stop().await;
 
-    let app = App::start(config(&database), &presence).await;
+    let app = App::start(&database, config(), &presence).await;
     let client = app.client().await;
     let mut events = Observer::attach(&client, &recipients(&[1], 1..=3)).await;
     let listing = client.list_as(&operator(1)).await.expect("operators list");

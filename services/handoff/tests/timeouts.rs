@@ -22,9 +22,10 @@ async fn an_operator_who_does_not_reply_loses_the_handoff_to_another() {
     presence.set(2, "Bob", true, "available").await;
     let database = Database::new();
     let app = App::start(
+        &database,
         chatai_handoff::HandoffConfig {
             reply_timeout_secs: 2,
-            ..config(&database)
+            ..config()
         },
         &presence,
     )
@@ -77,9 +78,10 @@ async fn a_request_waiting_too_long_goes_back_to_the_assistant() {
     let presence = FakePresence::start().await;
     let database = Database::new();
     let app = App::start(
+        &database,
         chatai_handoff::HandoffConfig {
             max_queue_secs: 1,
-            ..config(&database)
+            ..config()
         },
         &presence,
     )

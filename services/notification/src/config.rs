@@ -3,25 +3,11 @@
 
 use std::time::Duration;
 
-/// The notification service's own settings (the shared ones are in
-/// [`chatai_kit::config::ServiceCommon`]). [`Default`] gives the same values
-/// as the clap defaults.
+/// The notification service's own settings (the shared ones, its database
+/// among them, are in [`chatai_kit::config::ServiceCommon`]). [`Default`]
+/// gives the same values as the clap defaults.
 #[derive(clap::Args, Debug, Clone)]
 pub struct NotificationConfig {
-    /// `sqlite://…` or `postgres://…`: the chat service's database (each
-    /// service owns its own tables); migrations are applied at start-up.
-    ///
-    /// The flag is `--notification-database-url` (and the argument id
-    /// `notification_database_url`) so that this struct can be flattened
-    /// next to the chat service's config, which owns `--database-url`; both
-    /// read `CHATAI_DATABASE_URL`.
-    #[arg(
-        id = "notification_database_url",
-        long = "notification-database-url",
-        env = "CHATAI_DATABASE_URL",
-        default_value = "sqlite://data/chatai.db"
-    )]
-    pub database_url: String,
     /// Seconds between two computations of the analytics pushed to admins
     /// (`analytics_update`, only for the metrics that changed).
     #[arg(
@@ -43,7 +29,6 @@ impl NotificationConfig {
 impl Default for NotificationConfig {
     fn default() -> Self {
         NotificationConfig {
-            database_url: "sqlite://data/chatai.db".to_owned(),
             analytics_interval_secs: 5,
         }
     }
@@ -77,19 +62,13 @@ mod tests {
         );
     }
 
-    /// The config flattens next to one that owns `--database-url` (the chat
-    /// service's, in the all-in-one command) without a clash.
+    /// The config flattens next to the shared settings without a clash.
     #[test]
-    fn flattens_next_to_the_chat_config() {
-        #[derive(clap::Args, Debug)]
-        struct ChatLike {
-            #[arg(long = "database-url", env = "CHATAI_DATABASE_URL")]
-            database_url: Option<String>,
-        }
+    fn flattens_next_to_the_shared_settings() {
         #[derive(Parser, Debug)]
         struct AllInOne {
             #[command(flatten)]
-            chat: ChatLike,
+            common: chatai_kit::config::ServiceCommon,
             #[command(flatten)]
             notification: NotificationConfig,
         }

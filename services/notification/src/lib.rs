@@ -73,7 +73,7 @@ pub async fn run(
     common: ServiceCommon,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let store = store::connect(&config.database_url).await?;
+    let store = store::connect(&common.database_url).await?;
     let mut host = ServiceHost::start(&common, "notification", shutdown).await?;
     let checked = store.clone();
     host.check("database", move || {

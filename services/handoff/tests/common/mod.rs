@@ -365,9 +365,8 @@ impl Presence for PresenceApi {
 // ---------------------------------------------------------------------------
 
 /// A test configuration: one handoff per operator, long timeouts.
-pub fn config(database: &Database) -> HandoffConfig {
+pub fn config() -> HandoffConfig {
     HandoffConfig {
-        database_url: database.url(),
         max_handoffs: 1,
         reply_timeout_secs: 600,
         max_queue_secs: 600,
@@ -405,9 +404,13 @@ pub struct App {
 }
 
 impl App {
-    /// Starts the service and waits until it has attached to `presence` and
-    /// applied its first snapshot.
-    pub async fn start(config: HandoffConfig, presence: &FakePresence) -> Self {
+    /// Starts the service on `database` and waits until it has attached to
+    /// `presence` and applied its first snapshot.
+    pub async fn start(
+        database: &Database,
+        config: HandoffConfig,
+        presence: &FakePresence,
+    ) -> Self {
         let expected = presence.expect_attach();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
@@ -416,7 +419,10 @@ impl App {
             listener,
             config,
             presence.addr,
-            ServiceCommon::default(),
+            ServiceCommon {
+                database_url: database.url(),
+                ..ServiceCommon::default()
+            },
             shutdown.clone(),
         ));
         presence.attached(expected).await;

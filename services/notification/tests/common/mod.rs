@@ -67,14 +67,17 @@ impl Service {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let config = NotificationConfig {
-            database_url: database_url.clone(),
             analytics_interval_secs,
+        };
+        let common = ServiceCommon {
+            database_url: database_url.clone(),
+            ..ServiceCommon::default()
         };
         let shutdown = CancellationToken::new();
         let served = tokio::spawn(chatai_notification::run(
             listener,
             config,
-            ServiceCommon::default(),
+            common,
             shutdown.clone(),
         ));
         Service {
