@@ -31,6 +31,32 @@ pub enum DbError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Holds only the scheme, so a password in the URL never reaches a log.
+    #[error("unsupported database URL scheme {0:?} (expected sqlite: or postgres:)")]
+    UnsupportedUrl(String),
+}
+
+/// The database servers a URL can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://path`, `sqlite::memory:`.
+    Sqlite,
+    /// `postgres://…`, `postgresql://…`.
+    Postgres,
+}
+
+impl Backend {
+    /// Which backend `url` names; any other scheme is refused by name.
+    pub fn of(url: &str) -> Result<Backend, DbError> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+            Err(DbError::UnsupportedUrl(scheme.to_owned()))
+        }
+    }
 }
 
 /// Whether a SQLite URL names an in-memory database (`sqlite::memory:`,
@@ -141,6 +167,28 @@ pub async fn migrate_postgres(pool: &PgPool, migrator: &Migrator) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each URL goes to its backend; another scheme is refused by its name,
+    /// never with the rest of the URL (a password).
+    #[test]
+    fn urls_name_their_backend() {
+        assert_eq!(
+            Backend::of("sqlite://data/x.db").ok(),
+            Some(Backend::Sqlite)
+        );
+        assert_eq!(Backend::of("sqlite::memory:").ok(), Some(Backend::Sqlite));
+        assert_eq!(Backend::of("postgres://db/x").ok(), Some(Backend::Postgres));
+        assert_eq!(
+            Backend::of("postgresql://db/x").ok(),
+            Some(Backend::Postgres)
+        );
+        let refused = Backend::of("mysql://root:secret@db/x")
+            .err()
+            .map(|err| err.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("\"mysql\""), "{refused}");
+        assert!(!refused.contains("secret"), "{refused}");
+    }
 
     /// In-memory URLs are recognised; files are not.
     #[test]

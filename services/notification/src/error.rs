@@ -116,8 +116,8 @@ mod tests {
         assert_eq!(invalid.code(), Code::InvalidArgument);
         assert_eq!(error_code(&invalid), Some("invalid_request"));
 
-        let store = Status::from(NotificationError::Store(StoreError::UnsupportedUrl(
-            "secret-scheme".into(),
+        let store = Status::from(NotificationError::Store(StoreError::Db(
+            chatai_kit::db::DbError::UnsupportedUrl("secret-scheme".into()),
         )));
         assert_eq!(store.code(), Code::Unavailable);
         assert_eq!(error_code(&store), Some("service_unavailable"));

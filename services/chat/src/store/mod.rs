@@ -82,14 +82,10 @@ pub trait ChatStore: Send + Sync + 'static {
 /// busy timeout), `sqlite::memory:`, or `postgres://…` / `postgresql://…`,
 /// applies the migrations, returns the store.
 pub async fn connect(url: &str) -> Result<Arc<dyn ChatStore>, StoreError> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(url).await?))
-    } else {
-        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
-        Err(StoreError::UnsupportedUrl(scheme.to_owned()))
-    }
+    Ok(match chatai_kit::db::Backend::of(url)? {
+        chatai_kit::db::Backend::Sqlite => Arc::new(SqliteStore::connect(url).await?),
+        chatai_kit::db::Backend::Postgres => Arc::new(PostgresStore::connect(url).await?),
+    })
 }
 
 #[cfg(test)]

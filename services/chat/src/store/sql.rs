@@ -178,7 +178,10 @@ macro_rules! impl_chat_store {
             /// Applies the embedded migrations that this database lacks.
             /// Safe to run on every start and from several processes.
             pub async fn migrate(&self) -> Result<(), $crate::store::StoreError> {
-                $migrator.run(&self.pool).await?;
+                $migrator
+                    .run(&self.pool)
+                    .await
+                    .map_err(chatai_kit::db::DbError::from)?;
                 Ok(())
             }
 

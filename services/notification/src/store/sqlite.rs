@@ -68,7 +68,7 @@ mod tests {
     /// migration race of the all-in-one process ends well for both.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_openers_of_one_file_both_migrate() -> Result<(), StoreError> {
-        let folder = tempfile::tempdir().map_err(|source| StoreError::CreateDir {
+        let folder = tempfile::tempdir().map_err(|source| db::DbError::CreateDir {
             path: std::env::temp_dir(),
             source,
         })?;
