@@ -65,17 +65,6 @@ async fn notices(client: &mut WsClient, count: usize) -> Vec<Value> {
     frames
 }
 
-/// The next frame of type `kind`, skipping others (operators get presence
-/// changes, say).
-async fn recv_skipping(client: &mut WsClient, kind: &str) -> Value {
-    loop {
-        let frame = client.recv().await;
-        if frame["type"] == kind {
-            return frame;
-        }
-    }
-}
-
 fn numbers(frames: &[Value]) -> Vec<i64> {
     frames
         .iter()
@@ -204,7 +193,7 @@ async fn system_alert_reaches_everyone() {
         .await
         .expect("admins may alert");
     for client in [&mut user, &mut operator, &mut admin] {
-        let frame = recv_skipping(client, "system_alert").await;
+        let frame = client.next_of("system_alert").await;
         assert_eq!(frame["severity"], "warning");
         assert_eq!(frame["message"], "Scheduled maintenance in 30 minutes");
         assert_eq!(

@@ -20,34 +20,12 @@ fn options() -> TestOptions {
     options
 }
 
-/// The next frame of type `kind`, skipping others (presence changes, copies).
-async fn next(client: &mut WsClient, kind: &str) -> Value {
-    loop {
-        let frame = client.recv().await;
-        if frame["type"] == kind {
-            return frame;
-        }
-    }
-}
-
 /// The next frame of type `kind` for `dialog_id`.
 async fn next_for(client: &mut WsClient, kind: &str, dialog_id: i64) -> Value {
     loop {
-        let frame = next(client, kind).await;
+        let frame = client.next_of(kind).await;
         if frame["dialog_id"] == dialog_id {
             return frame;
-        }
-    }
-}
-
-/// Sends a frame and returns its reply (`ack` or `error`), skipping events.
-async fn request(client: &mut WsClient, frame: Value) -> Value {
-    let reference = frame["id"].clone();
-    client.send_json(&frame).await;
-    loop {
-        let reply = client.recv().await;
-        if reply["ref"] == reference && (reply["type"] == "ack" || reply["type"] == "error") {
-            return reply;
         }
     }
 }
@@ -60,11 +38,9 @@ async fn dialog(app: &TestApp, user: i64) -> (WsClient, i64) {
 }
 
 async fn ask_for_operator(client: &mut WsClient, dialog_id: i64, priority: &str) -> Value {
-    let reply = request(
-        client,
-        json!({"type": "handoff_request", "id": format!("h{dialog_id}"), "dialog_id": dialog_id, "reason": "need a person", "priority": priority}),
-    )
-    .await;
+    let reply = client
+        .request(json!({"type": "handoff_request", "id": format!("h{dialog_id}"), "dialog_id": dialog_id, "reason": "need a person", "priority": priority}))
+        .await;
     assert_eq!(reply["type"], "ack", "{reply}");
     reply
 }
@@ -123,21 +99,17 @@ async fn handoff_life(app: TestApp) {
     let typing = next_for(&mut ann, "typing", ann_dialog).await;
     assert_eq!(typing["operator_id"], ann_operator_id);
     // Operator → user.
-    let reply = request(
-        ann_operator,
-        json!({"type": "chat_message", "id": "r1", "dialog_id": ann_dialog, "message": "Yes, I am here."}),
-    )
-    .await;
+    let reply = ann_operator
+        .request(json!({"type": "chat_message", "id": "r1", "dialog_id": ann_dialog, "message": "Yes, I am here."}))
+        .await;
     assert_eq!(reply["type"], "ack", "{reply}");
     let answer = next_for(&mut ann, "operator_message", ann_dialog).await;
     assert_eq!(answer["message"], "Yes, I am here.");
     assert_eq!(answer["operator_id"], ann_operator_id);
     // Completion: both are told, and the seat goes to Cid at once.
-    let done = request(
-        ann_operator,
-        json!({"type": "complete_handoff", "id": "c1", "dialog_id": ann_dialog, "resolution": "answered"}),
-    )
-    .await;
+    let done = ann_operator
+        .request(json!({"type": "complete_handoff", "id": "c1", "dialog_id": ann_dialog, "resolution": "answered"}))
+        .await;
     assert_eq!(done["type"], "ack", "{done}");
     let completed = next_for(&mut ann, "handoff_completed", ann_dialog).await;
     assert_eq!(completed["resolution"], "answered");
@@ -154,17 +126,13 @@ async fn handoff_life(app: TestApp) {
     } else {
         (&mut olga, 701)
     };
-    let refused = request(
-        other,
-        json!({"type": "chat_message", "id": "x1", "dialog_id": cid_dialog, "message": "mine?"}),
-    )
-    .await;
+    let refused = other
+        .request(json!({"type": "chat_message", "id": "x1", "dialog_id": cid_dialog, "message": "mine?"}))
+        .await;
     assert_eq!(refused["code"], "forbidden", "{refused}");
-    let duplicate = request(
-        &mut bob,
-        json!({"type": "handoff_request", "id": "dup", "dialog_id": bob_dialog}),
-    )
-    .await;
+    let duplicate = bob
+        .request(json!({"type": "handoff_request", "id": "dup", "dialog_id": bob_dialog}))
+        .await;
     assert_eq!(duplicate["code"], "handoff_exists", "{duplicate}");
     app.stop().await;
 }
@@ -191,11 +159,9 @@ async fn operator_offline_after_last_tab_and_grace() {
     let (tab1, _) = app.connect_as(721, Role::Operator, "").await;
     let (tab2, _) = app.connect_as(721, Role::Operator, "").await;
     // Make 722 busy with its own choice, so 721 gets the handoff.
-    let busy = request(
-        &mut watcher,
-        json!({"type": "set_status", "id": "s1", "status": "busy"}),
-    )
-    .await;
+    let busy = watcher
+        .request(json!({"type": "set_status", "id": "s1", "status": "busy"}))
+        .await;
     assert_eq!(busy["type"], "ack", "{busy}");
     let (mut ann, dialog_id) = dialog(&app, 731).await;
     ask_for_operator(&mut ann, dialog_id, "high").await;
@@ -203,14 +169,12 @@ async fn operator_offline_after_last_tab_and_grace() {
     assert_eq!(assigned["operator_id"], 721);
     tab1.close().await;
     // Still online: a later change of 722 arrives with no offline of 721 before it.
-    let available = request(
-        &mut watcher,
-        json!({"type": "set_status", "id": "s2", "status": "available"}),
-    )
-    .await;
+    let available = watcher
+        .request(json!({"type": "set_status", "id": "s2", "status": "available"}))
+        .await;
     assert_eq!(available["type"], "ack", "{available}");
     loop {
-        let change = next(&mut watcher, "operator_status_change").await;
+        let change = watcher.next_of("operator_status_change").await;
         assert!(
             !(change["operator_id"] == 721 && change["status"] == "offline"),
             "one tab closed: still online"
@@ -221,7 +185,7 @@ async fn operator_offline_after_last_tab_and_grace() {
     }
     tab2.close().await;
     loop {
-        let change = next(&mut watcher, "operator_status_change").await;
+        let change = watcher.next_of("operator_status_change").await;
         if change["operator_id"] == 721 && change["status"] == "offline" {
             break;
         }
@@ -239,38 +203,32 @@ async fn operator_offline_after_last_tab_and_grace() {
 async fn away_is_never_overridden() {
     let app = spawn_app(options()).await;
     let (mut olga, _) = app.connect_as(741, Role::Operator, "").await;
-    let away = request(
-        &mut olga,
-        json!({"type": "set_status", "id": "a", "status": "away"}),
-    )
-    .await;
+    let away = olga
+        .request(json!({"type": "set_status", "id": "a", "status": "away"}))
+        .await;
     assert_eq!(away["status"], "away", "{away}");
     let (mut ann, dialog_id) = dialog(&app, 751).await;
     ask_for_operator(&mut ann, dialog_id, "urgent").await;
     let queued = next_for(&mut ann, "handoff_queued", dialog_id).await;
     assert_eq!(queued["position"], 1);
     ann.expect_nothing_for(Duration::from_millis(500)).await;
-    let back = request(
-        &mut olga,
-        json!({"type": "set_status", "id": "b", "status": "available"}),
-    )
-    .await;
+    let back = olga
+        .request(json!({"type": "set_status", "id": "b", "status": "available"}))
+        .await;
     assert_eq!(back["type"], "ack", "{back}");
     let assigned = next_for(&mut ann, "operator_assigned", dialog_id).await;
     assert_eq!(assigned["operator_id"], 741);
     // At capacity now: busy, automatically; choosing away again wins.
     let change = loop {
-        let change = next(&mut olga, "operator_status_change").await;
+        let change = olga.next_of("operator_status_change").await;
         if change["operator_id"] == 741 && change["active_handoffs"] == 1 {
             break change;
         }
     };
     assert_eq!(change["status"], "busy");
-    let away = request(
-        &mut olga,
-        json!({"type": "set_status", "id": "c", "status": "away"}),
-    )
-    .await;
+    let away = olga
+        .request(json!({"type": "set_status", "id": "c", "status": "away"}))
+        .await;
     assert_eq!(
         away["status"], "away",
         "away is not overridden by the capacity rule: {away}"
@@ -286,52 +244,40 @@ async fn rooms_and_dialogs_are_private() {
     let (mut ann, dialog_id) = dialog(&app, 761).await;
     let (mut bob, _) = app.connect_user(762).await;
     let room = format!("dialog:{dialog_id}");
-    let refused = request(
-        &mut bob,
-        json!({"type": "join_room", "id": "j", "room_id": room}),
-    )
-    .await;
+    let refused = bob
+        .request(json!({"type": "join_room", "id": "j", "room_id": room}))
+        .await;
     assert_eq!(refused["code"], "forbidden", "{refused}");
-    let refused = request(
-        &mut bob,
-        json!({"type": "join_room", "id": "k", "room_id": "lobby"}),
-    )
-    .await;
+    let refused = bob
+        .request(json!({"type": "join_room", "id": "k", "room_id": "lobby"}))
+        .await;
     assert_eq!(refused["code"], "forbidden", "{refused}");
-    let refused = request(
-        &mut bob,
-        json!({"type": "chat_message", "id": "p", "dialog_id": dialog_id, "message": "hi"}),
-    )
-    .await;
+    let refused = bob
+        .request(
+            json!({"type": "chat_message", "id": "p", "dialog_id": dialog_id, "message": "hi"}),
+        )
+        .await;
     assert_eq!(refused["code"], "forbidden", "{refused}");
-    let refused = request(
-        &mut bob,
-        json!({"type": "handoff_request", "id": "h", "dialog_id": dialog_id}),
-    )
-    .await;
+    let refused = bob
+        .request(json!({"type": "handoff_request", "id": "h", "dialog_id": dialog_id}))
+        .await;
     assert_eq!(refused["code"], "forbidden", "{refused}");
-    let joined = request(
-        &mut ann,
-        json!({"type": "join_room", "id": "j", "room_id": room}),
-    )
-    .await;
+    let joined = ann
+        .request(json!({"type": "join_room", "id": "j", "room_id": room}))
+        .await;
     assert_eq!(joined["type"], "ack", "{joined}");
     // A second connection of Ann's in the room gets copies of what the first sends.
     let (mut ann2, _) = app.connect_user(761).await;
-    let joined = request(
-        &mut ann2,
-        json!({"type": "join_room", "id": "j2", "room_id": room}),
-    )
-    .await;
+    let joined = ann2
+        .request(json!({"type": "join_room", "id": "j2", "room_id": room}))
+        .await;
     assert_eq!(joined["type"], "ack", "{joined}");
     ann.chat("m", Some(dialog_id), "copy me").await;
     let copy = next_for(&mut ann2, "chat_message", dialog_id).await;
     assert_eq!(copy["message"], "copy me");
-    let left = request(
-        &mut ann2,
-        json!({"type": "leave_room", "id": "l", "room_id": room}),
-    )
-    .await;
+    let left = ann2
+        .request(json!({"type": "leave_room", "id": "l", "room_id": room}))
+        .await;
     assert_eq!(left["type"], "ack", "{left}");
     app.stop().await;
 }

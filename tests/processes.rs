@@ -244,16 +244,6 @@ impl Drop for Deployment {
     }
 }
 
-/// The next frame of type `kind`, skipping others.
-async fn next(client: &mut WsClient, kind: &str) -> Value {
-    loop {
-        let frame = client.recv().await;
-        if frame["type"] == kind {
-            return frame;
-        }
-    }
-}
-
 /// Reads frames until one satisfies `last`; returns them all.
 async fn until(client: &mut WsClient, last: impl Fn(&Value) -> bool) -> Vec<Value> {
     let mut frames = Vec::new();
@@ -263,18 +253,6 @@ async fn until(client: &mut WsClient, last: impl Fn(&Value) -> bool) -> Vec<Valu
         frames.push(frame);
         if done {
             return frames;
-        }
-    }
-}
-
-/// Sends a frame and returns its reply (`ack` or `error`), skipping events.
-async fn request(client: &mut WsClient, frame: Value) -> Value {
-    let reference = frame["id"].clone();
-    client.send_json(&frame).await;
-    loop {
-        let reply = client.recv().await;
-        if reply["ref"] == reference && (reply["type"] == "ack" || reply["type"] == "error") {
-            return reply;
         }
     }
 }
@@ -300,33 +278,29 @@ async fn every_part_in_its_own_process() {
 
     // A handoff: presence, handoff and chat services talk to each other.
     let mut operator = deployment.connect(1951, Role::Operator).await;
-    let reply = request(
-        &mut user,
-        json!({"type": "handoff_request", "id": "h1", "dialog_id": dialog_id, "reason": "a person, please"}),
-    )
-    .await;
+    let reply = user
+        .request(json!({"type": "handoff_request", "id": "h1", "dialog_id": dialog_id, "reason": "a person, please"}))
+        .await;
     assert_eq!(reply["type"], "ack", "{reply}");
-    let assigned = next(&mut user, "operator_assigned").await;
+    let assigned = user.next_of("operator_assigned").await;
     assert_eq!(assigned["operator_id"], 1951, "{assigned}");
-    next(&mut operator, "operator_assigned").await;
+    operator.next_of("operator_assigned").await;
     user.chat("m2", Some(dialog_id), "are you there?").await;
-    let question = next(&mut operator, "chat_message").await;
+    let question = operator.next_of("chat_message").await;
     assert_eq!(question["message"], "are you there?");
-    let sent = request(
-        &mut operator,
-        json!({"type": "chat_message", "id": "r1", "dialog_id": dialog_id, "message": "I am."}),
-    )
-    .await;
+    let sent = operator
+        .request(
+            json!({"type": "chat_message", "id": "r1", "dialog_id": dialog_id, "message": "I am."}),
+        )
+        .await;
     assert_eq!(sent["type"], "ack", "{sent}");
-    let reply = next(&mut user, "operator_message").await;
+    let reply = user.next_of("operator_message").await;
     assert_eq!(reply["message"], "I am.");
-    let done = request(
-        &mut operator,
-        json!({"type": "complete_handoff", "id": "c1", "dialog_id": dialog_id, "resolution": "answered"}),
-    )
-    .await;
+    let done = operator
+        .request(json!({"type": "complete_handoff", "id": "c1", "dialog_id": dialog_id, "resolution": "answered"}))
+        .await;
     assert_eq!(done["type"], "ack", "{done}");
-    next(&mut user, "handoff_completed").await;
+    user.next_of("handoff_completed").await;
 
     // A service killed outright: health names it, and when it is back the
     // gateway re-attaches by itself and the connected user chats again.
@@ -360,15 +334,13 @@ async fn every_part_in_its_own_process() {
     deployment.wait_healthy().await;
     // Redis kept nothing on disk: events not yet delivered may have gone
     // with it, and the connected user is told so rather than left guessing.
-    let expired = next(&mut user, "error").await;
+    let expired = user.next_of("error").await;
     assert_eq!(expired["code"], "cursor_expired", "{expired}");
-    let sent = request(
-        &mut user,
-        json!({"type": "chat_message", "id": "m4", "dialog_id": dialog_id, "message": common::FAQ_QUESTION}),
-    )
-    .await;
+    let sent = user
+        .request(json!({"type": "chat_message", "id": "m4", "dialog_id": dialog_id, "message": common::FAQ_QUESTION}))
+        .await;
     assert_eq!(sent["type"], "ack", "{sent}");
-    let after_redis = next(&mut user, "ai_response").await;
+    let after_redis = user.next_of("ai_response").await;
     assert_eq!(after_redis["dialog_id"], dialog_id);
 
     // SIGTERM: the gateway closes its clients with 1001 and exits 0; so do

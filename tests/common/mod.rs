@@ -724,6 +724,30 @@ impl WsClient {
         frame
     }
 
+    /// The next frame of type `kind`, skipping others (presence changes,
+    /// room copies, events of other services).
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// Sends `frame` and returns its reply: the `ack` or `error` whose `ref`
+    /// is the frame's `id`, skipping everything else.
+    pub async fn request(&mut self, frame: Value) -> Value {
+        let reference = frame["id"].clone();
+        self.send_json(&frame).await;
+        loop {
+            let reply = self.recv().await;
+            if reply["ref"] == reference && (reply["type"] == "ack" || reply["type"] == "error") {
+                return reply;
+            }
+        }
+    }
+
     /// The next reply to a request (a frame without `event_id`), skipping the
     /// durable events in between; returns the reply and the skipped events.
     pub async fn recv_reply(&mut self) -> (Value, Vec<Value>) {
