@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use chatai_gateway::auth::TokenKeys;
 use chatai_kit::identity::Role;
-use common::{PostgresDatabase, WAIT, WsClient};
+use chatai_testkit::TestDatabase;
+use common::{WAIT, WsClient};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -261,7 +262,8 @@ async fn until(client: &mut WsClient, last: impl Fn(&Value) -> bool) -> Vec<Valu
 /// five processes, then a killed service, a killed Redis and a SIGTERM.
 #[tokio::test]
 async fn every_part_in_its_own_process() {
-    let (database, database_url) = PostgresDatabase::create().await;
+    let database = TestDatabase::postgres().await;
+    let database_url = database.url().to_owned();
     let mut redis = Redis::start(free_addr().port()).await;
     let mut deployment = Deployment::new(&database_url, Some(redis.port));
     for part in ["presence", "handoff", "chat", "notification", "gateway"] {
@@ -352,7 +354,7 @@ async fn every_part_in_its_own_process() {
         deployment.terminate(part).await;
     }
     redis.kill().await;
-    database.drop_database().await;
+    database.remove().await;
 }
 
 /// The embedded default's event logs live in each service's memory: a
@@ -362,7 +364,8 @@ async fn every_part_in_its_own_process() {
 /// re-attached.
 #[tokio::test]
 async fn a_restarted_service_on_memory_logs_tells_and_goes_on() {
-    let (database, database_url) = PostgresDatabase::create().await;
+    let database = TestDatabase::postgres().await;
+    let database_url = database.url().to_owned();
     let mut deployment = Deployment::new(&database_url, None);
     for part in ["presence", "handoff", "chat", "notification", "gateway"] {
         deployment.start(part);
@@ -403,5 +406,5 @@ async fn a_restarted_service_on_memory_logs_tells_and_goes_on() {
     for part in ["chat", "handoff", "presence", "notification"] {
         deployment.terminate(part).await;
     }
-    database.drop_database().await;
+    database.remove().await;
 }

@@ -11,10 +11,9 @@
 //! timeouts bound how long a test waits; no test asserts how long anything took.
 //!
 //! Databases: SQLite in a fresh temporary folder by default; with
-//! [`TestOptions::postgres`], a fresh database `chatai_e2e_<uuid>` on the
-//! server at `CHATAI_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`), dropped `WITH (FORCE)`
-//! when the app stops or is dropped. An unreachable server fails the test.
+//! [`TestOptions::postgres`], a fresh PostgreSQL database
+//! (`chatai_testkit::TestDatabase`), dropped `WITH (FORCE)` when the app
+//! stops or is dropped. An unreachable server fails the test.
 
 // Each test binary uses its own part of these helpers.
 #![allow(dead_code)]
@@ -33,9 +32,9 @@ use chatai_notification::NotificationConfig;
 use chatai_presence::PresenceConfig;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::chat_client::ChatClient;
+use chatai_testkit::TestDatabase;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -55,8 +54,6 @@ pub const FAQ_QUESTION: &str = "How do I reset my password?";
 
 /// What `assistant_name` the default assistant signs with.
 pub const ASSISTANT_NAME: &str = "Support Assistant";
-
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// Which database the chat service runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,74 +158,7 @@ pub struct TestApp {
     http: reqwest::Client,
     shutdown: CancellationToken,
     parts: Option<Parts>,
-    storage: Option<Storage>,
-}
-
-/// Where the test's data lives, removed at the end.
-enum Storage {
-    Sqlite(tempfile::TempDir),
-    Postgres(PostgresDatabase),
-}
-
-/// A database created for one test on the test server.
-pub struct PostgresDatabase {
-    admin_url: String,
-    name: String,
-}
-
-impl PostgresDatabase {
-    /// Creates `chatai_e2e_<uuid>` and returns it with its URL; panics
-    /// (fails the test) when the server is unreachable.
-    pub async fn create() -> (Self, String) {
-        let admin_url = std::env::var("CHATAI_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
-        let mut admin = match PgConnection::connect(&admin_url).await {
-            Ok(admin) => admin,
-            Err(err) => panic!(
-                "PostgreSQL must be reachable for the PostgreSQL end-to-end tests \
-                 (CHATAI_TEST_POSTGRES_URL, default {DEFAULT_POSTGRES_URL}): {err}"
-            ),
-        };
-        let name = format!("chatai_e2e_{}", uuid::Uuid::new_v4().simple());
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("CREATE DATABASE");
-        admin.close().await.expect("closing the admin connection");
-        let url = with_database(&admin_url, &name);
-        (PostgresDatabase { admin_url, name }, url)
-    }
-
-    /// Drops the database, closing whatever is still connected to it.
-    pub async fn drop_database(&self) {
-        let mut admin = PgConnection::connect(&self.admin_url)
-            .await
-            .expect("connecting to PostgreSQL to drop the test database");
-        sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .expect("DROP DATABASE");
-        admin.close().await.expect("closing the admin connection");
-    }
-}
-
-/// `url` with its database name replaced by `name`, keeping any `?params`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, params) = url
-        .split_once('?')
-        .map_or((url, None), |(b, p)| (b, Some(p)));
-    let host_start = base.find("://").map_or(0, |i| i + 3);
-    let server = match base[host_start..].find('/') {
-        Some(slash) => &base[..host_start + slash],
-        None => base,
-    };
-    match params {
-        Some(params) => format!("{server}/{name}?{params}"),
-        None => format!("{server}/{name}"),
-    }
+    storage: Option<TestDatabase>,
 }
 
 /// Starts the whole system on port 0 and returns once the gateway reports
@@ -243,26 +173,23 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
         notification,
         mut common,
     } = options;
-    let (storage, database_url) = match database {
+    let storage = match database {
         Database::Sqlite => {
-            let folder = tempfile::tempdir().expect("a temporary folder");
-            let url = format!("sqlite://{}", folder.path().join("chat.db").display());
+            let storage = TestDatabase::sqlite();
             // Workaround, see the end-to-end suite's report: services opening
             // one fresh SQLite file at the same moment now and then fail with
             // "database is locked" (switching it to WAL); so the file is
             // created, switched to WAL and migrated before they start.
             drop(
-                chatai_chat::store::connect(&url)
+                chatai_chat::store::connect(storage.url())
                     .await
                     .expect("preparing the SQLite file"),
             );
-            (Storage::Sqlite(folder), url)
+            storage
         }
-        Database::Postgres => {
-            let (db, url) = PostgresDatabase::create().await;
-            (Storage::Postgres(db), url)
-        }
+        Database::Postgres => TestDatabase::postgres().await,
     };
+    let database_url = storage.url().to_owned();
     // Every service that stores anything gets the test's database, never
     // the default file under `./data/`.
     common.database_url = database_url.clone();
@@ -554,8 +481,8 @@ impl TestApp {
                 }
             }
         }
-        if let Some(Storage::Postgres(db)) = self.storage.take() {
-            db.drop_database().await;
+        if let Some(storage) = self.storage.take() {
+            storage.remove().await;
         }
     }
 }
@@ -565,18 +492,8 @@ impl Drop for TestApp {
     /// PostgreSQL database (on a thread of its own: no async in `drop`).
     fn drop(&mut self) {
         self.shutdown.cancel();
-        if let Some(Storage::Postgres(db)) = self.storage.take() {
-            let dropped = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime to drop the test database");
-                runtime.block_on(db.drop_database());
-            })
-            .join();
-            if dropped.is_err() && !std::thread::panicking() {
-                panic!("could not drop the test database");
-            }
+        if let Some(storage) = self.storage.take() {
+            storage.remove_blocking();
         }
     }
 }

@@ -8,19 +8,15 @@
 //! A new case is an `async fn` taking the store (or, to open it itself, the
 //! URL) and returning `Result<(), StoreError>`, listed in `conformance!` below.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use chatai_handoff::store::{
     self, Handoff, HandoffState, HandoffStore, NewHandoff, Priority, RETURNED_TO_ASSISTANT,
     StoreError,
 };
-use sqlx::{Connection, PgConnection};
 use tokio::task::JoinSet;
 
 type CaseResult = Result<(), StoreError>;
-
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 fn new(dialog_id: i64, priority: Priority, requested_at_ms: i64) -> NewHandoff<'static> {
     NewHandoff {
@@ -267,75 +263,11 @@ async fn open(url: &str) -> Arc<dyn HandoffStore> {
     }
 }
 
-/// Runs `case` on the URL of a fresh SQLite file, in a folder that does not
-/// exist yet (so `connect` must create it), removed afterwards.
-async fn on_sqlite<F, Fut>(case: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: Future<Output = CaseResult> + Send + 'static,
-{
-    let folder = tempfile::tempdir().expect("a temporary folder");
-    let file = folder.path().join("not").join("yet").join("chatai.db");
-    let url = format!("sqlite://{}", file.display());
-    finish(tokio::spawn(case(url)).await);
-}
-
-/// Runs `case` on the URL of a fresh PostgreSQL database, then drops it, also
-/// when the case panicked. Panics (fails) when the server is unreachable.
-async fn on_postgres<F, Fut>(case: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: Future<Output = CaseResult> + Send + 'static,
-{
-    let admin_url = std::env::var("CHATAI_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
-    let mut admin = match PgConnection::connect(&admin_url).await {
-        Ok(admin) => admin,
-        Err(err) => panic!(
-            "PostgreSQL must be reachable for the conformance suite \
-             (CHATAI_TEST_POSTGRES_URL, default {DEFAULT_POSTGRES_URL}): {err}"
-        ),
-    };
-    let name = format!("chatai_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("CREATE DATABASE");
-
-    // The case runs in its own task, so its pool is dropped when it ends
-    // and a panic is caught here, after which the database is still dropped.
-    let outcome = tokio::spawn(case(with_database(&admin_url, &name))).await;
-
-    sqlx::raw_sql(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .expect("DROP DATABASE");
-    admin.close().await.expect("closing the admin connection");
-    finish(outcome);
-}
-
-/// Fails the test with the case's panic or error, if any.
-fn finish(outcome: Result<CaseResult, tokio::task::JoinError>) {
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => panic!("store error: {err} ({err:?})"),
-        Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
-    }
-}
-
-/// `url` with its database name replaced by `name`, keeping any `?params`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, params) = url
-        .split_once('?')
-        .map_or((url, None), |(b, p)| (b, Some(p)));
-    let host_start = base.find("://").map_or(0, |i| i + 3);
-    let server = match base[host_start..].find('/') {
-        Some(slash) => &base[..host_start + slash],
-        None => base,
-    };
-    match params {
-        Some(params) => format!("{server}/{name}?{params}"),
-        None => format!("{server}/{name}"),
+/// Fails the test with the case's error, if any (a panic has already
+/// failed it).
+fn finish(outcome: CaseResult) {
+    if let Err(err) = outcome {
+        panic!("store error: {err} ({err:?})");
     }
 }
 
@@ -351,14 +283,18 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    super::$run(|url| async move { super::$case(super::open(&url).await).await })
-                        .await;
+                    super::finish(
+                        chatai_testkit::$run(|url| async move {
+                            super::$case(super::open(&url).await).await
+                        })
+                        .await,
+                    );
                 }
             )*
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $url_case() {
-                    super::$run(super::$url_case).await;
+                    super::finish(chatai_testkit::$run(super::$url_case).await);
                 }
             )*
         }

@@ -256,7 +256,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    super::common::on_sqlite(super::$case).await;
+                    chatai_testkit::on_sqlite(super::$case).await;
                 }
             )*
         }
@@ -264,7 +264,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    super::common::on_postgres(super::$case).await;
+                    chatai_testkit::on_postgres(super::$case).await;
                 }
             )*
         }

@@ -8,15 +8,12 @@
 //! service starts and calls wait for it; every wait has a timeout ([`WAIT`]),
 //! and no test asserts how long anything took.
 //!
-//! PostgreSQL: a fresh database `chatai_notification_test_<uuid>` on the
-//! server at `CHATAI_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`), dropped afterwards. An
-//! unreachable server fails the test, never skips it.
+//! Fresh databases come from `chatai_testkit` (`on_sqlite`,
+//! `on_postgres`); an unreachable PostgreSQL fails the test, never skips it.
 
 // Each test binary uses its own part of these helpers.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,7 +24,6 @@ use chatai_notification::{NotificationConfig, RunError};
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::event_stream_client::EventStreamClient;
 use chatai_proto::v1::notification_client::NotificationClient;
-use sqlx::{Connection, PgConnection};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -38,8 +34,6 @@ use tonic::{Request, Streaming};
 
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
-
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// The notification service, running.
 pub struct Service {
@@ -240,71 +234,5 @@ impl Attached {
             pb::service_message::Msg::Delivery(delivery) => delivery,
             other => panic!("expected a delivery, got {other:?}"),
         }
-    }
-}
-
-/// Runs `case` with the URL of a fresh PostgreSQL database, then drops the
-/// database, also when the case panicked. Panics (fails) when the server is
-/// unreachable.
-pub async fn on_postgres<F, Fut>(case: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let admin_url = std::env::var("CHATAI_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
-    let mut admin = match PgConnection::connect(&admin_url).await {
-        Ok(admin) => admin,
-        Err(err) => panic!(
-            "PostgreSQL must be reachable for these tests \
-             (CHATAI_TEST_POSTGRES_URL, default {DEFAULT_POSTGRES_URL}): {err}"
-        ),
-    };
-    let name = format!("chatai_notification_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("CREATE DATABASE");
-
-    // The case runs in its own task, so its pools are dropped when it ends
-    // and a panic is caught here, after which the database is still dropped.
-    let outcome = tokio::spawn(case(with_database(&admin_url, &name))).await;
-
-    sqlx::raw_sql(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .expect("DROP DATABASE");
-    admin.close().await.expect("closing the admin connection");
-    if let Err(join_error) = outcome {
-        std::panic::resume_unwind(join_error.into_panic());
-    }
-}
-
-/// Runs `case` with the URL of a fresh SQLite file in a temporary folder.
-pub async fn on_sqlite<F, Fut>(case: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let folder = tempfile::tempdir().expect("a temporary folder");
-    let url = format!("sqlite://{}", folder.path().join("chatai.db").display());
-    if let Err(join_error) = tokio::spawn(case(url)).await {
-        std::panic::resume_unwind(join_error.into_panic());
-    }
-}
-
-/// `url` with its database name replaced by `name`, keeping any `?params`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, params) = url
-        .split_once('?')
-        .map_or((url, None), |(b, p)| (b, Some(p)));
-    let host_start = base.find("://").map_or(0, |i| i + 3);
-    let server = match base[host_start..].find('/') {
-        Some(slash) => &base[..host_start + slash],
-        None => base,
-    };
-    match params {
-        Some(params) => format!("{server}/{name}?{params}"),
-        None => format!("{server}/{name}"),
     }
 }
