@@ -488,13 +488,10 @@ impl TestApp {
 }
 
 impl Drop for TestApp {
-    /// A test that failed before `stop` still stops the parts and drops its
-    /// PostgreSQL database (on a thread of its own: no async in `drop`).
+    /// A test that failed before `stop` still stops the parts; its database
+    /// goes with `storage` (a `TestDatabase` removes itself when dropped).
     fn drop(&mut self) {
         self.shutdown.cancel();
-        if let Some(storage) = self.storage.take() {
-            storage.remove_blocking();
-        }
     }
 }
 

@@ -27,11 +27,13 @@ pub fn postgres_admin_url() -> String {
     std::env::var("CHATAI_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
 }
 
-/// A database that exists for one test.
+/// A database that exists for one test: removed by [`TestDatabase::remove`],
+/// or when dropped (a test that panicked leaves nothing behind either).
 #[derive(Debug)]
 pub struct TestDatabase {
     url: String,
-    place: Place,
+    /// `None` once removed.
+    place: Option<Place>,
 }
 
 #[derive(Debug)]
@@ -48,7 +50,7 @@ impl TestDatabase {
         let file: PathBuf = folder.path().join("not").join("yet").join("chatai.db");
         TestDatabase {
             url: format!("sqlite://{}", file.display()),
-            place: Place::Sqlite(folder),
+            place: Some(Place::Sqlite(folder)),
         }
     }
 
@@ -65,7 +67,7 @@ impl TestDatabase {
         admin.close().await.expect("closing the admin connection");
         TestDatabase {
             url: with_database(&admin_url, &name),
-            place: Place::Postgres { admin_url, name },
+            place: Some(Place::Postgres { admin_url, name }),
         }
     }
 
@@ -75,8 +77,37 @@ impl TestDatabase {
     }
 
     /// Removes the database, closing whatever is still connected to it.
-    pub async fn remove(self) {
-        match self.place {
+    pub async fn remove(mut self) {
+        if let Some(place) = self.place.take() {
+            place.remove().await;
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    /// Removes the database if [`TestDatabase::remove`] did not, on a thread
+    /// of its own (no async in `drop`).
+    fn drop(&mut self) {
+        let Some(place) = self.place.take() else {
+            return;
+        };
+        let removed = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to remove the test database")
+                .block_on(place.remove());
+        })
+        .join();
+        if removed.is_err() && !std::thread::panicking() {
+            panic!("could not remove the test database");
+        }
+    }
+}
+
+impl Place {
+    async fn remove(self) {
+        match self {
             Place::Sqlite(folder) => drop(folder),
             Place::Postgres { admin_url, name } => {
                 let mut admin = admin(&admin_url).await;
@@ -86,22 +117,6 @@ impl TestDatabase {
                     .expect("DROP DATABASE");
                 admin.close().await.expect("closing the admin connection");
             }
-        }
-    }
-
-    /// [`TestDatabase::remove`] from synchronous code (a `Drop`), on a thread
-    /// of its own.
-    pub fn remove_blocking(self) {
-        let removed = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime to remove the test database")
-                .block_on(self.remove());
-        })
-        .join();
-        if removed.is_err() && !std::thread::panicking() {
-            panic!("could not remove the test database");
         }
     }
 }
@@ -189,11 +204,26 @@ mod tests {
     #[tokio::test]
     async fn postgres_databases_come_and_go() {
         let url = on_postgres(|url| async move {
-            let mut connection = PgConnection::connect(&url).await.expect("connects");
+            let connection = PgConnection::connect(&url).await.expect("connects");
             connection.close().await.expect("closes");
             url
         })
         .await;
+        assert!(PgConnection::connect(&url).await.is_err(), "{url} is gone");
+    }
+
+    /// A database the test never removed (it panicked first, say) is
+    /// removed when dropped.
+    #[tokio::test]
+    async fn a_dropped_database_is_removed() {
+        let database = TestDatabase::postgres().await;
+        let url = database.url().to_owned();
+        let mut connection = PgConnection::connect(&url).await.expect("connects");
+        drop(database);
+        assert!(
+            connection.ping().await.is_err(),
+            "the connection was closed"
+        );
         assert!(PgConnection::connect(&url).await.is_err(), "{url} is gone");
     }
 }
