@@ -131,6 +131,22 @@ async fn resume_has_no_gap_and_no_duplicate(app: TestApp) {
     app.stop().await;
 }
 
+/// A burst longer than the gateway's write batch reaches a connected client
+/// whole: every event, in order, once, each with a cursor of its own.
+#[tokio::test]
+async fn a_burst_arrives_whole_in_order() {
+    let app = spawn_app(TestOptions::default()).await;
+    let (mut client, _) = app.connect_user(509).await;
+    notify(&app, 509, 0..50).await;
+    let frames = notices(&mut client, 50).await;
+    assert_eq!(numbers(&frames), (0..50).collect::<Vec<_>>());
+    let cursors: std::collections::HashSet<&str> =
+        frames.iter().filter_map(|f| f["cursor"].as_str()).collect();
+    assert_eq!(cursors.len(), 50, "every frame has its own cursor");
+    client.expect_nothing_for(Duration::from_millis(300)).await;
+    app.stop().await;
+}
+
 /// (memory) Resuming from a cursor: no gap, no duplicate.
 #[tokio::test]
 async fn resume_on_memory() {

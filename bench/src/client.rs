@@ -60,6 +60,8 @@ pub struct ServerFrame<'a> {
     pub message_id: Option<i64>,
     #[serde(borrow, default)]
     pub code: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub message: Option<Cow<'a, str>>,
 }
 
 impl Target {

@@ -6,6 +6,9 @@
 //!   they open and while they sit idle, and prints the cost per connection.
 //! - `chat`: U users send `chat_message`s at an aggregate rate for a while;
 //!   prints the latency from send to `ack` and from send to `ai_response`.
+//! - `fanout`: N connections, `system_alert`s broadcast through the
+//!   notification service; prints the latency to every reader and the
+//!   deliveries per second of a burst.
 //!
 //! Every mode is bounded in count and time and stops by itself. Results are
 //! plain text tables, then one line of JSON (the last line printed).
@@ -15,10 +18,11 @@
 //! - [`client`] — one WebSocket client: token, connect, wait for `connected`.
 //! - [`procstat`] — RSS and CPU time of a process, from `/proc`.
 //! - [`stats`] — latency percentiles and table printing.
-//! - [`idle`], [`chat`] — the modes.
+//! - [`idle`], [`chat`], [`fanout`] — the modes.
 
 mod chat;
 mod client;
+mod fanout;
 mod idle;
 mod procstat;
 mod stats;
@@ -68,6 +72,8 @@ enum Mode {
     Idle(idle::IdleArgs),
     /// Send chat messages at a fixed aggregate rate and measure round-trip latency.
     Chat(chat::ChatArgs),
+    /// Broadcast system alerts to N connections and measure delivery latency and rate.
+    Fanout(fanout::FanoutArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         match cli.mode {
             Mode::Idle(args) => idle::run(target, args, nofile).await,
             Mode::Chat(args) => chat::run(target, args, nofile).await,
+            Mode::Fanout(args) => fanout::run(target, args, nofile).await,
         }
     })
 }

@@ -36,6 +36,10 @@ use crate::frames::outbound::{self, PreparedEvent};
 use crate::registry::{Conn, Outbound};
 use crate::services::error_for;
 
+/// Queued frames written before one flush. Bounds the write buffer a burst
+/// leaves allocated (with the socket's `write_buffer_size`, see `http.rs`).
+const BATCH: usize = 16;
+
 /// The upgraded socket.
 pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -92,6 +96,7 @@ pub async fn serve(socket: Socket, gateway: Arc<Gateway>, session: Session) {
         rooms: Vec::new(),
         limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
         strikes: 0,
+        batching: false,
         last_heard: Instant::now(),
     };
     let reason = async {
@@ -161,6 +166,8 @@ struct Connection {
     limiter: DefaultDirectRateLimiter,
     /// Frames refused in a row for the rate limit.
     strikes: u32,
+    /// While writing a batch of queued frames: buffer them, one flush after.
+    batching: bool,
     last_heard: Instant,
     token_expires: Instant,
 }
@@ -423,7 +430,7 @@ impl Connection {
                 _ = stopped => return Some(self.conn.stop_reason()),
                 outbound = self.rx.recv() => match outbound {
                     Some(outbound) => {
-                        if self.on_outbound(outbound).await.is_err() {
+                        if self.on_outbound_batch(outbound).await.is_err() {
                             return None;
                         }
                     }
@@ -688,14 +695,47 @@ impl Connection {
         self.send(Message::Text(Utf8Bytes::from(text))).await
     }
 
-    /// Writes one message, giving up when the connection is stopped.
+    /// Writes one message (buffers it, in a batch), giving up when the
+    /// connection is stopped.
     async fn send(&mut self, message: Message) -> Result<(), Gone> {
         let stopped = self.conn.stopped();
+        let socket = &mut self.socket;
+        let write = async {
+            if self.batching {
+                socket.feed(message).await
+            } else {
+                socket.send(message).await
+            }
+        };
         tokio::select! {
-            sent = self.socket.send(message) => {
+            sent = write => {
                 metrics::counter!("chatai_gateway_frames_out_total").increment(1);
                 sent.map_err(|_| Gone)
             }
+            _ = stopped => Err(Gone),
+        }
+    }
+
+    /// Writes `first` and the frames already queued behind it (at most
+    /// [`BATCH`]), then flushes once: a burst costs one write to the socket,
+    /// not one per frame.
+    async fn on_outbound_batch(&mut self, first: Outbound) -> Result<(), Gone> {
+        self.batching = true;
+        let mut written = self.on_outbound(first).await;
+        for _ in 1..BATCH {
+            if written.is_err() {
+                break;
+            }
+            match self.rx.try_recv() {
+                Ok(next) => written = self.on_outbound(next).await,
+                Err(_) => break,
+            }
+        }
+        self.batching = false;
+        written?;
+        let stopped = self.conn.stopped();
+        tokio::select! {
+            flushed = self.socket.flush() => flushed.map_err(|_| Gone),
             _ = stopped => Err(Gone),
         }
     }

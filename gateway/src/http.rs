@@ -128,7 +128,9 @@ fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = WebSocketConfig::default()
         .read_buffer_size(1024)
-        .write_buffer_size(0)
+        // Frames of a batch (`connection.rs`) gather up to 4 KiB before a
+        // write; every batch ends with a flush, so nothing waits.
+        .write_buffer_size(4 * 1024)
         .max_message_size(Some(gateway.config.max_frame_bytes))
         .max_frame_size(Some(gateway.config.max_frame_bytes));
     let tasks = gateway.tasks.clone();

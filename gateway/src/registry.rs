@@ -420,7 +420,7 @@ mod tests {
         assert_eq!(sent, 1);
         assert!(rx_a.try_recv().is_err());
         assert!(matches!(rx_b.try_recv(), Ok(Outbound::Frame(_))));
-        registry.unregister(&a, &[room.clone()]);
+        registry.unregister(&a, std::slice::from_ref(&room));
         registry.unregister(&b, &[room]);
         assert_eq!(registry.snapshot(), Snapshot::default());
     }
