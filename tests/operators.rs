@@ -197,6 +197,39 @@ async fn operator_offline_after_last_tab_and_grace() {
     app.stop().await;
 }
 
+/// Asking the assistant for a person is enough: its "needs a human" signal
+/// becomes a handoff request, announced to the online operator and assigned.
+#[tokio::test]
+async fn the_assistants_signal_brings_an_operator() {
+    let app = spawn_app(options()).await;
+    let (mut olga, _) = app.connect_as(761, Role::Operator, "").await;
+    let (mut ann, _) = app.connect_user(771).await;
+    let ack = ann
+        .request(json!({"type": "chat_message", "id": "p1", "message": "I want to talk to a human please"}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let dialog_id = ack["dialog_id"].as_i64().expect("a dialog");
+    // The answer and the handoff's events come from two services: no order
+    // between them is promised.
+    let (mut answer, mut assigned) = (None, None);
+    while answer.is_none() || assigned.is_none() {
+        let frame = ann.recv().await;
+        match frame["type"].as_str() {
+            Some("ai_response") => answer = Some(frame),
+            Some("operator_assigned") => assigned = Some(frame),
+            _ => {}
+        }
+    }
+    let (answer, assigned) = (answer.unwrap_or_default(), assigned.unwrap_or_default());
+    assert_eq!(answer["needs_human"], "requested", "{answer}");
+    assert_eq!(assigned["operator_id"], 761, "{assigned}");
+    assert_eq!(assigned["dialog_id"], dialog_id, "{assigned}");
+    let announced = next_for(&mut olga, "handoff_request", dialog_id).await;
+    assert_eq!(announced["user_id"], 771, "{announced}");
+    next_for(&mut olga, "operator_assigned", dialog_id).await;
+    app.stop().await;
+}
+
 /// An operator who chose `away` stays away at full capacity and is never
 /// given a handoff.
 #[tokio::test]
