@@ -11,12 +11,21 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chatai_gateway::auth::TokenKeys;
 use chatai_kit::identity::Role;
 use chatai_testkit::TestDatabase;
 use common::{WAIT, WsClient};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::trace::v1 as otlp;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -118,6 +127,12 @@ impl Deployment {
 
     fn log_path(&self, part: &str) -> PathBuf {
         self.logs.path().join(format!("{part}.log"))
+    }
+
+    /// Adds a variable to every part started from now on.
+    fn set_env(&mut self, name: &'static str, value: String) {
+        self.env.retain(|(existing, _)| *existing != name);
+        self.env.push((name, value));
     }
 
     /// Starts `chatai {part}` with the deployment's environment only (none
@@ -405,6 +420,143 @@ async fn a_restarted_service_on_memory_logs_tells_and_goes_on() {
     user.expect_close(1001, "Server shutting down").await;
     for part in ["chat", "handoff", "presence", "notification"] {
         deployment.terminate(part).await;
+    }
+    database.remove().await;
+}
+
+/// An OTLP trace collector, as Jaeger runs one: keeps every span it is sent,
+/// with the `service.name` of the process that sent it.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<(String, otlp::Span)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self
+            .spans
+            .lock()
+            .map_err(|_| tonic::Status::internal("poisoned"))?;
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|resource| &resource.attributes)
+                .find(|attribute| attribute.key == "service.name")
+                .and_then(|attribute| attribute.value.as_ref())
+                .and_then(|value| match &value.value {
+                    Some(any_value::Value::StringValue(name)) => Some(name.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                spans.extend(scope.spans.into_iter().map(|span| (service.clone(), span)));
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    /// Serves OTLP/gRPC on a free port; returns its address.
+    async fn start(&self) -> SocketAddr {
+        let addr = free_addr();
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve(addr),
+        );
+        wait_for_port(addr.port()).await;
+        addr
+    }
+
+    /// The spans received so far, as (service, name, trace id, span).
+    fn spans(&self) -> Vec<(String, otlp::Span)> {
+        self.spans
+            .lock()
+            .map(|spans| spans.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The value of a span's string attribute `key`.
+fn attribute<'a>(span: &'a otlp::Span, key: &str) -> Option<&'a str> {
+    span.attributes
+        .iter()
+        .find(|attribute| attribute.key == key)
+        .and_then(|attribute| attribute.value.as_ref())
+        .and_then(|value| match &value.value {
+            Some(any_value::Value::StringValue(text)) => Some(text.as_str()),
+            _ => None,
+        })
+}
+
+/// What an operator sees in Jaeger: one client frame is one trace, from the
+/// gateway's span for the frame, through the chat service's call and the
+/// assistant's answer, to the gateway delivering that answer — four
+/// processes' spans under one trace id, the frame's span its root.
+#[tokio::test]
+async fn one_client_frame_is_one_trace_across_processes() {
+    let collector = Collector::default();
+    let otlp_addr = collector.start().await;
+    let database = TestDatabase::postgres().await;
+    let mut deployment = Deployment::new(database.url(), None);
+    deployment.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_addr}"));
+    deployment.set_env("RUST_LOG", "info".to_owned());
+    for part in ["presence", "handoff", "chat", "notification", "gateway"] {
+        deployment.start(part);
+    }
+    deployment.wait_healthy().await;
+    let mut user = deployment.connect(1903, Role::User).await;
+    user.chat_and_answer("traced", None, common::FAQ_QUESTION)
+        .await;
+    // Stopping flushes every process's buffered spans to the collector.
+    deployment.terminate("gateway").await;
+    for part in ["chat", "handoff", "presence", "notification"] {
+        deployment.terminate(part).await;
+    }
+
+    let spans = collector.spans();
+    let frame = spans
+        .iter()
+        .find(|(service, span)| {
+            service == "chatai-gateway"
+                && span.name == "frame"
+                && attribute(span, "id") == Some("traced")
+        })
+        .map(|(_, span)| span.clone())
+        .unwrap_or_else(|| panic!("the gateway's span for the frame: {spans:#?}"));
+    assert!(
+        frame.parent_span_id.is_empty(),
+        "the frame's span is a root"
+    );
+    let in_trace: Vec<(&str, &str, Option<&str>)> = spans
+        .iter()
+        .filter(|(_, span)| span.trace_id == frame.trace_id)
+        .map(|(service, span)| {
+            (
+                service.as_str(),
+                span.name.as_str(),
+                attribute(span, "path").or(attribute(span, "kind")),
+            )
+        })
+        .collect();
+    for (service, name, detail) in [
+        ("chatai-chat", "grpc", Some("/chatai.v1.Chat/SendMessage")),
+        ("chatai-chat", "assistant_answer", None),
+        ("chatai-gateway", "deliver", Some("ai_response")),
+    ] {
+        assert!(
+            in_trace
+                .iter()
+                .any(|(s, n, d)| *s == service && *n == name && (detail.is_none() || *d == detail)),
+            "{service} {name} {detail:?} is in the frame's trace: {in_trace:#?}"
+        );
     }
     database.remove().await;
 }

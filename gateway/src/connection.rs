@@ -505,10 +505,15 @@ impl Connection {
                 return self.reply(frame).await;
             }
         };
+        // A root: one trace per client frame, across every service it
+        // touches (the connection's own span lives as long as the socket).
         let span = tracing::info_span!(
+            parent: None,
             "frame",
             r#type = inbound.frame.type_name(),
-            id = inbound.id.as_deref()
+            id = inbound.id.as_deref(),
+            conn = self.caller.connection_id.as_deref(),
+            principal = %self.conn.principal,
         );
         Box::pin(self.on_frame(inbound).instrument(span)).await
     }

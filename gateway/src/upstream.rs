@@ -377,6 +377,7 @@ impl Actor {
             Some(pb::service_message::Msg::Delivery(delivery)) => {
                 match Delivery::try_from(delivery) {
                     Ok(delivery) => {
+                        let _span = delivery_span(self.name, &delivery);
                         self.registry.dispatch(self.index, &delivery);
                     }
                     Err(err) => tracing::warn!(service = self.name, cause = %err, "bad delivery"),
@@ -532,4 +533,24 @@ fn subscribe(request_id: u64, recipient: &Recipient) -> pb::gateway_message::Msg
         request_id,
         recipient: Some(recipient.into()),
     })
+}
+
+/// A span for an event this gateway passes on, in the trace of the request
+/// that caused it (its context travels inside the event), so that the trace
+/// of a client frame ends with the frames it caused. `None` for an event
+/// that carries no trace (nothing exports spans).
+fn delivery_span(service: &'static str, delivery: &Delivery) -> Option<tracing::span::EnteredSpan> {
+    let context = &delivery.event.trace_context;
+    if context.is_empty() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        "deliver",
+        service,
+        kind = %delivery.event.kind,
+        recipient = %delivery.recipient,
+        position = delivery.position,
+    );
+    chatai_kit::telemetry::adopt_parent_from_map(&span, context);
+    Some(span.entered())
 }
