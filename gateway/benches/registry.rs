@@ -3,7 +3,7 @@
 //! connections, and a live event to 10 000 connections (`Everyone`, and
 //! `Role(User)`, which filters while it walks).
 //!
-//! Each connection gets a real bounded `mpsc` queue, as in the gateway. The
+//! Each connection gets a real bounded `flume` queue, as in the gateway. The
 //! queues must never fill — a full queue stops the connection as too slow and
 //! later dispatches would skip it — so only `BATCH` dispatches are timed at a
 //! time and the queues are drained (untimed) in between; every batch checks
@@ -19,7 +19,6 @@ use chatai_gateway::registry::{Conn, Outbound, Registry};
 use chatai_kit::events::{Delivery, Event, Recipient};
 use chatai_kit::identity::Role;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Dispatches timed between two drains.
@@ -48,11 +47,11 @@ fn delivery(recipient: Recipient, position: u64, kind: &str, body: &str) -> Deli
 fn registry_with(
     count: usize,
     principal: impl Fn(usize) -> Recipient,
-) -> (Registry, Vec<mpsc::Receiver<Outbound>>) {
+) -> (Registry, Vec<flume::Receiver<Outbound>>) {
     let registry = Registry::new("bench".into());
     let mut queues = Vec::with_capacity(count);
     for i in 0..count {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = flume::bounded(QUEUE);
         let conn = Conn::new(
             registry.next_id(),
             Role::User,
@@ -67,7 +66,7 @@ fn registry_with(
 }
 
 /// Empties every queue; returns how many frames were in them.
-fn drain(queues: &mut [mpsc::Receiver<Outbound>]) -> usize {
+fn drain(queues: &mut [flume::Receiver<Outbound>]) -> usize {
     let mut frames = 0;
     for queue in queues {
         while queue.try_recv().is_ok() {
@@ -81,7 +80,7 @@ fn drain(queues: &mut [mpsc::Receiver<Outbound>]) -> usize {
 /// queues between batches and checking nothing was dropped.
 fn timed_dispatches(
     registry: &Registry,
-    queues: &mut [mpsc::Receiver<Outbound>],
+    queues: &mut [flume::Receiver<Outbound>],
     delivery: &Delivery,
     iters: u64,
 ) -> Duration {

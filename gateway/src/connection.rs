@@ -20,7 +20,6 @@ use futures::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -58,7 +57,7 @@ pub async fn serve(socket: Socket, gateway: Arc<Gateway>, session: Session) {
     let registry = &gateway.registry;
     let id = registry.next_id();
     let name = registry.connection_name(id);
-    let (tx, rx) = mpsc::channel(gateway.config.outbound_queue.max(1));
+    let (tx, rx) = flume::bounded(gateway.config.outbound_queue.max(1));
     let stop = gateway.connections_stop.child_token();
     let conn = Arc::new(
         Conn::new(id, session.claims.role, session.principal.clone(), tx, stop)
@@ -155,7 +154,7 @@ struct Connection {
     gateway: Arc<Gateway>,
     socket: Socket,
     conn: Arc<Conn>,
-    rx: mpsc::Receiver<Outbound>,
+    rx: flume::Receiver<Outbound>,
     caller: Caller,
     /// Positions delivered from each service.
     cursor: Cursor,
@@ -428,13 +427,13 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = stopped => return Some(self.conn.stop_reason()),
-                outbound = self.rx.recv() => match outbound {
-                    Some(outbound) => {
+                outbound = self.rx.recv_async() => match outbound {
+                    Ok(outbound) => {
                         if self.on_outbound_batch(outbound).await.is_err() {
                             return None;
                         }
                     }
-                    None => return Some(CloseReason::Shutdown),
+                    Err(flume::RecvError::Disconnected) => return Some(CloseReason::Shutdown),
                 },
                 message = self.socket.next() => match self.on_message(message).await {
                     Flow::Continue => {}

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use chatai_kit::events::{Delivery, Recipient};
 use chatai_kit::identity::Role;
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +43,10 @@ pub struct Conn {
     pub principal: Recipient,
     /// The display name from the token, if any.
     pub name: Option<Arc<str>>,
-    tx: mpsc::Sender<Outbound>,
+    /// The connection's outbound queue: bounded, and allocating only while
+    /// it holds frames (`flume` grows a `VecDeque`; tokio's `mpsc` would
+    /// allocate a 32-slot block per connection up front).
+    tx: flume::Sender<Outbound>,
     stop: CancellationToken,
     stop_reason: AtomicU8,
 }
@@ -54,7 +56,7 @@ impl Conn {
         id: ConnId,
         role: Role,
         principal: Recipient,
-        tx: mpsc::Sender<Outbound>,
+        tx: flume::Sender<Outbound>,
         stop: CancellationToken,
     ) -> Self {
         Conn {
@@ -79,11 +81,11 @@ impl Conn {
     pub fn push(&self, outbound: Outbound) -> bool {
         match self.tx.try_send(outbound) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(flume::TrySendError::Full(_)) => {
                 self.stop(CloseReason::TooSlow);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(flume::TrySendError::Disconnected(_)) => false,
         }
     }
 
@@ -110,7 +112,7 @@ impl Conn {
 
     /// Frames waiting in the queue.
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.tx.len()
     }
 }
 
@@ -360,8 +362,8 @@ mod tests {
         registry: &Registry,
         principal: Recipient,
         capacity: usize,
-    ) -> (Arc<Conn>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    ) -> (Arc<Conn>, flume::Receiver<Outbound>) {
+        let (tx, rx) = flume::bounded(capacity);
         let conn = Arc::new(Conn::new(
             registry.next_id(),
             Role::User,
@@ -406,8 +408,8 @@ mod tests {
     #[test]
     fn room_copies_skip_their_origin() {
         let registry = Registry::new("g".into());
-        let (a, mut rx_a) = conn(&registry, Recipient::User(1), 4);
-        let (b, mut rx_b) = conn(&registry, Recipient::User(2), 4);
+        let (a, rx_a) = conn(&registry, Recipient::User(1), 4);
+        let (b, rx_b) = conn(&registry, Recipient::User(2), 4);
         registry.register(a.clone(), 5);
         registry.register(b.clone(), 5);
         let room = Recipient::dialog_room(9);
@@ -431,7 +433,7 @@ mod tests {
     fn full_queue_stops_only_the_slow_connection() {
         let registry = Registry::new("g".into());
         let (slow, _rx_slow) = conn(&registry, Recipient::User(1), 1);
-        let (fast, mut rx_fast) = conn(&registry, Recipient::User(1), 8);
+        let (fast, rx_fast) = conn(&registry, Recipient::User(1), 8);
         registry.register(slow.clone(), 5);
         registry.register(fast.clone(), 5);
         registry.dispatch(0, &delivery(Recipient::User(1), 1, None));

@@ -16,7 +16,6 @@ use chatai_kit::host::ServiceHost;
 use chatai_kit::identity::Role;
 use chatai_proto::v1 as pb;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::InterceptedService;
@@ -101,7 +100,7 @@ impl Gateway {
 
     /// Registers a connection of `principal`; its queue is the probe.
     fn connect(&self, principal: Recipient) -> Probe {
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = flume::bounded(1024);
         let role = match principal {
             Recipient::Operator(_) => Role::Operator,
             _ => Role::User,
@@ -135,12 +134,12 @@ impl Gateway {
 /// A registered connection's queue.
 struct Probe {
     _conn: Arc<Conn>,
-    rx: mpsc::Receiver<Outbound>,
+    rx: flume::Receiver<Outbound>,
 }
 
 impl Probe {
     async fn next(&mut self) -> Outbound {
-        tokio::time::timeout(WAIT, self.rx.recv())
+        tokio::time::timeout(WAIT, self.rx.recv_async())
             .await
             .expect("something for the connection in time")
             .expect("the queue is open")
@@ -166,7 +165,7 @@ impl Probe {
     }
 
     fn is_empty(&mut self) -> bool {
-        matches!(self.rx.try_recv(), Err(mpsc::error::TryRecvError::Empty))
+        matches!(self.rx.try_recv(), Err(flume::TryRecvError::Empty))
     }
 }
 
