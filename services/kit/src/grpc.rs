@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
@@ -81,7 +81,9 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // Without TCP_NODELAY, an event streamed right after another
+            // waits for the peer's delayed ACK: ~40 ms on an idle stream.
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         );
     // Drain in-flight calls, but not forever: a peer that stopped reading
