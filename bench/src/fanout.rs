@@ -381,3 +381,31 @@ async fn receive(
     }
     let _ = ws.close(None).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board(connections: usize, alerts: usize) -> Board {
+        Board {
+            epoch: Instant::now(),
+            alerts: (0..alerts).map(|_| Alert::default()).collect(),
+            complete: Notify::new(),
+            connections,
+        }
+    }
+
+    /// An alert is complete once every connection read it, not before; an
+    /// unknown alert number is ignored.
+    #[tokio::test]
+    async fn an_alert_completes_when_every_connection_read_it() {
+        let board = board(3, 1);
+        assert!(board.arrived(0).is_some());
+        assert!(board.arrived(0).is_some());
+        assert!(!board.wait_complete(0, Duration::from_millis(10)).await);
+        assert!(board.arrived(0).is_some());
+        assert!(board.wait_complete(0, Duration::from_millis(10)).await);
+        assert_eq!(board.alerts[0].read.load(Ordering::Acquire), 3);
+        assert!(board.arrived(7).is_none());
+    }
+}
