@@ -9,7 +9,7 @@ use anyhow::Context;
 use chatai_chat::ChatConfig;
 use chatai_gateway::GatewayConfig;
 use chatai_handoff::HandoffConfig;
-use chatai_kit::config::{ServiceAddrs, ServiceCommon};
+use chatai_kit::config::{ServiceAddr, ServiceAddrs, ServiceCommon};
 use chatai_notification::NotificationConfig;
 use chatai_presence::PresenceConfig;
 use tokio::net::TcpListener;
@@ -46,20 +46,20 @@ impl Listeners {
     pub async fn bind(gateway: SocketAddr, services: &ServiceAddrs) -> anyhow::Result<Self> {
         Ok(Listeners {
             gateway: bind(gateway, "gateway").await?,
-            chat: bind(services.chat, "chat service").await?,
-            handoff: bind(services.handoff, "handoff service").await?,
-            presence: bind(services.presence, "presence service").await?,
-            notification: bind(services.notification, "notification service").await?,
+            chat: bind_service(&services.chat, "chat service").await?,
+            handoff: bind_service(&services.handoff, "handoff service").await?,
+            presence: bind_service(&services.presence, "presence service").await?,
+            notification: bind_service(&services.notification, "notification service").await?,
         })
     }
 
     /// Where the services actually listen.
     pub fn service_addrs(&self) -> anyhow::Result<ServiceAddrs> {
         Ok(ServiceAddrs {
-            chat: self.chat.local_addr()?,
-            handoff: self.handoff.local_addr()?,
-            presence: self.presence.local_addr()?,
-            notification: self.notification.local_addr()?,
+            chat: self.chat.local_addr()?.into(),
+            handoff: self.handoff.local_addr()?.into(),
+            presence: self.presence.local_addr()?.into(),
+            notification: self.notification.local_addr()?.into(),
         })
     }
 
@@ -72,6 +72,14 @@ impl Listeners {
 /// Binds `addr`, naming `part` in the error.
 pub async fn bind(addr: SocketAddr, part: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {part}"))
+}
+
+/// Binds a service's `host:port` (a name resolves to this host's address
+/// for it), naming `part` in the error.
+pub async fn bind_service(addr: &ServiceAddr, part: &str) -> anyhow::Result<TcpListener> {
+    addr.bind()
         .await
         .with_context(|| format!("cannot listen on {addr} for the {part}"))
 }
@@ -100,14 +108,14 @@ pub fn spawn_all(
         presence: presence_listener,
         notification: notification_listener,
     } = listeners;
-    let (stop, c) = (shutdown.clone(), common.clone());
+    let (stop, c, handoff_addr) = (shutdown.clone(), common.clone(), addrs.handoff.clone());
     parts.spawn(async move {
-        let ran = chatai_chat::run(chat_listener, chat, addrs.handoff, c, stop).await;
+        let ran = chatai_chat::run(chat_listener, chat, handoff_addr, c, stop).await;
         ("chat", ran.map_err(Into::into))
     });
-    let (stop, c) = (shutdown.clone(), common.clone());
+    let (stop, c, presence_addr) = (shutdown.clone(), common.clone(), addrs.presence.clone());
     parts.spawn(async move {
-        let ran = chatai_handoff::run(handoff_listener, handoff, addrs.presence, c, stop).await;
+        let ran = chatai_handoff::run(handoff_listener, handoff, presence_addr, c, stop).await;
         ("handoff", ran.map_err(Into::into))
     });
     let (stop, c) = (shutdown.clone(), common.clone());

@@ -225,7 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             addrs,
             common,
         }) => {
-            let listener = chatai::bind(addrs.chat, "chat").await?;
+            let listener = chatai::bind_service(&addrs.chat, "chat").await?;
             let stop = shutdown.clone();
             parts.spawn(async move {
                 (
@@ -237,7 +237,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
         }
         Some(Command::Handoff { handoff, args }) => {
-            let listener = chatai::bind(args.addrs.handoff, "handoff").await?;
+            let listener = chatai::bind_service(&args.addrs.handoff, "handoff").await?;
             let (stop, presence_addr) = (shutdown.clone(), args.addrs.presence);
             parts.spawn(async move {
                 let ran =
@@ -246,7 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
         }
         Some(Command::Presence { presence, args }) => {
-            let listener = chatai::bind(args.addrs.presence, "presence").await?;
+            let listener = chatai::bind_service(&args.addrs.presence, "presence").await?;
             let stop = shutdown.clone();
             parts.spawn(async move {
                 let ran = chatai_presence::run(listener, presence, args.common, stop).await;
@@ -254,7 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
         }
         Some(Command::Notification { notification, args }) => {
-            let listener = chatai::bind(args.addrs.notification, "notification").await?;
+            let listener = chatai::bind_service(&args.addrs.notification, "notification").await?;
             let stop = shutdown.clone();
             parts.spawn(async move {
                 let ran = chatai_notification::run(listener, notification, args.common, stop).await;

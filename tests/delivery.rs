@@ -338,10 +338,10 @@ async fn chat_service_restart(lose_the_log: bool) {
         bind().await,
     );
     let addrs = ServiceAddrs {
-        chat: chat_l.local_addr().expect("address"),
-        handoff: handoff_l.local_addr().expect("address"),
-        presence: presence_l.local_addr().expect("address"),
-        notification: notification_l.local_addr().expect("address"),
+        chat: chat_l.local_addr().expect("address").into(),
+        handoff: handoff_l.local_addr().expect("address").into(),
+        presence: presence_l.local_addr().expect("address").into(),
+        notification: notification_l.local_addr().expect("address").into(),
     };
     let others = CancellationToken::new();
     let handoff = options.handoff.clone();
@@ -351,7 +351,7 @@ async fn chat_service_restart(lose_the_log: bool) {
         chatai_handoff::run(
             handoff_l,
             handoff,
-            addrs.presence,
+            addrs.presence.clone(),
             common.clone(),
             others.clone(),
         )
@@ -391,7 +391,7 @@ async fn chat_service_restart(lose_the_log: bool) {
     let chat = tokio::spawn(chatai_chat::run(
         chat_l,
         options.chat.clone(),
-        addrs.handoff,
+        addrs.handoff.clone(),
         common.clone(),
         chat_stop.clone(),
     ));
@@ -448,14 +448,12 @@ async fn chat_service_restart(lose_the_log: bool) {
         .expect("appended");
     relay.abort();
 
-    let chat_l = TcpListener::bind(addrs.chat)
-        .await
-        .expect("the chat port again");
+    let chat_l = addrs.chat.bind().await.expect("the chat port again");
     let chat_stop = CancellationToken::new();
     let chat = tokio::spawn(chatai_chat::run(
         chat_l,
         options.chat.clone(),
-        addrs.handoff,
+        addrs.handoff.clone(),
         common.clone(),
         chat_stop.clone(),
     ));

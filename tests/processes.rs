@@ -110,8 +110,16 @@ impl Deployment {
             ("CHATAI_INTERNAL_TOKEN", INTERNAL_TOKEN.to_owned()),
             ("CHATAI_JWT_SECRET", JWT_SECRET.to_owned()),
             ("CHATAI_GATEWAY_ADDR", gateway.to_string()),
-            ("CHATAI_CHAT_ADDR", free_addr().to_string()),
-            ("CHATAI_HANDOFF_ADDR", free_addr().to_string()),
+            // By name, as in a container network: each service resolves its
+            // own name to listen on, the others to connect.
+            (
+                "CHATAI_CHAT_ADDR",
+                format!("localhost:{}", free_addr().port()),
+            ),
+            (
+                "CHATAI_HANDOFF_ADDR",
+                format!("localhost:{}", free_addr().port()),
+            ),
             ("CHATAI_PRESENCE_ADDR", free_addr().to_string()),
             ("CHATAI_NOTIFICATION_ADDR", free_addr().to_string()),
             ("CHATAI_PRESENCE_GRACE_SECS", "1".to_owned()),

@@ -128,7 +128,7 @@ pub async fn run(
     .into_iter()
     .enumerate()
     {
-        let channel = upstream::channel(addr)?;
+        let channel = addr.channel()?;
         channels.push(InterceptedService::new(
             channel.clone(),
             interceptor.clone(),

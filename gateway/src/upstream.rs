@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -42,16 +42,6 @@ const STREAM_BUFFER: usize = 1024;
 
 /// A channel to a service with the internal token on every call.
 pub type ServiceChannel = InterceptedService<Channel, TokenInterceptor>;
-
-/// A gRPC channel to `addr` that connects lazily and reconnects by itself.
-pub fn channel(addr: std::net::SocketAddr) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect_lazy())
-}
 
 enum Command {
     Acquire {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatai_gateway::registry::{Conn, Outbound, Registry};
-use chatai_gateway::upstream::{Upstream, channel};
-use chatai_kit::config::{InternalAuth, ServiceCommon};
+use chatai_gateway::upstream::Upstream;
+use chatai_kit::config::{InternalAuth, ServiceAddr, ServiceCommon};
 use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::grpc::{ServeError, TokenInterceptor};
 use chatai_kit::host::ServiceHost;
@@ -84,7 +84,7 @@ impl Gateway {
     fn start(addr: SocketAddr) -> Self {
         let registry = Arc::new(Registry::new("gw".into()));
         let channel = InterceptedService::new(
-            channel(addr).expect("a channel"),
+            ServiceAddr::from(addr).channel().expect("a channel"),
             TokenInterceptor::new(&InternalAuth::default()),
         );
         let shutdown = CancellationToken::new();

@@ -195,10 +195,10 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
     common.database_url = database_url.clone();
     let port_zero = SocketAddr::from(([127, 0, 0, 1], 0));
     let any_port = ServiceAddrs {
-        chat: port_zero,
-        handoff: port_zero,
-        presence: port_zero,
-        notification: port_zero,
+        chat: port_zero.into(),
+        handoff: port_zero.into(),
+        presence: port_zero.into(),
+        notification: port_zero.into(),
     };
     let listeners = Listeners::bind(gateway.listen, &any_port)
         .await

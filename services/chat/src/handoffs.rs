@@ -71,13 +71,10 @@ pub struct GrpcHandoffs {
 impl GrpcHandoffs {
     /// A lazily connecting client of the handoff service at `addr`.
     pub fn new(
-        addr: std::net::SocketAddr,
+        addr: &chatai_kit::config::ServiceAddr,
         interceptor: TokenInterceptor,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = addr.channel()?;
         Ok(GrpcHandoffs {
             client: HandoffClient::with_interceptor(channel, interceptor),
             timeout: Duration::from_secs(5),

@@ -23,10 +23,9 @@ pub mod handoffs;
 mod service;
 pub mod store;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use chatai_kit::config::ServiceCommon;
+use chatai_kit::config::{ServiceAddr, ServiceCommon};
 use chatai_kit::grpc::TokenInterceptor;
 use chatai_kit::host::ServiceHost;
 use chatai_proto::v1::chat_server::ChatServer;
@@ -57,7 +56,7 @@ pub enum RunError {
 pub async fn run(
     listener: TcpListener,
     config: ChatConfig,
-    handoff_addr: SocketAddr,
+    handoff_addr: ServiceAddr,
     common: ServiceCommon,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
@@ -76,7 +75,7 @@ pub async fn run(
         max_message_chars: config.max_message_chars,
         assistant_context: config.assistant_context,
     };
-    let handoffs = handoffs::GrpcHandoffs::new(handoff_addr, TokenInterceptor::new(&common.auth))?;
+    let handoffs = handoffs::GrpcHandoffs::new(&handoff_addr, TokenInterceptor::new(&common.auth))?;
     let service = ChatService::new(
         store,
         assistant,

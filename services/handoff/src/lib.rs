@@ -34,11 +34,10 @@ mod queue;
 pub mod service;
 pub mod store;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use chatai_kit::config::ServiceCommon;
+use chatai_kit::config::{ServiceAddr, ServiceCommon};
 use chatai_kit::host::ServiceHost;
 use chatai_proto::v1::handoff_server::HandoffServer;
 use tokio::net::TcpListener;
@@ -75,7 +74,7 @@ pub enum RunError {
 pub async fn run(
     listener: TcpListener,
     config: HandoffConfig,
-    presence_addr: SocketAddr,
+    presence_addr: ServiceAddr,
     common: ServiceCommon,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
@@ -87,7 +86,7 @@ pub async fn run(
         Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
     });
 
-    let channel = presence::channel(presence_addr, &common.auth)?;
+    let channel = presence::channel(&presence_addr, &common.auth)?;
     let reporter = presence::LoadReporter::new();
     host.tasks
         .spawn(reporter.clone().run(channel.clone(), host.shutdown.clone()));

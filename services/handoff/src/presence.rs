@@ -15,12 +15,11 @@
 //!   sends them, retrying those that failed while presence is unreachable.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use chatai_kit::config::InternalAuth;
+use chatai_kit::config::{InternalAuth, ServiceAddr};
 use chatai_kit::events::Recipient;
 use chatai_kit::grpc::TokenInterceptor;
 use chatai_kit::identity::{Caller, Role};
@@ -31,7 +30,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::directory::{
@@ -53,15 +52,10 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A lazily connecting channel to presence at `addr` that reconnects by
 /// itself, with the internal token on every call.
 pub fn channel(
-    addr: SocketAddr,
+    addr: &ServiceAddr,
     auth: &InternalAuth,
 ) -> Result<PresenceChannel, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect_lazy();
+    let channel = addr.channel()?;
     Ok(InterceptedService::new(
         channel,
         TokenInterceptor::new(auth),

@@ -5,6 +5,75 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Where a service listens and where the others find it: `host:port`, the
+/// host an IP address or a name (`chat:50051` in a container network, where
+/// the name resolves to the service's own address for it to listen on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAddr(String);
+
+/// A service address without a `host:port` shape.
+#[derive(Debug, thiserror::Error)]
+#[error("expected host:port (an IP address or a name, then a port), got {0:?}")]
+pub struct BadServiceAddr(String);
+
+impl std::str::FromStr for ServiceAddr {
+    type Err = BadServiceAddr;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.parse::<std::net::SocketAddr>().is_ok() {
+            return Ok(ServiceAddr(text.to_owned()));
+        }
+        match text.rsplit_once(':') {
+            Some((host, port))
+                if !host.is_empty()
+                    && port.parse::<u16>().is_ok()
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') =>
+            {
+                Ok(ServiceAddr(text.to_owned()))
+            }
+            _ => Err(BadServiceAddr(text.to_owned())),
+        }
+    }
+}
+
+impl From<SocketAddr> for ServiceAddr {
+    fn from(addr: SocketAddr) -> Self {
+        ServiceAddr(addr.to_string())
+    }
+}
+
+impl std::fmt::Display for ServiceAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl ServiceAddr {
+    /// The `http://` URI a gRPC client connects to.
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.0)
+    }
+
+    /// A lazily connecting gRPC channel to this address that reconnects by
+    /// itself: `TCP_NODELAY`, HTTP/2 keep-alives, a 2 s connect timeout.
+    pub fn channel(&self) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        Ok(tonic::transport::Endpoint::from_shared(self.uri())?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect_lazy())
+    }
+
+    /// Listens on this address (a name is resolved first; the first of its
+    /// addresses that can be bound is used).
+    pub async fn bind(&self) -> std::io::Result<tokio::net::TcpListener> {
+        tokio::net::TcpListener::bind(self.0.as_str()).await
+    }
+}
+
 /// Where each service listens (and where the gateway finds it).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServiceAddrs {
@@ -14,28 +83,28 @@ pub struct ServiceAddrs {
         env = "CHATAI_CHAT_ADDR",
         default_value = "127.0.0.1:50051"
     )]
-    pub chat: SocketAddr,
+    pub chat: ServiceAddr,
     /// The handoff service's gRPC address.
     #[arg(
         long = "handoff-addr",
         env = "CHATAI_HANDOFF_ADDR",
         default_value = "127.0.0.1:50052"
     )]
-    pub handoff: SocketAddr,
+    pub handoff: ServiceAddr,
     /// The operator presence service's gRPC address.
     #[arg(
         long = "presence-addr",
         env = "CHATAI_PRESENCE_ADDR",
         default_value = "127.0.0.1:50053"
     )]
-    pub presence: SocketAddr,
+    pub presence: ServiceAddr,
     /// The notification service's gRPC address.
     #[arg(
         long = "notification-addr",
         env = "CHATAI_NOTIFICATION_ADDR",
         default_value = "127.0.0.1:50054"
     )]
-    pub notification: SocketAddr,
+    pub notification: ServiceAddr,
 }
 
 /// The shared secret that closes internal gRPC.
@@ -202,6 +271,41 @@ mod tests {
     use clap::{CommandFactory, FromArgMatches, Parser};
 
     use super::*;
+
+    /// Addresses are an IP address or a name, then a port.
+    #[test]
+    fn service_addresses_are_host_and_port() {
+        for good in [
+            "127.0.0.1:50051",
+            "[::1]:50051",
+            "chat:50051",
+            "chat-1.internal:7",
+        ] {
+            let addr: ServiceAddr = good.parse().expect(good);
+            assert_eq!(addr.to_string(), good);
+        }
+        for bad in [
+            "chat",
+            "chat:",
+            ":50051",
+            "chat:port",
+            "chat:70000",
+            "a b:1",
+            "",
+        ] {
+            assert!(bad.parse::<ServiceAddr>().is_err(), "{bad:?} is refused");
+        }
+        let from_socket: ServiceAddr = SocketAddr::from(([127, 0, 0, 1], 9)).into();
+        assert_eq!(from_socket.uri(), "http://127.0.0.1:9");
+    }
+
+    /// A name is resolved to listen on.
+    #[tokio::test]
+    async fn a_name_can_be_bound() {
+        let addr: ServiceAddr = "localhost:0".parse().expect("parses");
+        let listener = addr.bind().await.expect("localhost resolves and binds");
+        assert!(listener.local_addr().expect("bound").ip().is_loopback());
+    }
 
     #[derive(Parser)]
     struct Cli {

@@ -418,7 +418,7 @@ impl App {
         let served = tokio::spawn(chatai_handoff::run(
             listener,
             config,
-            presence.addr,
+            presence.addr.into(),
             ServiceCommon {
                 database_url: database.url(),
                 ..ServiceCommon::default()
