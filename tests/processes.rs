@@ -1,9 +1,12 @@
 //! The system as it is deployed: every part in a process of its own (the
 //! `chatai` binary's subcommands), configured only through the environment,
 //! on PostgreSQL and a Redis of the test's own, with an internal token
-//! between the services. Drives a user and an operator through the gateway,
-//! then breaks things the way production does: a service killed and
-//! restarted, Redis killed and restarted, the gateway stopped with SIGTERM.
+//! between the services, two of them addressed by name. Drives a user and
+//! an operator through the gateway, then breaks things the way production
+//! does: a service killed and restarted, Redis killed and restarted, the
+//! gateway stopped with SIGTERM. Also: a restarted service on the embedded
+//! memory logs, and the traces the five processes export to an OTLP
+//! collector (what Jaeger would show).
 
 mod common;
 
@@ -493,7 +496,7 @@ impl Collector {
         addr
     }
 
-    /// The spans received so far, as (service, name, trace id, span).
+    /// The spans received so far, each with its process's `service.name`.
     fn spans(&self) -> Vec<(String, otlp::Span)> {
         self.spans
             .lock()
