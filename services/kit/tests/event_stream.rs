@@ -12,13 +12,12 @@ use chatai_kit::host::ServiceHost;
 use chatai_kit::identity::Role;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::event_stream_client::EventStreamClient;
+use chatai_testkit::TestGateway;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Streaming};
 
 /// How long any single wait may take before the test fails.
 const WAIT: Duration = Duration::from_secs(10);
@@ -89,98 +88,6 @@ impl Service {
     }
 }
 
-/// One gateway's `Attach` stream.
-struct Attached {
-    out: mpsc::Sender<pb::GatewayMessage>,
-    inbound: Streaming<pb::ServiceMessage>,
-}
-
-impl Attached {
-    /// Attaches and says hello.
-    async fn open(client: &mut EventStreamClient<Channel>) -> Self {
-        let (out, rx) = mpsc::channel(64);
-        let inbound = tokio::time::timeout(WAIT, client.attach(ReceiverStream::new(rx)))
-            .await
-            .expect("attach in time")
-            .expect("attach")
-            .into_inner();
-        let attached = Attached { out, inbound };
-        attached
-            .send(pb::gateway_message::Msg::Hello(pb::Hello {
-                gateway_id: "test-gateway".into(),
-            }))
-            .await;
-        attached
-    }
-
-    async fn send(&self, msg: pb::gateway_message::Msg) {
-        self.out
-            .send(pb::GatewayMessage { msg: Some(msg) })
-            .await
-            .expect("the stream is open");
-    }
-
-    /// Subscribes `recipient` and waits for its `Subscribed`.
-    async fn subscribe(&mut self, request_id: u64, recipient: &Recipient) {
-        self.send(pb::gateway_message::Msg::Subscribe(pb::Subscribe {
-            request_id,
-            recipient: Some(recipient.into()),
-        }))
-        .await;
-        match self.next().await {
-            pb::service_message::Msg::Subscribed(subscribed) => {
-                assert_eq!(
-                    subscribed.request_id, request_id,
-                    "Subscribed echoes the id"
-                );
-            }
-            other => panic!("expected Subscribed({request_id}), got {other:?}"),
-        }
-    }
-
-    async fn unsubscribe(&self, recipient: &Recipient, delivered_position: u64) {
-        self.send(pb::gateway_message::Msg::Unsubscribe(pb::Unsubscribe {
-            recipient: Some(recipient.into()),
-            delivered_position,
-        }))
-        .await;
-    }
-
-    /// The next message, failing on an error or the end of the stream.
-    async fn next(&mut self) -> pb::service_message::Msg {
-        match tokio::time::timeout(WAIT, self.inbound.message()).await {
-            Ok(Ok(Some(pb::ServiceMessage { msg: Some(msg) }))) => msg,
-            Ok(Ok(Some(empty))) => panic!("empty service message {empty:?}"),
-            Ok(Ok(None)) => panic!("the stream ended"),
-            Ok(Err(status)) => panic!("the stream failed: {status:?}"),
-            Err(_) => panic!("no message in time"),
-        }
-    }
-
-    async fn next_delivery(&mut self) -> pb::Delivery {
-        match self.next().await {
-            pb::service_message::Msg::Delivery(delivery) => delivery,
-            other => panic!("expected a delivery, got {other:?}"),
-        }
-    }
-
-    /// Reads until the stream fails; the deliveries before and the status.
-    async fn until_error(&mut self) -> (Vec<pb::Delivery>, tonic::Status) {
-        let mut deliveries = Vec::new();
-        loop {
-            match tokio::time::timeout(WAIT, self.inbound.message()).await {
-                Ok(Ok(Some(pb::ServiceMessage {
-                    msg: Some(pb::service_message::Msg::Delivery(delivery)),
-                }))) => deliveries.push(delivery),
-                Ok(Ok(Some(other))) => panic!("unexpected message {other:?}"),
-                Ok(Ok(None)) => panic!("the stream ended without an error"),
-                Ok(Err(status)) => return (deliveries, status),
-                Err(_) => panic!("no error in time"),
-            }
-        }
-    }
-}
-
 fn replay_request(
     recipient: &Recipient,
     from: pb::replay_request::From,
@@ -222,7 +129,7 @@ fn positions(deliveries: &[pb::Delivery]) -> Vec<u64> {
 async fn subscribed_recipients_receive_their_deliveries() {
     let service = Service::start(EventLogConfig::default()).await;
     let mut client = service.client().await;
-    let mut attached = Attached::open(&mut client).await;
+    let mut attached = TestGateway::attach(&mut client).await;
     let alice = Recipient::User(1);
     attached.subscribe(42, &alice).await;
 
@@ -272,7 +179,7 @@ async fn subscribed_recipients_receive_their_deliveries() {
 async fn deliveries_for_other_recipients_do_not_arrive() {
     let service = Service::start(EventLogConfig::default()).await;
     let mut client = service.client().await;
-    let mut attached = Attached::open(&mut client).await;
+    let mut attached = TestGateway::attach(&mut client).await;
     let alice = Recipient::User(1);
     attached.subscribe(1, &alice).await;
 
@@ -297,7 +204,7 @@ async fn deliveries_for_other_recipients_do_not_arrive() {
 async fn unsubscribe_stops_deliveries_and_marks_last_seen() {
     let service = Service::start(EventLogConfig::default()).await;
     let mut client = service.client().await;
-    let mut attached = Attached::open(&mut client).await;
+    let mut attached = TestGateway::attach(&mut client).await;
     let alice = Recipient::User(1);
     let bob = Recipient::User(2);
     attached.subscribe(1, &alice).await;
@@ -439,7 +346,7 @@ async fn replay_of_a_live_only_recipient_is_invalid() {
 async fn subscribe_without_recipient_ends_the_stream() {
     let service = Service::start(EventLogConfig::default()).await;
     let mut client = service.client().await;
-    let mut attached = Attached::open(&mut client).await;
+    let mut attached = TestGateway::attach(&mut client).await;
     attached
         .send(pb::gateway_message::Msg::Subscribe(pb::Subscribe {
             request_id: 1,
@@ -458,7 +365,7 @@ async fn subscribe_without_recipient_ends_the_stream() {
 async fn shutdown_ends_attached_streams_with_unavailable() {
     let service = Service::start(EventLogConfig::default()).await;
     let mut client = service.client().await;
-    let mut attached = Attached::open(&mut client).await;
+    let mut attached = TestGateway::attach(&mut client).await;
     attached.subscribe(1, &Recipient::User(1)).await;
 
     service.shutdown.cancel();
@@ -482,7 +389,7 @@ async fn a_gateway_that_does_not_read_is_cut_off_with_data_loss() {
     })
     .await;
     let mut client = service.client().await;
-    let mut attached = Attached::open(&mut client).await;
+    let mut attached = TestGateway::attach(&mut client).await;
     let alice = Recipient::User(1);
     attached.subscribe(1, &alice).await;
 
@@ -541,7 +448,7 @@ async fn shutdown_does_not_wait_for_a_gateway_that_does_not_read() {
     const EVENTS: usize = 4_000;
     let service = Service::start(EventLogConfig::default()).await;
     let mut client = service.client().await;
-    let mut attached = Attached::open(&mut client).await;
+    let mut attached = TestGateway::attach(&mut client).await;
     let alice = Recipient::User(1);
     attached.subscribe(1, &alice).await;
     let padding = "x".repeat(2_000);

@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use chatai_kit::events::Recipient;
 use chatai_kit::identity::Role;
 use chatai_proto::v1 as pb;
-use common::{Attached, Service, as_caller, assert_refused, body, call};
+use chatai_testkit::TestGateway;
+use common::{Service, as_caller, assert_refused, body, call};
 use tonic::Code;
 
 fn report(gateway_id: &str, counts: [u64; 4], ttl_seconds: u32) -> pb::GatewayReport {
@@ -47,13 +48,13 @@ fn expected(values: [u64; 4]) -> HashMap<String, u64> {
 
 /// The admin-role subscriber and what it has seen of each metric.
 struct Admins {
-    gateway: Attached,
+    gateway: TestGateway,
     seen: HashMap<String, u64>,
 }
 
 impl Admins {
     async fn subscribe(service: &Service) -> Self {
-        let mut gateway = Attached::open(service).await;
+        let mut gateway = service.attach().await;
         gateway.subscribe(1, &Recipient::Role(Role::Admin)).await;
         Admins {
             gateway,

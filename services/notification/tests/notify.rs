@@ -7,7 +7,7 @@ use chatai_kit::events::Recipient;
 use chatai_kit::identity::Role;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::event_stream_client::EventStreamClient;
-use common::{Attached, Service, as_caller, assert_refused, body, call};
+use common::{Service, as_caller, assert_refused, body, call};
 use serde_json::json;
 use tonic::Code;
 
@@ -34,7 +34,7 @@ fn alert(severity: &str, message: &str) -> pb::SystemAlertRequest {
 async fn notify_to_a_user_is_durable_and_replays() {
     let service = Service::on_sqlite(60).await;
     let user = Recipient::User(456);
-    let mut gateway = Attached::open(&service).await;
+    let mut gateway = service.attach().await;
     gateway.subscribe(1, &user).await;
 
     let mut client = service.client().await;
@@ -88,7 +88,7 @@ async fn notify_to_a_user_is_durable_and_replays() {
 async fn admin_notifies_a_role_group_live() {
     let service = Service::on_sqlite(60).await;
     let operators = Recipient::Role(Role::Operator);
-    let mut gateway = Attached::open(&service).await;
+    let mut gateway = service.attach().await;
     gateway.subscribe(1, &operators).await;
     let mut client = service.client().await;
     let sent = call(client.notify(as_caller(
@@ -174,7 +174,7 @@ async fn notify_refuses_bad_type_body_and_recipient() {
 #[tokio::test]
 async fn system_alert_reaches_everyone() {
     let service = Service::on_sqlite(60).await;
-    let mut gateway = Attached::open(&service).await;
+    let mut gateway = service.attach().await;
     gateway.subscribe(1, &Recipient::Everyone).await;
     let mut client = service.client().await;
     let sent = call(client.system_alert(as_caller(

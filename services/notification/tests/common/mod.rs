@@ -1,8 +1,8 @@
 //! What the notification service's integration tests share: [`Service`] runs
 //! the real service (`chatai_notification::run`) on 127.0.0.1:0 with the
 //! memory event log, on a fresh SQLite file or a fresh PostgreSQL database;
-//! gRPC clients carry a caller identity ([`as_caller`]); [`Attached`] is a
-//! gateway's `EventStream.Attach` stream, to observe deliveries.
+//! gRPC clients carry a caller identity ([`as_caller`]); [`Service::attach`]
+//! opens a test gateway's `EventStream.Attach` stream, to observe deliveries.
 //!
 //! Nothing sleeps to wait for readiness: the listener is bound before the
 //! service starts and calls wait for it; every wait has a timeout ([`WAIT`]),
@@ -18,19 +18,17 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chatai_kit::config::ServiceCommon;
-use chatai_kit::events::Recipient;
 use chatai_kit::identity::{Caller, Role};
 use chatai_notification::{NotificationConfig, RunError};
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::event_stream_client::EventStreamClient;
 use chatai_proto::v1::notification_client::NotificationClient;
+use chatai_testkit::TestGateway;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::Request;
 use tonic::transport::Channel;
-use tonic::{Request, Streaming};
 
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -101,6 +99,11 @@ impl Service {
             .expect("connect")
     }
 
+    /// A test gateway attached to the service's `EventStream`.
+    pub async fn attach(&self) -> TestGateway {
+        TestGateway::attach(&mut self.events().await).await
+    }
+
     /// Cancels the shutdown token and waits for the service to stop cleanly.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -165,74 +168,4 @@ pub fn body(delivery: &pb::Delivery) -> serde_json::Value {
         .as_ref()
         .expect("a delivery carries its event");
     serde_json::from_slice(&event.body).expect("event bodies are JSON")
-}
-
-/// One gateway's `Attach` stream.
-pub struct Attached {
-    out: mpsc::Sender<pb::GatewayMessage>,
-    inbound: Streaming<pb::ServiceMessage>,
-}
-
-impl Attached {
-    /// Attaches and says hello.
-    pub async fn open(service: &Service) -> Self {
-        let mut client = service.events().await;
-        let (out, rx) = mpsc::channel(64);
-        let inbound = tokio::time::timeout(WAIT, client.attach(ReceiverStream::new(rx)))
-            .await
-            .expect("attach in time")
-            .expect("attach")
-            .into_inner();
-        let attached = Attached { out, inbound };
-        attached
-            .send(pb::gateway_message::Msg::Hello(pb::Hello {
-                gateway_id: "test-gateway".into(),
-            }))
-            .await;
-        attached
-    }
-
-    async fn send(&self, msg: pb::gateway_message::Msg) {
-        self.out
-            .send(pb::GatewayMessage { msg: Some(msg) })
-            .await
-            .expect("the stream is open");
-    }
-
-    /// Subscribes `recipient` and waits for its `Subscribed`.
-    pub async fn subscribe(&mut self, request_id: u64, recipient: &Recipient) {
-        self.send(pb::gateway_message::Msg::Subscribe(pb::Subscribe {
-            request_id,
-            recipient: Some(recipient.into()),
-        }))
-        .await;
-        match self.next().await {
-            pb::service_message::Msg::Subscribed(subscribed) => {
-                assert_eq!(
-                    subscribed.request_id, request_id,
-                    "Subscribed echoes the id"
-                );
-            }
-            other => panic!("expected Subscribed({request_id}), got {other:?}"),
-        }
-    }
-
-    /// The next message, failing on an error or the end of the stream.
-    async fn next(&mut self) -> pb::service_message::Msg {
-        match tokio::time::timeout(WAIT, self.inbound.message()).await {
-            Ok(Ok(Some(pb::ServiceMessage { msg: Some(msg) }))) => msg,
-            Ok(Ok(Some(empty))) => panic!("empty service message {empty:?}"),
-            Ok(Ok(None)) => panic!("the stream ended"),
-            Ok(Err(status)) => panic!("the stream failed: {status:?}"),
-            Err(_) => panic!("no message in time"),
-        }
-    }
-
-    /// The next delivery.
-    pub async fn next_delivery(&mut self) -> pb::Delivery {
-        match self.next().await {
-            pb::service_message::Msg::Delivery(delivery) => delivery,
-            other => panic!("expected a delivery, got {other:?}"),
-        }
-    }
 }

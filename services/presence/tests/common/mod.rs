@@ -15,13 +15,12 @@ use chatai_presence::{PresenceConfig, RunError};
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::event_stream_client::EventStreamClient;
 use chatai_proto::v1::presence_client::PresenceClient;
+use chatai_testkit::TestGateway;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::Request;
 use tonic::transport::Channel;
-use tonic::{Request, Streaming};
 
 /// How long any single wait may take before the test fails. Generous: it is
 /// a bound on a hang, not a timing assertion.
@@ -91,31 +90,9 @@ impl App {
         .await
         .expect("connect in time")
         .expect("connect");
-        let (out, rx) = mpsc::channel(8);
-        let inbound = tokio::time::timeout(WAIT, client.attach(ReceiverStream::new(rx)))
-            .await
-            .expect("attach in time")
-            .expect("attach")
-            .into_inner();
-        let mut events = OperatorEvents { out, inbound };
-        events
-            .send(pb::gateway_message::Msg::Hello(pb::Hello {
-                gateway_id: "test-gateway".into(),
-            }))
-            .await;
-        events
-            .send(pb::gateway_message::Msg::Subscribe(pb::Subscribe {
-                request_id: 1,
-                recipient: Some((&Recipient::Role(Role::Operator)).into()),
-            }))
-            .await;
-        match events.next_message().await {
-            pb::service_message::Msg::Subscribed(subscribed) => {
-                assert_eq!(subscribed.request_id, 1);
-            }
-            other => panic!("expected Subscribed, got {other:?}"),
-        }
-        events
+        let mut gateway = TestGateway::attach(&mut client).await;
+        gateway.subscribe(1, &Recipient::Role(Role::Operator)).await;
+        OperatorEvents { gateway }
     }
 
     /// Cancels the shutdown token and checks the service stops cleanly.
@@ -267,34 +244,13 @@ pub async fn get_operator(
 
 /// The operator role group's `Attach` stream.
 pub struct OperatorEvents {
-    out: mpsc::Sender<pb::GatewayMessage>,
-    inbound: Streaming<pb::ServiceMessage>,
+    gateway: TestGateway,
 }
 
 impl OperatorEvents {
-    async fn send(&self, msg: pb::gateway_message::Msg) {
-        self.out
-            .send(pb::GatewayMessage { msg: Some(msg) })
-            .await
-            .expect("the stream is open");
-    }
-
-    async fn next_message(&mut self) -> pb::service_message::Msg {
-        match tokio::time::timeout(WAIT, self.inbound.message()).await {
-            Ok(Ok(Some(pb::ServiceMessage { msg: Some(msg) }))) => msg,
-            Ok(Ok(Some(empty))) => panic!("empty service message {empty:?}"),
-            Ok(Ok(None)) => panic!("the stream ended"),
-            Ok(Err(status)) => panic!("the stream failed: {status:?}"),
-            Err(_) => panic!("no message in time"),
-        }
-    }
-
     /// The body of the next `operator_status_change`.
     pub async fn next(&mut self) -> serde_json::Value {
-        let delivery = match self.next_message().await {
-            pb::service_message::Msg::Delivery(delivery) => delivery,
-            other => panic!("expected a delivery, got {other:?}"),
-        };
+        let delivery = self.gateway.next_delivery().await;
         assert_eq!(
             delivery.recipient,
             Some((&Recipient::Role(Role::Operator)).into()),
