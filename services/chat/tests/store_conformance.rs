@@ -6,7 +6,7 @@
 //! is unreachable.
 //!
 //! A new case is an `async fn` taking the store (or, to open it itself, the
-//! URL) and returning `Result<(), StoreError>`, listed in `conformance!` below.
+//! URL) and returning `Result<(), StoreError>`, listed in `on_both_databases!` below.
 
 use std::sync::Arc;
 
@@ -388,45 +388,8 @@ async fn open(url: &str) -> Arc<dyn ChatStore> {
     }
 }
 
-/// Fails the test with the case's error, if any (a panic has already
-/// failed it).
-fn finish(outcome: CaseResult) {
-    if let Err(err) = outcome {
-        panic!("store error: {err} ({err:?})");
-    }
-}
-
-/// Generates `sqlite::<case>` and `postgres::<case>` tests for every case:
-/// `stores` cases get an opened store, `urls` cases the URL to open.
-macro_rules! conformance {
-    (stores: [$($case:ident),* $(,)?], urls: [$($url_case:ident),* $(,)?] $(,)?) => {
-        conformance!(@backend sqlite, on_sqlite, [$($case),*], [$($url_case),*]);
-        conformance!(@backend postgres, on_postgres, [$($case),*], [$($url_case),*]);
-    };
-    (@backend $backend:ident, $run:ident, [$($case:ident),*], [$($url_case:ident),*]) => {
-        mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::finish(
-                        chatai_testkit::$run(|url| async move {
-                            super::$case(super::open(&url).await).await
-                        })
-                        .await,
-                    );
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $url_case() {
-                    super::finish(chatai_testkit::$run(super::$url_case).await);
-                }
-            )*
-        }
-    };
-}
-
-conformance! {
+chatai_testkit::on_both_databases! {
+    open: open,
     stores: [
         ensure_user_creates_once_and_updates_name,
         concurrent_ensure_user_creates_one_user,

@@ -249,32 +249,12 @@ async fn migrations_apply_twice(url: String) {
 // Harness
 // ---------------------------------------------------------------------------
 
-/// Generates `sqlite::<case>` and `postgres::<case>` for every case.
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    chatai_testkit::on_sqlite(super::$case).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    chatai_testkit::on_postgres(super::$case).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends! {
-    record_connections_stores_rows,
-    record_connections_refuses_callers_and_bad_batches,
-    store_reads_since_a_time_in_order,
-    store_batch_is_one_transaction,
-    migrations_apply_twice,
+chatai_testkit::on_both_databases! {
+    urls: [
+        record_connections_stores_rows,
+        record_connections_refuses_callers_and_bad_batches,
+        store_reads_since_a_time_in_order,
+        store_batch_is_one_transaction,
+        migrations_apply_twice,
+    ],
 }

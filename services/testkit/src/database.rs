@@ -178,6 +178,70 @@ pub fn with_database(url: &str, name: &str) -> String {
     }
 }
 
+/// What a test case ends with: nothing, or a result whose error fails the
+/// test (a panic has already failed it).
+pub trait CaseOutcome {
+    fn check(self);
+}
+
+impl CaseOutcome for () {
+    fn check(self) {}
+}
+
+impl<E: std::fmt::Display + std::fmt::Debug> CaseOutcome for Result<(), E> {
+    fn check(self) {
+        if let Err(err) = self {
+            panic!("the case failed: {err} ({err:?})");
+        }
+    }
+}
+
+/// Generates `sqlite::<case>` and `postgres::<case>` tests for every case,
+/// each on a fresh database of its own ([`on_sqlite`], [`on_postgres`]):
+///
+/// ```ignore
+/// chatai_testkit::on_both_databases! {
+///     open: open,                 // async fn(&str) -> the store, for `stores` cases
+///     stores: [case_taking_a_store],
+///     urls: [case_taking_the_url],
+/// }
+/// chatai_testkit::on_both_databases! { urls: [case_taking_the_url] }
+/// ```
+///
+/// A case returns `()` or `Result<(), E>`; an `Err` fails the test.
+#[macro_export]
+macro_rules! on_both_databases {
+    (open: $open:ident, stores: [$($case:ident),* $(,)?], urls: [$($url_case:ident),* $(,)?] $(,)?) => {
+        $crate::on_both_databases!(@backend sqlite, on_sqlite, $open, [$($case),*], [$($url_case),*]);
+        $crate::on_both_databases!(@backend postgres, on_postgres, $open, [$($case),*], [$($url_case),*]);
+    };
+    (urls: [$($url_case:ident),* $(,)?] $(,)?) => {
+        $crate::on_both_databases!(@backend sqlite, on_sqlite, no_open, [], [$($url_case),*]);
+        $crate::on_both_databases!(@backend postgres, on_postgres, no_open, [], [$($url_case),*]);
+    };
+    (@backend $backend:ident, $run:ident, $open:ident, [$($case:ident),*], [$($url_case:ident),*]) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    $crate::CaseOutcome::check(
+                        $crate::$run(|url| async move {
+                            super::$case(super::$open(&url).await).await
+                        })
+                        .await,
+                    );
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $url_case() {
+                    $crate::CaseOutcome::check($crate::$run(super::$url_case).await);
+                }
+            )*
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
