@@ -14,7 +14,7 @@ use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::identity::Role;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::notification_client::NotificationClient;
-use common::{TestApp, TestOptions, WAIT, WsClient, as_caller, spawn_app};
+use common::{TestApp, TestOptions, WAIT, WsClient, as_caller, connect_at, spawn_app};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -248,33 +248,8 @@ async fn start_gateway(app: &TestApp, id: &str) -> Gateway {
         run.await.expect("the gateway runs");
     });
     let gateway = Gateway { addr, stop, task };
-    let url = format!("http://{addr}/api/websocket/health");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while reqwest::get(&url)
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-        != 200
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the second gateway did not become healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_healthy(&format!("http://{addr}/api/websocket/health")).await;
     gateway
-}
-
-async fn connect_to(addr: SocketAddr, app: &TestApp, user: i64, query: &str) -> (WsClient, Value) {
-    let token = app.token(user, Role::User);
-    let url = format!("ws://{addr}/ws/{user}?token={token}{query}");
-    let (stream, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-    let mut client = WsClient { stream };
-    let connected = client.recv_type("connected").await;
-    (client, connected)
 }
 
 /// A gateway that shuts down closes its clients with 1001; a client that
@@ -284,7 +259,8 @@ async fn connect_to(addr: SocketAddr, app: &TestApp, user: i64, query: &str) -> 
 async fn resume_on_another_gateway_after_shutdown() {
     let app = spawn_app(TestOptions::default()).await;
     let first = start_gateway(&app, "gw-a").await;
-    let (mut client, _) = connect_to(first.addr, &app, 507, "").await;
+    let (mut client, _) =
+        connect_at(first.addr, &app.token(507, Role::User), 507, Role::User, "").await;
     notify(&app, 507, 0..2).await;
     let seen = notices(&mut client, 2).await;
     let cursor = seen[1]["cursor"].as_str().expect("a cursor").to_owned();
@@ -402,12 +378,7 @@ async fn chat_service_restart(lose_the_log: bool) {
     let token = keys
         .mint(508, Role::User, None, Duration::from_secs(600))
         .expect("a token");
-    let (stream, _) =
-        tokio_tungstenite::connect_async(format!("ws://{gateway_addr}/ws/508?token={token}"))
-            .await
-            .expect("handshake");
-    let mut client = WsClient { stream };
-    client.recv_type("connected").await;
+    let (mut client, _) = connect_at(gateway_addr, &token, 508, Role::User, "").await;
     let (_, answer) = client
         .chat_and_answer("m1", None, common::FAQ_QUESTION)
         .await;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use chatai_gateway::auth::TokenKeys;
 use chatai_kit::identity::Role;
 use chatai_testkit::TestDatabase;
-use common::{WAIT, WsClient};
+use common::{WAIT, WsClient, connect_at};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -257,18 +257,7 @@ impl Deployment {
             .keys
             .mint(id, role, None, Duration::from_secs(600))
             .expect("a token");
-        let path = match role {
-            Role::Operator => format!("/ws/operator/{id}"),
-            _ => format!("/ws/{id}"),
-        };
-        let url = format!("ws://{}{path}?token={token}", self.gateway);
-        let (stream, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("the handshake finishes in time")
-            .expect("the handshake succeeds");
-        let mut client = WsClient { stream };
-        client.recv_type("connected").await;
-        client
+        connect_at(self.gateway, &token, id, role, "").await.0
     }
 }
 

@@ -367,19 +367,7 @@ impl TestApp {
     /// Connects `id` in `role` on the endpoint for that role, with `query`
     /// (like `cursor=…`, or empty) besides the token, and reads `connected`.
     pub async fn connect_as(&self, id: i64, role: Role, query: &str) -> (WsClient, Value) {
-        let path = match role {
-            Role::Operator => format!("/ws/operator/{id}"),
-            _ => format!("/ws/{id}"),
-        };
-        let path = if query.is_empty() {
-            path
-        } else {
-            format!("{path}?{query}")
-        };
-        let token = self.token(id, role);
-        let mut client = self.ws_connect(&path, Some(&token)).await;
-        let connected = client.recv_type("connected").await;
-        (client, connected)
+        connect_at(self.gateway_addr, &self.token(id, role), id, role, query).await
     }
 
     /// A raw WebSocket connection (handshake done, nothing read) on `path`
@@ -493,6 +481,34 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Connects `id` in `role` to the gateway at `gateway` with `token`, on the
+/// endpoint for the role, with `query` (like `cursor=…`, or empty) besides
+/// the token, and reads `connected`.
+pub async fn connect_at(
+    gateway: SocketAddr,
+    token: &str,
+    id: i64,
+    role: Role,
+    query: &str,
+) -> (WsClient, Value) {
+    let path = match role {
+        Role::Operator => format!("/ws/operator/{id}"),
+        _ => format!("/ws/{id}"),
+    };
+    let mut url = format!("ws://{gateway}{path}?token={token}");
+    if !query.is_empty() {
+        url.push('&');
+        url.push_str(query);
+    }
+    let (stream, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("the WebSocket handshake finishes in time")
+        .expect("the WebSocket handshake succeeds");
+    let mut client = WsClient { stream };
+    let connected = client.recv_type("connected").await;
+    (client, connected)
 }
 
 /// A gRPC request carrying `id` in `role` as the caller.
