@@ -250,6 +250,7 @@ async fn grpc_refuses_other_users() {
                 dialog_id: Some(dialog_id),
                 text: "let me in".into(),
                 idempotency_key: String::new(),
+                ..Default::default()
             },
         ))
         .await;

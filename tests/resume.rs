@@ -128,6 +128,7 @@ async fn reconnect_without_cursor_delivers_what_arrived_offline() {
                 dialog_id: Some(dialog_id),
                 text: "How do I change my email address?".into(),
                 idempotency_key: String::new(),
+                ..Default::default()
             },
         ))
         .await
@@ -166,6 +167,7 @@ async fn first_answer_while_offline_is_delivered() {
                     dialog_id: None,
                     text: FAQ_QUESTION.into(),
                     idempotency_key: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -255,6 +257,7 @@ async fn too_slow_client_is_cut_off_and_resumes_losing_nothing() {
                         dialog_id: None,
                         text: FAQ_QUESTION.into(),
                         idempotency_key: String::new(),
+                        ..Default::default()
                     },
                 ))
                 .await

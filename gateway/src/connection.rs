@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::Gateway;
 use crate::auth::Claims;
 use crate::close::CloseReason;
-use crate::cursor::{Cursor, SERVICE_COUNT};
+use crate::cursor::{Cursor, HANDOFF, SERVICE_COUNT};
 use crate::frames::inbound::{self, ClientFrame, Inbound, OperatorStatus, Priority};
 use crate::frames::outbound::{self, PreparedEvent};
 use crate::registry::{Conn, Outbound};
@@ -531,7 +531,13 @@ impl Connection {
             ClientFrame::Heartbeat => outbound::heartbeat_ack(reference),
             ClientFrame::ChatMessage { dialog_id, message } => {
                 match services
-                    .send_message(&self.caller, dialog_id, message)
+                    .send_message(
+                        &self.caller,
+                        reference,
+                        dialog_id,
+                        message,
+                        self.handoff_seen(),
+                    )
                     .await
                 {
                     Ok(sent) => {
@@ -547,7 +553,10 @@ impl Connection {
             ClientFrame::Typing {
                 dialog_id,
                 is_typing,
-            } => match services.typing(&self.caller, dialog_id, is_typing).await {
+            } => match services
+                .typing(&self.caller, dialog_id, is_typing, self.handoff_seen())
+                .await
+            {
                 Ok(()) if reference.is_some() => {
                     outbound::ack(reference, json!({ "dialog_id": dialog_id }))
                 }
@@ -628,6 +637,17 @@ impl Connection {
             ClientFrame::LeaveRoom { room_id } => self.leave_room(reference, &room_id).await,
         };
         self.reply(reply).await
+    }
+
+    /// The last position of the caller's own log at the handoff service
+    /// this connection was delivered (0 for none): the chat service routes
+    /// the caller's messages by a holder view at least that new.
+    fn handoff_seen(&self) -> u64 {
+        if self.known[HANDOFF] {
+            self.cursor.get(HANDOFF)
+        } else {
+            0
+        }
     }
 
     /// Joins a `dialog:{id}` room, for its owner, its operator and admins:

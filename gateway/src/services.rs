@@ -58,19 +58,31 @@ impl Services {
         }
     }
 
-    /// Posts a user's message. Retried while the chat service is
-    /// unreachable: the idempotency key makes a repeat return the first
-    /// call's message instead of storing it twice.
+    /// Posts a message. Retried while the chat service is unreachable: the
+    /// idempotency key makes a repeat return the first call's message
+    /// instead of storing it twice. With the client's frame `id`, the key is
+    /// derived from the frame (id, dialog and text), so a client that
+    /// resends the same frame after a lost `ack` gets the original `ack`
+    /// (within 24 hours); without one, each frame gets a key of its own.
+    /// `handoff_position` is the last position of the caller's handoff log
+    /// this connection was delivered (see `SendMessageRequest`).
     pub async fn send_message(
         &self,
         caller: &Caller,
+        frame_id: Option<&str>,
         dialog_id: Option<i64>,
         text: String,
+        handoff_position: u64,
     ) -> Result<pb::SendMessageResponse, Status> {
+        let idempotency_key = match frame_id {
+            Some(id) => frame_key(id, dialog_id, &text),
+            None => uuid::Uuid::now_v7().to_string(),
+        };
         let message = pb::SendMessageRequest {
             dialog_id,
             text,
-            idempotency_key: uuid::Uuid::now_v7().to_string(),
+            idempotency_key,
+            handoff_position,
         };
         (|| async {
             let request = self.request(caller, message.clone());
@@ -183,18 +195,44 @@ impl Services {
         caller: &Caller,
         dialog_id: i64,
         is_typing: bool,
+        handoff_position: u64,
     ) -> Result<(), Status> {
         let request = self.request(
             caller,
             pb::TypingRequest {
                 dialog_id,
                 is_typing,
+                handoff_position,
             },
         );
         self.deadline(self.chat.clone().typing(request))
             .await
             .map(|_| ())
     }
+}
+
+/// The idempotency key of a client's `chat_message` frame: a digest of its
+/// `id`, its dialog and its text (each length-prefixed, so no two frames
+/// share one by accident). The same frame sent again gets the same key; a
+/// reused `id` with another text or dialog does not. The chat service scopes
+/// keys to the sender.
+fn frame_key(id: &str, dialog_id: Option<i64>, text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for part in [
+        id.as_bytes(),
+        &dialog_id.unwrap_or(0).to_be_bytes(),
+        text.as_bytes(),
+    ] {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part);
+    }
+    let hash = digest.finalize();
+    let hex: String = hash[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("frame:{hex}")
 }
 
 fn retry_policy() -> ExponentialBuilder {
@@ -254,5 +292,17 @@ mod tests {
             error_for(&Status::unavailable("x")).0,
             "service_unavailable"
         );
+    }
+
+    /// The same frame gets the same key; another text, dialog or id does not.
+    #[test]
+    fn frame_keys_follow_the_frame() {
+        let key = frame_key("m1", Some(3), "hello");
+        assert_eq!(key, frame_key("m1", Some(3), "hello"));
+        assert!(key.starts_with("frame:") && key.len() == 38, "{key}");
+        assert_ne!(key, frame_key("m1", Some(3), "hello!"));
+        assert_ne!(key, frame_key("m1", None, "hello"));
+        assert_ne!(key, frame_key("m2", Some(3), "hello"));
+        assert_ne!(frame_key("ab", None, "c"), frame_key("a", None, "bc"));
     }
 }

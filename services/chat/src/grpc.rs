@@ -38,7 +38,13 @@ impl Chat for ChatApi {
         let key = Some(request.idempotency_key.as_str()).filter(|k| !k.is_empty());
         let sent = self
             .service
-            .send_message(&caller, request.dialog_id, &request.text, key)
+            .send_message(
+                &caller,
+                request.dialog_id,
+                &request.text,
+                key,
+                request.handoff_position,
+            )
             .await?;
         tracing::Span::current().record("dialog_id", sent.dialog_id);
         Ok(Response::new(pb::SendMessageResponse {
@@ -81,7 +87,12 @@ impl Chat for ChatApi {
         let caller = Caller::from_metadata(request.metadata())?;
         let request = request.into_inner();
         self.service
-            .typing(&caller, request.dialog_id, request.is_typing)
+            .typing(
+                &caller,
+                request.dialog_id,
+                request.is_typing,
+                request.handoff_position,
+            )
             .await?;
         Ok(Response::new(pb::TypingResponse {}))
     }

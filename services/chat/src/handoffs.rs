@@ -1,16 +1,21 @@
 //! What the chat service needs to know from the handoff service, behind a
 //! trait: who holds a dialog, asking for an operator, and telling it an
 //! operator replied. The gRPC implementation talks to the handoff service;
-//! tests use a fake.
+//! tests use a fake. [`follow_holders`] keeps the service's
+//! [`HolderView`] fed from the handoff service's holder notes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use chatai_kit::grpc::TokenInterceptor;
+use chatai_kit::events::Recipient;
+use chatai_kit::follow::{Followed, Follower, ServiceChannel, service_request};
+use chatai_kit::holders::{self, HeldBy, HolderNote};
 use chatai_kit::identity::Caller;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::handoff_client::HandoffClient;
-use tonic::codegen::InterceptedService;
-use tonic::transport::Channel;
+use tokio_util::sync::CancellationToken;
+
+use crate::holders::HolderView;
 
 /// A dialog's active handoff, as the chat service sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,11 +49,18 @@ impl From<tonic::Status> for HandoffError {
     }
 }
 
+/// Who holds a dialog, as of a holder version ([`chatai_kit::holders`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    pub holder: Option<Holder>,
+    pub version: u64,
+}
+
 /// The handoff service, as the chat service uses it.
 #[async_trait::async_trait]
 pub trait Handoffs: Send + Sync + 'static {
     /// Who holds the dialog now, if anyone.
-    async fn holder(&self, dialog_id: i64) -> Result<Option<Holder>, HandoffError>;
+    async fn holding(&self, dialog_id: i64) -> Result<Holding, HandoffError>;
     /// Asks for a human operator for the user's dialog.
     async fn request(
         &self,
@@ -64,21 +76,17 @@ pub trait Handoffs: Send + Sync + 'static {
 /// [`Handoffs`] over gRPC.
 #[derive(Clone)]
 pub struct GrpcHandoffs {
-    client: HandoffClient<InterceptedService<Channel, TokenInterceptor>>,
+    client: HandoffClient<ServiceChannel>,
     timeout: Duration,
 }
 
 impl GrpcHandoffs {
-    /// A lazily connecting client of the handoff service at `addr`.
-    pub fn new(
-        addr: &chatai_kit::config::ServiceAddr,
-        interceptor: TokenInterceptor,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = addr.channel()?;
-        Ok(GrpcHandoffs {
-            client: HandoffClient::with_interceptor(channel, interceptor),
+    /// A client of the handoff service on `channel` (lazily connecting).
+    pub fn new(channel: ServiceChannel) -> Self {
+        GrpcHandoffs {
+            client: HandoffClient::new(channel),
             timeout: Duration::from_secs(5),
-        })
+        }
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -91,20 +99,23 @@ impl GrpcHandoffs {
 
 #[async_trait::async_trait]
 impl Handoffs for GrpcHandoffs {
-    async fn holder(&self, dialog_id: i64) -> Result<Option<Holder>, HandoffError> {
+    async fn holding(&self, dialog_id: i64) -> Result<Holding, HandoffError> {
         let response = self
             .client
             .clone()
             .get_active_handoff(self.request(pb::GetActiveHandoffRequest { dialog_id }))
             .await?
             .into_inner();
-        Ok(response.handoff.map(|handoff| match handoff.operator_id {
-            0 => Holder::Queued,
-            id => Holder::Operator {
-                id,
-                name: handoff.operator_name,
-            },
-        }))
+        Ok(Holding {
+            holder: response.handoff.map(|handoff| match handoff.operator_id {
+                0 => Holder::Queued,
+                id => Holder::Operator {
+                    id,
+                    name: handoff.operator_name,
+                },
+            }),
+            version: response.version,
+        })
     }
 
     async fn request(
@@ -148,8 +159,11 @@ pub struct NoHandoffs;
 
 #[async_trait::async_trait]
 impl Handoffs for NoHandoffs {
-    async fn holder(&self, _: i64) -> Result<Option<Holder>, HandoffError> {
-        Ok(None)
+    async fn holding(&self, _: i64) -> Result<Holding, HandoffError> {
+        Ok(Holding {
+            holder: None,
+            version: 0,
+        })
     }
 
     async fn request(
@@ -166,5 +180,78 @@ impl Handoffs for NoHandoffs {
 
     async fn operator_replied(&self, _: i64, _: i64) -> Result<(), HandoffError> {
         Ok(())
+    }
+}
+
+/// How this client introduces itself on the handoff service's stream.
+const HELLO_ID: &str = "chat-service";
+
+/// Feeds `view` from the handoff service's holder notes until `shutdown`:
+/// its listing after each attach, then every note.
+pub async fn follow_holders(
+    channel: ServiceChannel,
+    view: Arc<HolderView>,
+    shutdown: CancellationToken,
+) {
+    let mut follower = HolderFollower {
+        client: HandoffClient::new(channel.clone()),
+        view,
+    };
+    chatai_kit::follow::follow(
+        channel,
+        HELLO_ID,
+        "handoff",
+        Recipient::Room(holders::ROOM.into()),
+        &mut follower,
+        shutdown,
+    )
+    .await;
+}
+
+struct HolderFollower {
+    client: HandoffClient<ServiceChannel>,
+    view: Arc<HolderView>,
+}
+
+#[async_trait::async_trait]
+impl Follower for HolderFollower {
+    async fn snapshot(&mut self) -> Result<Followed, tonic::Status> {
+        let listing = self
+            .client
+            .list_queue(service_request(
+                pb::ListQueueRequest {},
+                Some(Duration::from_secs(5)),
+            ))
+            .await?
+            .into_inner();
+        let queued = listing
+            .queued
+            .iter()
+            .map(|handoff| (handoff.dialog_id, HeldBy::Queued));
+        let assigned = listing.assigned.into_iter().map(|handoff| {
+            let holder = HeldBy::Operator {
+                operator_id: handoff.operator_id,
+                operator_name: handoff.operator_name,
+            };
+            (handoff.dialog_id, holder)
+        });
+        self.view
+            .reset(queued.chain(assigned).collect(), listing.version);
+        Ok(Followed::Continue)
+    }
+
+    async fn event(&mut self, event: pb::Event) -> Followed {
+        if event.r#type != holders::KIND {
+            return Followed::Continue;
+        }
+        match serde_json::from_slice::<HolderNote>(&event.body) {
+            Ok(note) => self.view.apply(note),
+            Err(cause) => tracing::warn!(%cause, "ignoring a holder note that does not parse"),
+        }
+        Followed::Continue
+    }
+
+    fn detached(&mut self) {
+        self.view.detached();
     }
 }

@@ -7,7 +7,9 @@
 //! - [`store`] — storage behind the [`store::ChatStore`] trait, on SQLite and
 //!   PostgreSQL.
 //! - [`handoffs`] — what the service asks the handoff service (who holds a
-//!   dialog), behind a trait.
+//!   dialog), behind a trait, and the task following its holder notes.
+//! - [`holders`] — the service's own view of who holds each dialog, so a
+//!   message is routed without asking the handoff service each time.
 //! - `service` — the domain logic: authorization, messages, the assistant's
 //!   answers and charging.
 //! - `grpc` — the tonic adapter; `error` — [`ChatError`] and its one mapping
@@ -20,6 +22,7 @@ mod error;
 mod events;
 mod grpc;
 pub mod handoffs;
+pub mod holders;
 mod service;
 pub mod store;
 
@@ -31,6 +34,7 @@ use chatai_kit::host::ServiceHost;
 use chatai_proto::v1::chat_server::ChatServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::InterceptedService;
 
 pub use config::ChatConfig;
 pub use error::ChatError;
@@ -75,7 +79,9 @@ pub async fn run(
         max_message_chars: config.max_message_chars,
         assistant_context: config.assistant_context,
     };
-    let handoffs = handoffs::GrpcHandoffs::new(&handoff_addr, TokenInterceptor::new(&common.auth))?;
+    let handoff_channel =
+        InterceptedService::new(handoff_addr.channel()?, TokenInterceptor::new(&common.auth));
+    let handoffs = handoffs::GrpcHandoffs::new(handoff_channel.clone());
     let service = ChatService::new(
         store,
         assistant,
@@ -84,6 +90,11 @@ pub async fn run(
         policy,
         host.tasks.clone(),
     );
+    host.tasks.spawn(handoffs::follow_holders(
+        handoff_channel,
+        service.holder_view(),
+        host.shutdown.clone(),
+    ));
     let routes = tonic::service::Routes::new(ChatServer::new(grpc::ChatApi::new(service)));
     host.serve(listener, Some(routes), &["chatai.v1.Chat"])
         .await?;

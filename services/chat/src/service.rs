@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use chatai_assistant::{Assistant, HumanReason, Speaker, Turn};
 use chatai_kit::events::{Event, EventLog, Recipient};
+use chatai_kit::holders::NotedFor;
 use chatai_kit::identity::{Caller, Role};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -15,6 +16,7 @@ use crate::events::{
     AiResponse, BalanceAlert, ChatMessageCopy, DeferredError, OperatorMessage, Typing,
 };
 use crate::handoffs::{HandoffError, Handoffs, Holder};
+use crate::holders::HolderView;
 use crate::store::{ChatStore, Dialog, Message, Money, NewMessage, Sender};
 use chatai_proto::v1 as pb;
 
@@ -44,6 +46,8 @@ pub struct ChatService {
     assistant: Arc<dyn Assistant>,
     log: Arc<dyn EventLog>,
     handoffs: Arc<dyn Handoffs>,
+    /// Who holds each dialog, fed by the handoff service's notes.
+    holders: Arc<HolderView>,
     policy: Arc<Policy>,
     /// Owns the assistant-answer tasks, so shutdown can wait for them.
     tasks: TaskTracker,
@@ -63,9 +67,16 @@ impl ChatService {
             assistant,
             log,
             handoffs,
+            holders: Arc::new(HolderView::new()),
             policy: Arc::new(policy),
             tasks,
         }
+    }
+
+    /// The view of dialog holders this service routes by, for the task that
+    /// feeds it ([`crate::handoffs::follow_holders`]).
+    pub fn holder_view(&self) -> Arc<HolderView> {
+        self.holders.clone()
     }
 
     /// Stores a message. From a user (in a new dialog when `dialog_id` is
@@ -73,12 +84,17 @@ impl ChatService {
     /// holds the dialog — then the holding operator gets it, or, while the
     /// handoff waits in the queue, nobody answers yet. From an operator: only
     /// into a dialog they hold; the user gets it as `operator_message`.
+    ///
+    /// `seen` is the last position of the caller's own log at the handoff
+    /// service its connection was delivered: the message is routed by a view
+    /// of the holder that reflects at least that much ([`crate::holders`]).
     pub async fn send_message(
         &self,
         caller: &Caller,
         dialog_id: Option<i64>,
         text: &str,
         idempotency_key: Option<&str>,
+        seen: u64,
     ) -> Result<Sent, ChatError> {
         let text = text.trim();
         if text.is_empty() {
@@ -91,12 +107,12 @@ impl ChatService {
         }
         match caller.role {
             Role::User | Role::Admin => {
-                self.user_message(caller, dialog_id, text, idempotency_key)
+                self.user_message(caller, dialog_id, text, idempotency_key, seen)
                     .await
             }
             Role::Operator => {
                 let dialog_id = dialog_id.ok_or(ChatError::DialogRequired)?;
-                self.operator_message(caller, dialog_id, text, idempotency_key)
+                self.operator_message(caller, dialog_id, text, idempotency_key, seen)
                     .await
             }
             Role::Service => Err(ChatError::Forbidden),
@@ -109,6 +125,7 @@ impl ChatService {
         dialog_id: Option<i64>,
         text: &str,
         idempotency_key: Option<&str>,
+        seen: u64,
     ) -> Result<Sent, ChatError> {
         self.store
             .ensure_user(
@@ -122,7 +139,9 @@ impl ChatService {
                 let dialog = self.owned_dialog(caller, id).await?;
                 // Asked before storing: if the handoff service cannot say,
                 // nothing is stored and the client retries.
-                let holder = self.handoffs.holder(dialog.id).await?;
+                let holder = self
+                    .holder(dialog.id, NotedFor::User(caller.id), seen)
+                    .await?;
                 (dialog, holder)
             }
             None => (self.store.create_dialog(caller.id).await?, None),
@@ -185,13 +204,14 @@ impl ChatService {
         dialog_id: i64,
         text: &str,
         idempotency_key: Option<&str>,
+        seen: u64,
     ) -> Result<Sent, ChatError> {
         let dialog = self
             .store
             .dialog(dialog_id)
             .await?
             .ok_or(ChatError::DialogNotFound(dialog_id))?;
-        if !self.holds(caller, &dialog).await? {
+        if !self.holds(caller, &dialog, seen).await? {
             return Err(ChatError::NotParticipant(dialog_id));
         }
         let (message, created) = self
@@ -237,15 +257,39 @@ impl ChatService {
         })
     }
 
-    /// Whether `caller` is the operator holding `dialog`.
-    async fn holds(&self, caller: &Caller, dialog: &Dialog) -> Result<bool, ChatError> {
+    /// Whether `caller` is the operator holding `dialog`, by a view that
+    /// reflects what the operator had seen up to `seen`.
+    async fn holds(&self, caller: &Caller, dialog: &Dialog, seen: u64) -> Result<bool, ChatError> {
         if caller.role != Role::Operator {
             return Ok(false);
         }
         Ok(matches!(
-            self.handoffs.holder(dialog.id).await?,
+            self.holder(dialog.id, NotedFor::Operator(caller.id), seen).await?,
             Some(Holder::Operator { id, .. }) if id == caller.id
         ))
+    }
+
+    /// Who holds the dialog, from the view when it reflects everything
+    /// `caller` had seen up to `seen`, else from the handoff service (and
+    /// the view learns the answer).
+    async fn holder(
+        &self,
+        dialog_id: i64,
+        caller: NotedFor,
+        seen: u64,
+    ) -> Result<Option<Holder>, ChatError> {
+        if let Some(holder) = self.holders.lookup(dialog_id, caller, seen) {
+            return Ok(holder);
+        }
+        let holding = self.handoffs.holding(dialog_id).await?;
+        self.holders.learned(
+            dialog_id,
+            holding.holder.clone(),
+            holding.version,
+            caller,
+            seen,
+        );
+        Ok(holding.holder)
     }
 
     /// Asks for a human operator for the caller's own dialog.
@@ -275,7 +319,8 @@ impl ChatService {
             .dialog(dialog_id)
             .await?
             .ok_or(ChatError::DialogNotFound(dialog_id))?;
-        let operator = match self.handoffs.holder(dialog.id).await? {
+        // Authoritative: joining a room is rare, and grants reading.
+        let operator = match self.handoffs.holding(dialog.id).await?.holder {
             Some(Holder::Operator { id, .. }) => id,
             _ => 0,
         };
@@ -309,6 +354,7 @@ impl ChatService {
         caller: &Caller,
         dialog_id: i64,
         is_typing: bool,
+        seen: u64,
     ) -> Result<(), ChatError> {
         let (dialog, operator) = if caller.role == Role::Operator {
             let dialog = self
@@ -316,7 +362,7 @@ impl ChatService {
                 .dialog(dialog_id)
                 .await?
                 .ok_or(ChatError::DialogNotFound(dialog_id))?;
-            if !self.holds(caller, &dialog).await? {
+            if !self.holds(caller, &dialog, seen).await? {
                 return Err(ChatError::NotParticipant(dialog_id));
             }
             (dialog, Some(caller.id))
@@ -333,7 +379,10 @@ impl ChatService {
             Arc::new(Event::new("typing", &body)?.with_origin(caller.connection_id.clone()));
         let other_side = match operator {
             Some(_) => Some(Recipient::User(dialog.user_id)),
-            None => match self.handoffs.holder(dialog.id).await? {
+            None => match self
+                .holder(dialog.id, NotedFor::User(caller.id), seen)
+                .await?
+            {
                 Some(Holder::Operator { id, .. }) => Some(Recipient::Operator(id)),
                 _ => None,
             },

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatai_assistant::{Answer, Assistant, AssistantError, KnowledgeBase, Turn};
-use chatai_chat::handoffs::{HandoffError, Handoffs, Holder, NoHandoffs};
-use chatai_chat::store::{self, ChatStore, Money};
+use chatai_chat::handoffs::{HandoffError, Handoffs, Holder, Holding, NoHandoffs};
+use chatai_chat::store::{self, ChatStore, Money, Sender};
 use chatai_chat::{ChatError, ChatService, Policy};
 use chatai_kit::config::EventLogConfig;
 use chatai_kit::events::memory::MemoryLog;
 use chatai_kit::events::{Delivery, EventLog, Recipient};
+use chatai_kit::holders::{HeldBy, HolderNote, NotedFor};
 use chatai_kit::identity::{Caller, Role};
 use chatai_proto::v1 as pb;
 use std::sync::Mutex;
@@ -105,7 +106,7 @@ async fn answer_is_stored_delivered_and_charged() {
     let ann = caller(456, Role::User);
     let sent = f
         .service
-        .send_message(&ann, None, "How do I reset my password?", None)
+        .send_message(&ann, None, "How do I reset my password?", None, 0)
         .await
         .expect("the message is accepted");
     assert!(sent.created);
@@ -156,12 +157,12 @@ async fn dialogs_are_private() {
     let bob = caller(2, Role::User);
     let sent = f
         .service
-        .send_message(&ann, None, "hello", None)
+        .send_message(&ann, None, "hello", None, 0)
         .await
         .expect("accepted");
     assert!(matches!(
         f.service
-            .send_message(&bob, Some(sent.dialog_id), "mine now", None)
+            .send_message(&bob, Some(sent.dialog_id), "mine now", None, 0)
             .await,
         Err(ChatError::NotParticipant(_))
     ));
@@ -170,12 +171,18 @@ async fn dialogs_are_private() {
         Err(ChatError::NotParticipant(_))
     ));
     assert!(matches!(
-        f.service.typing(&bob, sent.dialog_id, true).await,
+        f.service.typing(&bob, sent.dialog_id, true, 0).await,
         Err(ChatError::NotParticipant(_))
     ));
     assert!(matches!(
         f.service
-            .send_message(&caller(3, Role::Operator), Some(sent.dialog_id), "hi", None)
+            .send_message(
+                &caller(3, Role::Operator),
+                Some(sent.dialog_id),
+                "hi",
+                None,
+                0
+            )
             .await,
         Err(ChatError::NotParticipant(_))
     ));
@@ -187,17 +194,17 @@ async fn dialogs_are_private() {
     );
     assert!(matches!(
         f.service
-            .send_message(&ann, Some(999_999), "hello", None)
+            .send_message(&ann, Some(999_999), "hello", None, 0)
             .await,
         Err(ChatError::DialogNotFound(999_999))
     ));
     assert!(matches!(
-        f.service.send_message(&ann, None, "   ", None).await,
+        f.service.send_message(&ann, None, "   ", None, 0).await,
         Err(ChatError::EmptyMessage)
     ));
     assert!(matches!(
         f.service
-            .send_message(&ann, None, &"x".repeat(101), None)
+            .send_message(&ann, None, &"x".repeat(101), None, 0)
             .await,
         Err(ChatError::MessageTooLong { max: 100 })
     ));
@@ -218,12 +225,12 @@ async fn retried_message_is_stored_once() {
     let ann = caller(1, Role::User);
     let first = f
         .service
-        .send_message(&ann, None, "hello", Some("k1"))
+        .send_message(&ann, None, "hello", Some("k1"), 0)
         .await
         .expect("accepted");
     let again = f
         .service
-        .send_message(&ann, Some(first.dialog_id), "hello", Some("k1"))
+        .send_message(&ann, Some(first.dialog_id), "hello", Some("k1"), 0)
         .await
         .expect("accepted");
     assert_eq!(first.message_id, again.message_id);
@@ -265,7 +272,7 @@ async fn balance_alert_fires_once_per_crossing() {
     let ann = caller(7, Role::User);
     let first = f
         .service
-        .send_message(&ann, None, "one", None)
+        .send_message(&ann, None, "one", None, 0)
         .await
         .expect("accepted");
     let mut alerts = 0;
@@ -273,7 +280,13 @@ async fn balance_alert_fires_once_per_crossing() {
     for n in 0..5 {
         if n > 0 {
             f.service
-                .send_message(&ann, Some(first.dialog_id), &format!("message {n}"), None)
+                .send_message(
+                    &ann,
+                    Some(first.dialog_id),
+                    &format!("message {n}"),
+                    None,
+                    0,
+                )
                 .await
                 .expect("accepted");
         }
@@ -332,7 +345,7 @@ async fn assistant_failure_is_reported_to_the_user() {
     let ann = caller(5, Role::User);
     let sent = f
         .service
-        .send_message(&ann, None, "hello?", None)
+        .send_message(&ann, None, "hello?", None, 0)
         .await
         .expect("accepted");
     let delivery = next_for(&mut f.live, &Recipient::User(5)).await;
@@ -359,11 +372,11 @@ async fn typing_is_relayed_to_the_room() {
     let ann = caller(3, Role::User);
     let sent = f
         .service
-        .send_message(&ann, None, "hello", None)
+        .send_message(&ann, None, "hello", None, 0)
         .await
         .expect("accepted");
     f.service
-        .typing(&ann, sent.dialog_id, true)
+        .typing(&ann, sent.dialog_id, true, 0)
         .await
         .expect("relayed");
     let room = Recipient::dialog_room(sent.dialog_id);
@@ -384,17 +397,21 @@ struct FakeHandoffs {
     holders: Mutex<std::collections::HashMap<i64, Holder>>,
     requests: Mutex<Vec<(i64, i64, String)>>,
     replies: Mutex<Vec<(i64, i64)>>,
+    /// How often the service asked who holds a dialog.
+    asked: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
 impl Handoffs for FakeHandoffs {
-    async fn holder(&self, dialog_id: i64) -> Result<Option<Holder>, HandoffError> {
-        Ok(self
+    async fn holding(&self, dialog_id: i64) -> Result<Holding, HandoffError> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let holder = self
             .holders
             .lock()
             .expect("not poisoned")
             .get(&dialog_id)
-            .cloned())
+            .cloned();
+        Ok(Holding { holder, version: 0 })
     }
 
     async fn request(
@@ -444,7 +461,7 @@ async fn a_held_dialog_is_between_user_and_operator() {
     let ann = caller(1, Role::User);
     let first = f
         .service
-        .send_message(&ann, None, "hello", None)
+        .send_message(&ann, None, "hello", None, 0)
         .await
         .expect("accepted");
     let _ = next_for(&mut f.live, &Recipient::User(1)).await; // the assistant's answer
@@ -456,7 +473,7 @@ async fn a_held_dialog_is_between_user_and_operator() {
         },
     );
     f.service
-        .send_message(&ann, Some(first.dialog_id), "are you human?", None)
+        .send_message(&ann, Some(first.dialog_id), "are you human?", None, 0)
         .await
         .expect("accepted");
     let to_operator = next_for(&mut f.live, &Recipient::Operator(77)).await;
@@ -472,7 +489,7 @@ async fn a_held_dialog_is_between_user_and_operator() {
         connection_id: None,
     };
     f.service
-        .send_message(&olga, Some(first.dialog_id), "yes, I am", None)
+        .send_message(&olga, Some(first.dialog_id), "yes, I am", None, 0)
         .await
         .expect("the holder may reply");
     let to_user = next_for(&mut f.live, &Recipient::User(1)).await;
@@ -503,7 +520,7 @@ async fn a_held_dialog_is_between_user_and_operator() {
     };
     assert!(matches!(
         f.service
-            .send_message(&other, Some(first.dialog_id), "me too", None)
+            .send_message(&other, Some(first.dialog_id), "me too", None, 0)
             .await,
         Err(ChatError::NotParticipant(_))
     ));
@@ -513,7 +530,7 @@ async fn a_held_dialog_is_between_user_and_operator() {
     ));
     assert!(matches!(
         f.service
-            .send_message(&olga, None, "new dialog?", None)
+            .send_message(&olga, None, "new dialog?", None, 0)
             .await,
         Err(ChatError::DialogRequired)
     ));
@@ -533,7 +550,7 @@ async fn typing_crosses_to_the_other_side() {
     let ann = caller(1, Role::User);
     let sent = f
         .service
-        .send_message(&ann, None, "hello", None)
+        .send_message(&ann, None, "hello", None, 0)
         .await
         .expect("accepted");
     handoffs.holders.lock().expect("not poisoned").insert(
@@ -544,7 +561,7 @@ async fn typing_crosses_to_the_other_side() {
         },
     );
     f.service
-        .typing(&ann, sent.dialog_id, true)
+        .typing(&ann, sent.dialog_id, true, 0)
         .await
         .expect("relayed");
     let to_operator = loop {
@@ -557,7 +574,7 @@ async fn typing_crosses_to_the_other_side() {
     assert_eq!(body(&to_operator)["user_id"], 1);
     let operator = caller(5, Role::Operator);
     f.service
-        .typing(&operator, sent.dialog_id, false)
+        .typing(&operator, sent.dialog_id, false, 0)
         .await
         .expect("relayed");
     let to_user = loop {
@@ -584,7 +601,7 @@ async fn handoff_requests_and_the_quiet_assistant() {
     let ann = caller(1, Role::User);
     let sent = f
         .service
-        .send_message(&ann, None, "I want to talk to a human please", None)
+        .send_message(&ann, None, "I want to talk to a human please", None, 0)
         .await
         .expect("accepted");
     let answer = next_for(&mut f.live, &Recipient::User(1)).await;
@@ -599,7 +616,7 @@ async fn handoff_requests_and_the_quiet_assistant() {
     );
     // Now queued: the assistant stays quiet.
     f.service
-        .send_message(&ann, Some(sent.dialog_id), "hello?", None)
+        .send_message(&ann, Some(sent.dialog_id), "hello?", None, 0)
         .await
         .expect("accepted");
     f.tasks.close();
@@ -622,4 +639,154 @@ async fn handoff_requests_and_the_quiet_assistant() {
         .await
         .expect("the owner may ask");
     assert_eq!(handoffs.requests.lock().expect("not poisoned").len(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// The holder view and its races (see `chatai_chat::holders`)
+// ---------------------------------------------------------------------------
+
+fn olga() -> Holder {
+    Holder::Operator {
+        id: 77,
+        name: "Olga".into(),
+    }
+}
+
+fn olga_held(version: u64, recipient: NotedFor, position: u64) -> HolderNote {
+    HolderNote {
+        dialog_id: 1,
+        user_id: 1,
+        holder: HeldBy::Operator {
+            operator_id: 77,
+            operator_name: "Olga".into(),
+        },
+        version,
+        recipient,
+        position,
+    }
+}
+
+/// A dialog of user 1 (id 1), answered once by the assistant, with the
+/// handoff service in memory and the view attached and told nothing.
+async fn held_dialog() -> (Fixture, Arc<FakeHandoffs>) {
+    let handoffs = Arc::new(FakeHandoffs::default());
+    let mut f = fixture_with(
+        Arc::new(KnowledgeBase::bundled("Helper")),
+        policy(10.0, 0.0, 5.0),
+        handoffs.clone(),
+    )
+    .await;
+    let sent = f
+        .service
+        .send_message(&caller(1, Role::User), None, "hello", None, 0)
+        .await
+        .expect("accepted");
+    assert_eq!(sent.dialog_id, 1);
+    let _ = next_for(&mut f.live, &Recipient::User(1)).await;
+    f.service.holder_view().reset(Vec::new(), 1);
+    (f, handoffs)
+}
+
+fn asked(handoffs: &FakeHandoffs) -> usize {
+    handoffs.asked.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Whether the assistant answered anything after `message_id`.
+async fn assistant_answered_after(f: &Fixture, message_id: i64) -> bool {
+    f.tasks.close();
+    f.tasks.wait().await;
+    f.tasks.reopen();
+    let history = f.store.history(1, None, 50).await.expect("readable");
+    history
+        .iter()
+        .any(|m| m.id > message_id && m.sender == Sender::Assistant)
+}
+
+/// Race 1: the user has seen `operator_assigned` (position 5 of its handoff
+/// log) before the note reached the chat service. Its message reaches the
+/// operator and never the assistant: the view does not cover position 5, so
+/// the service asks the handoff service.
+#[tokio::test]
+async fn a_user_who_has_seen_the_assignment_reaches_the_operator_before_the_note() {
+    let (mut f, handoffs) = held_dialog().await;
+    handoffs
+        .holders
+        .lock()
+        .expect("not poisoned")
+        .insert(1, olga());
+    let sent = f
+        .service
+        .send_message(&caller(1, Role::User), Some(1), "are you human?", None, 5)
+        .await
+        .expect("accepted");
+    let to_operator = next_for(&mut f.live, &Recipient::Operator(77)).await;
+    assert_eq!(to_operator.event.kind, "chat_message");
+    assert_eq!(body(&to_operator)["message"], "are you human?");
+    assert_eq!(asked(&handoffs), 1);
+    assert!(!assistant_answered_after(&f, sent.message_id).await);
+
+    // Once the note for position 5 has come, the view answers alone.
+    f.service
+        .holder_view()
+        .apply(olga_held(2, NotedFor::User(1), 5));
+    f.service
+        .send_message(&caller(1, Role::User), Some(1), "still there?", None, 5)
+        .await
+        .expect("accepted");
+    let to_operator = next_for(&mut f.live, &Recipient::Operator(77)).await;
+    assert_eq!(body(&to_operator)["message"], "still there?");
+    assert_eq!(
+        asked(&handoffs),
+        1,
+        "no second question to the handoff service"
+    );
+}
+
+/// Race 2: the view still says Olga holds the dialog, but the user has seen
+/// `handoff_completed` (position 6) and the operator too (position 3 of
+/// theirs). The user's message goes to the assistant, never to Olga; Olga
+/// can no longer write into the dialog.
+#[tokio::test]
+async fn after_the_completion_is_seen_the_former_holder_is_never_reached() {
+    let (mut f, handoffs) = held_dialog().await;
+    let view = f.service.holder_view();
+    view.apply(olga_held(2, NotedFor::User(1), 5));
+    view.apply(olga_held(2, NotedFor::Operator(77), 2));
+    // Completed at the handoff service; the notes are still on their way.
+    handoffs.holders.lock().expect("not poisoned").clear();
+
+    let sent = f
+        .service
+        .send_message(&caller(1, Role::User), Some(1), "thanks, bye", None, 6)
+        .await
+        .expect("accepted");
+    let to_user = next_for(&mut f.live, &Recipient::User(1)).await;
+    assert_eq!(to_user.event.kind, "ai_response", "the assistant answers");
+    assert!(assistant_answered_after(&f, sent.message_id).await);
+    let olga_got: Vec<Delivery> = std::iter::from_fn(|| f.live.try_recv().ok())
+        .filter(|d| d.recipient == Recipient::Operator(77))
+        .collect();
+    assert!(olga_got.is_empty(), "{olga_got:?}");
+
+    let olga = Caller {
+        id: 77,
+        role: Role::Operator,
+        name: Some("Olga".into()),
+        connection_id: None,
+    };
+    assert!(matches!(
+        f.service
+            .send_message(&olga, Some(1), "one more thing", None, 3)
+            .await,
+        Err(ChatError::NotParticipant(1))
+    ));
+
+    // What the caller had not seen yet is a race either way: the view's
+    // answer stands, and nobody is asked.
+    let before = asked(&handoffs);
+    f.service
+        .send_message(&olga, Some(1), "sent before I saw it", None, 2)
+        .await
+        .expect("the view still says Olga holds it");
+    assert_eq!(asked(&handoffs), before);
 }

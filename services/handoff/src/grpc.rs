@@ -76,9 +76,10 @@ impl Handoff for HandoffApi {
         let dialog_id = request.into_inner().dialog_id;
         tracing::Span::current().record("caller", caller.id);
         tracing::Span::current().record("dialog_id", dialog_id);
-        let view = self.service.active(&caller, dialog_id).await?;
+        let holding = self.service.holding(&caller, dialog_id).await?;
         Ok(Response::new(pb::GetActiveHandoffResponse {
-            handoff: view.map(Into::into),
+            handoff: holding.view.map(Into::into),
+            version: holding.version,
         }))
     }
 
@@ -108,6 +109,7 @@ impl Handoff for HandoffApi {
         Ok(Response::new(pb::ListQueueResponse {
             queued: listing.queued.into_iter().map(Into::into).collect(),
             assigned: listing.assigned.into_iter().map(Into::into).collect(),
+            version: listing.version,
         }))
     }
 }

@@ -4,12 +4,12 @@
 //! operator's load with `Presence.SetLoad`. The only place presence's wire
 //! types are touched.
 //!
-//! - [`follow`] — one task: attach, `Hello`, `Subscribe{Role(OPERATOR)}`,
-//!   wait for `Subscribed`, `ListOperators` → [`OperatorUpdate::Snapshot`],
+//! - [`follow`] — one task ([`chatai_kit::follow`]): subscribe
+//!   `Role(OPERATOR)`, then `ListOperators` → [`OperatorUpdate::Snapshot`],
 //!   then one [`OperatorUpdate::Changed`] per event; when the stream drops,
-//!   again, with exponential backoff (`backon`). Events that arrive while
-//!   the snapshot is read wait in the stream and are applied after it, in
-//!   order, so the view ends as presence's.
+//!   again, with backoff. Events that arrive while the snapshot is read wait
+//!   in the stream and are applied after it, in order, so the view ends as
+//!   presence's.
 //! - [`LoadReporter`] — the [`OperatorDirectory`] over gRPC: the queue drops
 //!   the latest load per operator into a map (never blocking), one task
 //!   sends them, retrying those that failed while presence is unreachable.
@@ -21,16 +21,14 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 use chatai_kit::config::{InternalAuth, ServiceAddr};
 use chatai_kit::events::Recipient;
+use chatai_kit::follow::{Followed, Follower, backoff, service_request};
 use chatai_kit::grpc::TokenInterceptor;
-use chatai_kit::identity::{Caller, Role};
+use chatai_kit::identity::Role;
 use chatai_proto::v1 as pb;
-use chatai_proto::v1::event_stream_client::EventStreamClient;
 use chatai_proto::v1::presence_client::PresenceClient;
 use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::InterceptedService;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::directory::{
@@ -38,7 +36,7 @@ use crate::directory::{
 };
 
 /// A channel to presence with the internal token on every call.
-pub type PresenceChannel = InterceptedService<Channel, TokenInterceptor>;
+pub type PresenceChannel = chatai_kit::follow::ServiceChannel;
 
 /// The event type the follower reads.
 const STATUS_CHANGE: &str = "operator_status_change";
@@ -46,8 +44,6 @@ const STATUS_CHANGE: &str = "operator_status_change";
 const HELLO_ID: &str = "handoff-service";
 /// Deadline of each unary call to presence.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long `Subscribed` may take before the stream is given up.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A lazily connecting channel to presence at `addr` that reconnects by
 /// itself, with the internal token on every call.
@@ -62,34 +58,6 @@ pub fn channel(
     ))
 }
 
-/// Reconnect delays: quick at first, at most 5 s, jittered, forever.
-fn backoff() -> backon::ExponentialBuilder {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-}
-
-/// A request carrying the service caller, with a deadline when `timeout`.
-fn request<T>(message: T, timeout: Option<Duration>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    Caller::service().write_metadata(request.metadata_mut());
-    if let Some(timeout) = timeout {
-        request.set_timeout(timeout);
-    }
-    request
-}
-
-/// Why one attached stream ended.
-enum Ended {
-    /// Shutdown, or the queue is gone: stop following.
-    Stop,
-    /// The stream failed; `attached` says whether it had got as far as the
-    /// snapshot (then the backoff starts over).
-    Broken { attached: bool },
-}
-
 /// Follows presence until `shutdown`, sending the queue a snapshot after each
 /// attach and every status change after it.
 pub async fn follow(
@@ -97,142 +65,70 @@ pub async fn follow(
     updates: mpsc::Sender<OperatorUpdate>,
     shutdown: CancellationToken,
 ) {
-    let mut events = EventStreamClient::new(channel.clone());
-    let mut presence = PresenceClient::new(channel);
-    let mut delays = backoff().build();
-    let mut failures = 0u32;
-    loop {
-        match follow_once(&mut events, &mut presence, &updates, &shutdown).await {
-            Ended::Stop => return,
-            Ended::Broken { attached: true } => {
-                failures = 0;
-                delays = backoff().build();
-            }
-            Ended::Broken { attached: false } => failures += 1,
-        }
-        let delay = delays.next().unwrap_or(Duration::from_secs(5));
-        if failures == 1 {
-            tracing::warn!(?delay, "cannot follow presence; retrying with backoff");
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+    let mut follower = PresenceFollower {
+        presence: PresenceClient::new(channel.clone()),
+        updates,
+    };
+    chatai_kit::follow::follow(
+        channel,
+        HELLO_ID,
+        "presence",
+        Recipient::Role(Role::Operator),
+        &mut follower,
+        shutdown,
+    )
+    .await;
 }
 
-async fn follow_once(
-    events: &mut EventStreamClient<PresenceChannel>,
-    presence: &mut PresenceClient<PresenceChannel>,
-    updates: &mpsc::Sender<OperatorUpdate>,
-    shutdown: &CancellationToken,
-) -> Ended {
-    let broken = Ended::Broken { attached: false };
-    // Kept for the life of the stream: dropping it would end our side.
-    let (outbound, rx) = mpsc::channel(4);
-    let opening = [
-        pb::gateway_message::Msg::Hello(pb::Hello {
-            gateway_id: HELLO_ID.to_owned(),
-        }),
-        pb::gateway_message::Msg::Subscribe(pb::Subscribe {
-            request_id: 1,
-            recipient: Some((&Recipient::Role(Role::Operator)).into()),
-        }),
-    ];
-    for msg in opening {
-        if outbound
-            .send(pb::GatewayMessage { msg: Some(msg) })
+/// Turns presence's listing and `operator_status_change` events into the
+/// queue's [`OperatorUpdate`]s.
+struct PresenceFollower {
+    presence: PresenceClient<PresenceChannel>,
+    updates: mpsc::Sender<OperatorUpdate>,
+}
+
+#[async_trait::async_trait]
+impl Follower for PresenceFollower {
+    async fn snapshot(&mut self) -> Result<Followed, Status> {
+        let operators = self
+            .presence
+            .list_operators(service_request(
+                pb::ListOperatorsRequest {},
+                Some(CALL_TIMEOUT),
+            ))
+            .await?
+            .into_inner()
+            .operators;
+        let snapshot = operators.iter().map(OperatorView::from).collect();
+        if self
+            .updates
+            .send(OperatorUpdate::Snapshot(snapshot))
             .await
             .is_err()
         {
-            return broken;
+            return Ok(Followed::Stop);
         }
+        Ok(Followed::Continue)
     }
-    let opened = tokio::select! {
-        _ = shutdown.cancelled() => return Ended::Stop,
-        opened = events.attach(request(ReceiverStream::new(rx), None)) => opened,
-    };
-    let mut inbound = match opened {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            tracing::debug!(cause = %status, "cannot attach to presence");
-            return broken;
-        }
-    };
-    // Wait for `Subscribed`: every event from then on reaches us.
-    let subscribed = async {
-        loop {
-            match inbound.message().await {
-                Ok(Some(pb::ServiceMessage {
-                    msg: Some(pb::service_message::Msg::Subscribed(ack)),
-                })) if ack.request_id == 1 => return true,
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => return false,
-            }
-        }
-    };
-    tokio::select! {
-        _ = shutdown.cancelled() => return Ended::Stop,
-        ok = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed) => {
-            if !matches!(ok, Ok(true)) {
-                tracing::debug!("presence did not confirm the subscription");
-                return broken;
-            }
-        }
-    }
-    let listed = tokio::select! {
-        _ = shutdown.cancelled() => return Ended::Stop,
-        listed = presence.list_operators(request(pb::ListOperatorsRequest {}, Some(CALL_TIMEOUT))) => listed,
-    };
-    let operators = match listed {
-        Ok(response) => response.into_inner().operators,
-        Err(status) => {
-            tracing::warn!(cause = %status, "presence did not list its operators");
-            return broken;
-        }
-    };
-    let snapshot = operators.iter().map(OperatorView::from).collect();
-    if updates
-        .send(OperatorUpdate::Snapshot(snapshot))
-        .await
-        .is_err()
-    {
-        return Ended::Stop;
-    }
-    tracing::info!(operators = operators.len(), "following presence");
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ended::Stop,
-            message = inbound.message() => message,
-        };
-        let delivery = match message {
-            Ok(Some(pb::ServiceMessage {
-                msg: Some(pb::service_message::Msg::Delivery(delivery)),
-            })) => delivery,
-            Ok(Some(_)) => continue,
-            Ok(None) => {
-                tracing::warn!("presence closed the event stream; re-attaching");
-                return Ended::Broken { attached: true };
-            }
-            Err(status) => {
-                tracing::warn!(cause = %status, "presence event stream failed; re-attaching");
-                return Ended::Broken { attached: true };
-            }
-        };
-        let Some(event) = delivery.event else {
-            continue;
-        };
+
+    async fn event(&mut self, event: pb::Event) -> Followed {
         if event.r#type != STATUS_CHANGE {
-            continue;
+            return Followed::Continue;
         }
         match parse_status_change(&event.body) {
             Ok(view) => {
-                if updates.send(OperatorUpdate::Changed(view)).await.is_err() {
-                    return Ended::Stop;
+                if self
+                    .updates
+                    .send(OperatorUpdate::Changed(view))
+                    .await
+                    .is_err()
+                {
+                    return Followed::Stop;
                 }
             }
             Err(cause) => tracing::warn!(%cause, "ignoring an operator_status_change"),
         }
+        Followed::Continue
     }
 }
 
@@ -309,7 +205,7 @@ impl LoadReporter {
                 }
                 let mut failed = false;
                 for (operator_id, active_handoffs) in batch {
-                    let call = client.set_load(request(
+                    let call = client.set_load(service_request(
                         pb::SetLoadRequest {
                             operator_id,
                             active_handoffs,

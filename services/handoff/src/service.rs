@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatai_kit::events::{Event, EventLog, Recipient};
+use chatai_kit::holders::{self, HeldBy, HolderNote, NotedFor, VersionClock};
 use chatai_kit::identity::{Caller, Role};
 use chatai_kit::now_ms;
 use serde::Serialize;
@@ -95,6 +96,15 @@ pub struct Completed {
 pub struct Listing {
     pub queued: Vec<HandoffView>,
     pub assigned: Vec<HandoffView>,
+    /// The holder version this listing is as of ([`chatai_kit::holders`]).
+    pub version: u64,
+}
+
+/// A dialog's active handoff, if any, as of a holder version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    pub view: Option<HandoffView>,
+    pub version: u64,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, HandoffError>>;
@@ -113,7 +123,7 @@ enum Command {
     Active {
         caller: Caller,
         dialog_id: i64,
-        reply: Reply<Option<HandoffView>>,
+        reply: Reply<Holding>,
     },
     Replied {
         dialog_id: i64,
@@ -174,6 +184,7 @@ impl HandoffService {
             waiting: BTreeSet::new(),
             operators: HashMap::new(),
             retry_drain_at: None,
+            versions: VersionClock::default(),
         };
         queue.restore(active);
         Ok((
@@ -248,6 +259,11 @@ impl HandoffService {
         caller: &Caller,
         dialog_id: i64,
     ) -> Result<Option<HandoffView>, HandoffError> {
+        Ok(self.holding(caller, dialog_id).await?.view)
+    }
+
+    /// As [`active`](Self::active), with the holder version it is as of.
+    pub async fn holding(&self, caller: &Caller, dialog_id: i64) -> Result<Holding, HandoffError> {
         if !matches!(caller.role, Role::Operator) && !caller.role.is_privileged() {
             return Err(HandoffError::Forbidden);
         }
@@ -366,6 +382,8 @@ pub struct Queue {
     recent: RecentHandling,
     /// After a failed assignment: drain again then.
     retry_drain_at: Option<Instant>,
+    /// Stamps every change of a dialog's holder (notes, listings).
+    versions: VersionClock,
 }
 
 impl Queue {
@@ -402,6 +420,7 @@ impl Queue {
     // ---------------------------------------------------------------------
 
     fn restore(&mut self, active: Vec<Handoff>) {
+        self.versions.tick();
         let now = Instant::now();
         let now_wall = now_ms();
         for handoff in active {
@@ -599,11 +618,22 @@ impl Queue {
             resolution,
             duration: duration_secs,
         };
-        self.deliver(Recipient::User(done.user_id), "handoff_completed", &body)
-            .await;
+        let about = (dialog_id, done.user_id);
+        self.deliver_noted(
+            about,
+            NotedFor::User(done.user_id),
+            "handoff_completed",
+            &body,
+        )
+        .await;
         if let Some(operator_id) = holder {
-            self.deliver(Recipient::Operator(operator_id), "handoff_completed", &body)
-                .await;
+            self.deliver_noted(
+                about,
+                NotedFor::Operator(operator_id),
+                "handoff_completed",
+                &body,
+            )
+            .await;
         }
         self.settle().await;
         Ok(Completed {
@@ -616,16 +646,20 @@ impl Queue {
         })
     }
 
-    fn active(&self, caller: &Caller, dialog_id: i64) -> Result<Option<HandoffView>, HandoffError> {
+    fn active(&self, caller: &Caller, dialog_id: i64) -> Result<Holding, HandoffError> {
         let view = self.by_dialog.get(&dialog_id).and_then(|id| self.view(*id));
+        let version = self.versions.current();
         if caller.role.is_privileged() {
-            return Ok(view);
+            return Ok(Holding { view, version });
         }
         match view {
             Some(view)
                 if caller.role == Role::Operator && view.handoff.operator_id == Some(caller.id) =>
             {
-                Ok(Some(view))
+                Ok(Holding {
+                    view: Some(view),
+                    version,
+                })
             }
             _ => Err(HandoffError::NotHolder {
                 dialog_id,
@@ -684,7 +718,11 @@ impl Queue {
             .filter_map(|entry| self.view(entry.handoff.id))
             .collect();
         assigned.sort_by_key(|view| (view.handoff.assigned_at_ms, view.handoff.id));
-        Listing { queued, assigned }
+        Listing {
+            queued,
+            assigned,
+            version: self.versions.current(),
+        }
     }
 
     // ---------------------------------------------------------------------
@@ -812,7 +850,7 @@ impl Queue {
             }
             Err(err) => return Err(err),
         };
-        let (dialog_id, handoff_id) = (back.dialog_id, back.id);
+        let (dialog_id, handoff_id, user_id) = (back.dialog_id, back.id, back.user_id);
         self.handoffs.remove(&id);
         let mut entry = Entry::new(back, Instant::now());
         entry.avoid = Some(operator_id);
@@ -832,8 +870,13 @@ impl Queue {
             resolution,
             duration: secs(Duration::from_millis((at - assigned_at).max(0) as u64)),
         };
-        self.deliver(Recipient::Operator(operator_id), "handoff_completed", &body)
-            .await;
+        self.deliver_noted(
+            (dialog_id, user_id),
+            NotedFor::Operator(operator_id),
+            "handoff_completed",
+            &body,
+        )
+        .await;
         Ok(())
     }
 
@@ -860,8 +903,9 @@ impl Queue {
             resolution: RETURNED_TO_ASSISTANT,
             duration: 0,
         };
-        self.deliver(
-            Recipient::User(returned.user_id),
+        self.deliver_noted(
+            (returned.dialog_id, returned.user_id),
+            NotedFor::User(returned.user_id),
             "handoff_completed",
             &body,
         )
@@ -922,6 +966,7 @@ impl Queue {
                     entry.hold_until = None;
                     let waited = entry.queued_at.elapsed();
                     entry.handoff = assigned;
+                    self.versions.tick();
                     waited
                 }
                 None => Duration::ZERO,
@@ -950,10 +995,21 @@ impl Queue {
                 reason: &handoff.reason,
                 priority: handoff.priority.as_str(),
             };
-            self.deliver(Recipient::User(handoff.user_id), "operator_assigned", &body)
-                .await;
-            self.deliver(Recipient::Operator(operator_id), "operator_assigned", &body)
-                .await;
+            let about = (handoff.dialog_id, handoff.user_id);
+            self.deliver_noted(
+                about,
+                NotedFor::User(handoff.user_id),
+                "operator_assigned",
+                &body,
+            )
+            .await;
+            self.deliver_noted(
+                about,
+                NotedFor::Operator(operator_id),
+                "operator_assigned",
+                &body,
+            )
+            .await;
         }
     }
 
@@ -979,8 +1035,8 @@ impl Queue {
                 continue;
             };
             entry.told_position = Some(position);
-            let (user_id, body) = (
-                entry.handoff.user_id,
+            let (about, body) = (
+                (entry.handoff.dialog_id, entry.handoff.user_id),
                 HandoffQueued {
                     handoff_id: id,
                     dialog_id: entry.handoff.dialog_id,
@@ -988,7 +1044,7 @@ impl Queue {
                     estimated_wait_time: queue::estimated_wait(position, free, average),
                 },
             );
-            self.deliver(Recipient::User(user_id), "handoff_queued", &body)
+            self.deliver_noted(about, NotedFor::User(about.1), "handoff_queued", &body)
                 .await;
         }
     }
@@ -998,6 +1054,7 @@ impl Queue {
     // ---------------------------------------------------------------------
 
     fn insert_queued(&mut self, entry: Entry) {
+        self.versions.tick();
         self.waiting.insert(QueueKey::of(&entry.handoff));
         self.by_dialog
             .insert(entry.handoff.dialog_id, entry.handoff.id);
@@ -1007,6 +1064,7 @@ impl Queue {
     /// Forgets a handoff that is no longer active.
     fn remove(&mut self, id: i64) {
         if let Some(entry) = self.handoffs.remove(&id) {
+            self.versions.tick();
             self.waiting.remove(&QueueKey::of(&entry.handoff));
             if self.by_dialog.get(&entry.handoff.dialog_id) == Some(&id) {
                 self.by_dialog.remove(&entry.handoff.dialog_id);
@@ -1069,6 +1127,7 @@ impl Queue {
                 self.by_dialog
                     .insert(entry.handoff.dialog_id, entry.handoff.id);
                 self.handoffs.insert(id, entry);
+                self.versions.tick();
             }
             _ => {}
         }
@@ -1107,17 +1166,75 @@ impl Queue {
     }
 
     /// Delivers an event; a failure is logged, never undoes the transition
-    /// (which is already stored).
-    async fn deliver(&self, recipient: Recipient, kind: &str, body: &impl Serialize) {
+    /// (which is already stored). Returns its position (0 when not stored).
+    async fn deliver(&self, recipient: Recipient, kind: &str, body: &impl Serialize) -> u64 {
         let event = match Event::new(kind, body) {
             Ok(event) => Arc::new(event),
             Err(cause) => {
                 tracing::error!(%cause, kind, "event could not be built");
-                return;
+                return 0;
             }
         };
-        if let Err(cause) = self.log.deliver(recipient.clone(), event).await {
-            tracing::error!(%cause, kind, %recipient, "event not delivered");
+        match self.log.deliver(recipient.clone(), event).await {
+            Ok(position) => position,
+            Err(cause) => {
+                tracing::error!(%cause, kind, %recipient, "event not delivered");
+                0
+            }
+        }
+    }
+
+    /// Delivers an event about dialog `about.0` (owned by user `about.1`) to
+    /// a user or an operator, then publishes the [`HolderNote`] the chat
+    /// service routes by: the dialog's holder now, and the event's position.
+    async fn deliver_noted(
+        &self,
+        (dialog_id, user_id): (i64, i64),
+        recipient: NotedFor,
+        kind: &str,
+        body: &impl Serialize,
+    ) {
+        let to = match recipient {
+            NotedFor::User(id) => Recipient::User(id),
+            NotedFor::Operator(id) => Recipient::Operator(id),
+        };
+        let position = self.deliver(to, kind, body).await;
+        let note = HolderNote {
+            dialog_id,
+            user_id,
+            holder: self.holder_of(dialog_id),
+            version: self.versions.current(),
+            recipient,
+            position,
+        };
+        let published = match Event::new(holders::KIND, &note) {
+            Ok(event) => {
+                self.log
+                    .publish(Recipient::Room(holders::ROOM.into()), Arc::new(event))
+                    .await
+            }
+            Err(cause) => Err(cause),
+        };
+        if let Err(cause) = published {
+            tracing::error!(%cause, dialog_id, "holder note not published");
+        }
+    }
+
+    /// Who holds the dialog now.
+    fn holder_of(&self, dialog_id: i64) -> HeldBy {
+        let entry = self
+            .by_dialog
+            .get(&dialog_id)
+            .and_then(|id| self.handoffs.get(id));
+        match entry {
+            None => HeldBy::Assistant,
+            Some(entry) => match (entry.handoff.state, entry.handoff.operator_id) {
+                (HandoffState::Assigned, Some(operator_id)) => HeldBy::Operator {
+                    operator_id,
+                    operator_name: entry.handoff.operator_name.clone().unwrap_or_default(),
+                },
+                _ => HeldBy::Queued,
+            },
         }
     }
 }

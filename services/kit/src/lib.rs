@@ -16,12 +16,18 @@
 //! - [`host`] — what every service process does around its own API.
 //! - [`events`] — the event-stream library: per-recipient durable logs, live
 //!   fan-out, and the `EventStream` gRPC service gateways attach to.
+//! - [`follow`] — following another service's `EventStream` as a client
+//!   (a snapshot after each attach, then its events, re-attaching forever).
+//! - [`holders`] — who holds a dialog: the notes the handoff service
+//!   publishes for the chat service, and their versions.
 
 pub mod config;
 #[cfg(feature = "db")]
 pub mod db;
 pub mod events;
+pub mod follow;
 pub mod grpc;
+pub mod holders;
 pub mod host;
 pub mod identity;
 pub mod shutdown;

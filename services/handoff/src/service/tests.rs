@@ -291,6 +291,8 @@ struct Harness {
     directory: Arc<FakeDirectory>,
     updates: mpsc::Sender<OperatorUpdate>,
     live: broadcast::Receiver<Delivery>,
+    /// Every delivery read by [`Harness::events`], holder notes included.
+    trail: Vec<Delivery>,
     shutdown: CancellationToken,
     actor: JoinHandle<()>,
 }
@@ -323,6 +325,7 @@ impl Harness {
             directory,
             updates,
             live,
+            trail: Vec::new(),
             shutdown,
             actor,
         }
@@ -404,16 +407,23 @@ impl Harness {
             .collect()
     }
 
-    /// Every event sent since the last call (everything already handled).
+    /// Every event sent to clients since the last call (everything already
+    /// handled); holder notes only go to [`Harness::trail`].
     fn events(&mut self) -> Vec<Seen> {
         let mut seen = Vec::new();
         loop {
             match self.live.try_recv() {
-                Ok(delivery) => seen.push(Seen {
-                    to: delivery.recipient.clone(),
-                    kind: delivery.event.kind.clone(),
-                    body: serde_json::from_slice(&delivery.event.body).expect("JSON body"),
-                }),
+                Ok(delivery) => {
+                    self.trail.push(delivery.clone());
+                    if delivery.event.kind == holders::KIND {
+                        continue;
+                    }
+                    seen.push(Seen {
+                        to: delivery.recipient.clone(),
+                        kind: delivery.event.kind.clone(),
+                        body: serde_json::from_slice(&delivery.event.body).expect("JSON body"),
+                    })
+                }
                 Err(broadcast::error::TryRecvError::Empty) => return seen,
                 Err(err) => panic!("live fan-out failed: {err}"),
             }
@@ -992,4 +1002,66 @@ async fn assignment_is_retried_after_a_storage_failure() {
     tokio::time::sleep(RETRY_AFTER * 2).await;
     h.settled().await;
     assert_eq!(h.holder(1).await, Some(1));
+}
+
+/// Every event to a user or an operator is followed by a holder note for
+/// the chat service: the event's position, the dialog's holder after it,
+/// versions that never go down, and listings as of the latest version.
+#[tokio::test(start_paused = true)]
+async fn every_client_event_is_followed_by_a_holder_note() {
+    let mut h = Harness::start(policy(1)).await;
+    h.request(1, Priority::Normal).await;
+    h.operators(vec![available(7)]).await;
+    h.settled().await;
+    h.complete_by(7, 1).await;
+    h.settled().await;
+    h.events();
+    let listing = h.list().await;
+    let trail = std::mem::take(&mut h.trail);
+    let mut last_version = 0;
+    let mut noted = Vec::new();
+    for (index, delivery) in trail.iter().enumerate() {
+        let noted_for = match delivery.recipient {
+            Recipient::User(id) => NotedFor::User(id),
+            Recipient::Operator(id) => NotedFor::Operator(id),
+            _ => continue,
+        };
+        let note = trail
+            .get(index + 1)
+            .filter(|next| next.event.kind == holders::KIND)
+            .map(|next| {
+                assert_eq!(next.recipient, Recipient::Room(holders::ROOM.into()));
+                serde_json::from_slice::<HolderNote>(&next.event.body).expect("a note")
+            })
+            .unwrap_or_else(|| panic!("no note after {}", delivery.event.kind));
+        assert_eq!(note.recipient, noted_for);
+        assert_eq!(note.position, delivery.position);
+        assert!(note.version >= last_version, "versions never go down");
+        last_version = note.version;
+        noted.push((delivery.event.kind.clone(), noted_for, note.holder));
+    }
+    let bo = HeldBy::Operator {
+        operator_id: 7,
+        operator_name: "Op7".into(),
+    };
+    assert_eq!(
+        noted,
+        vec![
+            ("handoff_queued".into(), NotedFor::User(101), HeldBy::Queued),
+            ("operator_assigned".into(), NotedFor::User(101), bo.clone()),
+            ("operator_assigned".into(), NotedFor::Operator(7), bo),
+            (
+                "handoff_completed".into(),
+                NotedFor::User(101),
+                HeldBy::Assistant
+            ),
+            (
+                "handoff_completed".into(),
+                NotedFor::Operator(7),
+                HeldBy::Assistant
+            ),
+        ]
+    );
+    assert!(listing.version >= last_version);
+    h.stop().await;
 }
