@@ -320,3 +320,31 @@ async fn admin_reads_any_history_over_grpc() {
     owner.close().await;
     app.stop().await;
 }
+
+/// A client that resends a `chat_message` after a lost `ack` — the same
+/// frame: same `id`, dialog and text — gets the original `ack` and no second
+/// message (nor a second answer); a reused `id` with another text is a new
+/// message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_frame_gets_the_original_ack() {
+    let app = spawn_app(TestOptions::default()).await;
+    let (mut client, _) = app.connect_user(31).await;
+    let (first, _) = client.chat_and_answer("r1", None, FAQ_QUESTION).await;
+    let dialog_id = first["dialog_id"].as_i64().expect("dialog_id");
+
+    let again = client.chat("r1", None, FAQ_QUESTION).await;
+    assert_eq!(again["dialog_id"], first["dialog_id"], "{again}");
+    assert_eq!(again["message_id"], first["message_id"], "{again}");
+    client.assert_quiet_and_open("no second answer").await;
+    assert_eq!(app.wait_for_history(31, dialog_id, 2).await.len(), 2);
+
+    let other = client
+        .chat("r1", Some(dialog_id), "How much does ChatAI cost?")
+        .await;
+    assert_ne!(other["message_id"], first["message_id"], "{other}");
+    let answer = client.recv_type("ai_response").await;
+    assert_eq!(answer["dialog_id"], dialog_id, "{answer}");
+    assert_eq!(app.wait_for_history(31, dialog_id, 4).await.len(), 4);
+    client.close().await;
+    app.stop().await;
+}
