@@ -58,6 +58,9 @@ struct State {
 struct Entry {
     holder: Option<Holder>,
     version: u64,
+    /// The holding operator's first reply was reported to the handoff
+    /// service (which stops its no-reply timer): no need to say it again.
+    reply_recorded: bool,
 }
 
 /// Whether `known` covers `seen`: the same log generation and no lower.
@@ -163,6 +166,7 @@ impl HolderView {
             state.dialogs.entry(dialog_id).or_insert_with(|| Entry {
                 holder: holder_of(holder),
                 version,
+                reply_recorded: false,
             });
         }
         state.cleared = state
@@ -174,6 +178,31 @@ impl HolderView {
         state.synced = true;
     }
 
+    /// Whether the handoff service must still be told that `operator_id`,
+    /// who holds `dialog_id`, replied: not when the view knows it was told
+    /// since the operator got the dialog.
+    pub fn reply_to_record(&self, dialog_id: i64, operator_id: i64) -> bool {
+        let state = self.state();
+        match state.dialogs.get(&dialog_id) {
+            Some(Entry {
+                holder: Some(Holder::Operator { id, .. }),
+                reply_recorded: true,
+                ..
+            }) => *id != operator_id,
+            _ => true,
+        }
+    }
+
+    /// The handoff service was told `operator_id` replied in `dialog_id`.
+    pub fn reply_recorded(&self, dialog_id: i64, operator_id: i64) {
+        let mut state = self.state();
+        if let Some(entry) = state.dialogs.get_mut(&dialog_id)
+            && matches!(&entry.holder, Some(Holder::Operator { id, .. }) if *id == operator_id)
+        {
+            entry.reply_recorded = true;
+        }
+    }
+
     /// The stream to the handoff service broke: ask it until the next snapshot.
     pub fn detached(&self) {
         self.state().synced = false;
@@ -183,17 +212,27 @@ impl HolderView {
 impl State {
     /// Sets a dialog's holder unless the entry is newer.
     fn set(&mut self, dialog_id: i64, holder: Option<Holder>, version: u64) {
-        let was_cleared = match self.dialogs.get(&dialog_id) {
+        let (was_cleared, reply_recorded) = match self.dialogs.get(&dialog_id) {
             Some(entry) if entry.version > version => return,
-            Some(entry) => entry.holder.is_none(),
-            None => false,
+            Some(entry) => (
+                entry.holder.is_none(),
+                entry.reply_recorded && entry.holder == holder,
+            ),
+            None => (false, false),
         };
         let clears = holder.is_none();
         if clears && version <= self.stream_version {
             // No older note can come any more: nothing to remember.
             self.dialogs.remove(&dialog_id);
         } else {
-            self.dialogs.insert(dialog_id, Entry { holder, version });
+            self.dialogs.insert(
+                dialog_id,
+                Entry {
+                    holder,
+                    version,
+                    reply_recorded,
+                },
+            );
         }
         let now_cleared = clears && self.dialogs.contains_key(&dialog_id);
         match (was_cleared, now_cleared) {
@@ -316,6 +355,23 @@ mod tests {
         );
         assert_eq!(view.lookup(2, USER, 1), Some(Some(Holder::Queued)));
         assert_eq!(view.lookup(3, USER, 1), Some(Some(Holder::Queued)));
+    }
+
+    /// A first reply is reported once per assignment.
+    #[test]
+    fn a_reply_is_reported_once_per_assignment() {
+        let view = HolderView::new();
+        view.reset(Vec::new(), 10);
+        view.apply(assigned(11, OPERATOR, 1));
+        assert!(view.reply_to_record(1, 7));
+        view.reply_recorded(1, 7);
+        assert!(!view.reply_to_record(1, 7));
+        // Another note saying the same keeps it; a new holder does not.
+        view.apply(assigned(12, USER, 2));
+        assert!(!view.reply_to_record(1, 7));
+        view.apply(back_to_assistant(13, USER, 3));
+        view.apply(assigned(14, OPERATOR, 2));
+        assert!(view.reply_to_record(1, 7));
     }
 
     /// "Back to the assistant" entries do not pile up.

@@ -246,8 +246,13 @@ impl ChatService {
             self.log
                 .deliver(Recipient::dialog_room(dialog.id), event)
                 .await?;
-            if let Err(cause) = self.handoffs.operator_replied(dialog.id, caller.id).await {
-                tracing::warn!(%cause, dialog_id = dialog.id, "could not tell the handoff service the operator replied");
+            if self.holders.reply_to_record(dialog.id, caller.id) {
+                match self.handoffs.operator_replied(dialog.id, caller.id).await {
+                    Ok(()) => self.holders.reply_recorded(dialog.id, caller.id),
+                    Err(cause) => {
+                        tracing::warn!(%cause, dialog_id = dialog.id, "could not tell the handoff service the operator replied");
+                    }
+                }
             }
         }
         Ok(Sent {
