@@ -278,4 +278,36 @@ mod tests {
         assert_eq!(store.balance(1).await?, Some(Money(10)));
         Ok(())
     }
+
+    /// Requests waiting together are one batch (on a current-thread
+    /// runtime all three are queued before the writer runs): the one naming
+    /// an unknown dialog fails alone, the others are stored.
+    #[tokio::test]
+    async fn waiting_requests_share_a_batch_and_a_bad_one_fails_alone() -> Result<(), StoreError> {
+        let store = SqliteStore::connect("sqlite::memory:").await?;
+        store.ensure_user(1, None, Money(10)).await?;
+        let dialog = store.create_dialog(1).await?;
+        let message = |dialog_id, text| NewMessage {
+            dialog: DialogRef::Existing(dialog_id),
+            sender: Sender::User,
+            sender_id: Some(1),
+            text,
+            tokens_used: 0,
+            idempotency_key: None,
+        };
+        let batches = store.writer.batches();
+        let (first, bad, second) = tokio::join!(
+            store.append_message(message(dialog.id, "one")),
+            store.append_message(message(dialog.id + 1, "lost")),
+            store.append_message(message(dialog.id, "two")),
+        );
+        assert_eq!(store.writer.batches(), batches + 1, "one batch");
+        assert!(matches!(
+            bad,
+            Err(StoreError::NotFound { what: "dialog", id }) if id == dialog.id + 1
+        ));
+        let stored = vec![first?.0, second?.0];
+        assert_eq!(store.history(dialog.id, None, 10).await?, stored);
+        Ok(())
+    }
 }

@@ -16,6 +16,7 @@
 //! once per message.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sqlx::Pool;
@@ -98,6 +99,8 @@ impl Reply {
 pub(super) struct Writer {
     jobs: mpsc::Sender<Job>,
     ensured: Arc<EnsuredUsers>,
+    /// Batches taken from the queue so far (retries not counted).
+    batches: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -107,11 +110,19 @@ impl Writer {
     /// Outside a Tokio runtime, like [`tokio::spawn`].
     pub(super) fn spawn<B: Backend>(pool: Pool<B::Db>) -> Writer {
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_loop::<B>(pool, queue));
+        let batches = Arc::new(AtomicU64::new(0));
+        tokio::spawn(write_loop::<B>(pool, queue, Arc::clone(&batches)));
         Writer {
             jobs,
             ensured: Arc::default(),
+            batches,
         }
+    }
+
+    /// How many batches the writer has taken from its queue.
+    #[cfg_attr(not(test), expect(dead_code, reason = "observed by tests"))]
+    pub(super) fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
     }
 
     async fn submit<T>(
@@ -190,9 +201,14 @@ impl Writer {
 }
 
 /// The writer task: batch, run, answer, until every handle is gone.
-async fn write_loop<B: Backend>(pool: Pool<B::Db>, mut queue: mpsc::Receiver<Job>) {
+async fn write_loop<B: Backend>(
+    pool: Pool<B::Db>,
+    mut queue: mpsc::Receiver<Job>,
+    batches: Arc<AtomicU64>,
+) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        batches.fetch_add(1, Ordering::Relaxed);
         // A caller that stopped waiting (cancelled) was never told "stored":
         // its write may as well not happen.
         jobs.retain(|job| !job.reply.is_closed());
