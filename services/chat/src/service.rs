@@ -17,7 +17,7 @@ use crate::events::{
 };
 use crate::handoffs::{HandoffError, Handoffs, Holder};
 use crate::holders::HolderView;
-use crate::store::{ChatStore, Dialog, Message, Money, NewMessage, Sender};
+use crate::store::{Charge, ChatStore, Dialog, DialogRef, Message, Money, NewMessage, Sender};
 use chatai_proto::v1 as pb;
 
 /// Prices and limits, in domain units.
@@ -142,14 +142,14 @@ impl ChatService {
                 let holder = self
                     .holder(dialog.id, NotedFor::User(caller.id), seen)
                     .await?;
-                (dialog, holder)
+                (DialogRef::Existing(dialog.id), holder)
             }
-            None => (self.store.create_dialog(caller.id).await?, None),
+            None => (DialogRef::New { user_id: caller.id }, None),
         };
         let (message, created) = self
             .store
             .append_message(NewMessage {
-                dialog_id: dialog.id,
+                dialog,
                 sender: Sender::User,
                 sender_id: Some(caller.id),
                 text,
@@ -217,7 +217,7 @@ impl ChatService {
         let (message, created) = self
             .store
             .append_message(NewMessage {
-                dialog_id: dialog.id,
+                dialog: DialogRef::Existing(dialog.id),
                 sender: Sender::Operator,
                 sender_id: Some(caller.id),
                 text,
@@ -499,16 +499,23 @@ impl ChatService {
             })
             .collect();
         let answer = self.assistant.answer(&turns).await?;
-        let (stored, _) = self
+        // One answer per question, whatever happens: the key is the question's.
+        let key = format!("answer:{}", question.id);
+        // Stored and charged in one transaction, before it is delivered: a
+        // client that reads its balance on receiving the answer sees the charge.
+        let (stored, charge) = self
             .store
-            .append_message(NewMessage {
-                dialog_id: question.dialog_id,
-                sender: Sender::Assistant,
-                sender_id: None,
-                text: &answer.text,
-                tokens_used: answer.tokens_used,
-                idempotency_key: None,
-            })
+            .append_answer(
+                NewMessage {
+                    dialog: DialogRef::Existing(question.dialog_id),
+                    sender: Sender::Assistant,
+                    sender_id: None,
+                    text: &answer.text,
+                    tokens_used: answer.tokens_used,
+                    idempotency_key: Some(&key),
+                },
+                Some((user_id, self.cost(answer.tokens_used))),
+            )
             .await?;
         let body = AiResponse {
             dialog_id: question.dialog_id,
@@ -522,9 +529,10 @@ impl ChatService {
             }),
         };
         let event = Arc::new(Event::new("ai_response", &body)?.with_origin(connection));
-        // Charged before it is delivered: a client that reads its balance on
-        // receiving the answer sees the charge.
-        let alert = self.charge(user_id, answer.tokens_used).await?;
+        let alert = match charge {
+            Some(charge) => self.balance_alert(user_id, charge)?,
+            None => None,
+        };
         self.log
             .deliver(Recipient::User(user_id), event.clone())
             .await?;
@@ -562,20 +570,19 @@ impl ChatService {
         }
     }
 
-    /// Charges the tokens; returns the one `balance_alert` to send when this
-    /// charge crossed the threshold.
-    async fn charge(&self, user_id: i64, tokens: u32) -> Result<Option<Event>, AnswerError> {
-        let cost = Money(
+    /// The price of `tokens`.
+    fn cost(&self, tokens: u32) -> Money {
+        Money(
             self.policy
                 .price_per_1k_tokens
                 .0
                 .saturating_mul(i64::from(tokens))
                 / 1000,
-        );
-        if cost == Money::ZERO {
-            return Ok(None);
-        }
-        let charge = self.store.charge(user_id, cost).await?;
+        )
+    }
+
+    /// The one `balance_alert` to send when this charge crossed the threshold.
+    fn balance_alert(&self, user_id: i64, charge: Charge) -> Result<Option<Event>, AnswerError> {
         let threshold = self.policy.balance_threshold;
         if charge.before >= threshold && charge.after < threshold {
             let body = BalanceAlert {

@@ -10,7 +10,11 @@
 
 use std::sync::Arc;
 
-use chatai_chat::store::{self, ChatStore, Message, Money, NewMessage, Sender, StoreError};
+use std::collections::{HashMap, HashSet};
+
+use chatai_chat::store::{
+    self, ChatStore, DialogRef, Message, Money, NewMessage, Sender, StoreError,
+};
 use tokio::task::JoinSet;
 
 type CaseResult = Result<(), StoreError>;
@@ -350,6 +354,334 @@ async fn ping_answers(store: Arc<dyn ChatStore>) -> CaseResult {
     store.ping().await
 }
 
+/// 300 concurrent appends (five users, two dialogs each, every tenth
+/// message opening a new dialog, some with keys) are all stored with
+/// distinct ids, and each call's message is what `history` reads back.
+async fn many_concurrent_appends_are_all_stored(store: Arc<dyn ChatStore>) -> CaseResult {
+    let mut dialogs = Vec::new();
+    for user in 1..=5 {
+        store.ensure_user(user, None, Money::ZERO).await?;
+        dialogs.push((user, store.create_dialog(user).await?.id));
+        dialogs.push((user, store.create_dialog(user).await?.id));
+    }
+    let mut tasks = JoinSet::new();
+    for i in 0..300usize {
+        let store = Arc::clone(&store);
+        let (user, dialog_id) = dialogs[i % dialogs.len()];
+        tasks.spawn(async move {
+            let text = format!("message {i}");
+            let key = format!("key-{i}");
+            let dialog = if i % 10 == 0 {
+                DialogRef::New { user_id: user }
+            } else {
+                DialogRef::Existing(dialog_id)
+            };
+            let sent = store
+                .append_message(NewMessage {
+                    dialog,
+                    sender: Sender::User,
+                    sender_id: Some(user),
+                    text: &text,
+                    tokens_used: i as u32,
+                    idempotency_key: (i % 3 == 0).then_some(key.as_str()),
+                })
+                .await;
+            (i, user, dialog, sent)
+        });
+    }
+    let mut sent = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (i, user, dialog, result) = joined.expect("append task panicked");
+        let (message, created) = result?;
+        assert!(created, "message {i}");
+        assert_eq!(message.text, format!("message {i}"));
+        assert_eq!(message.tokens_used, i as u32);
+        assert_eq!(message.sender_id, Some(user));
+        match dialog {
+            DialogRef::Existing(id) => assert_eq!(message.dialog_id, id),
+            DialogRef::New { user_id } => {
+                let opened = store.dialog(message.dialog_id).await?.expect("new dialog");
+                assert_eq!(opened.user_id, user_id);
+                assert!(dialogs.iter().all(|(_, id)| *id != message.dialog_id));
+            }
+        }
+        sent.push(message);
+    }
+    let ids: HashSet<i64> = sent.iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), 300, "distinct ids");
+    let new_dialogs: HashSet<i64> = sent
+        .iter()
+        .map(|m| m.dialog_id)
+        .filter(|id| dialogs.iter().all(|(_, d)| d != id))
+        .collect();
+    assert_eq!(new_dialogs.len(), 30, "one new dialog per first message");
+
+    let mut stored: HashMap<i64, Message> = HashMap::new();
+    let dialog_ids: HashSet<i64> = sent.iter().map(|m| m.dialog_id).collect();
+    for dialog_id in dialog_ids {
+        let history = store.history(dialog_id, None, 1000).await?;
+        assert!(history.windows(2).all(|pair| pair[0].id < pair[1].id));
+        for message in history {
+            stored.insert(message.id, message);
+        }
+    }
+    assert_eq!(stored.len(), 300);
+    for message in &sent {
+        assert_eq!(stored.get(&message.id), Some(message));
+    }
+    Ok(())
+}
+
+/// Among concurrent requests (batched together as they wait), one naming an
+/// unknown dialog and one opening a dialog for an unknown user fail alone,
+/// with their own errors; the others are stored.
+async fn a_bad_request_fails_alone(store: Arc<dyn ChatStore>) -> CaseResult {
+    store.ensure_user(1, None, Money::ZERO).await?;
+    let dialog = store.create_dialog(1).await?;
+    let mut tasks = JoinSet::new();
+    for i in 0..40i64 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let text = format!("message {i}");
+            let target = match i {
+                13 => DialogRef::Existing(dialog.id + 1000),
+                27 => DialogRef::New { user_id: 404 },
+                _ => DialogRef::Existing(dialog.id),
+            };
+            let result = store
+                .append_message(NewMessage {
+                    dialog: target,
+                    ..new_message(0, Sender::User, &text)
+                })
+                .await;
+            (i, result)
+        });
+    }
+    let mut stored = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("append task panicked") {
+            (13, Err(StoreError::NotFound { what: "dialog", id })) => {
+                assert_eq!(id, dialog.id + 1000);
+            }
+            (
+                27,
+                Err(StoreError::NotFound {
+                    what: "user",
+                    id: 404,
+                }),
+            ) => {}
+            (i, Ok((message, true))) if i != 13 && i != 27 => {
+                assert_eq!(message.text, format!("message {i}"));
+                stored += 1;
+            }
+            (i, other) => panic!("request {i}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(stored, 38);
+    assert_eq!(store.history(dialog.id, None, 100).await?.len(), 38);
+    Ok(())
+}
+
+/// The same key twice among concurrent requests, and again later: the first
+/// is stored, every other call gets it with `created = false`; a first
+/// message's retries open no dialog of their own.
+async fn duplicate_keys_return_the_first(store: Arc<dyn ChatStore>) -> CaseResult {
+    store.ensure_user(1, None, Money::ZERO).await?;
+    let mut tasks = JoinSet::new();
+    for i in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let text = format!("attempt {i}");
+            store
+                .append_message(NewMessage {
+                    dialog: DialogRef::New { user_id: 1 },
+                    sender_id: Some(1),
+                    idempotency_key: Some("first-message"),
+                    ..new_message(0, Sender::User, &text)
+                })
+                .await
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        results.push(joined.expect("append task panicked")?);
+    }
+    assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1);
+    let first = results
+        .iter()
+        .find(|(_, created)| *created)
+        .map(|(message, _)| message.clone())
+        .expect("one was created");
+    assert!(results.iter().all(|(message, _)| *message == first));
+    assert_eq!(
+        store.history(first.dialog_id, None, 10).await?,
+        vec![first.clone()]
+    );
+    for other in (first.dialog_id - 8..first.dialog_id + 8).filter(|id| *id != first.dialog_id) {
+        assert_eq!(store.dialog(other).await?, None, "dialog {other}");
+    }
+
+    let (again, created) = store
+        .append_message(NewMessage {
+            dialog: DialogRef::Existing(first.dialog_id),
+            sender_id: Some(1),
+            idempotency_key: Some("first-message"),
+            ..new_message(0, Sender::User, "later retry")
+        })
+        .await?;
+    assert!(!created);
+    assert_eq!(again, first);
+    Ok(())
+}
+
+/// `append_answer` stores the answer and its charge together: several
+/// concurrent answers for one user each see their own before/after, chained
+/// in some order from the starting balance; a zero charge is none; a retried
+/// key charges nothing; an unknown charged user stores nothing.
+async fn answer_and_charge_are_stored_together(store: Arc<dyn ChatStore>) -> CaseResult {
+    store.ensure_user(1, None, Money::from_units(100.0)).await?;
+    let dialog = store.create_dialog(1).await?;
+    let dialog_id = dialog.id;
+    fn answer(dialog_id: i64, text: &str) -> NewMessage<'_> {
+        NewMessage {
+            tokens_used: 7,
+            ..new_message(dialog_id, Sender::Assistant, text)
+        }
+    }
+    let mut tasks = JoinSet::new();
+    for units in 1..=6i64 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let text = format!("answer {units}");
+            let charge = Money::from_units(units as f64);
+            let result = store
+                .append_answer(answer(dialog_id, &text), Some((1, charge)))
+                .await;
+            (charge, text, result)
+        });
+    }
+    let mut charges = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (amount, text, result) = joined.expect("answer task panicked");
+        let (message, charge) = result?;
+        assert_eq!(message.text, text);
+        assert_eq!(message.sender, Sender::Assistant);
+        assert_eq!(message.tokens_used, 7);
+        let charge = charge.expect("charged");
+        assert_eq!(charge.before - charge.after, amount);
+        charges.push(charge);
+    }
+    charges.sort_by_key(|charge| std::cmp::Reverse(charge.before));
+    assert_eq!(charges[0].before, Money::from_units(100.0));
+    assert!(
+        charges
+            .windows(2)
+            .all(|pair| pair[0].after == pair[1].before)
+    );
+    assert_eq!(charges[5].after, Money::from_units(79.0));
+    assert_eq!(store.balance(1).await?, Some(Money::from_units(79.0)));
+
+    let (free, charge) = store
+        .append_answer(answer(dialog_id, "free"), Some((1, Money::ZERO)))
+        .await?;
+    assert_eq!(charge, None);
+    let (_, charge) = store
+        .append_answer(answer(dialog_id, "uncharged"), None)
+        .await?;
+    assert_eq!(charge, None);
+
+    let keyed = NewMessage {
+        idempotency_key: Some("answer:1"),
+        ..answer(dialog_id, "keyed")
+    };
+    let (first, charge) = store
+        .append_answer(keyed, Some((1, Money::from_units(1.0))))
+        .await?;
+    assert!(charge.is_some());
+    let (again, charge) = store
+        .append_answer(keyed, Some((1, Money::from_units(1.0))))
+        .await?;
+    assert_eq!((again, charge), (first, None));
+    assert_eq!(store.balance(1).await?, Some(Money::from_units(78.0)));
+
+    match store
+        .append_answer(
+            answer(dialog_id, "nobody pays"),
+            Some((999, Money::from_units(1.0))),
+        )
+        .await
+    {
+        Err(StoreError::NotFound {
+            what: "user",
+            id: 999,
+        }) => {}
+        other => panic!("expected NotFound for user 999, got {other:?}"),
+    }
+    let history = store.history(dialog.id, None, 100).await?;
+    assert_eq!(history.len(), 9);
+    assert!(history.iter().all(|m| m.text != "nobody pays"));
+    assert!(history.contains(&free));
+    Ok(())
+}
+
+/// A key used more than 24 hours ago is free again: the new message is
+/// stored with it (the old one loses it), and retries return the new one.
+async fn expired_key_makes_a_new_message(url: String) -> CaseResult {
+    let store = open(&url).await;
+    store.ensure_user(1, None, Money::ZERO).await?;
+    let dialog = store.create_dialog(1).await?;
+    let keyed = |text| NewMessage {
+        sender_id: Some(1),
+        idempotency_key: Some("old-key"),
+        ..new_message(dialog.id, Sender::User, text)
+    };
+    let (old, created) = store.append_message(keyed("yesterday")).await?;
+    assert!(created);
+    let day_and_a_bit = 25 * 60 * 60 * 1000;
+    execute(
+        &url,
+        &format!(
+            "UPDATE messages SET created_at = created_at - {day_and_a_bit} WHERE id = {}",
+            old.id
+        ),
+    )
+    .await?;
+
+    let (new, created) = store.append_message(keyed("today")).await?;
+    assert!(created);
+    assert_ne!(new.id, old.id);
+    let (retry, created) = store.append_message(keyed("today, again")).await?;
+    assert!(!created);
+    assert_eq!(retry, new);
+    let texts: Vec<String> = store
+        .history(dialog.id, None, 10)
+        .await?
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["yesterday", "today"]);
+    Ok(())
+}
+
+/// A store ensures a user once per name: a second call with the same name
+/// (or none) writes nothing — a rename made behind its back stays — while a
+/// different name is written.
+async fn ensure_user_twice_writes_once(url: String) -> CaseResult {
+    let store = open(&url).await;
+    store.ensure_user(1, Some("Ann"), Money(5)).await?;
+    execute(&url, "UPDATE users SET name = 'Zed' WHERE id = 1").await?;
+    store.ensure_user(1, Some("Ann"), Money(5)).await?;
+    store.ensure_user(1, None, Money(5)).await?;
+    let user = store.user(1).await?.expect("user 1 exists");
+    assert_eq!(user.name.as_deref(), Some("Zed"), "no second write");
+
+    store.ensure_user(1, Some("Bob"), Money(5)).await?;
+    let user = store.user(1).await?.expect("user 1 exists");
+    assert_eq!(user.name.as_deref(), Some("Bob"));
+    assert_eq!(user.balance, Money(5));
+    Ok(())
+}
+
 /// Connecting twice to one database (as every restart does) re-runs the
 /// migrations harmlessly and keeps the data.
 async fn migrations_apply_twice(url: String) -> CaseResult {
@@ -371,13 +703,28 @@ async fn migrations_apply_twice(url: String) -> CaseResult {
 /// A plain message from `sender` without sender id, tokens or key.
 fn new_message(dialog_id: i64, sender: Sender, text: &str) -> NewMessage<'_> {
     NewMessage {
-        dialog_id,
+        dialog: DialogRef::Existing(dialog_id),
         sender,
         sender_id: None,
         text,
         tokens_used: 0,
         idempotency_key: None,
     }
+}
+
+/// Runs one statement on the database at `url` behind the store's back
+/// (on its own connection), as an operator or another process would.
+async fn execute(url: &str, sql: &str) -> Result<(), StoreError> {
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await?;
+        sqlx::query(sql).execute(&pool).await?;
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await?;
+        sqlx::query(sql).execute(&pool).await?;
+        pool.close().await;
+    }
+    Ok(())
 }
 
 /// Opens the store at `url` through the public entry point, migrations included.
@@ -401,8 +748,14 @@ chatai_testkit::on_both_databases! {
         message_into_unknown_dialog_is_not_found,
         token_count_above_the_column_is_refused,
         ping_answers,
+        many_concurrent_appends_are_all_stored,
+        a_bad_request_fails_alone,
+        duplicate_keys_return_the_first,
+        answer_and_charge_are_stored_together,
     ],
     urls: [
         migrations_apply_twice,
+        expired_key_makes_a_new_message,
+        ensure_user_twice_writes_once,
     ],
 }

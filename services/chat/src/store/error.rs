@@ -21,6 +21,11 @@ pub enum StoreError {
     #[error("tokens_used {0} is above the storable maximum {max}", max = i32::MAX)]
     TokensOutOfRange(u32),
 
+    /// The store's writer task is gone (its runtime is shutting down), so
+    /// the write was not done, or its outcome is unknown.
+    #[error("the store's writer has stopped")]
+    WriterStopped,
+
     /// A stored row holds a value the schema's checks should have refused.
     #[error("stored {column} holds an invalid value {value:?}")]
     InvalidStoredValue { column: &'static str, value: String },

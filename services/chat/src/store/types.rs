@@ -145,17 +145,29 @@ pub struct Message {
     pub created_at_ms: i64,
 }
 
+/// The dialog a new message goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialogRef {
+    /// A dialog that exists (`NotFound { what: "dialog" }` otherwise).
+    Existing(i64),
+    /// A new dialog of this user, opened in the same transaction as the
+    /// message (`NotFound { what: "user" }` for an unknown user). Not opened
+    /// when the idempotency key returns an earlier message.
+    New { user_id: i64 },
+}
+
 /// A message to append; see [`ChatStore::append_message`](super::ChatStore::append_message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewMessage<'a> {
-    pub dialog_id: i64,
+    pub dialog: DialogRef,
     pub sender: Sender,
     pub sender_id: Option<i64>,
     pub text: &'a str,
     /// At most `i32::MAX` (the column is a 32-bit INTEGER).
     pub tokens_used: u32,
     /// Retries with the same key from the same sender and sender id (a `None`
-    /// sender id counts as one sender) return the first message instead.
+    /// sender id counts as one sender) within 24 hours return the first
+    /// message instead; after that the key is free again.
     pub idempotency_key: Option<&'a str>,
 }
 
