@@ -133,6 +133,8 @@ async fn follow_once(
     let opening = [
         pb::gateway_message::Msg::Hello(pb::Hello {
             gateway_id: HELLO_ID.to_owned(),
+            // This follower reads single deliveries only.
+            accepts_batches: false,
         }),
         pb::gateway_message::Msg::Subscribe(pb::Subscribe {
             request_id: 1,

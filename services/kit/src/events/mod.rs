@@ -9,7 +9,8 @@
 //!   one lock or one Redis round trip for the batch.
 //! - Every gateway attaches to every service with one `EventStream.Attach`
 //!   stream ([`stream::EventStreamService`]) and subscribes the recipients it
-//!   holds connections for; it receives their events live.
+//!   holds connections for; it receives their events live, several in one
+//!   message when several are ready at once (if it accepts batches).
 //! - `EventStream.Replay` reads a recipient's log after a position, so a
 //!   connection resumes from the cursor its client kept, or from where the
 //!   recipient was last seen.
