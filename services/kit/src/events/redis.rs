@@ -37,14 +37,19 @@ use tokio_util::sync::CancellationToken;
 use super::{Delivery, Event, EventLog, EventLogError, LogPage, LogStats, Recipient, ReplayFrom};
 use crate::config::EventLogConfig;
 
-/// Lua: drops the entries of stream KEYS[1] appended before ARGV[1] (ms).
+/// Lua: drops the entries of stream `$log` appended before `$cutoff` (ms).
+/// The oldest entry is looked at first: when it is recent enough, as on
+/// almost every append, nothing more is read.
 macro_rules! trim_lua {
     ($log:literal, $cutoff:literal) => {
         concat!(
             "local cutoff = tonumber(",
             $cutoff,
             ")\n",
-            "while true do\n",
+            "local oldest = redis.call('XRANGE', ",
+            $log,
+            ", '-', '+', 'COUNT', 1)\n",
+            "while #oldest > 0 and tonumber(oldest[1][2][2]) < cutoff do\n",
             "  local batch = redis.call('XRANGE', ",
             $log,
             ", '-', '+', 'COUNT', 64)\n",
@@ -59,6 +64,9 @@ macro_rules! trim_lua {
             "  for _, entry in ipairs(batch) do redis.call('XDEL', ",
             $log,
             ", entry[1]) end\n",
+            "  oldest = redis.call('XRANGE', ",
+            $log,
+            ", '-', '+', 'COUNT', 1)\n",
             "end\n",
         )
     };
