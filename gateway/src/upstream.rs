@@ -1,7 +1,9 @@
 //! The gateway's side of the event streams: one long-lived `Attach` stream per
 //! service, owned by an actor task, through which the gateway says which
 //! recipients it holds and receives their events; plus `Replay` to catch a
-//! connection up from a service's log.
+//! connection up from a service's log. The gateway says in its `Hello` that
+//! it accepts batches: a `DeliveryBatch` is handled exactly as its deliveries
+//! one by one, in order.
 //!
 //! The actor keeps a reference count per recipient. The first connection of a
 //! recipient subscribes it and waits for the service's `Subscribed`; the last
@@ -272,6 +274,7 @@ impl Actor {
         let mut out = VecDeque::new();
         out.push_back(pb::gateway_message::Msg::Hello(pb::Hello {
             gateway_id: self.registry.gateway_id().to_owned(),
+            accepts_batches: true,
         }));
         // Role groups and everyone are always held: their events are few and
         // go to whoever is connected.
@@ -364,13 +367,11 @@ impl Actor {
 
     fn on_message(&mut self, message: pb::ServiceMessage) {
         match message.msg {
-            Some(pb::service_message::Msg::Delivery(delivery)) => {
-                match Delivery::try_from(delivery) {
-                    Ok(delivery) => {
-                        let _span = delivery_span(self.name, &delivery);
-                        self.registry.dispatch(self.index, &delivery);
-                    }
-                    Err(err) => tracing::warn!(service = self.name, cause = %err, "bad delivery"),
+            Some(pb::service_message::Msg::Delivery(delivery)) => self.on_delivery(delivery),
+            // Exactly as the same deliveries one by one, in order.
+            Some(pb::service_message::Msg::DeliveryBatch(batch)) => {
+                for delivery in batch.deliveries {
+                    self.on_delivery(delivery);
                 }
             }
             Some(pb::service_message::Msg::Subscribed(subscribed)) => {
@@ -399,6 +400,16 @@ impl Actor {
                 }
             }
             None => {}
+        }
+    }
+
+    fn on_delivery(&self, delivery: pb::Delivery) {
+        match Delivery::try_from(delivery) {
+            Ok(delivery) => {
+                let _span = delivery_span(self.name, &delivery);
+                self.registry.dispatch(self.index, &delivery);
+            }
+            Err(err) => tracing::warn!(service = self.name, cause = %err, "bad delivery"),
         }
     }
 

@@ -165,7 +165,17 @@ impl ChatService {
         if !created {
             return Ok(sent);
         }
-        self.copy_to_room(caller, &message).await;
+        // One event for the room's live copy and, when an operator holds the
+        // dialog, the operator's durable one.
+        let body = ChatMessageCopy {
+            dialog_id: message.dialog_id,
+            message_id: message.id,
+            user_id: caller.id,
+            message: &message.text,
+        };
+        let copy =
+            Arc::new(Event::new("chat_message", &body)?.with_origin(caller.connection_id.clone()));
+        let room = (Recipient::dialog_room(message.dialog_id), copy.clone());
         match holder {
             None => {
                 let this = self.clone();
@@ -176,22 +186,15 @@ impl ChatService {
                     dialog_id = message.dialog_id,
                     message_id = message.id
                 );
+                self.copy_to_room(room).await;
                 self.tasks.spawn(
                     async move { this.answer(user_id, message, connection).await }.instrument(span),
                 );
             }
-            Some(Holder::Queued) => {}
+            Some(Holder::Queued) => self.copy_to_room(room).await,
             Some(Holder::Operator { id, .. }) => {
-                let body = ChatMessageCopy {
-                    dialog_id: message.dialog_id,
-                    message_id: message.id,
-                    user_id: caller.id,
-                    message: &message.text,
-                };
-                let event =
-                    Event::new("chat_message", &body)?.with_origin(caller.connection_id.clone());
                 self.log
-                    .deliver(Recipient::Operator(id), Arc::new(event))
+                    .deliver_many(vec![(Recipient::Operator(id), copy), room])
                     .await?;
             }
         }
@@ -241,10 +244,10 @@ impl ChatService {
                 Event::new("operator_message", &body)?.with_origin(caller.connection_id.clone()),
             );
             self.log
-                .deliver(Recipient::User(dialog.user_id), event.clone())
-                .await?;
-            self.log
-                .deliver(Recipient::dialog_room(dialog.id), event)
+                .deliver_many(vec![
+                    (Recipient::User(dialog.user_id), event.clone()),
+                    (Recipient::dialog_room(dialog.id), event),
+                ])
                 .await?;
             if self.holders.reply_to_record(dialog.id, caller.id) {
                 match self.handoffs.operator_replied(dialog.id, caller.id).await {
@@ -425,25 +428,11 @@ impl ChatService {
         Ok(dialog)
     }
 
-    /// Live copy of a user's message for the dialog's room (not durable).
-    async fn copy_to_room(&self, caller: &Caller, message: &Message) {
-        let body = ChatMessageCopy {
-            dialog_id: message.dialog_id,
-            message_id: message.id,
-            user_id: caller.id,
-            message: &message.text,
-        };
-        let delivered = match Event::new("chat_message", &body) {
-            Ok(event) => {
-                let event = event.with_origin(caller.connection_id.clone());
-                self.log
-                    .deliver(Recipient::dialog_room(message.dialog_id), Arc::new(event))
-                    .await
-            }
-            Err(err) => Err(err),
-        };
-        if let Err(cause) = delivered {
-            tracing::warn!(%cause, dialog_id = message.dialog_id, "room copy not delivered");
+    /// Live copy of a user's message for the dialog's room (not durable;
+    /// a failure is only logged).
+    async fn copy_to_room(&self, (room, event): (Recipient, Arc<Event>)) {
+        if let Err(cause) = self.log.deliver(room.clone(), event).await {
+            tracing::warn!(%cause, %room, "room copy not delivered");
         }
     }
 
@@ -533,17 +522,14 @@ impl ChatService {
             Some(charge) => self.balance_alert(user_id, charge)?,
             None => None,
         };
-        self.log
-            .deliver(Recipient::User(user_id), event.clone())
-            .await?;
-        self.log
-            .deliver(Recipient::dialog_room(question.dialog_id), event)
-            .await?;
+        let mut deliveries = vec![
+            (Recipient::User(user_id), event.clone()),
+            (Recipient::dialog_room(question.dialog_id), event),
+        ];
         if let Some(alert) = alert {
-            self.log
-                .deliver(Recipient::User(user_id), Arc::new(alert))
-                .await?;
+            deliveries.push((Recipient::User(user_id), Arc::new(alert)));
         }
+        self.log.deliver_many(deliveries).await?;
         if let Some(reason) = answer.needs_human {
             self.ask_for_operator(question.dialog_id, user_id, reason)
                 .await;

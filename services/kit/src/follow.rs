@@ -145,6 +145,7 @@ async fn follow_once(
     let opening = [
         pb::gateway_message::Msg::Hello(pb::Hello {
             gateway_id: hello_id.to_owned(),
+            accepts_batches: true,
         }),
         pb::gateway_message::Msg::Subscribe(pb::Subscribe {
             request_id: 1,
@@ -233,6 +234,7 @@ async fn follow_once(
 fn deliveries(message: pb::ServiceMessage) -> Vec<pb::Delivery> {
     match message.msg {
         Some(pb::service_message::Msg::Delivery(delivery)) => vec![delivery],
+        Some(pb::service_message::Msg::DeliveryBatch(batch)) => batch.deliveries,
         _ => Vec::new(),
     }
 }

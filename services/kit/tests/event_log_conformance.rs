@@ -527,6 +527,155 @@ async fn concurrent_deliveries_get_contiguous_positions(log: Arc<dyn EventLog>) 
     assert_eq!(positions(&page), expected);
 }
 
+/// A mixed batch (durable and live-only recipients, one event shared by a
+/// user and a room as the chat service sends it) gets its positions in input
+/// order, 0 for the live-only ones, continuing each recipient's log; the
+/// events read back in order and are published live in batch order.
+async fn a_batch_gets_positions_in_order(log: Arc<dyn EventLog>) {
+    let alice = Recipient::User(1);
+    let bob = Recipient::User(2);
+    let operator = Recipient::Operator(1);
+    let room = Recipient::dialog_room(4);
+    let mut live = log.live();
+    let (head, first) = deliver(&log, &alice, 0).await;
+
+    let reply = event(1);
+    let batch: Vec<(Recipient, Arc<Event>)> = vec![
+        (alice.clone(), reply.clone()),
+        (room.clone(), reply.clone()),
+        (bob.clone(), event(2)),
+        (alice.clone(), event(3)),
+        (Recipient::Everyone, event(4)),
+        (operator.clone(), event(5)),
+        (alice.clone(), event(6)),
+        (Recipient::Role(Role::Operator), event(7)),
+    ];
+    let given = log.deliver_many(batch.clone()).await.expect("deliver_many");
+    assert_eq!(given.len(), batch.len(), "one position per delivery");
+    for ((recipient, _), position) in batch.iter().zip(&given) {
+        assert_eq!(
+            *position == 0,
+            !recipient.is_durable(),
+            "{recipient}: {position}"
+        );
+    }
+    assert_eq!(
+        [given[0], given[3], given[6]],
+        [head + 1, head + 2, head + 3],
+        "alice's log goes on from its head, in batch order"
+    );
+
+    // Each log holds its events, in order.
+    let page = read(&log, &alice, ReplayFrom::After(head), 100).await;
+    assert!(page.complete);
+    assert_eq!(positions(&page), vec![head + 1, head + 2, head + 3]);
+    assert_eq!(
+        event_ids(&page.deliveries),
+        vec![
+            batch[0].1.id.clone(),
+            batch[3].1.id.clone(),
+            batch[6].1.id.clone()
+        ]
+    );
+    for (index, recipient) in [(2, &bob), (5, &operator)] {
+        let page = read(&log, recipient, ReplayFrom::After(given[index] - 1), 100).await;
+        assert!(page.complete);
+        assert_eq!(positions(&page), vec![given[index]], "{recipient}");
+        assert_eq!(event_ids(&page.deliveries), vec![batch[index].1.id.clone()]);
+    }
+
+    // Live: the single delivery, then the batch in order.
+    let delivery = next_live(&mut live).await;
+    assert_eq!((delivery.position, &delivery.event.id), (head, &first.id));
+    for ((recipient, event), position) in batch.iter().zip(&given) {
+        let delivery = next_live(&mut live).await;
+        assert_eq!(&delivery.recipient, recipient);
+        assert_eq!(delivery.position, *position, "{recipient}");
+        assert_eq!(delivery.event.id, event.id, "{recipient}");
+        assert_eq!(delivery.event.body, event.body, "{recipient}");
+    }
+
+    // A single delivery after the batch goes on from it.
+    assert_eq!(deliver(&log, &alice, 8).await.0, head + 4);
+}
+
+/// An empty batch is fine: no positions, nothing logged, nothing published.
+async fn an_empty_batch_does_nothing(log: Arc<dyn EventLog>) {
+    let mut live = log.live();
+    let positions = log.deliver_many(Vec::new()).await.expect("an empty batch");
+    assert!(positions.is_empty());
+    assert_eq!(log.stats().await.expect("stats"), Default::default());
+    // The first thing published after it is the first thing live.
+    let marker = event(0);
+    log.publish(Recipient::Everyone, marker.clone())
+        .await
+        .expect("publish");
+    assert_eq!(next_live(&mut live).await.event.id, marker.id);
+}
+
+/// Batches delivered from many tasks at once are each published
+/// contiguously (no other delivery in between) and in order, and a
+/// recipient's positions stay contiguous across all of them.
+async fn concurrent_batches_are_published_whole(log: Arc<dyn EventLog>) {
+    const TASKS: usize = 8;
+    const BATCHES: usize = 25;
+    const SIZE: usize = 4;
+    let alice = Recipient::User(1);
+    let mut live = log.live();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        let log = log.clone();
+        let alice = alice.clone();
+        tasks.spawn(async move {
+            for n in 0..BATCHES {
+                let tag = (task * BATCHES + n) * SIZE;
+                let batch = vec![
+                    (alice.clone(), event(tag)),
+                    (Recipient::dialog_room(tag as i64), event(tag + 1)),
+                    (alice.clone(), event(tag + 2)),
+                    (Recipient::User(2 + task as i64), event(tag + 3)),
+                ];
+                let positions = log.deliver_many(batch).await.expect("deliver_many");
+                assert_eq!(positions[2], positions[0] + 1, "nothing in between");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("delivering task");
+    }
+    let mut alice_positions = Vec::new();
+    for _ in 0..TASKS * BATCHES {
+        let whole: Vec<Delivery> = {
+            let mut whole = Vec::with_capacity(SIZE);
+            for _ in 0..SIZE {
+                whole.push(next_live(&mut live).await);
+            }
+            whole
+        };
+        let tags: Vec<u64> = whole
+            .iter()
+            .map(|d| {
+                let body: serde_json::Value =
+                    serde_json::from_slice(&d.event.body).expect("a JSON body");
+                body["n"].as_u64().expect("n")
+            })
+            .collect();
+        let first = tags[0];
+        assert_eq!(first % SIZE as u64, 0, "a batch starts here: {tags:?}");
+        assert_eq!(
+            tags,
+            (first..first + SIZE as u64).collect::<Vec<_>>(),
+            "whole, in order"
+        );
+        alice_positions.extend([whole[0].position, whole[2].position]);
+    }
+    alice_positions.sort();
+    assert!(
+        alice_positions.windows(2).all(|w| w[1] == w[0] + 1),
+        "alice's positions are contiguous"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // The suite, per backend.
 // ---------------------------------------------------------------------------
@@ -558,6 +707,9 @@ macro_rules! conformance {
             conformance!(@case trimming_by_age_makes_old_reads_incomplete, no_retention());
             conformance!(@case concurrent_deliveries_get_contiguous_positions, default_config());
             conformance!(@case stats_count_retained_events, default_config());
+            conformance!(@case a_batch_gets_positions_in_order, default_config());
+            conformance!(@case an_empty_batch_does_nothing, default_config());
+            conformance!(@case concurrent_batches_are_published_whole, default_config());
 
             /// Two instances: the second is the first one after a restart.
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatai_kit::config::{EventLogConfig, ServiceCommon};
+use chatai_kit::events::stream::MAX_BATCH;
 use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::grpc::ServeError;
 use chatai_kit::host::ServiceHost;
@@ -170,6 +171,119 @@ async fn subscribed_recipients_receive_their_deliveries() {
     let delivery = attached.next_delivery().await;
     assert_eq!(delivery.position, 0);
     assert_eq!(delivery.recipient, Some((&room).into()));
+
+    service.stop().await;
+}
+
+/// Reads `count` deliveries as they come; the deliveries and how many
+/// messages carried them (a batch counts once).
+async fn read_raw(attached: &mut TestGateway, count: usize) -> (Vec<pb::Delivery>, Vec<usize>) {
+    let mut deliveries = Vec::with_capacity(count);
+    let mut messages = Vec::new();
+    while deliveries.len() < count {
+        match attached.next_raw().await {
+            pb::service_message::Msg::Delivery(delivery) => {
+                messages.push(1);
+                deliveries.push(delivery);
+            }
+            pb::service_message::Msg::DeliveryBatch(batch) => {
+                let size = batch.deliveries.len();
+                assert!(
+                    (2..=MAX_BATCH).contains(&size),
+                    "a batch holds 2 to {MAX_BATCH} deliveries, not {size}"
+                );
+                messages.push(size);
+                deliveries.extend(batch.deliveries);
+            }
+            other => panic!("expected deliveries, got {other:?}"),
+        }
+    }
+    assert_eq!(deliveries.len(), count, "no more than the deliveries made");
+    (deliveries, messages)
+}
+
+fn burst(recipients: &[Recipient], count: usize) -> Vec<(Recipient, Arc<Event>)> {
+    (0..count)
+        .map(|n| {
+            let event = Event::new("test_event", &serde_json::json!({ "n": n })).expect("event");
+            (recipients[n % recipients.len()].clone(), Arc::new(event))
+        })
+        .collect()
+}
+
+/// A burst of deliveries that are ready at once reaches a gateway that
+/// accepts batches in fewer messages than events (`DeliveryBatch`es of at
+/// most `MAX_BATCH`), gap-free and in order; a `Subscribed` after it keeps its
+/// place, and the next burst, for both recipients, comes in order too.
+#[tokio::test]
+async fn a_burst_arrives_batched_and_in_order() {
+    const EVENTS: usize = 300;
+    let service = Service::start(EventLogConfig::default()).await;
+    let mut client = service.client().await;
+    let mut attached = TestGateway::attach(&mut client).await;
+    let alice = Recipient::User(1);
+    let bob = Recipient::User(2);
+    attached.subscribe(1, &alice).await;
+
+    let batch = burst(std::slice::from_ref(&alice), EVENTS);
+    let delivered = service
+        .log
+        .deliver_many(batch.clone())
+        .await
+        .expect("deliver_many");
+    let (received, messages) = read_raw(&mut attached, EVENTS).await;
+    assert_eq!(positions(&received), delivered, "gap-free and in order");
+    for (wire, (_, event)) in received.iter().zip(&batch) {
+        assert_eq!(wire.event.as_ref().map(|e| &e.event_id), Some(&event.id));
+    }
+    assert!(
+        messages.len() < EVENTS && messages.iter().any(|&size| size > 1),
+        "ready deliveries go together: {messages:?}"
+    );
+
+    // Subscribed comes alone, in its place (TestGateway::subscribe checks).
+    attached.subscribe(2, &bob).await;
+    let batch = burst(&[alice.clone(), bob.clone(), Recipient::User(3)], EVENTS);
+    let delivered = service
+        .log
+        .deliver_many(batch.clone())
+        .await
+        .expect("deliver_many");
+    let wanted: Vec<u64> = batch
+        .iter()
+        .zip(&delivered)
+        .filter(|((recipient, _), _)| *recipient != Recipient::User(3))
+        .map(|(_, position)| *position)
+        .collect();
+    let (received, _) = read_raw(&mut attached, wanted.len()).await;
+    assert_eq!(
+        positions(&received),
+        wanted,
+        "both recipients, in publish order"
+    );
+
+    service.stop().await;
+}
+
+/// A gateway that does not say it accepts batches (an older one) gets the
+/// same burst one `Delivery` per message, in order.
+#[tokio::test]
+async fn a_gateway_without_batches_gets_single_deliveries() {
+    const EVENTS: usize = 200;
+    let service = Service::start(EventLogConfig::default()).await;
+    let mut client = service.client().await;
+    let mut attached = TestGateway::attach_with(&mut client, false).await;
+    let alice = Recipient::User(1);
+    attached.subscribe(1, &alice).await;
+
+    let delivered = service
+        .log
+        .deliver_many(burst(std::slice::from_ref(&alice), EVENTS))
+        .await
+        .expect("deliver_many");
+    let (received, messages) = read_raw(&mut attached, EVENTS).await;
+    assert_eq!(positions(&received), delivered);
+    assert!(messages.iter().all(|&size| size == 1), "{messages:?}");
 
     service.stop().await;
 }

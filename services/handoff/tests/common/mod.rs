@@ -619,6 +619,8 @@ impl Observer {
             .send(pb::GatewayMessage {
                 msg: Some(pb::gateway_message::Msg::Hello(pb::Hello {
                     gateway_id: "test".into(),
+                    // Reads single deliveries only.
+                    accepts_batches: false,
                 })),
             })
             .await

@@ -1,5 +1,10 @@
 //! The in-memory event log of the embedded default: one log per recipient in
-//! a sharded map, live fan-out through a broadcast channel.
+//! one map behind one mutex, live fan-out through a broadcast channel.
+//!
+//! Every append and every live publish happens under that lock (held only
+//! for in-memory work, never across an `.await`), so the live order is the
+//! log order and a batch ([`EventLog::deliver_many`]) is appended and
+//! published under one lock, contiguously.
 //!
 //! A recipient's positions start at a random base (20 random bits shifted
 //! left 32, as in the Redis log) and count up by one. A cursor from before a
@@ -7,11 +12,10 @@
 //! never matches a position of the new log: its replay reports "incomplete"
 //! instead of returning the wrong events.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use tokio::sync::broadcast;
 
 use super::{Delivery, Event, EventLog, EventLogError, LogPage, LogStats, Recipient, ReplayFrom};
@@ -19,7 +23,7 @@ use crate::config::EventLogConfig;
 
 /// The in-memory [`EventLog`].
 pub struct MemoryLog {
-    logs: DashMap<Recipient, RecipientLog>,
+    logs: Mutex<HashMap<Recipient, RecipientLog>>,
     live: broadcast::Sender<Delivery>,
     retention: Duration,
     max_per_recipient: usize,
@@ -66,11 +70,54 @@ impl MemoryLog {
     pub fn new(config: &EventLogConfig) -> Self {
         let (live, _) = broadcast::channel(config.live_buffer.max(16));
         MemoryLog {
-            logs: DashMap::new(),
+            logs: Mutex::new(HashMap::new()),
             live,
             retention: config.retention(),
             max_per_recipient: config.max_per_recipient.max(1),
         }
+    }
+
+    /// The logs, locked. A panic while locked leaves no half-done state
+    /// worth refusing service for (each change is a push or a pop), so a
+    /// poisoned lock is taken over.
+    fn lock(&self) -> MutexGuard<'_, HashMap<Recipient, RecipientLog>> {
+        self.logs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends (durable) or only publishes (live-only) one delivery; the
+    /// caller holds the lock. Returns the position (0 for live-only).
+    fn deliver_locked(
+        &self,
+        logs: &mut HashMap<Recipient, RecipientLog>,
+        recipient: Recipient,
+        event: Arc<Event>,
+        now: i64,
+        oldest: i64,
+    ) -> u64 {
+        if !recipient.is_durable() {
+            let _ = self.live.send(Delivery {
+                recipient,
+                position: 0,
+                event,
+            });
+            return 0;
+        }
+        let log = logs
+            .entry(recipient.clone())
+            .or_insert_with(RecipientLog::new);
+        log.last += 1;
+        log.touched_ms = now;
+        let delivery = Delivery {
+            recipient,
+            position: log.last,
+            event,
+        };
+        log.entries.push_back((now, delivery.clone()));
+        log.trim(oldest, self.max_per_recipient);
+        let position = log.last;
+        // Published while locked, so live order is log order.
+        let _ = self.live.send(delivery);
+        position
     }
 
     fn oldest_kept_ms(&self) -> i64 {
@@ -98,6 +145,8 @@ pub(crate) fn replay_is_complete(start: u64, base: u64, first_kept: u64, last: u
 #[async_trait::async_trait]
 impl EventLog for MemoryLog {
     async fn publish(&self, recipient: Recipient, event: Arc<Event>) -> Result<(), EventLogError> {
+        // Under the lock too, so no publish comes between a batch's deliveries.
+        let _logs = self.lock();
         let _ = self.live.send(Delivery {
             recipient,
             position: 0,
@@ -107,28 +156,26 @@ impl EventLog for MemoryLog {
     }
 
     async fn deliver(&self, recipient: Recipient, event: Arc<Event>) -> Result<u64, EventLogError> {
-        if !recipient.is_durable() {
-            self.publish(recipient, event).await?;
-            return Ok(0);
+        let mut logs = self.lock();
+        // Stamped under the lock, so each log's entries are in time order.
+        let (now, oldest) = (crate::now_ms(), self.oldest_kept_ms());
+        Ok(self.deliver_locked(&mut logs, recipient, event, now, oldest))
+    }
+
+    async fn deliver_many(
+        &self,
+        batch: Vec<(Recipient, Arc<Event>)>,
+    ) -> Result<Vec<u64>, EventLogError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
-        let oldest = self.oldest_kept_ms();
-        let mut log = self
-            .logs
-            .entry(recipient.clone())
-            .or_insert_with(RecipientLog::new);
-        log.last += 1;
-        log.touched_ms = crate::now_ms();
-        let delivery = Delivery {
-            recipient,
-            position: log.last,
-            event,
-        };
-        let now = log.touched_ms;
-        log.entries.push_back((now, delivery.clone()));
-        log.trim(oldest, self.max_per_recipient);
-        // Published while the entry is locked, so live order is log order.
-        let _ = self.live.send(delivery);
-        Ok(log.last)
+        let mut logs = self.lock();
+        // Stamped under the lock, so each log's entries are in time order.
+        let (now, oldest) = (crate::now_ms(), self.oldest_kept_ms());
+        Ok(batch
+            .into_iter()
+            .map(|(recipient, event)| self.deliver_locked(&mut logs, recipient, event, now, oldest))
+            .collect())
     }
 
     async fn read(
@@ -137,7 +184,8 @@ impl EventLog for MemoryLog {
         from: ReplayFrom,
         limit: usize,
     ) -> Result<LogPage, EventLogError> {
-        let Some(log) = self.logs.get(recipient) else {
+        let logs = self.lock();
+        let Some(log) = logs.get(recipient) else {
             // No log: only "nothing seen yet" can be complete.
             let start = match from {
                 ReplayFrom::After(position) => position,
@@ -191,7 +239,7 @@ impl EventLog for MemoryLog {
     }
 
     async fn mark_seen(&self, recipient: &Recipient, position: u64) -> Result<(), EventLogError> {
-        if let Some(mut log) = self.logs.get_mut(recipient)
+        if let Some(log) = self.lock().get_mut(recipient)
             && position <= log.last
             && log.seen.is_none_or(|seen| seen < position)
         {
@@ -206,7 +254,7 @@ impl EventLog for MemoryLog {
 
     async fn stats(&self) -> Result<LogStats, EventLogError> {
         let mut stats = LogStats::default();
-        for log in self.logs.iter() {
+        for log in self.lock().values() {
             stats.recipients += 1;
             stats.retained_events += log.entries.len() as u64;
         }
@@ -214,16 +262,16 @@ impl EventLog for MemoryLog {
     }
 
     async fn trim(&self) -> Result<(), EventLogError> {
+        let mut logs = self.lock();
         let oldest = self.oldest_kept_ms();
-        for mut log in self.logs.iter_mut() {
+        for log in logs.values_mut() {
             log.trim(oldest, self.max_per_recipient);
         }
         // Emptied logs are remembered for a while (their last position keeps
         // cursors valid), then dropped; a log made again later starts from a
         // new random base, so old cursors read as expired.
         let forget_before = crate::now_ms() - self.forget_after_ms();
-        self.logs
-            .retain(|_, log| !log.entries.is_empty() || log.touched_ms >= forget_before);
+        logs.retain(|_, log| !log.entries.is_empty() || log.touched_ms >= forget_before);
         Ok(())
     }
 }

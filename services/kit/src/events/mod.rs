@@ -4,10 +4,13 @@
 //! - A service [`deliver`](EventLog::deliver)s an [`Event`] to a [`Recipient`].
 //!   For a user or an operator the event is appended to that recipient's log
 //!   at this service, which gives it a position, and published live; for a
-//!   room, a role group or everyone it is only published live.
+//!   room, a role group or everyone it is only published live. The deliveries
+//!   one request causes go together with [`deliver_many`](EventLog::deliver_many):
+//!   one lock or one Redis round trip for the batch.
 //! - Every gateway attaches to every service with one `EventStream.Attach`
 //!   stream ([`stream::EventStreamService`]) and subscribes the recipients it
-//!   holds connections for; it receives their events live.
+//!   holds connections for; it receives their events live, several in one
+//!   message when several are ready at once (if it accepts batches).
 //! - `EventStream.Replay` reads a recipient's log after a position, so a
 //!   connection resumes from the cursor its client kept, or from where the
 //!   recipient was last seen.
@@ -211,6 +214,28 @@ pub trait EventLog: Send + Sync + 'static {
     /// published live, atomically and in position order, when the recipient
     /// is durable (returns the position); only published otherwise (returns 0).
     async fn deliver(&self, recipient: Recipient, event: Arc<Event>) -> Result<u64, EventLogError>;
+
+    /// Delivers a batch, as [`deliver`](EventLog::deliver) would each pair in
+    /// turn: each durable one appended and published atomically, in input
+    /// order (so a recipient's positions follow the batch order), live-only
+    /// ones published in their place. Returns the positions in input order,
+    /// 0 for live-only recipients; an empty batch does nothing.
+    ///
+    /// Backends do the whole batch at once: `MemoryLog` under one lock,
+    /// `RedisLog` in one script call (one round trip); both also publish a
+    /// batch contiguously, with no other delivery in between. This default
+    /// calls `deliver` once per pair. On an error, part of the batch (a
+    /// prefix, for this default) may have been delivered.
+    async fn deliver_many(
+        &self,
+        batch: Vec<(Recipient, Arc<Event>)>,
+    ) -> Result<Vec<u64>, EventLogError> {
+        let mut positions = Vec::with_capacity(batch.len());
+        for (recipient, event) in batch {
+            positions.push(self.deliver(recipient, event).await?);
+        }
+        Ok(positions)
+    }
 
     /// Publishes `event` to `recipient` live only, whatever the recipient:
     /// nothing is logged and it carries no position (typing indicators, say).

@@ -1,6 +1,8 @@
 //! The Redis event log, for production: durable per-recipient logs in Redis
 //! Streams shared by every replica of a service, live fan-out through Redis
 //! pub/sub, appended and published atomically by one Lua script.
+//! [`EventLog::deliver_many`] runs one script for a whole batch: one round
+//! trip, the batch's publishes contiguous on the channel.
 //!
 //! Keys, for service `svc` and recipient `r` (`user:42`, `operator:7`),
 //! under a configurable prefix (`chatai` by default, `CHATAI_REDIS_PREFIX`):
@@ -35,14 +37,19 @@ use tokio_util::sync::CancellationToken;
 use super::{Delivery, Event, EventLog, EventLogError, LogPage, LogStats, Recipient, ReplayFrom};
 use crate::config::EventLogConfig;
 
-/// Lua: drops the entries of stream KEYS[1] appended before ARGV[1] (ms).
+/// Lua: drops the entries of stream `$log` appended before `$cutoff` (ms).
+/// The oldest entry is looked at first: when it is recent enough, as on
+/// almost every append, nothing more is read.
 macro_rules! trim_lua {
     ($log:literal, $cutoff:literal) => {
         concat!(
             "local cutoff = tonumber(",
             $cutoff,
             ")\n",
-            "while true do\n",
+            "local oldest = redis.call('XRANGE', ",
+            $log,
+            ", '-', '+', 'COUNT', 1)\n",
+            "while #oldest > 0 and tonumber(oldest[1][2][2]) < cutoff do\n",
             "  local batch = redis.call('XRANGE', ",
             $log,
             ", '-', '+', 'COUNT', 64)\n",
@@ -57,6 +64,9 @@ macro_rules! trim_lua {
             "  for _, entry in ipairs(batch) do redis.call('XDEL', ",
             $log,
             ", entry[1]) end\n",
+            "  oldest = redis.call('XRANGE', ",
+            $log,
+            ", '-', '+', 'COUNT', 1)\n",
             "end\n",
         )
     };
@@ -81,6 +91,51 @@ const APPEND: &str = concat!(
     "return pos\n",
 );
 
+/// Delivers a batch in order, atomically (one script run, so its publishes
+/// are contiguous on the channel): for each durable delivery what `APPEND`
+/// does for one (a log is trimmed and its keys' expiry set once per batch:
+/// the batch's later appends are as new as the first); for each live-only
+/// one only the publish. Returns the positions, 0 for live-only ones.
+/// KEYS: seq, log, base of each durable delivery, in order.
+/// ARGV: now ms, cutoff ms, max len, ttl ms, channel, n; then for each of the
+/// n deliveries base ('' = live only), recipient, event number j; then the
+/// distinct events, event j at ARGV[6 + 3n + j].
+const APPEND_MANY: &str = concat!(
+    "local n = tonumber(ARGV[6])\n",
+    "local positions = {}\n",
+    "local done = {}\n",
+    "local k = 0\n",
+    "for i = 0, n - 1 do\n",
+    "  local base = ARGV[7 + 3 * i]\n",
+    "  local recipient = ARGV[8 + 3 * i]\n",
+    "  local event = ARGV[6 + 3 * n + tonumber(ARGV[9 + 3 * i])]\n",
+    "  local id = '0'\n",
+    "  positions[i + 1] = 0\n",
+    "  if base ~= '' then\n",
+    "    local seq, log, basekey = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]\n",
+    "    k = k + 3\n",
+    "    if redis.call('EXISTS', seq) == 0 then\n",
+    "      redis.call('SET', seq, base)\n",
+    "      redis.call('SET', basekey, base)\n",
+    "    end\n",
+    "    local pos = redis.call('INCR', seq)\n",
+    // Lua prints big numbers in exponent form: format positions as integers.
+    "    id = string.format('%d', pos)\n",
+    "    redis.call('XADD', log, 'MAXLEN', ARGV[3], id .. '-0', 't', ARGV[1], 'e', event)\n",
+    "    if not done[log] then\n",
+    "      done[log] = true\n",
+    trim_lua!("log", "ARGV[2]"),
+    "      redis.call('PEXPIRE', seq, ARGV[4])\n",
+    "      redis.call('PEXPIRE', log, ARGV[4])\n",
+    "      redis.call('PEXPIRE', basekey, ARGV[4])\n",
+    "    end\n",
+    "    positions[i + 1] = pos\n",
+    "  end\n",
+    "  redis.call('PUBLISH', ARGV[5], id .. ' ' .. string.len(recipient) .. ' ' .. recipient .. event)\n",
+    "end\n",
+    "return positions\n",
+);
+
 /// Drops a log's entries older than the retention. KEYS: log. ARGV: cutoff ms.
 const TRIM: &str = concat!(trim_lua!("KEYS[1]", "ARGV[1]"), "return 0\n");
 
@@ -100,6 +155,7 @@ pub struct RedisLog {
     connection: ConnectionManager,
     live: Arc<Mutex<broadcast::Sender<Delivery>>>,
     append: redis::Script,
+    append_many: redis::Script,
     trim: redis::Script,
     mark_seen: redis::Script,
     retention: Duration,
@@ -152,6 +208,7 @@ impl RedisLog {
             connection,
             live,
             append: redis::Script::new(APPEND),
+            append_many: redis::Script::new(APPEND_MANY),
             trim: redis::Script::new(TRIM),
             mark_seen: redis::Script::new(MARK_SEEN),
             retention: config.retention(),
@@ -325,6 +382,64 @@ impl EventLog for RedisLog {
             .await
             .map_err(unavailable)?;
         Ok(position)
+    }
+
+    async fn deliver_many(
+        &self,
+        batch: Vec<(Recipient, Arc<Event>)>,
+    ) -> Result<Vec<u64>, EventLogError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = batch.len();
+        let mut script = self.append_many.prepare_invoke();
+        script
+            .arg(crate::now_ms())
+            .arg(self.cutoff_ms())
+            .arg(self.max_per_recipient)
+            .arg(self.ttl_ms())
+            .arg(format!("{}:live", self.prefix))
+            .arg(count);
+        // One event is often delivered to several recipients (a user and the
+        // dialog's room): each distinct one is encoded and sent once.
+        let mut events: Vec<(&Arc<Event>, Vec<u8>)> = Vec::new();
+        for (recipient, event) in &batch {
+            let number = match events.iter().position(|(seen, _)| Arc::ptr_eq(seen, event)) {
+                Some(index) => index + 1,
+                None => {
+                    let encoded = pb::Event::from(event.as_ref()).encode_to_vec();
+                    events.push((event, encoded));
+                    events.len()
+                }
+            };
+            if recipient.is_durable() {
+                script
+                    .key(self.key("seq", recipient))
+                    .key(self.key("log", recipient))
+                    .key(self.key("base", recipient))
+                    .arg(super::random_base());
+            } else {
+                script.arg("");
+            }
+            script
+                .arg(pb::Recipient::from(recipient).encode_to_vec())
+                .arg(number);
+        }
+        for (_, encoded) in events {
+            script.arg(encoded);
+        }
+        let mut connection = self.connection.clone();
+        let positions: Vec<u64> = script
+            .invoke_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        if positions.len() != count {
+            return Err(EventLogError::Unavailable(format!(
+                "the batch script returned {} positions for {count} deliveries",
+                positions.len()
+            )));
+        }
+        Ok(positions)
     }
 
     async fn read(

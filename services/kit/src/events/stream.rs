@@ -3,29 +3,44 @@
 //! events; `Replay` reads a recipient's log.
 //!
 //! Each attached stream is one task (tonic's streaming recipe): it owns the
-//! gateway's interest set, reads the backend's live fan-out, and feeds a
-//! bounded channel that tonic drains to the gateway. A gateway too slow to
-//! keep up is cut off when the live buffer overflows; it re-attaches and
-//! catches up from the logs, so nothing durable is lost.
+//! gateway's interest set, reads the backend's live fan-out (on a wake-up,
+//! everything already there, up to [`MAX_BATCH`] events), and feeds a
+//! bounded channel (bounded in deliveries: one entry per event) that tonic
+//! drains to the gateway. A gateway too slow to keep up is cut off when the
+//! live buffer overflows; it re-attaches and catches up from the logs, so
+//! nothing durable is lost.
+//!
+//! Batching: for a gateway that said `Hello.accepts_batches`, each time tonic
+//! takes the next message (`Outbound`) the deliveries already waiting in
+//! the channel, up to [`MAX_BATCH`], go as one `DeliveryBatch` (a lone one as
+//! a plain `Delivery`). It never waits for more, so batching adds no latency:
+//! it merges what a burst, or a gateway reading slower than events come,
+//! leaves queued. Order is the channel's order, so `Subscribed` acks and the
+//! deliveries around them stay exactly as they were queued. Other gateways
+//! get one `Delivery` per message, as before.
 
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::event_stream_server::{EventStream, EventStreamServer};
 use futures::Stream;
 use prost::Message;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Delivery, EventLog, Recipient, ReplayFrom};
 
-/// Messages buffered towards one gateway before the stream task waits.
+/// Deliveries (and other messages) buffered towards one gateway before the
+/// stream task waits.
 const STREAM_BUFFER: usize = 1024;
+/// The most deliveries sent in one `DeliveryBatch`.
+pub const MAX_BATCH: usize = 64;
 /// Replay page size when the request asks for none.
 const DEFAULT_PAGE: usize = 500;
 /// The largest replay page, in events.
@@ -81,9 +96,10 @@ impl EventStream for EventStreamService {
             tx,
             interest: HashSet::new(),
             gateway: String::new(),
+            batches: false,
         };
         self.tasks.spawn(attached.run(self.shutdown.clone()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(Outbound { rx, held: None })))
     }
 
     async fn stats(
@@ -153,15 +169,73 @@ impl EventStreamService {
     }
 }
 
+/// What the stream task queues for its gateway.
+enum Outgoing {
+    /// A delivery that may go in a `DeliveryBatch` with the ones after it.
+    Batchable(pb::Delivery),
+    /// A message sent as it is (and the end of the stream, as an error).
+    Message(Result<pb::ServiceMessage, Status>),
+}
+
+/// The stream tonic sends to the gateway: what the stream task queued, in
+/// order, with the batchable deliveries that are ready at once merged into
+/// one `DeliveryBatch` of at most [`MAX_BATCH`]. It never waits for more.
+struct Outbound {
+    rx: mpsc::Receiver<Outgoing>,
+    /// A message taken while filling a batch, sent next.
+    held: Option<Outgoing>,
+}
+
+impl Stream for Outbound {
+    type Item = Result<pb::ServiceMessage, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let first = match this.held.take() {
+            Some(held) => held,
+            None => match ready!(this.rx.poll_recv(cx)) {
+                Some(next) => next,
+                None => return Poll::Ready(None),
+            },
+        };
+        let first = match first {
+            Outgoing::Message(message) => return Poll::Ready(Some(message)),
+            Outgoing::Batchable(delivery) => delivery,
+        };
+        let mut deliveries = vec![first];
+        while deliveries.len() < MAX_BATCH {
+            match this.rx.try_recv() {
+                Ok(Outgoing::Batchable(delivery)) => deliveries.push(delivery),
+                Ok(other) => {
+                    this.held = Some(other);
+                    break;
+                }
+                // Empty, or closed (the next poll ends the stream).
+                Err(_) => break,
+            }
+        }
+        let msg = if deliveries.len() == 1 {
+            deliveries.pop().map(pb::service_message::Msg::Delivery)
+        } else {
+            Some(pb::service_message::Msg::DeliveryBatch(pb::DeliveryBatch {
+                deliveries,
+            }))
+        };
+        Poll::Ready(Some(Ok(pb::ServiceMessage { msg })))
+    }
+}
+
 /// One attached gateway stream.
 struct Attached {
     log: Arc<dyn EventLog>,
     shutdown: CancellationToken,
     inbound: Streaming<pb::GatewayMessage>,
     live: broadcast::Receiver<Delivery>,
-    tx: mpsc::Sender<Result<pb::ServiceMessage, Status>>,
+    tx: mpsc::Sender<Outgoing>,
     interest: HashSet<Recipient>,
     gateway: String,
+    /// The gateway accepts `DeliveryBatch` (said in its `Hello`).
+    batches: bool,
 }
 
 impl Attached {
@@ -169,13 +243,13 @@ impl Attached {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = self.tx.try_send(Err(Status::unavailable("service is shutting down")));
+                    let _ = self.tx.try_send(Outgoing::Message(Err(Status::unavailable("service is shutting down"))));
                     break;
                 }
                 message = self.inbound.message() => match message {
                     Ok(Some(message)) => {
                         if let Err(status) = self.handle(message).await {
-                            let _ = self.tx.send(Err(status)).await;
+                            let _ = self.tx.send(Outgoing::Message(Err(status))).await;
                             break;
                         }
                     }
@@ -185,32 +259,68 @@ impl Attached {
                         break;
                     }
                 },
-                delivery = self.live.recv() => match delivery {
-                    Ok(delivery) => {
-                        if self.interest.contains(&delivery.recipient) {
-                            let message = pb::service_message::Msg::Delivery((&delivery).into());
-                            if !self.send(message).await {
-                                break;
-                            }
+                delivery = self.live.recv() => {
+                    // Then what else is ready, up to a bound, without
+                    // waiting and without a turn of this loop each.
+                    let mut next = Some(delivery);
+                    let mut taken = 0;
+                    let mut open = true;
+                    while let Some(delivery) = next.take() {
+                        if !self.forward(delivery).await {
+                            open = false;
+                            break;
+                        }
+                        taken += 1;
+                        if taken < MAX_BATCH {
+                            next = match self.live.try_recv() {
+                                Ok(delivery) => Some(Ok(delivery)),
+                                Err(TryRecvError::Empty) => None,
+                                Err(TryRecvError::Lagged(missed)) => Some(Err(RecvError::Lagged(missed))),
+                                Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                            };
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(gateway = %self.gateway, missed, "gateway fell behind the live fan-out; cutting its stream");
-                        let _ = self.tx.send(Err(Status::data_loss("gateway fell behind; re-attach and replay"))).await;
+                    if !open {
                         break;
                     }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
+                }
             }
         }
         tracing::debug!(gateway = %self.gateway, "gateway stream ended");
     }
 
+    /// Queues a delivery from the live fan-out for the gateway if it holds
+    /// its recipient; false when the stream must end (the gateway is gone,
+    /// fell behind, or the fan-out closed).
+    async fn forward(&mut self, delivery: Result<Delivery, RecvError>) -> bool {
+        match delivery {
+            Ok(delivery) => {
+                if !self.interest.contains(&delivery.recipient) {
+                    return true;
+                }
+                let delivery = pb::Delivery::from(&delivery);
+                let queued = if self.batches {
+                    Outgoing::Batchable(delivery)
+                } else {
+                    as_is(pb::service_message::Msg::Delivery(delivery))
+                };
+                self.send(queued).await
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(gateway = %self.gateway, missed, "gateway fell behind the live fan-out; cutting its stream");
+                let cut = Status::data_loss("gateway fell behind; re-attach and replay");
+                let _ = self.tx.send(Outgoing::Message(Err(cut))).await;
+                false
+            }
+            Err(RecvError::Closed) => false,
+        }
+    }
+
     /// Sends to the gateway; false when it is gone or the service is
     /// shutting down (a gateway that does not read must not hold up the drain).
-    async fn send(&self, message: pb::service_message::Msg) -> bool {
+    async fn send(&self, queued: Outgoing) -> bool {
         tokio::select! {
-            sent = self.tx.send(Ok(pb::ServiceMessage { msg: Some(message) })) => sent.is_ok(),
+            sent = self.tx.send(queued) => sent.is_ok(),
             _ = self.shutdown.cancelled() => false,
         }
     }
@@ -219,8 +329,9 @@ impl Attached {
         use pb::gateway_message::Msg;
         match message.msg {
             Some(Msg::Hello(hello)) => {
-                tracing::info!(gateway = %hello.gateway_id, "gateway attached");
+                tracing::info!(gateway = %hello.gateway_id, batches = hello.accepts_batches, "gateway attached");
                 self.gateway = hello.gateway_id;
+                self.batches = hello.accepts_batches;
             }
             Some(Msg::Subscribe(subscribe)) => {
                 let recipient = Recipient::try_from(
@@ -233,7 +344,7 @@ impl Attached {
                 let ack = pb::service_message::Msg::Subscribed(pb::Subscribed {
                     request_id: subscribe.request_id,
                 });
-                if !self.send(ack).await {
+                if !self.send(as_is(ack)).await {
                     return Err(Status::cancelled("gateway gone"));
                 }
             }
@@ -252,5 +363,84 @@ impl Attached {
             None => return Err(Status::invalid_argument("empty gateway message")),
         }
         Ok(())
+    }
+}
+
+/// `msg`, queued to be sent as it is.
+fn as_is(msg: pb::service_message::Msg) -> Outgoing {
+    Outgoing::Message(Ok(pb::ServiceMessage { msg: Some(msg) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    fn delivery(position: u64) -> pb::Delivery {
+        pb::Delivery {
+            recipient: Some((&Recipient::User(1)).into()),
+            position,
+            event: None,
+        }
+    }
+
+    fn positions(message: &pb::ServiceMessage) -> Vec<u64> {
+        match &message.msg {
+            Some(pb::service_message::Msg::Delivery(d)) => vec![d.position],
+            Some(pb::service_message::Msg::DeliveryBatch(b)) => {
+                assert!(b.deliveries.len() > 1, "a batch of one is a Delivery");
+                b.deliveries.iter().map(|d| d.position).collect()
+            }
+            other => panic!("expected deliveries, got {other:?}"),
+        }
+    }
+
+    /// What is queued goes out in order: ready deliveries merged up to
+    /// `MAX_BATCH`, a lone one as a `Delivery`, other messages in their
+    /// place between batches, non-batchable deliveries one by one.
+    #[tokio::test]
+    async fn outbound_merges_ready_deliveries_in_order() {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let mut outbound = Outbound { rx, held: None };
+        for position in 1..=3 {
+            tx.send(Outgoing::Batchable(delivery(position)))
+                .await
+                .expect("queued");
+        }
+        let ack = pb::service_message::Msg::Subscribed(pb::Subscribed { request_id: 9 });
+        tx.send(as_is(ack.clone())).await.expect("queued");
+        for position in 4..=(4 + MAX_BATCH as u64) {
+            tx.send(Outgoing::Batchable(delivery(position)))
+                .await
+                .expect("queued");
+        }
+        let single = pb::service_message::Msg::Delivery(delivery(100));
+        tx.send(as_is(single.clone())).await.expect("queued");
+        tx.send(Outgoing::Batchable(delivery(101)))
+            .await
+            .expect("queued");
+
+        let next = |outbound: &mut Outbound| {
+            let mut next = outbound.next();
+            let polled = futures::FutureExt::now_or_never(&mut next);
+            polled
+                .expect("ready without waiting")
+                .expect("not ended")
+                .expect("not an error")
+        };
+        assert_eq!(positions(&next(&mut outbound)), vec![1, 2, 3]);
+        assert_eq!(next(&mut outbound).msg, Some(ack));
+        let full = positions(&next(&mut outbound));
+        assert_eq!(full, (4..4 + MAX_BATCH as u64).collect::<Vec<_>>());
+        // The last of the run stops at the non-batchable delivery.
+        assert_eq!(positions(&next(&mut outbound)), vec![4 + MAX_BATCH as u64]);
+        assert_eq!(next(&mut outbound).msg, Some(single));
+        assert_eq!(positions(&next(&mut outbound)), vec![101]);
+
+        // Nothing ready: it waits, and it does not end while the task lives.
+        assert!(futures::FutureExt::now_or_never(outbound.next()).is_none());
+        drop(tx);
+        assert!(outbound.next().await.is_none(), "ends with the task");
     }
 }
