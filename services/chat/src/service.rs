@@ -48,6 +48,8 @@ pub struct ChatService {
     handoffs: Arc<dyn Handoffs>,
     /// Who holds each dialog, fed by the handoff service's notes.
     holders: Arc<HolderView>,
+    /// Who owns each dialog this service has seen.
+    owners: Arc<Owners>,
     policy: Arc<Policy>,
     /// Owns the assistant-answer tasks, so shutdown can wait for them.
     tasks: TaskTracker,
@@ -68,6 +70,7 @@ impl ChatService {
             log,
             handoffs,
             holders: Arc::new(HolderView::new()),
+            owners: Arc::new(Owners::default()),
             policy: Arc::new(policy),
             tasks,
         }
@@ -162,6 +165,7 @@ impl ChatService {
             message_id: message.id,
             created,
         };
+        self.owners.insert(message.dialog_id, caller.id);
         if !created {
             return Ok(sent);
         }
@@ -209,11 +213,7 @@ impl ChatService {
         idempotency_key: Option<&str>,
         seen: u64,
     ) -> Result<Sent, ChatError> {
-        let dialog = self
-            .store
-            .dialog(dialog_id)
-            .await?
-            .ok_or(ChatError::DialogNotFound(dialog_id))?;
+        let dialog = self.dialog_owner(dialog_id).await?;
         if !self.holds(caller, &dialog, seen).await? {
             return Err(ChatError::NotParticipant(dialog_id));
         }
@@ -267,7 +267,7 @@ impl ChatService {
 
     /// Whether `caller` is the operator holding `dialog`, by a view that
     /// reflects what the operator had seen up to `seen`.
-    async fn holds(&self, caller: &Caller, dialog: &Dialog, seen: u64) -> Result<bool, ChatError> {
+    async fn holds(&self, caller: &Caller, dialog: &Owned, seen: u64) -> Result<bool, ChatError> {
         if caller.role != Role::Operator {
             return Ok(false);
         }
@@ -365,11 +365,7 @@ impl ChatService {
         seen: u64,
     ) -> Result<(), ChatError> {
         let (dialog, operator) = if caller.role == Role::Operator {
-            let dialog = self
-                .store
-                .dialog(dialog_id)
-                .await?
-                .ok_or(ChatError::DialogNotFound(dialog_id))?;
+            let dialog = self.dialog_owner(dialog_id).await?;
             if !self.holds(caller, &dialog, seen).await? {
                 return Err(ChatError::NotParticipant(dialog_id));
             }
@@ -416,16 +412,34 @@ impl ChatService {
             .unwrap_or(self.policy.starting_balance))
     }
 
-    async fn owned_dialog(&self, caller: &Caller, dialog_id: i64) -> Result<Dialog, ChatError> {
+    /// The dialog, when `caller` is its owner (a user or an admin).
+    async fn owned_dialog(&self, caller: &Caller, dialog_id: i64) -> Result<Owned, ChatError> {
+        let dialog = self.dialog_owner(dialog_id).await?;
+        if dialog.user_id != caller.id || !matches!(caller.role, Role::User | Role::Admin) {
+            return Err(ChatError::NotParticipant(dialog_id));
+        }
+        Ok(dialog)
+    }
+
+    /// The dialog's owner: from memory when this service has seen the dialog
+    /// (an owner never changes), else read once.
+    async fn dialog_owner(&self, dialog_id: i64) -> Result<Owned, ChatError> {
+        if let Some(user_id) = self.owners.get(dialog_id) {
+            return Ok(Owned {
+                id: dialog_id,
+                user_id,
+            });
+        }
         let dialog = self
             .store
             .dialog(dialog_id)
             .await?
             .ok_or(ChatError::DialogNotFound(dialog_id))?;
-        if dialog.user_id != caller.id || !matches!(caller.role, Role::User | Role::Admin) {
-            return Err(ChatError::NotParticipant(dialog_id));
-        }
-        Ok(dialog)
+        self.owners.insert(dialog.id, dialog.user_id);
+        Ok(Owned {
+            id: dialog.id,
+            user_id: dialog.user_id,
+        })
     }
 
     /// Live copy of a user's message for the dialog's room (not durable;
@@ -580,6 +594,41 @@ impl ChatService {
             return Ok(Some(Event::new("balance_alert", &body)?));
         }
         Ok(None)
+    }
+}
+
+/// A dialog and its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owned {
+    id: i64,
+    user_id: i64,
+}
+
+/// Most dialog owners remembered; past it the memory starts again.
+const MAX_OWNERS: usize = 262_144;
+
+/// Dialog owners this service has seen (an owner never changes, so the
+/// memory is never stale; it is only bounded).
+#[derive(Debug, Default)]
+struct Owners(std::sync::Mutex<std::collections::HashMap<i64, i64>>);
+
+impl Owners {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, i64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, dialog_id: i64) -> Option<i64> {
+        self.map().get(&dialog_id).copied()
+    }
+
+    fn insert(&self, dialog_id: i64, user_id: i64) {
+        let mut map = self.map();
+        if map.len() >= MAX_OWNERS {
+            map.clear();
+        }
+        map.insert(dialog_id, user_id);
     }
 }
 
