@@ -434,6 +434,161 @@ async fn a_restarted_service_on_memory_logs_tells_and_goes_on() {
     database.remove().await;
 }
 
+/// Durability across a SIGKILL: one connection streams 300 distinct chat
+/// messages without waiting for answers; partway through, the chat service
+/// is killed outright and started again while the stream goes on. Every
+/// message whose `ack` the client got must be in PostgreSQL afterwards —
+/// under the acked `message_id`, with its text — and no text may be stored
+/// twice (the gateway retries an unreachable chat service with one
+/// idempotency key per frame). An ack sent before the commit would leave an
+/// acked message missing when the kill lands in between, and fail the test.
+#[tokio::test]
+async fn acked_messages_survive_a_killed_chat_service_exactly_once() {
+    use futures::{SinkExt, StreamExt};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const MESSAGES: usize = 300;
+    const KILL_AFTER_ACKS: usize = 100;
+    let database = TestDatabase::postgres().await;
+    let database_url = database.url().to_owned();
+    let redis = Redis::start(free_addr().port()).await;
+    let mut deployment = Deployment::new(&database_url, Some(redis.port));
+    // One connection sends far faster than the default 20 frames/s.
+    deployment.set_env("CHATAI_RATE_LIMIT_PER_SEC", "100000".to_owned());
+    deployment.set_env("CHATAI_RATE_LIMIT_BURST", "100000".to_owned());
+    for part in ["presence", "handoff", "chat", "notification", "gateway"] {
+        deployment.start(part);
+    }
+    deployment.wait_healthy().await;
+    let user_id = 1904;
+    let mut user = deployment.connect(user_id, Role::User).await;
+    let opened = user.chat("open", None, "a dialog for the stream").await;
+    let dialog_id = opened["dialog_id"].as_i64().expect("a dialog");
+    let text_of = |n: usize| format!("durable message {n}");
+
+    // The reader keeps every reply to the stream's frames (`ack` or
+    // `error`, by `ref`), until each frame has one.
+    let (mut sink, mut stream) = user.stream.split();
+    let acks = Arc::new(AtomicUsize::new(0));
+    let reader = tokio::spawn({
+        let acks = acks.clone();
+        async move {
+            let mut replies: HashMap<String, Value> = HashMap::new();
+            while replies.len() < MESSAGES {
+                let next = tokio::time::timeout(START * 2, stream.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("replies stopped after {}", replies.len()));
+                let text = match next {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(close))) => panic!("closed: {close:?}"),
+                    Some(Ok(_)) => continue,
+                    other => panic!("the connection ended: {other:?}"),
+                };
+                let frame: Value = serde_json::from_str(&text).expect("a JSON frame");
+                let is_reply = frame["type"] == "ack" || frame["type"] == "error";
+                let Some(reference) = frame["ref"].as_str().filter(|r| r.starts_with('k')) else {
+                    continue;
+                };
+                if is_reply {
+                    if frame["type"] == "ack" {
+                        acks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let earlier = replies.insert(reference.to_owned(), frame.clone());
+                    assert!(earlier.is_none(), "two replies to {reference}: {frame}");
+                }
+            }
+            replies
+        }
+    });
+
+    // The writer: a steady stream, never waiting for a reply.
+    let writer = tokio::spawn(async move {
+        for n in 0..MESSAGES {
+            let frame = json!({"type": "chat_message", "id": format!("k{n}"), "dialog_id": dialog_id, "message": format!("durable message {n}")});
+            sink.send(Message::text(frame.to_string()))
+                .await
+                .expect("the gateway keeps the connection open");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        sink
+    });
+    // Partway: SIGKILL while messages are in flight, then a new process.
+    let deadline = tokio::time::Instant::now() + START;
+    while acks.load(Ordering::Relaxed) < KILL_AFTER_ACKS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{KILL_AFTER_ACKS} acks before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    deployment.kill("chat").await;
+    let acked_before_kill = acks.load(Ordering::Relaxed);
+    deployment.start("chat");
+    let _sink = writer.await.expect("the writer finishes");
+    let replies = reader.await.expect("every frame is answered");
+    deployment.wait_healthy().await;
+
+    let acked: HashMap<i64, String> = (0..MESSAGES)
+        .filter_map(|n| {
+            let reply = &replies[&format!("k{n}")];
+            (reply["type"] == "ack").then(|| {
+                let id = reply["message_id"]
+                    .as_i64()
+                    .expect("an ack names its message");
+                assert_eq!(reply["dialog_id"], dialog_id, "{reply}");
+                (id, text_of(n))
+            })
+        })
+        .collect();
+    let refused: Vec<&Value> = replies.values().filter(|r| r["type"] == "error").collect();
+    assert!(
+        acked.len() > acked_before_kill,
+        "messages are acked again after the restart ({} acked, {acked_before_kill} before the kill; refused: {refused:?})",
+        acked.len()
+    );
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url)
+        .await
+        .expect("the test database");
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, body FROM messages WHERE dialog_id = $1 AND sender = 'user' AND sender_id = $2",
+    )
+    .bind(dialog_id)
+    .bind(user_id)
+    .fetch_all(&pool)
+    .await
+    .expect("the dialog's messages");
+    pool.close().await;
+    let stored: HashMap<i64, &str> = rows.iter().map(|(id, body)| (*id, body.as_str())).collect();
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for (_, body) in &rows {
+        *copies.entry(body.as_str()).or_default() += 1;
+    }
+    // Acked ⊆ stored, under the acked id and with its text.
+    let missing: Vec<(&i64, &String)> = acked
+        .iter()
+        .filter(|(id, text)| stored.get(*id) != Some(&text.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acked but not stored: {missing:?} ({} acked, {} stored)",
+        acked.len(),
+        rows.len()
+    );
+    // Once each: no frame's retry stored a second row.
+    let twice: Vec<(&&str, &usize)> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+
+    for part in ["gateway", "chat", "handoff", "presence", "notification"] {
+        deployment.terminate(part).await;
+    }
+    drop(redis);
+    database.remove().await;
+}
+
 /// An OTLP trace collector, as Jaeger runs one: keeps every span it is sent,
 /// with the `service.name` of the process that sent it.
 #[derive(Clone, Default)]

@@ -14,6 +14,11 @@
 //! earlier answers came back (missed ticks are sent late, in a burst, so the
 //! offered load stays R). Latency is measured from the moment the frame was
 //! written.
+//!
+//! `--search` runs it at rates from `--search-min` to `--search-max` (see
+//! [`crate::shared::Bisection`]), each step on fresh user ids, and prints the
+//! highest rate at which both p99s stay below 10 ms with no ack or answer
+//! missing and no error.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -27,8 +32,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::client::{Failure, ServerFrame, Target, Ws};
-use crate::procstat::{Proc, Sample, cores_used};
-use crate::stats::{Latencies, Summary, Table, round3};
+use crate::shared::{self, PidArgs, SearchArgs, StepOutcome};
+use crate::stats::{Latencies, Table, round3};
 
 /// Questions the built-in knowledge base answers (none asks for a human,
 /// which would bring the handoff service in).
@@ -47,10 +52,10 @@ const WARMUP_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(clap::Args, Debug)]
 pub struct ChatArgs {
     /// Aggregate messages per second across all users.
-    #[arg(long)]
-    rate: f64,
-    /// Seconds of sending.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "search")]
+    rate: Option<f64>,
+    /// Seconds of sending (each step of a search too).
+    #[arg(long, default_value_t = 10)]
     duration: u64,
     /// Users (one connection each); default: rate / --per-user-rate, rounded up.
     #[arg(long)]
@@ -64,7 +69,7 @@ pub struct ChatArgs {
     #[arg(long, env = "CHATAI_RATE_LIMIT_PER_SEC", default_value_t = 20)]
     server_rate_limit: u32,
     /// User ids are `user_base + i`. Use a fresh base per run to start with
-    /// new dialogs and full balances.
+    /// new dialogs and full balances (a search moves it on at every step).
     #[arg(long, default_value_t = 2_000_000)]
     user_base: i64,
     /// Seconds to wait for outstanding acks and answers after sending stops.
@@ -73,12 +78,18 @@ pub struct ChatArgs {
     /// Connections opened (and warmed up) at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// The gateway's pid, to report its CPU use during the run.
-    #[arg(long)]
-    gateway_pid: Option<u32>,
-    /// The chat service's pid, to report its CPU use during the run.
-    #[arg(long)]
-    chat_pid: Option<u32>,
+    #[command(flatten)]
+    pids: PidArgs,
+    #[command(flatten)]
+    search: SearchArgs,
+}
+
+impl ChatArgs {
+    fn users_at(&self, rate: f64) -> usize {
+        self.users
+            .unwrap_or_else(|| (rate / self.per_user_rate.max(0.1)).ceil() as usize)
+            .max(1)
+    }
 }
 
 /// What one user measured.
@@ -103,42 +114,58 @@ struct Ready {
 }
 
 pub async fn run(target: Target, args: ChatArgs, nofile: u64) -> anyhow::Result<()> {
+    let target = Arc::new(target);
+    if args.search.search {
+        // Every step on users of its own: new dialogs, full balances.
+        let stride = args.users_at(args.search.search_max) as i64 + 1;
+        return shared::search("chat", &args.search, |index, rate| {
+            let user_base = args.user_base + i64::from(index) * stride;
+            run_once(target.clone(), &args, rate, user_base, nofile, true)
+        })
+        .await;
+    }
+    let rate = args.rate.context("--rate is required without --search")?;
+    run_once(target, &args, rate, args.user_base, nofile, false).await?;
+    Ok(())
+}
+
+/// One run at `rate` on users from `user_base`; prints the full report, or
+/// only the step's line when `quiet` (a search prints it).
+async fn run_once(
+    target: Arc<Target>,
+    args: &ChatArgs,
+    rate: f64,
+    user_base: i64,
+    nofile: u64,
+    quiet: bool,
+) -> anyhow::Result<StepOutcome> {
     anyhow::ensure!(
-        args.rate > 0.0 && args.rate <= 100_000.0,
+        rate > 0.0 && rate <= 100_000.0,
         "--rate must be in (0, 100000]"
     );
     anyhow::ensure!(
         (1..=600).contains(&args.duration),
         "--duration must be 1..=600 s"
     );
-    let users = args
-        .users
-        .unwrap_or_else(|| (args.rate / args.per_user_rate.max(0.1)).ceil() as usize)
-        .max(1);
+    let users = args.users_at(rate);
     anyhow::ensure!(
         (users as u64) + 200 <= nofile,
         "{users} users need more descriptors than this process may open ({nofile})"
     );
-    let per_user = args.rate / users as f64;
-    if per_user > f64::from(args.server_rate_limit) {
-        eprintln!(
-            "warning: {per_user:.1} messages/s per connection is above the gateway's limit of {} /s; expect rate_limited errors (use more --users)",
-            args.server_rate_limit
-        );
-    }
+    let per_user = rate / users as f64;
+    shared::warn_rate_limit("user", per_user, args.server_rate_limit, "use more --users");
     println!(
-        "chat: {users} users × {per_user:.2} msg/s = {} msg/s for {} s to ws://{}",
-        args.rate, args.duration, target.addr
+        "chat: {users} users × {per_user:.2} msg/s = {rate} msg/s for {} s to ws://{}",
+        args.duration, target.addr
     );
 
     // Connect and warm up every user: one message each opens its dialog.
-    let target = Arc::new(target);
     let token_ttl = Duration::from_secs(args.duration + args.drain_secs + 3600);
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let (start_tx, start_rx) = watch::channel(None::<Instant>);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<(), Failure>>();
-    let period = Duration::from_secs_f64(users as f64 / args.rate);
-    let slot = Duration::from_secs_f64(1.0 / args.rate);
+    let period = Duration::from_secs_f64(users as f64 / rate);
+    let slot = Duration::from_secs_f64(1.0 / rate);
     let sending = Duration::from_secs(args.duration);
     let drain = Duration::from_secs(args.drain_secs);
     let mut handles = Vec::with_capacity(users);
@@ -149,7 +176,7 @@ pub async fn run(target: Target, args: ChatArgs, nofile: u64) -> anyhow::Result<
             ready_tx.clone(),
             start_rx.clone(),
         );
-        let user = args.user_base + i as i64;
+        let user = user_base + i as i64;
         handles.push(tokio::spawn(async move {
             let ready = {
                 let _permit = gate.acquire().await;
@@ -191,7 +218,9 @@ pub async fn run(target: Target, args: ChatArgs, nofile: u64) -> anyhow::Result<
             }
         }
     }
-    println!("warm-up: {ready} users ready, {failed} failed");
+    if !quiet || failed > 0 {
+        println!("warm-up: {ready} users ready, {failed} failed");
+    }
     anyhow::ensure!(ready > 0, "no user could connect and get an answer");
 
     // Go.
@@ -200,13 +229,9 @@ pub async fn run(target: Target, args: ChatArgs, nofile: u64) -> anyhow::Result<
         .send(Some(start))
         .context("every user task is gone")?;
     tokio::time::sleep_until(start).await;
-    let watched = |pid: Option<u32>| pid.map(Proc::Pid);
-    let gateway = watched(args.gateway_pid);
-    let chat = watched(args.chat_pid);
-    let sample = |p: Option<Proc>| p.and_then(|p| p.sample().ok());
-    let (gw0, chat0, tool0) = (sample(gateway), sample(chat), sample(Some(Proc::Myself)));
+    let before = args.pids.mark();
     tokio::time::sleep_until(start + sending).await;
-    let (gw1, chat1, tool1) = (sample(gateway), sample(chat), sample(Some(Proc::Myself)));
+    let cpu = before.until(&args.pids.mark());
 
     let mut total = UserStats::default();
     for handle in handles {
@@ -225,15 +250,54 @@ pub async fn run(target: Target, args: ChatArgs, nofile: u64) -> anyhow::Result<
         total.max_send_lag = total.max_send_lag.max(stats.max_send_lag);
         total.ack.extend(stats.ack);
         total.answer.extend(stats.answer);
-        for (code, count) in stats.errors {
-            *total.errors.entry(code).or_default() += count;
-        }
+        shared::add_errors(&mut total.errors, stats.errors);
     }
 
     // Report.
     let secs = args.duration as f64;
     let ack = total.ack.summary();
     let answer = total.answer.summary();
+    let summary = json!({
+        "mode": "chat",
+        "users": users,
+        "users_ready": ready,
+        "rate_offered": rate,
+        "duration_secs": args.duration,
+        "sent": total.sent,
+        "acked": total.acked,
+        "answered": total.answered,
+        "sent_per_sec": round3(total.sent as f64 / secs),
+        "answered_per_sec": round3(total.answered as f64 / secs),
+        "lost_acks": total.lost_acks,
+        "lost_answers": total.lost_answers,
+        "ack": ack.to_json(),
+        "ai_response": answer.to_json(),
+        "errors": total.errors,
+        "max_send_lag_ms": round3(total.max_send_lag.as_secs_f64() * 1000.0),
+        "cpu_percent": cpu.to_json(),
+    });
+    let error_count: u64 = total.errors.values().sum();
+    let outcome = StepOutcome {
+        worst_p99_ms: ack.p99.max(answer.p99),
+        lost: total.lost_acks + total.lost_answers,
+        errors: error_count,
+        line: format!(
+            "sent {}, acked {}, answered {}, lost {}, errors {}; p99 ack {:.2} ms, ai_response {:.2} ms; CPU gateway {}, chat {}",
+            total.sent,
+            total.acked,
+            total.answered,
+            total.lost_acks + total.lost_answers,
+            error_count,
+            ack.p99,
+            answer.p99,
+            cpu.gateway.map_or("?".into(), |v| format!("{v:.0} %")),
+            cpu.chat.map_or("?".into(), |v| format!("{v:.0} %")),
+        ),
+        json: summary.clone(),
+    };
+    if quiet {
+        return Ok(outcome);
+    }
     println!();
     let mut counts = Table::new(&["", "count", "per second"]);
     for (name, count) in [
@@ -259,82 +323,20 @@ pub async fn run(target: Target, args: ChatArgs, nofile: u64) -> anyhow::Result<
     ]);
     print!("{}", counts.render());
     println!();
-    let mut latency = Table::new(&[
-        "latency ms",
-        "count",
-        "mean",
-        "p50",
-        "p90",
-        "p99",
-        "p99.9",
-        "max",
-    ]);
+    let mut latency = Table::new(shared::LATENCY_HEADER);
     for (name, s) in [("send → ack", ack), ("send → ai_response", answer)] {
-        latency.row(latency_row(name, s));
+        latency.row(shared::latency_row(name, s));
     }
     print!("{}", latency.render());
     println!();
-    if total.errors.is_empty() {
-        println!("errors: none");
-    } else {
-        let list: Vec<String> = total
-            .errors
-            .iter()
-            .map(|(code, count)| format!("{code}: {count}"))
-            .collect();
-        println!("errors by code: {}", list.join(", "));
-    }
+    println!("{}", shared::errors_line(&total.errors));
     println!(
         "latest send behind schedule: {:.1} ms",
         total.max_send_lag.as_secs_f64() * 1000.0
     );
-    let cpu = |a: Option<Sample>, b: Option<Sample>| match (a, b) {
-        (Some(a), Some(b)) => Some(round3(cores_used(&a, &b) * 100.0)),
-        _ => None,
-    };
-    let (gw_cpu, chat_cpu, tool_cpu) = (cpu(gw0, gw1), cpu(chat0, chat1), cpu(tool0, tool1));
-    let show = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.0} %"));
-    println!(
-        "CPU while sending (% of one core; 2 cores = 200 %): gateway {}, chat service {}, load tool {}",
-        show(gw_cpu),
-        show(chat_cpu),
-        show(tool_cpu)
-    );
-    let summary = json!({
-        "mode": "chat",
-        "users": users,
-        "users_ready": ready,
-        "rate_offered": args.rate,
-        "duration_secs": args.duration,
-        "sent": total.sent,
-        "acked": total.acked,
-        "answered": total.answered,
-        "sent_per_sec": round3(total.sent as f64 / secs),
-        "answered_per_sec": round3(total.answered as f64 / secs),
-        "lost_acks": total.lost_acks,
-        "lost_answers": total.lost_answers,
-        "ack": ack.to_json(),
-        "ai_response": answer.to_json(),
-        "errors": total.errors,
-        "max_send_lag_ms": round3(total.max_send_lag.as_secs_f64() * 1000.0),
-        "cpu_percent": { "gateway": gw_cpu, "chat": chat_cpu, "load_tool": tool_cpu },
-    });
+    println!("{cpu}");
     println!("{summary}");
-    Ok(())
-}
-
-fn latency_row(name: &str, s: Summary) -> Vec<String> {
-    let ms = |v: f64| format!("{v:.2}");
-    vec![
-        name.into(),
-        s.count.to_string(),
-        ms(s.mean),
-        ms(s.p50),
-        ms(s.p90),
-        ms(s.p99),
-        ms(s.p999),
-        ms(s.max),
-    ]
+    Ok(outcome)
 }
 
 fn chat_frame(id: &str, dialog_id: Option<i64>, question: &str) -> Message {

@@ -62,6 +62,9 @@ pub struct ServerFrame<'a> {
     pub code: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub message: Option<Cow<'a, str>>,
+    /// `operator_assigned`'s and the `handoff_request` ack's operator.
+    #[serde(default)]
+    pub operator_id: Option<i64>,
 }
 
 impl Target {
@@ -74,15 +77,27 @@ impl Target {
 
     /// Opens a connection for user `user_id` and waits for `connected`.
     pub async fn connect(&self, user_id: i64, token_ttl: Duration) -> Result<Ws, Failure> {
-        tokio::time::timeout(CONNECT_TIMEOUT, self.try_connect(user_id, token_ttl))
+        self.connect_as(user_id, Role::User, token_ttl).await
+    }
+
+    /// Opens a connection for `id` in `role` (operators on
+    /// `/ws/operator/{id}`, everyone else on `/ws/{id}`) and waits for
+    /// `connected`.
+    pub async fn connect_as(
+        &self,
+        id: i64,
+        role: Role,
+        token_ttl: Duration,
+    ) -> Result<Ws, Failure> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.try_connect(id, role, token_ttl))
             .await
             .unwrap_or_else(|_| Err(Failure::new("connect_timeout")))
     }
 
-    async fn try_connect(&self, user_id: i64, token_ttl: Duration) -> Result<Ws, Failure> {
+    async fn try_connect(&self, id: i64, role: Role, token_ttl: Duration) -> Result<Ws, Failure> {
         let token = self
             .keys
-            .mint(user_id, Role::User, None, token_ttl)
+            .mint(id, role, None, token_ttl)
             .map_err(|_| Failure::new("mint_token"))?;
         let stream = TcpStream::connect(self.addr)
             .await
@@ -90,7 +105,11 @@ impl Target {
         stream
             .set_nodelay(true)
             .map_err(|_| Failure::new("tcp_nodelay"))?;
-        let url = format!("ws://{}/ws/{user_id}?token={token}", self.addr);
+        let path = match role {
+            Role::Operator => format!("/ws/operator/{id}"),
+            _ => format!("/ws/{id}"),
+        };
+        let url = format!("ws://{}{path}?token={token}", self.addr);
         // Small buffers: the tool itself holds up to ~19 000 sockets.
         let config = WebSocketConfig::default()
             .read_buffer_size(4 * 1024)

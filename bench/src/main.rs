@@ -9,6 +9,15 @@
 //! - `fanout`: N connections, `system_alert`s broadcast through the
 //!   notification service; prints the latency to every reader and the
 //!   deliveries per second of a burst.
+//! - `pairs`: P users, each put in handoff with one of ~P/4 operators by the
+//!   real flow (`set_status`, `handoff_request`, `operator_assigned`), then
+//!   messages both ways at R msg/s per direction; prints, per direction,
+//!   sent/acked/delivered/lost/duplicated and the one-way and ack latencies.
+//!
+//! `chat` and `pairs` take `--search`: runs at rates between `--search-min`
+//! and `--search-max` (bisecting, fresh ids per step, at most
+//! `--search-steps` runs) and prints the highest rate at which every p99
+//! stays below 10 ms and nothing is lost.
 //!
 //! Every mode is bounded in count and time and stops by itself. Results are
 //! plain text tables, then one line of JSON (the last line printed).
@@ -18,13 +27,17 @@
 //! - [`client`] — one WebSocket client: token, connect, wait for `connected`.
 //! - [`procstat`] — RSS and CPU time of a process, from `/proc`.
 //! - [`stats`] — latency percentiles and table printing.
-//! - [`idle`], [`chat`], [`fanout`] — the modes.
+//! - [`shared`] — what `chat` and `pairs` share: CPU readings, report rows,
+//!   the saturation search.
+//! - [`idle`], [`chat`], [`fanout`], [`pairs`] — the modes.
 
 mod chat;
 mod client;
 mod fanout;
 mod idle;
+mod pairs;
 mod procstat;
+mod shared;
 mod stats;
 
 use std::net::SocketAddr;
@@ -70,10 +83,15 @@ pub struct TargetArgs {
 enum Mode {
     /// Open N idle connections and measure the gateway's memory and CPU per connection.
     Idle(idle::IdleArgs),
-    /// Send chat messages at a fixed aggregate rate and measure round-trip latency.
+    /// Send chat messages at a fixed aggregate rate and measure round-trip
+    /// latency; --search finds the highest rate with p99 < 10 ms.
     Chat(chat::ChatArgs),
     /// Broadcast system alerts to N connections and measure delivery latency and rate.
     Fanout(fanout::FanoutArgs),
+    /// Users and operators in handoff (the real flow), messages both ways at
+    /// a fixed rate per direction: one-way latency, losses and duplicates
+    /// per direction; --search finds the highest rate with p99 < 10 ms.
+    Pairs(pairs::PairsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,6 +117,7 @@ fn main() -> anyhow::Result<()> {
             Mode::Idle(args) => idle::run(target, args, nofile).await,
             Mode::Chat(args) => chat::run(target, args, nofile).await,
             Mode::Fanout(args) => fanout::run(target, args, nofile).await,
+            Mode::Pairs(args) => pairs::run(target, args, nofile).await,
         }
     })
 }
