@@ -138,6 +138,11 @@ impl Assistant for KnowledgeBase {
         &self.name
     }
 
+    /// Only the last user turn counts, and that is the question.
+    fn reads_history(&self) -> bool {
+        false
+    }
+
     async fn answer(&self, conversation: &[Turn]) -> Result<Answer, AssistantError> {
         let (_, question) = last_user_turn(conversation)?;
         let (text, needs_human) = match self.lookup(question) {

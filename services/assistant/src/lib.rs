@@ -68,6 +68,12 @@ pub trait Assistant: Send + Sync + 'static {
     /// Display name sent to clients as `assistant_name`.
     fn name(&self) -> &str;
 
+    /// Whether the answer depends on more than the question itself: when
+    /// not, the caller passes only the question and reads no history.
+    fn reads_history(&self) -> bool {
+        true
+    }
+
     /// Answers the last user turn of `conversation` (oldest first).
     ///
     /// Turns after the last user turn (an operator's or the assistant's) are

@@ -482,25 +482,29 @@ impl ChatService {
         question: &Message,
         connection: Option<String>,
     ) -> Result<(), AnswerError> {
-        let history = self
-            .store
-            .history(
-                question.dialog_id,
-                Some(question.id + 1),
-                self.policy.assistant_context,
-            )
-            .await?;
-        let turns: Vec<Turn> = history
-            .into_iter()
-            .map(|m| Turn {
-                speaker: match m.sender {
-                    Sender::User => Speaker::User,
-                    Sender::Assistant => Speaker::Assistant,
-                    Sender::Operator => Speaker::Operator,
-                },
-                text: m.text,
-            })
-            .collect();
+        let turns: Vec<Turn> = if self.assistant.reads_history() {
+            // Bounded (`assistant_context`) and read on the index
+            // `messages_dialog_id_id`.
+            self.store
+                .history(
+                    question.dialog_id,
+                    Some(question.id + 1),
+                    self.policy.assistant_context,
+                )
+                .await?
+                .into_iter()
+                .map(|m| Turn {
+                    speaker: match m.sender {
+                        Sender::User => Speaker::User,
+                        Sender::Assistant => Speaker::Assistant,
+                        Sender::Operator => Speaker::Operator,
+                    },
+                    text: m.text,
+                })
+                .collect()
+        } else {
+            vec![Turn::new(Speaker::User, question.text.clone())]
+        };
         let answer = self.assistant.answer(&turns).await?;
         // One answer per question, whatever happens: the key is the question's.
         let key = format!("answer:{}", question.id);
