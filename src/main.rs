@@ -7,6 +7,11 @@
 //! Configuration comes from the environment (names in docs/protocol.md);
 //! every variable also has a `--flag`.
 
+/// mimalloc: at thousands of messages a second glibc's malloc and free
+/// were a tenth of the process's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Duration;
 
 use anyhow::Context;
