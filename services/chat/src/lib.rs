@@ -12,11 +12,14 @@
 //!   message is routed without asking the handoff service each time.
 //! - `service` — the domain logic: authorization, messages, the assistant's
 //!   answers and charging.
+//! - `bounded` — the bounded memory of facts that never go stale (dialog
+//!   owners, users already stored).
 //! - `grpc` — the tonic adapter; `error` — [`ChatError`] and its one mapping
 //!   to a gRPC status; `events` — the bodies of the events this service sends.
 //!
 //! [`run`] serves it all on a listener until shutdown.
 
+mod bounded;
 pub mod config;
 mod error;
 mod events;

@@ -11,6 +11,7 @@ use chatai_kit::identity::{Caller, Role};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::bounded::BoundedMap;
 use crate::error::ChatError;
 use crate::events::{
     AiResponse, BalanceAlert, ChatMessageCopy, DeferredError, OperatorMessage, Typing,
@@ -48,8 +49,8 @@ pub struct ChatService {
     handoffs: Arc<dyn Handoffs>,
     /// Who holds each dialog, fed by the handoff service's notes.
     holders: Arc<HolderView>,
-    /// Who owns each dialog this service has seen.
-    owners: Arc<Owners>,
+    /// Who owns each dialog this service has seen (an owner never changes).
+    owners: Arc<BoundedMap<i64, i64>>,
     policy: Arc<Policy>,
     /// Owns the assistant-answer tasks, so shutdown can wait for them.
     tasks: TaskTracker,
@@ -70,7 +71,7 @@ impl ChatService {
             log,
             handoffs,
             holders: Arc::new(HolderView::new()),
-            owners: Arc::new(Owners::default()),
+            owners: Arc::new(BoundedMap::new(MAX_OWNERS)),
             policy: Arc::new(policy),
             tasks,
         }
@@ -165,7 +166,10 @@ impl ChatService {
             message_id: message.id,
             created,
         };
-        self.owners.insert(message.dialog_id, caller.id);
+        if dialog_id.is_none() {
+            // An existing dialog's owner was remembered when it was checked.
+            self.owners.insert(message.dialog_id, caller.id);
+        }
         if !created {
             return Ok(sent);
         }
@@ -424,7 +428,7 @@ impl ChatService {
     /// The dialog's owner: from memory when this service has seen the dialog
     /// (an owner never changes), else read once.
     async fn dialog_owner(&self, dialog_id: i64) -> Result<Owned, ChatError> {
-        if let Some(user_id) = self.owners.get(dialog_id) {
+        if let Some(user_id) = self.owners.read(&dialog_id, |owner| owner.copied()) {
             return Ok(Owned {
                 id: dialog_id,
                 user_id,
@@ -610,31 +614,6 @@ struct Owned {
 
 /// Most dialog owners remembered; past it the memory starts again.
 const MAX_OWNERS: usize = 262_144;
-
-/// Dialog owners this service has seen (an owner never changes, so the
-/// memory is never stale; it is only bounded).
-#[derive(Debug, Default)]
-struct Owners(std::sync::Mutex<std::collections::HashMap<i64, i64>>);
-
-impl Owners {
-    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, i64>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn get(&self, dialog_id: i64) -> Option<i64> {
-        self.map().get(&dialog_id).copied()
-    }
-
-    fn insert(&self, dialog_id: i64, user_id: i64) {
-        let mut map = self.map();
-        if map.len() >= MAX_OWNERS {
-            map.clear();
-        }
-        map.insert(dialog_id, user_id);
-    }
-}
 
 /// Why the assistant's answer could not be produced or delivered.
 #[derive(Debug, thiserror::Error)]

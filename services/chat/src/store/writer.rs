@@ -15,12 +15,13 @@
 //! already ensured, so `ensure_user` costs a statement once per user, not
 //! once per message.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use sqlx::Pool;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::bounded::BoundedMap;
 
 use super::batch::{self, Appended, Backend, Done, Draft, UserUpsert, Work};
 use super::error::StoreError;
@@ -249,40 +250,29 @@ async fn write_loop<B: Backend>(
 
 /// The users a store has ensured, with the name it last stored for each
 /// (`None`: exists, name not known). Bounded by [`ENSURED_CAPACITY`].
-#[derive(Debug, Default)]
-struct EnsuredUsers {
-    names: Mutex<HashMap<i64, Option<String>>>,
+#[derive(Debug)]
+struct EnsuredUsers(BoundedMap<i64, Option<String>>);
+
+impl Default for EnsuredUsers {
+    fn default() -> Self {
+        EnsuredUsers(BoundedMap::new(ENSURED_CAPACITY))
+    }
 }
 
 impl EnsuredUsers {
     /// Whether `ensure_user(user_id, name)` would change nothing.
     fn knows(&self, user_id: i64, name: Option<&str>) -> bool {
-        let names = self
-            .names
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match (names.get(&user_id), name) {
+        self.0.read(&user_id, |known| match (known, name) {
             (None, _) => false,
             (Some(_), None) => true,
             (Some(known), Some(name)) => known.as_deref() == Some(name),
-        }
+        })
     }
 
     fn remember(&self, user_id: i64, name: Option<&str>) {
-        let mut names = self
-            .names
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if names.len() >= ENSURED_CAPACITY && !names.contains_key(&user_id) {
-            names.clear();
-        }
         match name {
-            Some(name) => {
-                names.insert(user_id, Some(name.to_owned()));
-            }
-            None => {
-                names.entry(user_id).or_insert(None);
-            }
+            Some(name) => self.0.insert(user_id, Some(name.to_owned())),
+            None => self.0.insert_if_absent(user_id, None),
         }
     }
 }
@@ -305,11 +295,7 @@ mod tests {
         for id in 2..=(ENSURED_CAPACITY as i64 + 10) {
             ensured.remember(id, None);
         }
-        let len = ensured
-            .names
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len();
+        let len = ensured.0.len();
         assert!(len <= ENSURED_CAPACITY, "{len}");
     }
 }
