@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chatai_kit::identity::Caller;
+use chatai_kit::identity::service_request;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::notification_client::NotificationClient;
 use chatai_proto::v1::presence_client::PresenceClient;
@@ -132,10 +132,7 @@ impl Reporter {
 }
 
 fn request<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    Caller::service().write_metadata(request.metadata_mut());
-    request.set_timeout(Duration::from_secs(5));
-    request
+    service_request(message, Some(Duration::from_secs(5)))
 }
 
 struct Clients {

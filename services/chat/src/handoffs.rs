@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatai_kit::events::Recipient;
-use chatai_kit::follow::{Followed, Follower, ServiceChannel, service_request};
+use chatai_kit::follow::{Followed, Follower, ServiceChannel};
 use chatai_kit::holders::{self, HeldBy, HolderNote};
-use chatai_kit::identity::Caller;
+use chatai_kit::identity::service_request;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::handoff_client::HandoffClient;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +77,6 @@ pub trait Handoffs: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct GrpcHandoffs {
     client: HandoffClient<ServiceChannel>,
-    timeout: Duration,
 }
 
 impl GrpcHandoffs {
@@ -85,15 +84,11 @@ impl GrpcHandoffs {
     pub fn new(channel: ServiceChannel) -> Self {
         GrpcHandoffs {
             client: HandoffClient::new(channel),
-            timeout: Duration::from_secs(5),
         }
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        Caller::service().write_metadata(request.metadata_mut());
-        request.set_timeout(self.timeout);
-        request
+        service_request(message, Some(CALL_TIMEOUT))
     }
 }
 
@@ -183,6 +178,9 @@ impl Handoffs for NoHandoffs {
     }
 }
 
+/// Deadline of each call to the handoff service.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How this client introduces itself on the handoff service's stream.
 const HELLO_ID: &str = "chat-service";
 
@@ -218,10 +216,7 @@ impl Follower for HolderFollower {
     async fn snapshot(&mut self) -> Result<Followed, tonic::Status> {
         let listing = self
             .client
-            .list_queue(service_request(
-                pb::ListQueueRequest {},
-                Some(Duration::from_secs(5)),
-            ))
+            .list_queue(service_request(pb::ListQueueRequest {}, Some(CALL_TIMEOUT)))
             .await?
             .into_inner();
         let queued = listing

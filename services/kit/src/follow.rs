@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 
 use crate::events::Recipient;
 use crate::grpc::TokenInterceptor;
-use crate::identity::Caller;
+use crate::identity::service_request;
 
 /// A channel to another service with the internal token on every call.
 pub type ServiceChannel = InterceptedService<Channel, TokenInterceptor>;
@@ -62,16 +62,6 @@ pub fn backoff() -> backon::ExponentialBuilder {
         .with_max_delay(Duration::from_secs(5))
         .with_jitter()
         .without_max_times()
-}
-
-/// A request carrying the service caller, with a deadline when `timeout`.
-pub fn service_request<T>(message: T, timeout: Option<Duration>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    Caller::service().write_metadata(request.metadata_mut());
-    if let Some(timeout) = timeout {
-        request.set_timeout(timeout);
-    }
-    request
 }
 
 /// Why one attached stream ended.

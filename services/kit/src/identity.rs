@@ -143,6 +143,17 @@ impl Caller {
     }
 }
 
+/// A request from this service acting as itself (`Caller::service()` in
+/// its metadata), with a deadline when `timeout` is given.
+pub fn service_request<T>(message: T, timeout: Option<std::time::Duration>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    Caller::service().write_metadata(request.metadata_mut());
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    request
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
