@@ -139,14 +139,7 @@ async fn run_once(
     nofile: u64,
     quiet: bool,
 ) -> anyhow::Result<StepOutcome> {
-    anyhow::ensure!(
-        rate > 0.0 && rate <= 100_000.0,
-        "--rate must be in (0, 100000]"
-    );
-    anyhow::ensure!(
-        (1..=600).contains(&args.duration),
-        "--duration must be 1..=600 s"
-    );
+    shared::check_run(rate, args.duration)?;
     let users = args.users_at(rate);
     anyhow::ensure!(
         (users as u64) + 200 <= nofile,

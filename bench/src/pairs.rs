@@ -316,14 +316,7 @@ async fn run_once(
     nofile: u64,
     quiet: bool,
 ) -> anyhow::Result<StepOutcome> {
-    anyhow::ensure!(
-        rate > 0.0 && rate <= 100_000.0,
-        "--rate must be in (0, 100000]"
-    );
-    anyhow::ensure!(
-        (1..=600).contains(&args.duration),
-        "--duration must be 1..=600 s"
-    );
+    shared::check_run(rate, args.duration)?;
     anyhow::ensure!(
         (1..=20_000).contains(&args.pairs),
         "--pairs must be 1..=20000"

@@ -348,6 +348,20 @@ where
     Ok(())
 }
 
+/// Refuses a run whose rate or duration is out of the tool's bounds (every
+/// run is bounded in count and time).
+pub fn check_run(rate: f64, duration_secs: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        rate > 0.0 && rate <= 100_000.0,
+        "--rate must be in (0, 100000]"
+    );
+    anyhow::ensure!(
+        (1..=600).contains(&duration_secs),
+        "--duration must be 1..=600 s"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
