@@ -14,6 +14,8 @@
 //! - [`grpc`] — the gRPC server every service runs: health, reflection, the
 //!   internal-token check, a span per request.
 //! - [`host`] — what every service process does around its own API.
+//! - [`supervisor`] — the long-lived tasks of a process: one that stops
+//!   before shutdown stops the process and is named.
 //! - [`events`] — the event-stream library: per-recipient durable logs, live
 //!   fan-out, and the `EventStream` gRPC service gateways attach to.
 //! - [`follow`] — following another service's `EventStream` as a client
@@ -32,6 +34,7 @@ pub mod host;
 pub mod identity;
 pub mod shutdown;
 pub mod status;
+pub mod supervisor;
 pub mod telemetry;
 
 /// Milliseconds since the Unix epoch, now.
