@@ -49,8 +49,8 @@ impl From<ChatError> for Status {
                 with_code(Code::InvalidArgument, "missing_field", err.to_string())
             }
             // The handoff service's own refusal (handoff_exists, queue_full, …) goes to the client as it is.
-            ChatError::Handoff(HandoffError::Refused(status)) => status.clone(),
-            ChatError::Handoff(HandoffError::Unavailable(cause)) => {
+            ChatError::Handoff(HandoffError::Refused(refusal)) => refusal.clone().into(),
+            ChatError::Handoff(HandoffError::Unavailable { cause }) => {
                 tracing::error!(%cause, "handoff service unavailable");
                 with_code(
                     Code::Unavailable,

@@ -7,15 +7,19 @@
 //! - [`store`] — storage behind the [`store::ChatStore`] trait, on SQLite and
 //!   PostgreSQL.
 //! - [`handoffs`] — what the service asks the handoff service (who holds a
-//!   dialog), behind a trait, and the task following its holder notes.
+//!   dialog, asking for an operator), behind a trait, in domain types.
 //! - [`holders`] — the service's own view of who holds each dialog, so a
 //!   message is routed without asking the handoff service each time.
 //! - `service` — the domain logic: authorization, messages, the assistant's
 //!   answers and charging.
 //! - `bounded` — the bounded memory of facts that never go stale (dialog
 //!   owners, users already stored).
-//! - `grpc` — the tonic adapter; `error` — [`ChatError`] and its one mapping
-//!   to a gRPC status; `events` — the bodies of the events this service sends.
+//! - `grpc` — the wire edge, the only place `chatai.v1` messages are touched:
+//!   `grpc/chat_api.rs` serves `chatai.v1.Chat`, `grpc/handoff_client.rs`
+//!   calls the handoff service and follows its holder notes, and
+//!   `grpc/from_proto.rs` / `grpc/to_proto.rs` hold every conversion.
+//! - `error` — [`ChatError`] and its one mapping to a gRPC status; `events` —
+//!   the bodies of the events this service sends.
 //!
 //! [`run`] serves it all on a listener until shutdown.
 
@@ -84,7 +88,7 @@ pub async fn run(
     };
     let handoff_channel =
         InterceptedService::new(handoff_addr.channel()?, TokenInterceptor::new(&common.auth));
-    let handoffs = handoffs::GrpcHandoffs::new(handoff_channel.clone());
+    let handoffs = grpc::GrpcHandoffs::new(handoff_channel.clone());
     let service = ChatService::new(
         store,
         assistant,
@@ -93,7 +97,7 @@ pub async fn run(
         policy,
         host.tasks.clone(),
     );
-    host.tasks.spawn(handoffs::follow_holders(
+    host.tasks.spawn(grpc::follow_holders(
         handoff_channel,
         service.holder_view(),
         host.shutdown.clone(),

@@ -16,10 +16,9 @@ use crate::error::ChatError;
 use crate::events::{
     AiResponse, BalanceAlert, ChatMessageCopy, DeferredError, OperatorMessage, Typing,
 };
-use crate::handoffs::{HandoffError, Handoffs, Holder};
+use crate::handoffs::{HandoffError, HandoffRecord, Handoffs, Holder, Priority, RefusalKind};
 use crate::holders::HolderView;
 use crate::store::{Charge, ChatStore, Dialog, DialogRef, Message, Money, NewMessage, Sender};
-use chatai_proto::v1 as pb;
 
 /// Prices and limits, in domain units.
 #[derive(Debug, Clone)]
@@ -310,8 +309,8 @@ impl ChatService {
         caller: &Caller,
         dialog_id: i64,
         reason: &str,
-        priority: pb::Priority,
-    ) -> Result<pb::HandoffRecord, ChatError> {
+        priority: Priority,
+    ) -> Result<HandoffRecord, ChatError> {
         let dialog = self.owned_dialog(caller, dialog_id).await?;
         Ok(self
             .handoffs
@@ -569,11 +568,11 @@ impl ChatService {
         };
         match self
             .handoffs
-            .request(dialog_id, user_id, reason, pb::Priority::Normal)
+            .request(dialog_id, user_id, reason, Priority::Normal)
             .await
         {
             Ok(_) => {}
-            Err(HandoffError::Refused(status)) if status.code() == tonic::Code::AlreadyExists => {}
+            Err(HandoffError::Refused(refusal)) if refusal.kind == RefusalKind::AlreadyExists => {}
             Err(cause) => tracing::warn!(%cause, dialog_id, "could not ask for an operator"),
         }
     }

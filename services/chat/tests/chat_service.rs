@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatai_assistant::{Answer, Assistant, AssistantError, KnowledgeBase, Turn};
-use chatai_chat::handoffs::{HandoffError, Handoffs, Holder, Holding, NoHandoffs};
+use chatai_chat::handoffs::{
+    HandoffError, HandoffRecord, Handoffs, Holder, Holding, NoHandoffs, Priority,
+};
 use chatai_chat::store::{self, ChatStore, Money, Sender};
 use chatai_chat::{ChatError, ChatService, Policy};
 use chatai_kit::config::EventLogConfig;
@@ -14,7 +16,6 @@ use chatai_kit::events::memory::MemoryLog;
 use chatai_kit::events::{Delivery, EventLog, Recipient};
 use chatai_kit::holders::{HeldBy, HolderNote, NotedFor};
 use chatai_kit::identity::{Caller, Role};
-use chatai_proto::v1 as pb;
 use std::sync::Mutex;
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
@@ -419,8 +420,8 @@ impl Handoffs for FakeHandoffs {
         dialog_id: i64,
         user_id: i64,
         reason: &str,
-        _: pb::Priority,
-    ) -> Result<pb::HandoffRecord, HandoffError> {
+        _: Priority,
+    ) -> Result<HandoffRecord, HandoffError> {
         self.requests
             .lock()
             .expect("not poisoned")
@@ -429,10 +430,10 @@ impl Handoffs for FakeHandoffs {
             .lock()
             .expect("not poisoned")
             .insert(dialog_id, Holder::Queued);
-        Ok(pb::HandoffRecord {
+        Ok(HandoffRecord {
             dialog_id,
             user_id,
-            position: 1,
+            position: Some(1),
             ..Default::default()
         })
     }
@@ -630,12 +631,12 @@ async fn handoff_requests_and_the_quiet_assistant() {
     let bob = caller(2, Role::User);
     assert!(matches!(
         f.service
-            .request_handoff(&bob, sent.dialog_id, "mine", pb::Priority::High)
+            .request_handoff(&bob, sent.dialog_id, "mine", Priority::High)
             .await,
         Err(ChatError::NotParticipant(_))
     ));
     f.service
-        .request_handoff(&ann, sent.dialog_id, "still need help", pb::Priority::High)
+        .request_handoff(&ann, sent.dialog_id, "still need help", Priority::High)
         .await
         .expect("the owner may ask");
     assert_eq!(handoffs.requests.lock().expect("not poisoned").len(), 2);

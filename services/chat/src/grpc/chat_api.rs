@@ -1,18 +1,17 @@
-//! The chat service's gRPC adapter: wire types in, domain calls, wire types
-//! out. The only place `chatai.v1` chat messages are touched.
+//! `chatai.v1.Chat`, served over a [`ChatService`]: each call reads the
+//! caller, converts the request ([`super::from_proto`]), calls the service
+//! and converts the answer ([`super::to_proto`]). A failure is a
+//! [`crate::ChatError`], turned into a `Status` by its one mapping
+//! (`crate::error`).
 
 use chatai_kit::identity::Caller;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::chat_server::Chat;
 use tonic::{Request, Response, Status};
 
+use super::from_proto::{self, HistoryPage};
+use super::to_proto;
 use crate::service::ChatService;
-use crate::store::{Message, Sender};
-
-/// Largest history page.
-const MAX_HISTORY: u32 = 200;
-/// History page when the request names none.
-const DEFAULT_HISTORY: u32 = 50;
 
 /// `chatai.v1.Chat` over a [`ChatService`].
 pub struct ChatApi {
@@ -35,23 +34,18 @@ impl Chat for ChatApi {
         let caller = Caller::from_metadata(request.metadata())?;
         tracing::Span::current().record("caller", caller.id);
         let request = request.into_inner();
-        let key = Some(request.idempotency_key.as_str()).filter(|k| !k.is_empty());
         let sent = self
             .service
             .send_message(
                 &caller,
                 request.dialog_id,
                 &request.text,
-                key,
+                from_proto::idempotency_key(&request.idempotency_key),
                 request.handoff_position,
             )
             .await?;
         tracing::Span::current().record("dialog_id", sent.dialog_id);
-        Ok(Response::new(pb::SendMessageResponse {
-            dialog_id: sent.dialog_id,
-            message_id: sent.message_id,
-            created: sent.created,
-        }))
+        Ok(Response::new(sent.into()))
     }
 
     #[tracing::instrument(skip_all, fields(caller, dialog_id))]
@@ -63,20 +57,12 @@ impl Chat for ChatApi {
         let request = request.into_inner();
         tracing::Span::current().record("caller", caller.id);
         tracing::Span::current().record("dialog_id", request.dialog_id);
-        let limit = match request.limit {
-            0 => DEFAULT_HISTORY,
-            n => n.min(MAX_HISTORY),
-        };
-        let before = Some(request.before_message_id).filter(|id| *id > 0);
+        let page = HistoryPage::from(&request);
         let (dialog, messages) = self
             .service
-            .history(&caller, request.dialog_id, before, limit)
+            .history(&caller, request.dialog_id, page.before, page.limit)
             .await?;
-        Ok(Response::new(pb::GetHistoryResponse {
-            dialog_id: dialog.id,
-            user_id: dialog.user_id,
-            messages: messages.into_iter().map(pb::ChatMessage::from).collect(),
-        }))
+        Ok(Response::new(to_proto::history(dialog, messages)))
     }
 
     #[tracing::instrument(skip_all, fields(caller))]
@@ -105,10 +91,7 @@ impl Chat for ChatApi {
         let caller = Caller::from_metadata(request.metadata())?;
         let user_id = request.into_inner().user_id;
         let balance = self.service.balance(&caller, user_id).await?;
-        Ok(Response::new(pb::GetBalanceResponse {
-            user_id,
-            balance: balance.as_units(),
-        }))
+        Ok(Response::new(to_proto::balance(user_id, balance)))
     }
 
     #[tracing::instrument(skip_all)]
@@ -116,7 +99,18 @@ impl Chat for ChatApi {
         &self,
         request: Request<pb::RequestHandoffForDialogRequest>,
     ) -> Result<Response<pb::HandoffRecord>, Status> {
-        Ok(Response::new(self.handoff_for(request).await?))
+        let caller = Caller::from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        let record = self
+            .service
+            .request_handoff(
+                &caller,
+                request.dialog_id,
+                &request.reason,
+                from_proto::priority(request.priority),
+            )
+            .await?;
+        Ok(Response::new(record.into()))
     }
 
     #[tracing::instrument(skip_all)]
@@ -129,44 +123,6 @@ impl Chat for ChatApi {
             .service
             .check_access(&caller, request.into_inner().dialog_id)
             .await?;
-        Ok(Response::new(pb::CheckAccessResponse {
-            dialog_id: dialog.id,
-            user_id: dialog.user_id,
-            operator_id,
-        }))
-    }
-}
-
-impl ChatApi {
-    /// Kept out of the trait impl so the trait block stays a list of calls.
-    async fn handoff_for(
-        &self,
-        request: Request<pb::RequestHandoffForDialogRequest>,
-    ) -> Result<pb::HandoffRecord, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
-        let request = request.into_inner();
-        let priority = pb::Priority::try_from(request.priority).unwrap_or(pb::Priority::Normal);
-        Ok(self
-            .service
-            .request_handoff(&caller, request.dialog_id, &request.reason, priority)
-            .await?)
-    }
-}
-
-impl From<Message> for pb::ChatMessage {
-    fn from(message: Message) -> Self {
-        pb::ChatMessage {
-            message_id: message.id,
-            dialog_id: message.dialog_id,
-            sender: match message.sender {
-                Sender::User => pb::Sender::User,
-                Sender::Assistant => pb::Sender::Assistant,
-                Sender::Operator => pb::Sender::Operator,
-            } as i32,
-            sender_id: message.sender_id.unwrap_or_default(),
-            text: message.text,
-            tokens_used: message.tokens_used,
-            created_at_ms: message.created_at_ms,
-        }
+        Ok(Response::new(to_proto::access(dialog, operator_id)))
     }
 }
