@@ -2,13 +2,11 @@
 //! tokens are refused (and with which close), and a connection's life
 //! against its token's expiry and `refresh_token`.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{TestApp, TestOptions, spawn_app, unix_now, with_header};
 use chatai_gateway::auth::TokenKeys;
 use chatai_kit::identity::Role;
-use common::{TestApp, TestOptions, spawn_app, unix_now, with_header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 

@@ -3,10 +3,8 @@
 //! connected at the same time keeps working, and the message the offender
 //! had sent (and had acknowledged) before the bad frame stays in the history.
 
-mod common;
-
+use crate::common::{FAQ_QUESTION, RawWs, TestApp, TestOptions, WsClient, spawn_app};
 use chatai_kit::identity::Role;
-use common::{FAQ_QUESTION, RawWs, TestApp, TestOptions, WsClient, spawn_app};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 

@@ -2,14 +2,12 @@
 //! the WebSocket, and the result is visible over gRPC (history, balance); and
 //! who may touch which dialog, over both.
 
-mod common;
-
-use chatai_kit::identity::Role;
-use chatai_proto::v1 as pb;
-use common::{
+use crate::common::{
     ASSISTANT_NAME, FAQ_QUESTION, TestApp, TestOptions, WAIT, as_caller, assert_timestamp,
     spawn_app,
 };
+use chatai_kit::identity::Role;
+use chatai_proto::v1 as pb;
 use serde_json::{Value, json};
 use tonic::Code;
 

@@ -2,12 +2,10 @@
 //! heartbeats and the idle timeout, the health and metrics endpoints, and
 //! graceful shutdown.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{TestOptions, assert_timestamp, spawn_app};
 use chatai_kit::identity::Role;
-use common::{TestOptions, assert_timestamp, spawn_app};
 use serde_json::json;
 
 /// A user's sixth connection closes the oldest with 4004 `Too many

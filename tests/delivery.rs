@@ -2,19 +2,17 @@
 //! offline periods, dropped connections, a gateway going away and a service
 //! restart — on the embedded memory logs and on Redis.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{self, TestApp, TestOptions, WAIT, WsClient, as_caller, connect_at, spawn_app};
 use chatai_kit::config::{ServiceAddrs, ServiceCommon};
 use chatai_kit::events::redis::RedisLog;
 use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::identity::Role;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::notification_client::NotificationClient;
-use common::{TestApp, TestOptions, WAIT, WsClient, as_caller, connect_at, spawn_app};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -3,12 +3,10 @@
 //! completion, offline operators' handoffs going to someone else, and the
 //! rooms and dialogs nobody else may enter.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{self, TestApp, TestOptions, WsClient, spawn_app};
 use chatai_kit::identity::Role;
-use common::{TestApp, TestOptions, WsClient, spawn_app};
 use serde_json::{Value, json};
 
 /// Two operators who take one handoff each, a short presence grace.

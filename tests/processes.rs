@@ -8,8 +8,6 @@
 //! memory logs, and the traces the five processes export to an OTLP
 //! collector (what Jaeger would show).
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,10 +15,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::{self, WAIT, WsClient, connect_at};
 use chatai_gateway::auth::TokenKeys;
 use chatai_kit::identity::Role;
 use chatai_testkit::TestDatabase;
-use common::{WAIT, WsClient, connect_at};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };

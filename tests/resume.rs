@@ -5,13 +5,11 @@
 //! `cursor_expired` and live delivery goes on; a client too slow to read is
 //! cut off and resumes with its cursor, losing nothing.
 
-mod common;
-
 use std::collections::HashSet;
 
+use crate::common::{FAQ_QUESTION, RawWs, TestOptions, WAIT, as_caller, spawn_app};
 use chatai_kit::identity::Role;
 use chatai_proto::v1 as pb;
-use common::{FAQ_QUESTION, RawWs, TestOptions, WAIT, as_caller, spawn_app};
 use serde_json::Value;
 
 fn text<'a>(frame: &'a Value, field: &str) -> &'a str {

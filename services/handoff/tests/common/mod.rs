@@ -12,8 +12,9 @@
 //!   `SetLoad`, in order with the updates it handles, so
 //!   [`FakePresence::sync`] (re-claim 1, wait for the `SetLoad(probe, 0)`)
 //!   returns once every change sent before it has been applied.
-//! - [`Observer`] attaches to the handoff service's `EventStream` like a
-//!   gateway and keeps each recipient's events in order.
+//! - [`Observer`] attaches to the handoff service's `EventStream` as a
+//!   gateway would (`chatai_testkit::TestGateway`) and keeps each
+//!   recipient's events in order.
 
 #![allow(dead_code)]
 
@@ -33,10 +34,11 @@ use chatai_proto::v1 as pb;
 use chatai_proto::v1::event_stream_client::EventStreamClient;
 use chatai_proto::v1::handoff_client::HandoffClient;
 use chatai_proto::v1::presence_server::{Presence, PresenceServer};
+use chatai_testkit::TestGateway;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
@@ -603,83 +605,31 @@ pub struct Seen {
     pub body: serde_json::Value,
 }
 
-/// Attached to the handoff service's `EventStream` like a gateway.
+/// Attached to the handoff service's `EventStream` like a gateway (the
+/// testkit's [`TestGateway`]), with each recipient's events kept in order.
 pub struct Observer {
-    deliveries: mpsc::UnboundedReceiver<(Recipient, Seen)>,
+    gateway: TestGateway,
     pending: HashMap<Recipient, VecDeque<Seen>>,
-    _outbound: mpsc::Sender<pb::GatewayMessage>,
 }
 
 impl Observer {
     /// Attaches and subscribes `recipients`; returns once every subscription
     /// is confirmed (every event from then on reaches the observer).
     pub async fn attach(client: &Client, recipients: &[Recipient]) -> Self {
-        let (outbound, rx) = mpsc::channel(recipients.len() + 1);
-        outbound
-            .send(pb::GatewayMessage {
-                msg: Some(pb::gateway_message::Msg::Hello(pb::Hello {
-                    gateway_id: "test".into(),
-                    // Reads single deliveries only.
-                    accepts_batches: false,
-                })),
-            })
-            .await
-            .expect("queue hello");
+        // Asks for single deliveries, as this observer always did (the
+        // testkit's gateway would take batches apart all the same).
+        let mut gateway = TestGateway::attach_with(&mut client.events.clone(), false).await;
         for (i, recipient) in recipients.iter().enumerate() {
-            outbound
-                .send(pb::GatewayMessage {
-                    msg: Some(pb::gateway_message::Msg::Subscribe(pb::Subscribe {
-                        request_id: i as u64 + 1,
-                        recipient: Some(recipient.into()),
-                    })),
-                })
-                .await
-                .expect("queue subscribe");
+            gateway.subscribe(i as u64 + 1, recipient).await;
         }
-        let mut inbound =
-            tokio::time::timeout(WAIT, client.events.clone().attach(ReceiverStream::new(rx)))
-                .await
-                .expect("attach in time")
-                .expect("attach")
-                .into_inner();
-        let mut confirmed = 0;
-        while confirmed < recipients.len() {
-            let message = tokio::time::timeout(WAIT, inbound.message())
-                .await
-                .expect("subscriptions confirmed in time")
-                .expect("the stream stays up")
-                .expect("the stream stays open");
-            if let Some(pb::service_message::Msg::Subscribed(_)) = message.msg {
-                confirmed += 1;
-            }
-        }
-        let (tx, deliveries) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
-                if let Some(pb::service_message::Msg::Delivery(delivery)) = message.msg {
-                    let recipient = Recipient::try_from(
-                        delivery.recipient.as_ref().expect("delivery recipient"),
-                    )
-                    .expect("valid recipient");
-                    let event = delivery.event.expect("delivery event");
-                    let seen = Seen {
-                        kind: event.r#type,
-                        body: serde_json::from_slice(&event.body).expect("JSON body"),
-                    };
-                    if tx.send((recipient, seen)).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
         Observer {
-            deliveries,
+            gateway,
             pending: HashMap::new(),
-            _outbound: outbound,
         }
     }
 
-    /// The next event for `recipient`, in order.
+    /// The next event for `recipient`, in order; events for the others are
+    /// kept for later.
     pub async fn next(&mut self, recipient: &Recipient) -> Seen {
         loop {
             if let Some(seen) = self
@@ -689,10 +639,14 @@ impl Observer {
             {
                 return seen;
             }
-            let (to, seen) = tokio::time::timeout(WAIT, self.deliveries.recv())
-                .await
-                .unwrap_or_else(|_| panic!("an event for {recipient} arrives"))
-                .expect("the event stream stays up");
+            let delivery = self.gateway.next_delivery().await;
+            let to = Recipient::try_from(delivery.recipient.as_ref().expect("delivery recipient"))
+                .expect("valid recipient");
+            let event = delivery.event.expect("delivery event");
+            let seen = Seen {
+                kind: event.r#type,
+                body: serde_json::from_slice(&event.body).expect("JSON body"),
+            };
             self.pending.entry(to).or_default().push_back(seen);
         }
     }
@@ -720,17 +674,6 @@ impl Observer {
             .await;
         assert_eq!(body["dialog_id"], dialog_id);
         body["operator_id"].as_i64().expect("an operator id")
-    }
-
-    /// Events for `recipient` received so far and not yet read.
-    pub fn unread(&mut self, recipient: &Recipient) -> Vec<Seen> {
-        while let Ok((to, seen)) = self.deliveries.try_recv() {
-            self.pending.entry(to).or_default().push_back(seen);
-        }
-        self.pending
-            .get_mut(recipient)
-            .map(|queue| queue.drain(..).collect())
-            .unwrap_or_default()
     }
 }
 
