@@ -244,7 +244,9 @@ async fn too_slow_client_is_cut_off_and_resumes_losing_nothing() {
     // gateway drops the connection that does not read.
     let mut chat = app.chat_client().await;
     let mut dialogs = HashSet::new();
-    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    // A liveness bound, not a timing: the kernel's send buffer grows to a few
+    // MiB before the queue can fill, which takes a busy machine a while.
+    let deadline = tokio::time::Instant::now() + WAIT * 12;
     loop {
         for _ in 0..20 {
             let sent = chat
@@ -292,11 +294,6 @@ async fn too_slow_client_is_cut_off_and_resumes_losing_nothing() {
     }
 
     let (frames, closed) = slow.read_until_end().await;
-    eprintln!(
-        "DEBUG questions {} frames {} closed {closed:?}",
-        dialogs.len(),
-        frames.len()
-    );
     if let Some(closed) = &closed {
         assert_eq!(
             (closed.code, closed.reason.as_str()),
