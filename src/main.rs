@@ -17,12 +17,12 @@ use std::time::Duration;
 use anyhow::Context;
 use chatai_chat::ChatConfig;
 use chatai_gateway::GatewayConfig;
-use chatai_gateway::auth::TokenKeys;
 use chatai_handoff::HandoffConfig;
 use chatai_kit::config::{InternalAuth, ServiceAddrs, ServiceCommon, TelemetryConfig};
 use chatai_kit::identity::Role;
 use chatai_notification::NotificationConfig;
 use chatai_presence::PresenceConfig;
+use chatai_tokens::TokenKeys;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -153,7 +153,7 @@ fn print_token(args: &TokenArgs) -> anyhow::Result<()> {
     let secret = args
         .jwt_secret
         .as_deref()
-        .unwrap_or(chatai_gateway::config::DEVELOPMENT_SECRET);
+        .unwrap_or(chatai_tokens::DEVELOPMENT_SECRET);
     let token = TokenKeys::new(secret.as_bytes()).mint(
         args.sub,
         role,

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::common::{TestApp, TestOptions, spawn_app, unix_now, with_header};
-use chatai_gateway::auth::TokenKeys;
 use chatai_kit::identity::Role;
+use chatai_tokens::TokenKeys;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 

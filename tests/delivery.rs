@@ -372,7 +372,7 @@ async fn chat_service_restart(lose_the_log: bool) {
     let health = format!("http://{gateway_addr}/api/websocket/health");
     wait_healthy(&health).await;
 
-    let keys = chatai_gateway::auth::TokenKeys::new(secret.as_bytes());
+    let keys = chatai_tokens::TokenKeys::new(secret.as_bytes());
     let token = keys
         .mint(508, Role::User, None, Duration::from_secs(600))
         .expect("a token");

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::{self, WAIT, WsClient, connect_at};
-use chatai_gateway::auth::TokenKeys;
 use chatai_kit::identity::Role;
 use chatai_testkit::TestDatabase;
+use chatai_tokens::TokenKeys;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };

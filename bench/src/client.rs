@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chatai_gateway::auth::TokenKeys;
 use chatai_kit::identity::Role;
+use chatai_tokens::TokenKeys;
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
         .target
         .jwt_secret
         .clone()
-        .unwrap_or_else(|| chatai_gateway::config::DEVELOPMENT_SECRET.to_owned());
+        .unwrap_or_else(|| chatai_tokens::DEVELOPMENT_SECRET.to_owned());
     let target = client::Target::new(cli.target.gateway, secret.as_bytes());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -105,8 +105,7 @@ impl std::fmt::Debug for GatewayConfig {
     }
 }
 
-/// The secret used when none is configured. Never for production.
-pub const DEVELOPMENT_SECRET: &str = "chatai-development-secret-do-not-use-in-production";
+pub use chatai_tokens::DEVELOPMENT_SECRET;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
