@@ -19,11 +19,14 @@
 //! - this file — the domain types and the [`EventLog`] trait (the backend);
 //! - [`memory`] — the in-memory backend of the embedded default;
 //! - [`redis`] — the Redis backend (Streams + pub/sub) for production;
+//! - `paging` — the paging rules both backends' `read` follows (where a
+//!   replay starts, when it is complete, what a page says), written once;
 //! - [`stream`] — the `EventStream` gRPC service over any backend;
 //! - [`convert`] — domain ↔ wire types, in one place.
 
 pub mod convert;
 pub mod memory;
+mod paging;
 pub mod redis;
 pub mod stream;
 
