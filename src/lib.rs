@@ -108,30 +108,71 @@ pub fn spawn_all(
         presence: presence_listener,
         notification: notification_listener,
     } = listeners;
-    let (stop, c, handoff_addr) = (shutdown.clone(), common.clone(), addrs.handoff.clone());
-    parts.spawn(async move {
-        let ran = chatai_chat::run(chat_listener, chat, handoff_addr, c, stop).await;
-        ("chat", ran.map_err(Into::into))
-    });
-    let (stop, c, presence_addr) = (shutdown.clone(), common.clone(), addrs.presence.clone());
-    parts.spawn(async move {
-        let ran = chatai_handoff::run(handoff_listener, handoff, presence_addr, c, stop).await;
-        ("handoff", ran.map_err(Into::into))
-    });
-    let (stop, c) = (shutdown.clone(), common.clone());
-    parts.spawn(async move {
-        let ran = chatai_presence::run(presence_listener, presence, c, stop).await;
-        ("presence", ran.map_err(Into::into))
-    });
-    let (stop, c) = (shutdown.clone(), common.clone());
-    parts.spawn(async move {
-        let ran = chatai_notification::run(notification_listener, notification, c, stop).await;
-        ("notification", ran.map_err(Into::into))
-    });
-    let stop = shutdown.clone();
-    parts.spawn(async move {
-        let ran = chatai_gateway::run(gateway_listener, gateway, addrs, common.auth, stop).await;
-        ("gateway", ran.map_err(Into::into))
-    });
+    spawn_part(
+        parts,
+        "chat",
+        chatai_chat::run(
+            chat_listener,
+            chat,
+            addrs.handoff.clone(),
+            common.clone(),
+            shutdown.clone(),
+        ),
+    );
+    spawn_part(
+        parts,
+        "handoff",
+        chatai_handoff::run(
+            handoff_listener,
+            handoff,
+            addrs.presence.clone(),
+            common.clone(),
+            shutdown.clone(),
+        ),
+    );
+    spawn_part(
+        parts,
+        "presence",
+        chatai_presence::run(
+            presence_listener,
+            presence,
+            common.clone(),
+            shutdown.clone(),
+        ),
+    );
+    spawn_part(
+        parts,
+        "notification",
+        chatai_notification::run(
+            notification_listener,
+            notification,
+            common.clone(),
+            shutdown.clone(),
+        ),
+    );
+    spawn_part(
+        parts,
+        "gateway",
+        chatai_gateway::run(
+            gateway_listener,
+            gateway,
+            addrs,
+            common.auth,
+            shutdown.clone(),
+        ),
+    );
     Ok(())
+}
+
+/// Spawns one part into `parts`: it runs `part` (a service's or the
+/// gateway's `run`) and reports `name` with how it ended. The all-in-one
+/// process and each single-part subcommand start their parts this way.
+pub fn spawn_part<E>(
+    parts: &mut Parts,
+    name: &'static str,
+    part: impl Future<Output = Result<(), E>> + Send + 'static,
+) where
+    E: Into<anyhow::Error>,
+{
+    parts.spawn(async move { (name, part.await.map_err(Into::into)) });
 }

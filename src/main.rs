@@ -215,15 +215,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             auth,
         }) => {
             let listener = chatai::bind(gateway.listen, "gateway").await?;
-            let stop = shutdown.clone();
-            parts.spawn(async move {
-                (
-                    "gateway",
-                    chatai_gateway::run(listener, gateway, addrs, auth, stop)
-                        .await
-                        .map_err(anyhow::Error::from),
-                )
-            });
+            let gateway = chatai_gateway::run(listener, gateway, addrs, auth, shutdown.clone());
+            chatai::spawn_part(&mut parts, "gateway", gateway);
         }
         Some(Command::Chat {
             chat,
@@ -231,40 +224,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             common,
         }) => {
             let listener = chatai::bind_service(&addrs.chat, "chat").await?;
-            let stop = shutdown.clone();
-            parts.spawn(async move {
-                (
-                    "chat",
-                    chatai_chat::run(listener, chat, addrs.handoff, common, stop)
-                        .await
-                        .map_err(anyhow::Error::from),
-                )
-            });
+            let chat = chatai_chat::run(listener, chat, addrs.handoff, common, shutdown.clone());
+            chatai::spawn_part(&mut parts, "chat", chat);
         }
         Some(Command::Handoff { handoff, args }) => {
             let listener = chatai::bind_service(&args.addrs.handoff, "handoff").await?;
-            let (stop, presence_addr) = (shutdown.clone(), args.addrs.presence);
-            parts.spawn(async move {
-                let ran =
-                    chatai_handoff::run(listener, handoff, presence_addr, args.common, stop).await;
-                ("handoff", ran.map_err(anyhow::Error::from))
-            });
+            let handoff = chatai_handoff::run(
+                listener,
+                handoff,
+                args.addrs.presence,
+                args.common,
+                shutdown.clone(),
+            );
+            chatai::spawn_part(&mut parts, "handoff", handoff);
         }
         Some(Command::Presence { presence, args }) => {
             let listener = chatai::bind_service(&args.addrs.presence, "presence").await?;
-            let stop = shutdown.clone();
-            parts.spawn(async move {
-                let ran = chatai_presence::run(listener, presence, args.common, stop).await;
-                ("presence", ran.map_err(anyhow::Error::from))
-            });
+            let presence = chatai_presence::run(listener, presence, args.common, shutdown.clone());
+            chatai::spawn_part(&mut parts, "presence", presence);
         }
         Some(Command::Notification { notification, args }) => {
             let listener = chatai::bind_service(&args.addrs.notification, "notification").await?;
-            let stop = shutdown.clone();
-            parts.spawn(async move {
-                let ran = chatai_notification::run(listener, notification, args.common, stop).await;
-                ("notification", ran.map_err(anyhow::Error::from))
-            });
+            let notification =
+                chatai_notification::run(listener, notification, args.common, shutdown.clone());
+            chatai::spawn_part(&mut parts, "notification", notification);
         }
         Some(Command::Token(_)) => unreachable!("handled before the runtime starts"),
     }

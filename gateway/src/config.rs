@@ -107,22 +107,10 @@ impl std::fmt::Debug for GatewayConfig {
 
 pub use chatai_tokens::DEVELOPMENT_SECRET;
 
+/// The clap defaults.
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            jwt_secret: None,
-            max_frame_bytes: 64 * 1024,
-            max_connections_per_user: 5,
-            heartbeat_interval_secs: 25,
-            idle_timeout_secs: 60,
-            rate_limit_per_sec: 20,
-            rate_limit_burst: 40,
-            rate_limit_strikes: 20,
-            outbound_queue: 256,
-            request_timeout_ms: 5_000,
-            gateway_id: None,
-        }
+        chatai_kit::config::clap_defaults()
     }
 }
 
@@ -146,34 +134,5 @@ impl GatewayConfig {
     /// The JWT secret, or the development one.
     pub fn jwt_secret(&self) -> &str {
         self.jwt_secret.as_deref().unwrap_or(DEVELOPMENT_SECRET)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::{CommandFactory, FromArgMatches, Parser};
-
-    #[derive(Parser, Debug)]
-    struct Cli {
-        #[command(flatten)]
-        gateway: GatewayConfig,
-    }
-
-    /// `Default` equals what clap parses from an empty command line (with the
-    /// environment of the machine running the tests ignored).
-    #[test]
-    fn default_matches_clap_defaults() {
-        let matches = Cli::command()
-            .mut_args(|arg| arg.env(None::<&str>))
-            .try_get_matches_from(["chatai"])
-            .expect("an empty command line parses");
-        let parsed = Cli::from_arg_matches(&matches)
-            .expect("matches convert")
-            .gateway;
-        assert_eq!(
-            format!("{parsed:?}"),
-            format!("{:?}", GatewayConfig::default())
-        );
     }
 }

@@ -46,44 +46,9 @@ pub struct ChatConfig {
     pub assistant: AssistantConfig,
 }
 
+/// The clap defaults.
 impl Default for ChatConfig {
     fn default() -> Self {
-        ChatConfig {
-            starting_balance: 10.0,
-            price_per_1k_tokens: 0.02,
-            balance_threshold: 5.0,
-            max_message_chars: 8_000,
-            assistant_context: 20,
-            assistant: AssistantConfig::default(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::{CommandFactory, FromArgMatches, Parser};
-
-    #[derive(Parser, Debug)]
-    struct Cli {
-        #[command(flatten)]
-        chat: ChatConfig,
-    }
-
-    /// `Default` equals what clap parses from an empty command line (with the
-    /// environment of the machine running the tests ignored).
-    #[test]
-    fn default_matches_clap_defaults() {
-        let matches = Cli::command()
-            .mut_args(|arg| arg.env(None::<&str>))
-            .try_get_matches_from(["chatai"])
-            .expect("an empty command line parses");
-        let parsed = Cli::from_arg_matches(&matches)
-            .expect("matches convert")
-            .chat;
-        assert_eq!(
-            format!("{parsed:?}"),
-            format!("{:?}", ChatConfig::default())
-        );
+        chatai_kit::config::clap_defaults()
     }
 }

@@ -74,10 +74,8 @@ pub async fn run(
     let store = store::connect(&common.database_url).await?;
     let assistant = chatai_assistant::build(&config.assistant)?;
     let mut host = ServiceHost::start(&common, "chat", shutdown).await?;
-    let checked = store.clone();
-    host.check("database", move || {
-        let store = checked.clone();
-        Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+    host.check_ping("database", store.clone(), |store| async move {
+        store.ping().await
     });
     let policy = Policy {
         starting_balance: store::Money::from_units(config.starting_balance),

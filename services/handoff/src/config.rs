@@ -81,15 +81,10 @@ impl HandoffConfig {
     }
 }
 
+/// The clap defaults.
 impl Default for HandoffConfig {
     fn default() -> Self {
-        HandoffConfig {
-            max_handoffs: 5,
-            reply_timeout_secs: 180,
-            max_queue_secs: 600,
-            max_queue_len: 100,
-            default_handling_secs: 300,
-        }
+        chatai_kit::config::clap_defaults()
     }
 }
 
@@ -102,23 +97,6 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         handoff: HandoffConfig,
-    }
-
-    /// `Default` equals what clap parses from an empty command line (with the
-    /// environment of the machine running the tests ignored).
-    #[test]
-    fn default_matches_clap_defaults() {
-        let matches = Cli::command()
-            .mut_args(|arg| arg.env(None::<&str>))
-            .try_get_matches_from(["chatai"])
-            .expect("an empty command line parses");
-        let parsed = Cli::from_arg_matches(&matches)
-            .expect("matches convert")
-            .handoff;
-        assert_eq!(
-            format!("{parsed:?}"),
-            format!("{:?}", HandoffConfig::default())
-        );
     }
 
     /// The all-in-one command flattens this next to the shared settings and

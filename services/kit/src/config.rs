@@ -150,13 +150,10 @@ impl EventLogConfig {
     }
 }
 
+/// The clap defaults.
 impl Default for EventLogConfig {
     fn default() -> Self {
-        EventLogConfig {
-            retention_secs: 25 * 3600,
-            max_per_recipient: 10_000,
-            live_buffer: 65_536,
-        }
+        clap_defaults()
     }
 }
 
@@ -254,21 +251,33 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The clap defaults.
 impl Default for ServiceCommon {
     fn default() -> Self {
-        ServiceCommon {
-            database_url: "sqlite://data/chatai.db".into(),
-            redis_url: None,
-            redis_prefix: "chatai".into(),
-            auth: InternalAuth::default(),
-            events: EventLogConfig::default(),
-        }
+        clap_defaults()
     }
+}
+
+/// What clap makes of an empty command line for `T`, the environment
+/// ignored: the values of its `default_value…` attributes, `None` for an
+/// unset option. Every configuration struct's [`Default`] returns this, so a
+/// default is written once, where the flag is declared.
+///
+/// # Panics
+/// When `T` has a required argument without a default, or arguments that
+/// clash: a mistake in `T`'s declaration, which the first test building
+/// `T::default()` shows.
+pub fn clap_defaults<T: clap::Args>() -> T {
+    let matches = T::augment_args(clap::Command::new("defaults"))
+        .mut_args(|arg| arg.env(None::<&str>))
+        .try_get_matches_from(["defaults"])
+        .expect("every argument of a configuration struct has a default");
+    T::from_arg_matches(&matches).expect("clap's defaults convert to the struct")
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, FromArgMatches, Parser};
+    use clap::{CommandFactory, Parser};
 
     use super::*;
 
@@ -338,25 +347,18 @@ mod tests {
         );
     }
 
-    /// The defaults in code are the ones the command line documents (the
-    /// environment of the machine running the tests ignored).
+    /// The defaults are clap's, not the environment's, and flattening the
+    /// shared settings into a command adds no clash.
     #[test]
-    fn defaults_match_clap() {
-        let matches = Cli::command()
-            .mut_args(|arg| arg.env(None::<&str>))
-            .try_get_matches_from(["chatai"])
-            .expect("an empty command line parses");
-        let parsed = Cli::from_arg_matches(&matches)
-            .expect("matches convert")
-            .common;
+    fn defaults_come_from_the_flags() {
         let default = ServiceCommon::default();
-        assert_eq!(parsed.database_url, default.database_url);
-        assert_eq!(parsed.redis_prefix, default.redis_prefix);
-        assert_eq!(parsed.events.retention_secs, default.events.retention_secs);
-        assert_eq!(
-            parsed.events.max_per_recipient,
-            default.events.max_per_recipient
-        );
-        assert_eq!(parsed.events.live_buffer, default.events.live_buffer);
+        assert_eq!(default.database_url, "sqlite://data/chatai.db");
+        assert_eq!(default.redis_url, None);
+        assert_eq!(default.redis_prefix, "chatai");
+        assert_eq!(default.auth.internal_token, None);
+        assert_eq!(default.events.retention_secs, 25 * 3600);
+        assert_eq!(default.events.max_per_recipient, 10_000);
+        assert_eq!(default.events.live_buffer, 65_536);
+        Cli::command().debug_assert();
     }
 }

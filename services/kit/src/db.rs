@@ -1,7 +1,10 @@
 //! The database the storing services share (chat, handoff, notification):
 //! opening SQLite — a file or memory — and PostgreSQL pools the same way for
-//! all of them, and applying the embedded migrations. Each service's store
-//! owns its queries; this owns the connection and the schema history.
+//! all of them, and applying the migrations, embedded here once (one
+//! history for the whole database, see `migrations/README.md`). Each
+//! service's store owns its queries; this owns the connection and the schema
+//! history. A store opens with [`connect`] (or [`connect_sqlite`],
+//! [`connect_postgres`]) and wraps the pool it gets.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -22,6 +25,14 @@ const CACHE_SIZE: i64 = -32 * 1024;
 /// Attempts at migrating SQLite, and the pause between two.
 const MIGRATION_ATTEMPTS: u32 = 8;
 const MIGRATION_RETRY_AFTER: Duration = Duration::from_millis(250);
+
+/// The `migrations/sqlite` folder at the workspace root, embedded at build
+/// time (`build.rs` rebuilds the crate when it changes).
+pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// The `migrations/postgres` folder at the workspace root, embedded at build
+/// time.
+pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// Why the database could not be opened or migrated.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +72,40 @@ impl Backend {
             Err(DbError::UnsupportedUrl(scheme.to_owned()))
         }
     }
+}
+
+/// An open database with every migration applied: a pool of the backend
+/// its URL named.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Opens `sqlite://path` (creating the file and its parent folder),
+/// `sqlite::memory:`, or `postgres://…` / `postgresql://…`, and applies the
+/// migrations it lacks. Another scheme is refused by its name alone.
+pub async fn connect(url: &str) -> Result<Database, DbError> {
+    Ok(match Backend::of(url)? {
+        Backend::Sqlite => Database::Sqlite(connect_sqlite(url).await?),
+        Backend::Postgres => Database::Postgres(connect_postgres(url).await?),
+    })
+}
+
+/// Opens a SQLite database ([`open_sqlite`]) and applies the migrations it
+/// lacks ([`migrate_sqlite`]).
+pub async fn connect_sqlite(url: &str) -> Result<SqlitePool, DbError> {
+    let pool = open_sqlite(url).await?;
+    migrate_sqlite(&pool, &SQLITE_MIGRATIONS).await?;
+    Ok(pool)
+}
+
+/// Opens a PostgreSQL pool ([`open_postgres`]) and applies the migrations it
+/// lacks, under PostgreSQL's migration lock ([`migrate_postgres`]).
+pub async fn connect_postgres(url: &str) -> Result<PgPool, DbError> {
+    let pool = open_postgres(url).await?;
+    migrate_postgres(&pool, &POSTGRES_MIGRATIONS).await?;
+    Ok(pool)
 }
 
 /// Whether a SQLite URL names an in-memory database (`sqlite::memory:`,
@@ -192,6 +237,19 @@ mod tests {
             Some(Backend::Postgres)
         );
         let refused = Backend::of("mysql://root:secret@db/x")
+            .err()
+            .map(|err| err.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("\"mysql\""), "{refused}");
+        assert!(!refused.contains("secret"), "{refused}");
+    }
+
+    /// Opening a URL of another scheme fails naming the scheme alone, never
+    /// the rest of the URL (a password).
+    #[tokio::test]
+    async fn connect_refuses_other_schemes_by_name() {
+        let refused = connect("mysql://root:secret@localhost/chat")
+            .await
             .err()
             .map(|err| err.to_string())
             .unwrap_or_default();

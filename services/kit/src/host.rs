@@ -60,10 +60,7 @@ impl ServiceHost {
             checks: Vec::new(),
             auth: common.auth.clone(),
         };
-        host.check("event log", move || {
-            let log = log.clone();
-            Box::pin(async move { log.ping().await.map_err(|e| e.to_string()) })
-        });
+        host.check_ping("event log", log, |log| async move { log.ping().await });
         Ok(host)
     }
 
@@ -74,6 +71,21 @@ impl ServiceHost {
         check: impl Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
     ) {
         self.checks.push((name, Arc::new(check)));
+    }
+
+    /// Adds a readiness check that calls `ping` on a clone of `target` (a
+    /// store, the event log): the dependency is ready while it answers `Ok`.
+    pub fn check_ping<T, F, Fut, E>(&mut self, name: &'static str, target: T, ping: F)
+    where
+        T: Clone + Send + Sync + 'static,
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.check(name, move || {
+            let pinged = ping(target.clone());
+            Box::pin(async move { pinged.await.map_err(|e| e.to_string()) })
+        });
     }
 
     /// Serves `routes` (may be empty) plus `EventStream` on `listener` until

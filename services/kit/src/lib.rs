@@ -1,35 +1,47 @@
 //! Plumbing every ChatAI service shares, written once.
 //!
+//! Two features split it: `db` (the storing services) and `server` (every
+//! service; the gateway leaves it off, so its build compiles gRPC clients
+//! only, no server code).
+//!
 //! Layout:
 //! - [`identity`] — who is calling: the caller a gateway or internal client
 //!   puts in gRPC metadata, read back in one place.
-//! - `db` (feature `db`) — opening the shared SQLite or PostgreSQL database
-//!   and applying its migrations, for the services that store.
 //! - [`config`] — configuration shared by every process (listen addresses,
-//!   the internal token, event-log settings), read from the environment.
+//!   the internal token, event-log settings), read from the environment, and
+//!   [`config::clap_defaults`], which every config struct's `Default` returns.
 //! - [`telemetry`] — `tracing` set-up, OTLP export, W3C trace context in gRPC
 //!   metadata and in events.
 //! - [`shutdown`] — the one shutdown signal (SIGINT/SIGTERM).
 //! - [`status`] — stable client-facing error codes carried in a gRPC `Status`.
-//! - [`grpc`] — the gRPC server every service runs: health, reflection, the
+//! - [`grpc`] — the internal-token interceptor of every client; with
+//!   `server`, the gRPC server every service runs: health, reflection, the
 //!   internal-token check, a span per request.
-//! - [`host`] — what every service process does around its own API.
 //! - [`supervisor`] — the long-lived tasks of a process: one that stops
 //!   before shutdown stops the process and is named.
-//! - [`events`] — the event-stream library: per-recipient durable logs, live
-//!   fan-out, and the `EventStream` gRPC service gateways attach to.
-//! - [`follow`] — following another service's `EventStream` as a client
-//!   (a snapshot after each attach, then its events, re-attaching forever).
+//! - [`events`] — the event-stream library: the event types and the
+//!   `EventLog` trait; with `server`, the per-recipient durable logs (memory,
+//!   Redis) and their shared paging rules, live fan-out, and the
+//!   `EventStream` gRPC service gateways attach to.
 //! - [`holders`] — who holds a dialog: the notes the handoff service
 //!   publishes for the chat service, and their versions.
+//! - `db` (feature `db`) — opening the shared SQLite or PostgreSQL database
+//!   (`db::connect`) and applying its migrations, embedded here once.
+//! - `host` (feature `server`) — what every service process does around its
+//!   own API: the event log, the tasks, readiness checks, serving, draining.
+//! - `follow` (feature `server`) — following another service's `EventStream`
+//!   as a client (a snapshot after each attach, then its events, re-attaching
+//!   forever).
 
 pub mod config;
 #[cfg(feature = "db")]
 pub mod db;
 pub mod events;
+#[cfg(feature = "server")]
 pub mod follow;
 pub mod grpc;
 pub mod holders;
+#[cfg(feature = "server")]
 pub mod host;
 pub mod identity;
 pub mod shutdown;

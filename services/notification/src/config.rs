@@ -26,40 +26,22 @@ impl NotificationConfig {
     }
 }
 
+/// The clap defaults.
 impl Default for NotificationConfig {
     fn default() -> Self {
-        NotificationConfig {
-            analytics_interval_secs: 5,
-        }
+        chatai_kit::config::clap_defaults()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{CommandFactory, FromArgMatches, Parser};
+    use clap::{CommandFactory, Parser};
 
     #[derive(Parser, Debug)]
     struct Cli {
         #[command(flatten)]
         notification: NotificationConfig,
-    }
-
-    /// `Default` equals what clap parses from an empty command line (with the
-    /// environment of the machine running the tests ignored).
-    #[test]
-    fn default_matches_clap_defaults() {
-        let matches = Cli::command()
-            .mut_args(|arg| arg.env(None::<&str>))
-            .try_get_matches_from(["chatai"])
-            .expect("an empty command line parses");
-        let parsed = Cli::from_arg_matches(&matches)
-            .expect("matches convert")
-            .notification;
-        assert_eq!(
-            format!("{parsed:?}"),
-            format!("{:?}", NotificationConfig::default())
-        );
     }
 
     /// The config flattens next to the shared settings without a clash.

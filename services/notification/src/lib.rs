@@ -75,10 +75,8 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let store = store::connect(&common.database_url).await?;
     let mut host = ServiceHost::start(&common, "notification", shutdown).await?;
-    let checked = store.clone();
-    host.check("database", move || {
-        let store = checked.clone();
-        Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+    host.check_ping("database", store.clone(), |store| async move {
+        store.ping().await
     });
     let service = NotificationService::new(store, host.log.clone());
     host.tasks.spawn(

@@ -3,7 +3,6 @@
 //! batch's rows travel as typed arrays, one per column, read with `UNNEST`.
 //! The shared reads are in `sql.rs`.
 
-use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, PgPool, Pool, Postgres, Transaction};
 
 use chatai_kit::db;
@@ -12,9 +11,6 @@ use super::batch::{Backend, KeyRef, MessageInsert, UserUpsert};
 use super::error::StoreError;
 use super::sql::{DialogRow, MessageRow, impl_chat_store, message_columns};
 use super::writer::Writer;
-
-/// The `migrations/postgres` folder, embedded at build time.
-static MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// The chat store on PostgreSQL, for production and several replicas.
 #[derive(Debug, Clone)]
@@ -27,13 +23,16 @@ impl PostgresStore {
     /// Opens a pool to `postgres://…` and applies the migrations (under
     /// PostgreSQL's migration lock, so replicas may start together).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = db::open_postgres(url).await?;
-        db::migrate_postgres(&pool, &MIGRATIONS).await?;
-        Ok(Self::from_pool(pool))
+        Ok(Self::from_pool(db::connect_postgres(url).await?))
     }
 }
 
-impl_chat_store!(PostgresStore, PgPool, MIGRATIONS, PostgresBatch);
+impl_chat_store!(
+    PostgresStore,
+    PgPool,
+    db::POSTGRES_MIGRATIONS,
+    PostgresBatch
+);
 
 /// Upserts users (one row per id: PostgreSQL refuses to update a row twice
 /// in one statement).

@@ -128,8 +128,8 @@ impl TryFrom<MessageRow> for Message {
 /// for a backend struct with fields `pool: $pool` and `writer: Writer`:
 /// reads run the statements above on the pool; writes go to the writer.
 ///
-/// `$migrator` is a `static sqlx::migrate::Migrator` of that backend's
-/// folder; `$backend` the [`Backend`](super::batch::Backend) of its batches.
+/// `$migrator` is that backend's embedded migrations (in `chatai_kit::db`);
+/// `$backend` the [`Backend`](super::batch::Backend) of its batches.
 macro_rules! impl_chat_store {
     ($store:ident, $pool:ty, $migrator:path, $backend:ty) => {
         impl $store {

@@ -8,7 +8,6 @@
 //! writer takes for each batch.
 
 use serde::Serialize;
-use sqlx::migrate::Migrator;
 use sqlx::{Pool, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use chatai_kit::db;
@@ -17,9 +16,6 @@ use super::batch::{Backend, KeyRef, MessageInsert, UserUpsert};
 use super::error::StoreError;
 use super::sql::{DialogRow, MessageRow, impl_chat_store, message_columns};
 use super::writer::Writer;
-
-/// The `migrations/sqlite` folder, embedded at build time.
-static MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 /// The chat store on SQLite: the embedded default, one file, no server.
 #[derive(Debug, Clone)]
@@ -33,13 +29,11 @@ impl SqliteStore {
     /// in-memory database, and applies the migrations — see
     /// [`chatai_kit::db`] for how, and why SQLite migration is retried.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = db::open_sqlite(url).await?;
-        db::migrate_sqlite(&pool, &MIGRATIONS).await?;
-        Ok(Self::from_pool(pool))
+        Ok(Self::from_pool(db::connect_sqlite(url).await?))
     }
 }
 
-impl_chat_store!(SqliteStore, SqlitePool, MIGRATIONS, SqliteBatch);
+impl_chat_store!(SqliteStore, SqlitePool, db::SQLITE_MIGRATIONS, SqliteBatch);
 
 /// Upserts users from `[{"i": id, "n": name, "b": balance}, …]`. `WHERE true`
 /// keeps SQLite from reading `ON CONFLICT` as a join constraint of the SELECT.

@@ -3,17 +3,11 @@
 //! `sql.rs`.
 
 use sqlx::SqlitePool;
-use sqlx::migrate::Migrator;
 
 use chatai_kit::db;
 
 use super::error::StoreError;
 use super::sql::impl_handoff_store;
-
-/// The `migrations/sqlite` folder, embedded at build time (the whole folder:
-/// the services sharing the database share one migration history, see
-/// `migrations/README.md`).
-static MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 /// The handoff store on SQLite: the embedded default, one file (shared with
 /// the other services), no server.
@@ -27,9 +21,7 @@ impl SqliteStore {
     /// in-memory database, and applies the migrations — see
     /// [`chatai_kit::db`] for how, and why SQLite migration is retried.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = db::open_sqlite(url).await?;
-        db::migrate_sqlite(&pool, &MIGRATIONS).await?;
-        Ok(Self::from_pool(pool))
+        Ok(Self::from_pool(db::connect_sqlite(url).await?))
     }
 }
 

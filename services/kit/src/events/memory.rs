@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+use super::paging::{self, LogBounds, Plan};
 use super::{Delivery, Event, EventLog, EventLogError, LogPage, LogStats, Recipient, ReplayFrom};
 use crate::config::EventLogConfig;
 
@@ -134,14 +135,6 @@ impl MemoryLog {
     }
 }
 
-/// Whether a replay after `start` can be complete: nothing after it was
-/// trimmed, and it is not ahead of the log. `0` means "nothing seen from this
-/// log yet": complete while the log still holds its first event.
-pub(crate) fn replay_is_complete(start: u64, base: u64, first_kept: u64, last: u64) -> bool {
-    let from_beginning = start == 0 && first_kept == base + 1;
-    (from_beginning || start.saturating_add(1) >= first_kept) && start <= last
-}
-
 #[async_trait::async_trait]
 impl EventLog for MemoryLog {
     async fn publish(&self, recipient: Recipient, event: Arc<Event>) -> Result<(), EventLogError> {
@@ -185,57 +178,30 @@ impl EventLog for MemoryLog {
         limit: usize,
     ) -> Result<LogPage, EventLogError> {
         let logs = self.lock();
-        let Some(log) = logs.get(recipient) else {
-            // No log: only "nothing seen yet" can be complete.
-            let start = match from {
-                ReplayFrom::After(position) => position,
-                ReplayFrom::SinceLastSeen => 0,
-            };
-            return Ok(LogPage {
-                deliveries: Vec::new(),
-                complete: start == 0,
-                start_after: start,
-                next_after: 0,
-                more: false,
-            });
+        let log = logs.get(recipient);
+        let bounds = log.map(|log| LogBounds {
+            base: log.base,
+            last: log.last,
+            first_kept: log
+                .entries
+                .front()
+                .map_or(log.last + 1, |(_, d)| d.position),
+            seen: log.seen,
+        });
+        let (start, last) = match paging::plan(bounds, from) {
+            Plan::Answer(page) => return Ok(page),
+            Plan::ReadAfter { start, last } => (start, last),
         };
-        let start = match from {
-            ReplayFrom::After(position) => position,
-            // Never released: everything retained is its offline queue.
-            ReplayFrom::SinceLastSeen => log.seen.unwrap_or(0),
-        };
-        let first_kept = log
-            .entries
-            .front()
-            .map_or(log.last + 1, |(_, d)| d.position);
-        let complete = replay_is_complete(start, log.base, first_kept, log.last);
-        if !complete {
-            return Ok(LogPage {
-                deliveries: Vec::new(),
-                complete,
-                start_after: start,
-                next_after: log.last,
-                more: false,
-            });
-        }
-        let deliveries: Vec<Delivery> = log
-            .entries
-            .iter()
-            .map(|(_, d)| d)
-            .filter(|d| d.position > start)
-            .take(limit.max(1))
-            .cloned()
-            .collect();
-        let next_after = deliveries
-            .last()
-            .map_or(start.max(log.base), |d| d.position);
-        Ok(LogPage {
-            more: next_after < log.last,
-            deliveries,
-            complete,
-            start_after: start,
-            next_after,
-        })
+        let deliveries = log.map_or_else(Vec::new, |log| {
+            log.entries
+                .iter()
+                .map(|(_, d)| d)
+                .filter(|d| d.position > start)
+                .take(limit.max(1))
+                .cloned()
+                .collect()
+        });
+        Ok(paging::page_of(start, last, deliveries))
     }
 
     async fn mark_seen(&self, recipient: &Recipient, position: u64) -> Result<(), EventLogError> {
@@ -273,37 +239,5 @@ impl EventLog for MemoryLog {
         let forget_before = crate::now_ms() - self.forget_after_ms();
         logs.retain(|_, log| !log.entries.is_empty() || log.touched_ms >= forget_before);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::replay_is_complete;
-
-    /// Completeness: nothing trimmed after the start, not ahead of the log;
-    /// "nothing seen yet" is complete only while the first event is kept.
-    #[test]
-    fn completeness_rules() {
-        let base = 7 << 32;
-        assert!(replay_is_complete(base + 3, base, base + 1, base + 5));
-        assert!(replay_is_complete(base + 5, base, base + 1, base + 5));
-        assert!(
-            !replay_is_complete(base + 6, base, base + 1, base + 5),
-            "ahead of the log"
-        );
-        assert!(
-            !replay_is_complete(base + 1, base, base + 4, base + 5),
-            "events 2 and 3 trimmed"
-        );
-        assert!(replay_is_complete(base + 3, base, base + 4, base + 5));
-        assert!(replay_is_complete(0, base, base + 1, base + 5));
-        assert!(
-            !replay_is_complete(0, base, base + 2, base + 5),
-            "the first event is gone"
-        );
-        assert!(
-            !replay_is_complete(3 << 32, base, base + 1, base + 5),
-            "another log's position"
-        );
     }
 }

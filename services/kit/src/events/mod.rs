@@ -8,7 +8,7 @@
 //!   one request causes go together with [`deliver_many`](EventLog::deliver_many):
 //!   one lock or one Redis round trip for the batch.
 //! - Every gateway attaches to every service with one `EventStream.Attach`
-//!   stream ([`stream::EventStreamService`]) and subscribes the recipients it
+//!   stream (`stream::EventStreamService`) and subscribes the recipients it
 //!   holds connections for; it receives their events live, several in one
 //!   message when several are ready at once (if it accepts batches).
 //! - `EventStream.Replay` reads a recipient's log after a position, so a
@@ -17,14 +17,24 @@
 //!
 //! Layout:
 //! - this file — the domain types and the [`EventLog`] trait (the backend);
-//! - [`memory`] — the in-memory backend of the embedded default;
-//! - [`redis`] — the Redis backend (Streams + pub/sub) for production;
-//! - [`stream`] — the `EventStream` gRPC service over any backend;
-//! - [`convert`] — domain ↔ wire types, in one place.
+//! - [`convert`] — domain ↔ wire types, in one place;
+//!
+//! and with the `server` feature (services only, not the gateway):
+//! - `paging` — the paging rules every backend's `read` follows (where a
+//!   replay starts, when it is complete, what a page says), written once;
+//! - `memory` — the in-memory backend of the embedded default;
+//! - `redis` — the Redis backend (Streams + pub/sub) for production;
+//! - `stream` — the `EventStream` gRPC service over any backend;
+//! - `open` and `trim_until` — opening a service's log, trimming it.
 
 pub mod convert;
+#[cfg(feature = "server")]
 pub mod memory;
+#[cfg(feature = "server")]
+mod paging;
+#[cfg(feature = "server")]
 pub mod redis;
+#[cfg(feature = "server")]
 pub mod stream;
 
 use std::collections::HashMap;
@@ -141,6 +151,7 @@ pub fn generation_start(position: u64) -> u64 {
 }
 
 /// A fresh, nonzero generation base for a recipient's positions.
+#[cfg(feature = "server")]
 pub(crate) fn random_base() -> u64 {
     let random = uuid::Uuid::new_v4().as_u128() as u32 & 0x000F_FFFF;
     u64::from(random.max(1)) << 32
@@ -270,6 +281,7 @@ pub trait EventLog: Send + Sync + 'static {
 
 /// Opens `service`'s event log: Redis when `common.redis_url` is set (its
 /// live relay runs in `tasks` until `shutdown`), memory otherwise.
+#[cfg(feature = "server")]
 pub async fn open(
     common: &crate::config::ServiceCommon,
     service: &str,
@@ -293,6 +305,7 @@ pub async fn open(
 }
 
 /// Trims `log` every minute until `shutdown`.
+#[cfg(feature = "server")]
 pub async fn trim_until(log: Arc<dyn EventLog>, shutdown: tokio_util::sync::CancellationToken) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
@@ -311,6 +324,7 @@ pub async fn trim_until(log: Arc<dyn EventLog>, shutdown: tokio_util::sync::Canc
 mod tests {
     use super::*;
 
+    #[cfg(feature = "server")]
     #[test]
     fn generations_start_at_nonzero_multiples_of_two_to_the_32() {
         for _ in 0..1000 {

@@ -34,6 +34,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::paging::{self, LogBounds, Plan};
 use super::{Delivery, Event, EventLog, EventLogError, LogPage, LogStats, Recipient, ReplayFrom};
 use crate::config::EventLogConfig;
 
@@ -473,40 +474,19 @@ impl EventLog for RedisLog {
                 .query_async(&mut connection)
                 .await
                 .map_err(unavailable)?;
-        let Some(last) = last else {
-            // No log at all: a cursor can only be complete if it asks for nothing.
-            let start = match from {
-                ReplayFrom::After(position) => position,
-                ReplayFrom::SinceLastSeen => 0,
-            };
-            return Ok(LogPage {
-                deliveries: Vec::new(),
-                complete: start == 0,
-                start_after: start,
-                next_after: 0,
-                more: false,
-            });
+        let bounds = last.map(|last| LogBounds {
+            base: base.unwrap_or(last),
+            last,
+            first_kept: first
+                .first()
+                .and_then(|(id, _)| entry_position(id))
+                .unwrap_or(last + 1),
+            seen,
+        });
+        let (start, last) = match paging::plan(bounds, from) {
+            Plan::Answer(page) => return Ok(page),
+            Plan::ReadAfter { start, last } => (start, last),
         };
-        let start = match from {
-            ReplayFrom::After(position) => position,
-            // Never released: everything retained is its offline queue.
-            ReplayFrom::SinceLastSeen => seen.unwrap_or(0),
-        };
-        let first_kept = first
-            .first()
-            .and_then(|(id, _)| entry_position(id))
-            .unwrap_or(last + 1);
-        let complete =
-            super::memory::replay_is_complete(start, base.unwrap_or(last), first_kept, last);
-        if !complete || start == last {
-            return Ok(LogPage {
-                deliveries: Vec::new(),
-                complete,
-                start_after: start,
-                next_after: last,
-                more: false,
-            });
-        }
         let entries: StreamEntries = redis::cmd("XRANGE")
             .arg(&log_key)
             .arg(format!("({start}-0"))
@@ -535,14 +515,7 @@ impl EventLog for RedisLog {
                 }
             }
         }
-        let next_after = deliveries.last().map_or(start, |d| d.position);
-        Ok(LogPage {
-            more: next_after < last && !deliveries.is_empty(),
-            deliveries,
-            complete,
-            start_after: start,
-            next_after,
-        })
+        Ok(paging::page_of(start, last, deliveries))
     }
 
     async fn mark_seen(&self, recipient: &Recipient, position: u64) -> Result<(), EventLogError> {

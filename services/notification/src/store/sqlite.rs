@@ -3,17 +3,11 @@
 //! in `sql.rs`.
 
 use sqlx::SqlitePool;
-use sqlx::migrate::Migrator;
 
 use chatai_kit::db;
 
 use super::error::StoreError;
 use super::sql::impl_notification_store;
-
-/// The `migrations/sqlite` folder, embedded at build time (the whole folder:
-/// the chat service's tables and ours share one history, see
-/// `migrations/README.md`).
-static MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 /// The notification store on SQLite: the embedded default, one file (the
 /// chat service's), no server.
@@ -27,9 +21,7 @@ impl SqliteStore {
     /// in-memory database, and applies the migrations — see
     /// [`chatai_kit::db`] for how, and why SQLite migration is retried.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = db::open_sqlite(url).await?;
-        db::migrate_sqlite(&pool, &MIGRATIONS).await?;
-        Ok(Self::from_pool(pool))
+        Ok(Self::from_pool(db::connect_sqlite(url).await?))
     }
 }
 

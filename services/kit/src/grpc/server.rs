@@ -1,6 +1,7 @@
 //! The gRPC server every service runs, built in one place: the service's own
 //! routes plus health checking and reflection (so `grpcurl` works), a span per
-//! request that continues the caller's trace, and the internal-token check.
+//! request that continues the caller's trace, and the internal-token check
+//! (the server-side half of [`TokenInterceptor`](super::TokenInterceptor)).
 
 use std::net::SocketAddr;
 
@@ -124,39 +125,6 @@ fn check_internal_token<B>(
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Adds the internal token to outgoing calls: the client-side half of
-/// [`serve`]'s check, for gateways and internal callers.
-#[derive(Clone, Debug, Default)]
-pub struct TokenInterceptor {
-    header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
-}
-
-impl TokenInterceptor {
-    pub fn new(auth: &InternalAuth) -> Self {
-        TokenInterceptor {
-            header: auth
-                .internal_token
-                .as_ref()
-                .and_then(|t| format!("Bearer {t}").parse().ok()),
-        }
-    }
-}
-
-impl tonic::service::Interceptor for TokenInterceptor {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(header) = &self.header {
-            request
-                .metadata_mut()
-                .insert("authorization", header.clone());
-        }
-        telemetry::inject_current(request.metadata_mut());
-        Ok(request)
-    }
 }
 
 #[cfg(test)]
