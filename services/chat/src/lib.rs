@@ -95,11 +95,14 @@ pub async fn run(
         policy,
         host.tasks.clone(),
     );
-    host.tasks.spawn(grpc::follow_holders(
-        handoff_channel,
-        service.holder_view(),
-        host.shutdown.clone(),
-    ));
+    host.supervisor.spawn(
+        "holder follower",
+        grpc::follow_holders(
+            handoff_channel,
+            service.holder_view(),
+            host.shutdown.clone(),
+        ),
+    );
     let routes = tonic::service::Routes::new(ChatServer::new(grpc::ChatApi::new(service)));
     host.serve(listener, Some(routes), &["chatai.v1.Chat"])
         .await?;

@@ -34,9 +34,6 @@ mod queue;
 pub mod service;
 pub mod store;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use chatai_kit::config::{ServiceAddr, ServiceCommon};
 use chatai_kit::host::ServiceHost;
 use chatai_proto::v1::handoff_server::HandoffServer;
@@ -64,8 +61,6 @@ pub enum RunError {
     Presence(#[from] tonic::transport::Error),
     #[error(transparent)]
     Serve(#[from] chatai_kit::grpc::ServeError),
-    #[error("the handoff queue stopped unexpectedly")]
-    QueueStopped,
 }
 
 /// Runs the handoff service on `listener` until `shutdown` is cancelled,
@@ -86,11 +81,15 @@ pub async fn run(
 
     let channel = presence::channel(&presence_addr, &common.auth)?;
     let reporter = presence::LoadReporter::new();
-    host.tasks
-        .spawn(reporter.clone().run(channel.clone(), host.shutdown.clone()));
+    host.supervisor.spawn(
+        "presence load reporter",
+        reporter.clone().run(channel.clone(), host.shutdown.clone()),
+    );
     let (updates_tx, updates) = mpsc::channel(UPDATE_BUFFER);
-    host.tasks
-        .spawn(presence::follow(channel, updates_tx, host.shutdown.clone()));
+    host.supervisor.spawn(
+        "presence follower",
+        presence::follow(channel, updates_tx, host.shutdown.clone()),
+    );
 
     let (service, queue) = HandoffService::load(
         store,
@@ -101,30 +100,10 @@ pub async fn run(
         host.shutdown.clone(),
     )
     .await?;
-    let failed = Arc::new(AtomicBool::new(false));
-    host.tasks
-        .spawn(supervise(queue, host.shutdown.clone(), failed.clone()));
+    host.supervisor.spawn("handoff queue", queue.run());
 
     let routes = tonic::service::Routes::new(HandoffServer::new(grpc::HandoffApi::new(service)));
     host.serve(listener, Some(routes), &["chatai.v1.Handoff"])
         .await?;
-    if failed.load(Ordering::Acquire) {
-        return Err(RunError::QueueStopped);
-    }
     Ok(())
-}
-
-/// Runs the queue actor; if it ends before shutdown (or panics), says why
-/// and stops the service (STYLE 8: no task dies silently).
-async fn supervise(queue: service::Queue, shutdown: CancellationToken, failed: Arc<AtomicBool>) {
-    let outcome = tokio::spawn(queue.run()).await;
-    if shutdown.is_cancelled() && outcome.is_ok() {
-        return;
-    }
-    match outcome {
-        Ok(()) => tracing::error!("the handoff queue stopped on its own; stopping the service"),
-        Err(cause) => tracing::error!(%cause, "the handoff queue failed; stopping the service"),
-    }
-    failed.store(true, Ordering::Release);
-    shutdown.cancel();
 }

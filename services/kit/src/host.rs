@@ -1,7 +1,8 @@
 //! What every service process does around its own API: open the event log,
-//! serve `EventStream` next to the service's routes, own the background tasks,
-//! report readiness through gRPC health checking, and on shutdown drain calls
-//! and wait for every task.
+//! serve `EventStream` next to the service's routes, own the background tasks
+//! (the long-lived ones under a [`Supervisor`]: one that stops before
+//! shutdown stops the service and is named), report readiness through gRPC
+//! health checking, and on shutdown drain calls and wait for every task.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tonic_health::server::HealthReporter;
 use crate::config::{InternalAuth, ServiceCommon};
 use crate::events::{self, EventLog, EventLogError, stream::EventStreamService};
 use crate::grpc::{self, ServeError};
+use crate::supervisor::Supervisor;
 
 /// How often readiness checks run.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -32,6 +34,11 @@ pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send +
 #[derive(Clone)]
 pub struct ServiceHost {
     pub log: Arc<dyn EventLog>,
+    /// Runs the long-lived tasks (`supervisor.spawn`): an early exit stops
+    /// the service, and [`serve`](Self::serve) returns it as an error.
+    pub supervisor: Supervisor,
+    /// The supervisor's tracker, for short-lived tasks (one per call or
+    /// stream): waited for on shutdown, free to end.
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
     /// What gRPC health checking reports; the overall status (the empty
@@ -49,12 +56,16 @@ impl ServiceHost {
         service: &str,
         shutdown: CancellationToken,
     ) -> Result<Self, EventLogError> {
-        let tasks = TaskTracker::new();
-        let log = events::open(common, service, &tasks, shutdown.clone()).await?;
-        tasks.spawn(events::trim_until(log.clone(), shutdown.clone()));
+        let supervisor = Supervisor::new(shutdown.clone());
+        let log = events::open(common, service, &supervisor).await?;
+        supervisor.spawn(
+            "event log trim",
+            events::trim_until(log.clone(), shutdown.clone()),
+        );
         let mut host = ServiceHost {
             log: log.clone(),
-            tasks,
+            tasks: supervisor.tracker().clone(),
+            supervisor,
             shutdown,
             health: HealthReporter::new(),
             checks: Vec::new(),
@@ -105,11 +116,14 @@ impl ServiceHost {
         };
         let mut names = service_names.to_vec();
         names.push("chatai.v1.EventStream");
-        self.tasks.spawn(watch_readiness(
-            self.checks.clone(),
-            self.health.clone(),
-            self.shutdown.clone(),
-        ));
+        self.supervisor.spawn(
+            "readiness checks",
+            watch_readiness(
+                self.checks.clone(),
+                self.health.clone(),
+                self.shutdown.clone(),
+            ),
+        );
         let served = grpc::serve(
             listener,
             routes,
@@ -120,9 +134,9 @@ impl ServiceHost {
         )
         .await;
         self.shutdown.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
-        served
+        let tasks = self.supervisor.wait().await;
+        served?;
+        Ok(tasks?)
     }
 }
 

@@ -573,3 +573,40 @@ async fn shutdown_does_not_wait_for_a_gateway_that_does_not_read() {
     service.stop().await;
     drop(attached);
 }
+
+/// No task dies silently: when one of the host's long-lived tasks stops
+/// before shutdown, the service stops (its shutdown token is cancelled, so
+/// every other task and the server stop too) and `serve` returns an error
+/// naming the task.
+#[tokio::test]
+async fn a_dead_task_stops_the_service_and_is_named() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let host = ServiceHost::start(&ServiceCommon::default(), "test", CancellationToken::new())
+        .await
+        .expect("a memory event log opens");
+    let shutdown = host.shutdown.clone();
+    let (stop_it, stopped) = tokio::sync::oneshot::channel::<()>();
+    host.supervisor.spawn("doomed worker", async move {
+        let _ = stopped.await;
+    });
+    let served = tokio::spawn(host.serve(listener, None, &[]));
+    stop_it.send(()).expect("the task is waiting");
+    let outcome = tokio::time::timeout(WAIT, served)
+        .await
+        .expect("the service stops by itself")
+        .expect("serve does not panic");
+    assert!(
+        shutdown.is_cancelled(),
+        "the process's shutdown was cancelled"
+    );
+    match outcome {
+        Err(ServeError::Task(failed)) => {
+            assert_eq!(failed.task, "doomed worker");
+            assert_eq!(
+                failed.to_string(),
+                "the task `doomed worker` stopped on its own"
+            );
+        }
+        other => panic!("expected the dead task as the error, got {other:?}"),
+    }
+}

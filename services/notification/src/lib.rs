@@ -79,7 +79,8 @@ pub async fn run(
         store.ping().await
     });
     let service = NotificationService::new(store, host.log.clone());
-    host.tasks.spawn(
+    host.supervisor.spawn(
+        "analytics push",
         service
             .clone()
             .push_analytics(config.analytics_interval(), host.shutdown.clone()),

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::identity::Role;
+use chatai_kit::supervisor::Supervisor;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span};
 
 use crate::config::PresenceConfig;
@@ -87,20 +87,16 @@ pub struct PresenceHandle {
 impl PresenceHandle {
     /// Starts the actor in `tasks`; it runs until `shutdown` (or until every
     /// handle is gone) and delivers its events through `log`.
-    pub fn spawn(
-        config: &PresenceConfig,
-        log: Arc<dyn EventLog>,
-        tasks: &TaskTracker,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn spawn(config: &PresenceConfig, log: Arc<dyn EventLog>, supervisor: &Supervisor) -> Self {
         let (commands, inbox) = mpsc::channel(COMMAND_CAPACITY);
         let actor = Actor {
             state: PresenceState::new(config.grace_period(), config.max_handoffs),
             inbox,
             log,
-            shutdown,
+            shutdown: supervisor.shutdown().clone(),
         };
-        tasks.spawn(
+        supervisor.spawn(
+            "presence actor",
             actor
                 .run()
                 .instrument(tracing::info_span!("presence_actor")),
@@ -378,25 +374,22 @@ mod tests {
     struct Fixture {
         handle: PresenceHandle,
         live: broadcast::Receiver<Delivery>,
-        tasks: TaskTracker,
-        shutdown: CancellationToken,
+        supervisor: Supervisor,
     }
 
     fn start(grace: Duration) -> Fixture {
         let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(&EventLogConfig::default()));
         let live = log.live();
-        let tasks = TaskTracker::new();
-        let shutdown = CancellationToken::new();
+        let supervisor = Supervisor::new(CancellationToken::new());
         let config = PresenceConfig {
             grace_period_secs: grace.as_secs(),
             max_handoffs: MAX,
         };
-        let handle = PresenceHandle::spawn(&config, log, &tasks, shutdown.clone());
+        let handle = PresenceHandle::spawn(&config, log, &supervisor);
         Fixture {
             handle,
             live,
-            tasks,
-            shutdown,
+            supervisor,
         }
     }
 
@@ -451,9 +444,11 @@ mod tests {
         }
 
         async fn stop(self) {
-            self.shutdown.cancel();
-            self.tasks.close();
-            self.tasks.wait().await;
+            self.supervisor.shutdown().cancel();
+            self.supervisor
+                .wait()
+                .await
+                .expect("the actor ran until shutdown");
         }
     }
 

@@ -60,12 +60,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     config.validate()?;
     let mut host = ServiceHost::start(&common, "presence", shutdown).await?;
-    let presence = actor::PresenceHandle::spawn(
-        &config,
-        host.log.clone(),
-        &host.tasks,
-        host.shutdown.clone(),
-    );
+    let presence = actor::PresenceHandle::spawn(&config, host.log.clone(), &host.supervisor);
     // The actor only stops at shutdown; should it ever die, say so through
     // health checking instead of answering UNAVAILABLE in silence.
     let watched = presence.clone();

@@ -207,19 +207,15 @@ mod tests {
 
     use chatai_kit::config::EventLogConfig;
     use chatai_kit::events::memory::MemoryLog;
+    use chatai_kit::supervisor::Supervisor;
     use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
 
     use crate::config::PresenceConfig;
 
     fn service() -> PresenceService {
         let log = Arc::new(MemoryLog::new(&EventLogConfig::default()));
-        let handle = PresenceHandle::spawn(
-            &PresenceConfig::default(),
-            log,
-            &TaskTracker::new(),
-            CancellationToken::new(),
-        );
+        let supervisor = Supervisor::new(CancellationToken::new());
+        let handle = PresenceHandle::spawn(&PresenceConfig::default(), log, &supervisor);
         PresenceService::new(handle)
     }
 

@@ -280,20 +280,20 @@ pub trait EventLog: Send + Sync + 'static {
 }
 
 /// Opens `service`'s event log: Redis when `common.redis_url` is set (its
-/// live relay runs in `tasks` until `shutdown`), memory otherwise.
+/// live relay runs under `supervisor` until shutdown), memory otherwise.
 #[cfg(feature = "server")]
 pub async fn open(
     common: &crate::config::ServiceCommon,
     service: &str,
-    tasks: &tokio_util::task::TaskTracker,
-    shutdown: tokio_util::sync::CancellationToken,
+    supervisor: &crate::supervisor::Supervisor,
 ) -> Result<Arc<dyn EventLog>, EventLogError> {
+    let shutdown = supervisor.shutdown().clone();
     match &common.redis_url {
         Some(url) => {
             let namespace = format!("{}:{service}", common.redis_prefix);
             let (log, relay) =
                 redis::RedisLog::connect(url, &namespace, &common.events, shutdown).await?;
-            tasks.spawn(relay);
+            supervisor.spawn("event relay", relay);
             tracing::info!(service, "event log: Redis");
             Ok(Arc::new(log))
         }

@@ -26,6 +26,9 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot read the listener address: {0}")]
     Io(#[from] std::io::Error),
+    /// A long-lived task of the service stopped before shutdown.
+    #[error(transparent)]
+    Task(#[from] crate::supervisor::TaskFailed),
 }
 
 /// How long a stopping server waits for in-flight calls.
