@@ -1,4 +1,4 @@
-//! Bad input (PROTOCOL.md "Bad input"): each kind of bad frame gets the
+//! Bad input (docs/protocol.md, "Error codes" and "Close codes"): each kind of bad frame gets the
 //! `error` or the close the contract names. In every case another client
 //! connected at the same time keeps working, and the message the offender
 //! had sent (and had acknowledged) before the bad frame stays in the history.

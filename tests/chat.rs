@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 /// The first frame after connecting is `connected` with every field
-/// PROTOCOL.md names, and no `recovered` when the client did not resume.
+/// docs/protocol.md names, and no `recovered` when the client did not resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connected_frame_carries_every_protocol_field() {
     let app = spawn_app(TestOptions::default()).await;

@@ -1,4 +1,4 @@
-//! Delivery and resume (PROTOCOL.md "Delivery and resume"): a client that
+//! Delivery and resume (docs/protocol.md, "Delivery and resume"): a client that
 //! reconnects with the cursor of the last frame it processed gets every later
 //! event, in order, once; one that reconnects without a cursor gets what
 //! arrived while it had no connection; an unusable cursor is reported as

@@ -225,7 +225,7 @@ mod tests {
         assert_eq!(keys().verify(&token).unwrap().name, None);
     }
 
-    /// `sub` is written as a string, as PROTOCOL.md says.
+    /// `sub` is written as a string, as docs/protocol.md says.
     #[test]
     fn minted_sub_is_a_string() {
         let token = keys().mint(456, Role::User, None, HOUR).unwrap();

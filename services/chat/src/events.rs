@@ -1,5 +1,5 @@
 //! The bodies of the events the chat service sends, in the field names of the
-//! original design (PROTOCOL.md). The gateway adds `type`, `timestamp`,
+//! original design (docs/protocol.md, "Frames"). The gateway adds `type`, `timestamp`,
 //! `event_id` and `cursor`.
 
 use serde::Serialize;

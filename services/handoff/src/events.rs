@@ -1,5 +1,5 @@
 //! The bodies of the events the handoff service sends, in the field names of
-//! the original design (PROTOCOL.md), plus `handoff_id`. The gateway adds
+//! the original design (docs/protocol.md, "Frames"), plus `handoff_id`. The gateway adds
 //! `type`, `timestamp`, `event_id` and `cursor`.
 
 use serde::Serialize;

@@ -1,6 +1,7 @@
 //! The queue of dialogs waiting for a human, and their assignment: one actor
 //! task ([`Queue`]) owns every active handoff and the view of operators, and
-//! a cloneable handle ([`HandoffService`]) sends it commands (STYLE 9).
+//! a cloneable handle ([`HandoffService`]) sends it commands over a bounded
+//! channel: one task owns the state, so no lock guards it.
 //!
 //! The actor reacts to four kinds of signal — a call (request, completion,
 //! reply, read), an operator update from presence, a timer (no reply, waited

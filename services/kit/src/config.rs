@@ -1,6 +1,7 @@
 //! Configuration shared by every ChatAI process, read once from the
 //! environment by the binary (through clap) and handed to libraries as typed
-//! values. Variable names and defaults are those of PROTOCOL.md.
+//! values. Variable names and defaults are those of docs/protocol.md
+//! ("Configuration").
 
 use std::net::SocketAddr;
 use std::time::Duration;

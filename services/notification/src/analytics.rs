@@ -25,7 +25,7 @@ pub struct GatewayCounts {
     pub connections: u64,
     pub users: u64,
     pub operators: u64,
-    /// Reported, but no metric of its own (PROTOCOL.md names none).
+    /// Reported, but no metric of its own (docs/protocol.md names none).
     pub admins: u64,
     pub messages_last_minute: u64,
 }

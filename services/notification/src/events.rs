@@ -1,5 +1,5 @@
 //! The bodies of the events this service builds itself, in the field names of
-//! the original design (PROTOCOL.md). The gateway adds `type`, `timestamp`
+//! the original design (docs/protocol.md, "Frames"). The gateway adds `type`, `timestamp`
 //! and `event_id` (and `cursor` to durable ones). `Notify` events carry the
 //! caller's own JSON object instead.
 

@@ -10,7 +10,7 @@ pub const OPERATOR_STATUS_CHANGE: &str = "operator_status_change";
 
 /// `operator_status_change`, to every operator connection (and the handoff
 /// service, which follows it): sent when an operator's effective status,
-/// chosen status, online flag or load changed. PROTOCOL.md's fields
+/// chosen status, online flag or load changed. docs/protocol.md's fields
 /// (`operator_id`, `status`) first; the rest lets a follower keep the whole
 /// picture without asking.
 #[derive(Debug, Serialize)]
