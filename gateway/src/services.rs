@@ -278,7 +278,7 @@ mod tests {
     fn errors_map_to_stable_codes() {
         let own = chatai_kit::status::with_code(
             Code::NotFound,
-            "dialog_not_found",
+            chatai_kit::error_code::ErrorCode::DialogNotFound,
             "dialog 9 does not exist",
         );
         assert_eq!(
