@@ -11,6 +11,7 @@ use std::sync::Arc;
 use chatai_gateway::cursor::Cursor;
 use chatai_gateway::frames::inbound;
 use chatai_gateway::frames::outbound::PreparedEvent;
+use chatai_gateway::service_id::ServiceId;
 use chatai_kit::events::{Delivery, Event, Recipient};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -37,13 +38,14 @@ fn delivery(position: u64) -> Delivery {
 
 fn prepared_events(c: &mut Criterion) {
     let durable = delivery((0x1234_5678_u64 << 32) | 42);
-    let prepared = PreparedEvent::prepare(0, &durable).expect("the body is an object");
+    let prepared =
+        PreparedEvent::prepare(ServiceId::Chat, &durable).expect("the body is an object");
     let cursor = Cursor([(0x1234_5678_u64 << 32) | 42, 7, 0, 3]).encode();
 
     let mut group = c.benchmark_group("outbound");
     group.throughput(Throughput::Elements(1));
     group.bench_function("prepare ai_response", |b| {
-        b.iter(|| PreparedEvent::prepare(0, black_box(&durable)))
+        b.iter(|| PreparedEvent::prepare(ServiceId::Chat, black_box(&durable)))
     });
     group.bench_function("render without cursor", |b| {
         b.iter(|| black_box(&prepared).render(None))
@@ -56,7 +58,7 @@ fn prepared_events(c: &mut Criterion) {
     group.bench_function("encode cursor + render with it", |b| {
         let mut position = Cursor([(0x1234_5678_u64 << 32) | 42, 7, 0, 3]);
         b.iter(|| {
-            position.set(0, position.get(0) + 1);
+            position.set(ServiceId::Chat, position.get(ServiceId::Chat) + 1);
             let cursor = position.encode();
             black_box(&prepared).render(Some(&cursor))
         })
@@ -64,7 +66,7 @@ fn prepared_events(c: &mut Criterion) {
     group.bench_function("prepare + render (live event, once per fan-out)", |b| {
         let live = delivery(0);
         b.iter(|| {
-            PreparedEvent::prepare(0, black_box(&live))
+            PreparedEvent::prepare(ServiceId::Chat, black_box(&live))
                 .map(|p| p.render(None))
                 .ok()
         })

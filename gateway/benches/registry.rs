@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatai_gateway::registry::{Conn, Outbound, Registry};
+use chatai_gateway::service_id::ServiceId;
 use chatai_kit::events::{Delivery, Event, Recipient};
 use chatai_kit::identity::Role;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -92,7 +93,7 @@ fn timed_dispatches(
         let mut sent = 0;
         let start = Instant::now();
         for _ in 0..batch {
-            sent += registry.dispatch(0, black_box(delivery));
+            sent += registry.dispatch(ServiceId::Chat, black_box(delivery));
         }
         elapsed += start.elapsed();
         let expected = batch as usize * receivers;

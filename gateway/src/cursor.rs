@@ -19,16 +19,10 @@ use std::str::FromStr;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::service_id::ServiceId;
+
 /// How many services a cursor covers.
-pub const SERVICE_COUNT: usize = 4;
-/// Index of the chat service's position.
-pub const CHAT: usize = 0;
-/// Index of the handoff service's position.
-pub const HANDOFF: usize = 1;
-/// Index of the presence service's position.
-pub const PRESENCE: usize = 2;
-/// Index of the notification service's position.
-pub const NOTIFICATION: usize = 3;
+const SERVICE_COUNT: usize = ServiceId::COUNT;
 
 /// The format version written in the first byte.
 const VERSION: u8 = 1;
@@ -38,8 +32,7 @@ const MAX_TEXT_LEN: usize = 64;
 /// Longest LEB128 encoding of a `u64`.
 const MAX_VARINT_LEN: usize = 10;
 
-/// Positions delivered from each service, indexed by [`CHAT`], [`HANDOFF`],
-/// [`PRESENCE`], [`NOTIFICATION`].
+/// Positions delivered from each service, in [`ServiceId::index`] order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cursor(pub [u64; SERVICE_COUNT]);
 
@@ -109,19 +102,13 @@ impl Cursor {
     }
 
     /// The position delivered from `service`.
-    ///
-    /// # Panics
-    /// If `service >= SERVICE_COUNT` (a bug in the caller, not bad input).
-    pub fn get(&self, service: usize) -> u64 {
-        self.0[service]
+    pub fn get(&self, service: ServiceId) -> u64 {
+        self.0[service.index()]
     }
 
     /// Records `position` as delivered from `service`.
-    ///
-    /// # Panics
-    /// If `service >= SERVICE_COUNT` (a bug in the caller, not bad input).
-    pub fn set(&mut self, service: usize, position: u64) {
-        self.0[service] = position;
+    pub fn set(&mut self, service: ServiceId, position: u64) {
+        self.0[service.index()] = position;
     }
 }
 
@@ -218,12 +205,12 @@ mod tests {
     #[test]
     fn get_and_set() {
         let mut cursor = Cursor::default();
-        cursor.set(HANDOFF, 9);
-        cursor.set(NOTIFICATION, u64::MAX);
+        cursor.set(ServiceId::Handoff, 9);
+        cursor.set(ServiceId::Notification, u64::MAX);
         assert_eq!(cursor, Cursor([0, 9, 0, u64::MAX]));
-        assert_eq!(cursor.get(HANDOFF), 9);
-        assert_eq!(cursor.get(CHAT), 0);
-        assert_eq!(cursor.get(PRESENCE), 0);
+        assert_eq!(cursor.get(ServiceId::Handoff), 9);
+        assert_eq!(cursor.get(ServiceId::Chat), 0);
+        assert_eq!(cursor.get(ServiceId::Presence), 0);
     }
 
     /// Text that is not base64url without padding is refused.

@@ -22,12 +22,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 
-use crate::Gateway;
 use crate::auth::{self, Claims};
 use crate::close::CloseReason;
 use crate::connection::{self, Session};
 use crate::cursor::Cursor;
 use crate::frames::outbound::now_rfc3339;
+use crate::gateway::Gateway;
 
 /// The routes, one line each.
 pub fn router(gateway: Arc<Gateway>) -> Router {
@@ -128,7 +128,7 @@ fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = WebSocketConfig::default()
         .read_buffer_size(1024)
-        // Frames of a batch (`connection.rs`) gather up to 4 KiB before a
+        // Frames of a batch (`connection/mod.rs`) gather up to 4 KiB before a
         // write; every batch ends with a flush, so nothing waits.
         .write_buffer_size(4 * 1024)
         .max_message_size(Some(gateway.config.max_frame_bytes))
@@ -193,7 +193,7 @@ async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
         let problem = u
             .problem(timeout)
             .await
-            .map(|problem| format!("{} service {problem}", u.name));
+            .map(|problem| format!("{} service {problem}", u.service.name()));
         let retained = match problem {
             None => u.retained_events(timeout).await,
             Some(_) => None,

@@ -4,14 +4,24 @@
 //!
 //! Layout:
 //! - [`config`] — [`GatewayConfig`], read from the environment by the binary.
+//! - [`gateway`] — [`Gateway`], what every connection and route shares,
+//!   and how it is put together.
 //! - [`http`] — routes: the WebSocket endpoints, health, metrics.
 //! - [`auth`] — client tokens: verifying, minting, finding them in a request.
-//! - [`connection`] — one client connection's task, from `connected` to close.
+//! - [`connection`] — one client connection's task, from `connected` to
+//!   close: the socket loop (`connection/mod.rs`), catching up from the
+//!   services' logs (`connection/catch_up.rs`) and the client's requests
+//!   (`connection/requests.rs`).
 //! - [`registry`] — every open connection, by recipient; event fan-out.
 //! - [`reporting`] — connection events and counts for the notification
 //!   service's analytics.
 //! - [`upstream`] — the `EventStream` actors, one per service, and replay.
-//! - [`services`] — calls into the services' APIs and their error mapping.
+//! - [`services`] — calls into the services' APIs and the one mapping of
+//!   their errors to `error` frames.
+//! - [`wire`] — the one place gRPC messages turn into the gateway's own
+//!   types and back.
+//! - [`service_id`] — [`ServiceId`](service_id::ServiceId), the services by
+//!   name.
 //! - [`frames`] — client frames in, server frames out.
 //! - [`cursor`] — the opaque resume cursor; [`close`] — close codes.
 
@@ -21,78 +31,26 @@ pub mod config;
 pub mod connection;
 pub mod cursor;
 pub mod frames;
+pub mod gateway;
 pub mod http;
 pub mod registry;
 pub mod reporting;
+pub mod service_id;
 pub mod services;
 pub mod upstream;
-
-use std::sync::{Arc, OnceLock};
+pub mod wire;
 
 use axum::serve::ListenerExt;
 use chatai_kit::config::{InternalAuth, ServiceAddrs};
-use chatai_kit::grpc::TokenInterceptor;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::codegen::InterceptedService;
 
 pub use config::GatewayConfig;
+pub use gateway::GatewayError;
 
-use crate::auth::TokenKeys;
 use crate::close::CloseReason;
-use crate::registry::Registry;
-use crate::reporting::Reporter;
-use crate::services::Services;
-use crate::upstream::{ServiceChannel, Upstream};
-
-/// Why the gateway could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    #[error("bad service address: {0}")]
-    Channel(#[from] tonic::transport::Error),
-    #[error("HTTP server: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("expected one channel per service")]
-    Channels,
-}
-
-/// What every connection shares.
-pub struct Gateway {
-    pub config: GatewayConfig,
-    pub keys: TokenKeys,
-    pub registry: Arc<Registry>,
-    /// One per service, in cursor order (see [`upstream::SERVICE_NAMES`]).
-    pub upstreams: Vec<Upstream>,
-    pub services: Services,
-    /// Parent of every connection's stop token.
-    pub connections_stop: CancellationToken,
-    /// Owns every connection task.
-    pub tasks: TaskTracker,
-    pub metrics: PrometheusHandle,
-    pub reporter: Reporter,
-    /// When this gateway started.
-    pub started: std::time::Instant,
-}
-
-/// The process-wide Prometheus recorder (installed once, shared by every
-/// gateway in the process — tests run several).
-fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!(
-                    "a metrics recorder was already installed; /metrics shows only this one's"
-                );
-            }
-            handle
-        })
-        .clone()
-}
+use crate::gateway::{Background, Gateway};
 
 /// Runs the gateway on `listener` until `shutdown`; then stops accepting,
 /// closes every connection with 1001 (clients resume elsewhere with their
@@ -113,59 +71,12 @@ pub async fn run(
         .gateway_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned());
-    let registry = Arc::new(Registry::new(gateway_id.clone()));
-    let interceptor = TokenInterceptor::new(&auth);
-    let streams_stop = CancellationToken::new();
-    let stream_tasks = TaskTracker::new();
-    let mut upstreams = Vec::new();
-    let mut channels = Vec::new();
-    for (index, addr) in [
-        addrs.chat,
-        addrs.handoff,
-        addrs.presence,
-        addrs.notification,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let channel = addr.channel()?;
-        channels.push(InterceptedService::new(
-            channel.clone(),
-            interceptor.clone(),
-        ));
-        let (handle, actor) = Upstream::start(
-            index,
-            InterceptedService::new(channel, interceptor.clone()),
-            registry.clone(),
-            streams_stop.clone(),
-        );
-        stream_tasks.spawn(actor);
-        upstreams.push(handle);
-    }
-    // One channel per service, in cursor order, shared by its event stream
-    // and its API clients.
-    let [chat, handoff, presence, notification]: [ServiceChannel; 4] =
-        channels.try_into().map_err(|_| GatewayError::Channels)?;
-    let (reporter, reporting) = Reporter::start(
-        notification,
-        presence.clone(),
-        registry.clone(),
-        streams_stop.clone(),
-    );
-    stream_tasks.spawn(reporting);
-    let services = Services::new(chat, handoff, presence, config.request_timeout());
-    let gateway = Arc::new(Gateway {
-        keys: TokenKeys::new(config.jwt_secret().as_bytes()),
-        config,
-        registry: registry.clone(),
-        upstreams,
-        services,
-        connections_stop: CancellationToken::new(),
+    let background = Background {
+        stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
-        metrics: metrics_handle(),
-        reporter,
-        started: std::time::Instant::now(),
-    });
+    };
+    let gateway = Gateway::start(config, gateway_id.clone(), addrs, &auth, &background)?;
+    let registry = gateway.registry.clone();
     let addr = listener.local_addr()?;
     tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
 
@@ -186,9 +97,9 @@ pub async fn run(
     gateway.connections_stop.cancel();
     gateway.tasks.close();
     gateway.tasks.wait().await;
-    streams_stop.cancel();
-    stream_tasks.close();
-    stream_tasks.wait().await;
+    background.stop.cancel();
+    background.tasks.close();
+    background.tasks.wait().await;
     tracing::info!("gateway stopped");
     Ok(served?)
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::close::CloseReason;
 use crate::frames::outbound::PreparedEvent;
+use crate::service_id::ServiceId;
 
 /// A connection's number on this gateway.
 pub type ConnId = u64;
@@ -30,8 +31,8 @@ pub enum Outbound {
     Event(Arc<PreparedEvent>),
     /// A ready frame (events that are not durable), shared by all receivers.
     Frame(Utf8Bytes),
-    /// The stream to service `n` was re-established: catch up from its log.
-    Resync(usize),
+    /// The stream to this service was re-established: catch up from its log.
+    Resync(ServiceId),
 }
 
 /// The shared half of a connection: how others reach and stop it.
@@ -114,6 +115,16 @@ impl Conn {
     pub fn queued(&self) -> usize {
         self.tx.len()
     }
+}
+
+/// An operator's connection, as the presence service is told of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorConnection {
+    pub operator_id: i64,
+    /// The connection's name (`{gateway}:{n}`).
+    pub connection_id: String,
+    /// The operator's display name from their token, if any.
+    pub name: Option<Arc<str>>,
 }
 
 /// Counts of what a gateway holds.
@@ -253,13 +264,17 @@ impl Registry {
         snapshot
     }
 
-    /// Every operator connection: (operator id, connection name, display name).
-    pub fn operator_connections(&self) -> Vec<(i64, String, Option<Arc<str>>)> {
+    /// Every operator connection.
+    pub fn operator_connections(&self) -> Vec<OperatorConnection> {
         let mut connections = Vec::new();
         for entry in self.members.iter() {
             if let Recipient::Operator(id) = entry.key() {
                 for conn in entry.value() {
-                    connections.push((*id, self.connection_name(conn.id), conn.name.clone()));
+                    connections.push(OperatorConnection {
+                        operator_id: *id,
+                        connection_id: self.connection_name(conn.id),
+                        name: conn.name.clone(),
+                    });
                 }
             }
         }
@@ -279,7 +294,7 @@ impl Registry {
     }
 
     /// Tells the connections of `recipient` to catch up with `service`.
-    pub fn resync(&self, service: usize, recipient: &Recipient) {
+    pub fn resync(&self, service: ServiceId, recipient: &Recipient) {
         if let Some(list) = self.members.get(recipient) {
             for conn in list.iter() {
                 conn.push(Outbound::Resync(service));
@@ -289,7 +304,7 @@ impl Registry {
 
     /// Hands a delivery from `service` to every connection it is for.
     /// Returns how many connections it was queued for.
-    pub fn dispatch(&self, service: usize, delivery: &Delivery) -> usize {
+    pub fn dispatch(&self, service: ServiceId, delivery: &Delivery) -> usize {
         let prepared = match PreparedEvent::prepare(service, delivery) {
             Ok(prepared) => prepared,
             Err(err) => {
@@ -416,7 +431,7 @@ mod tests {
         registry.join(room.clone(), &a);
         registry.join(room.clone(), &b);
         let sent = registry.dispatch(
-            0,
+            ServiceId::Chat,
             &delivery(room.clone(), 0, Some(registry.connection_name(a.id))),
         );
         assert_eq!(sent, 1);
@@ -436,8 +451,8 @@ mod tests {
         let (fast, rx_fast) = conn(&registry, Recipient::User(1), 8);
         registry.register(slow.clone(), 5);
         registry.register(fast.clone(), 5);
-        registry.dispatch(0, &delivery(Recipient::User(1), 1, None));
-        registry.dispatch(0, &delivery(Recipient::User(1), 2, None));
+        registry.dispatch(ServiceId::Chat, &delivery(Recipient::User(1), 1, None));
+        registry.dispatch(ServiceId::Chat, &delivery(Recipient::User(1), 2, None));
         assert_eq!(slow.stop_reason(), CloseReason::TooSlow);
         assert!(!fast.stop.is_cancelled());
         assert!(matches!(rx_fast.try_recv(), Ok(Outbound::Event(_))));

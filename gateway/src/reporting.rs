@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chatai_kit::identity::service_request;
+use chatai_kit::identity::{Role, service_request};
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::notification_client::NotificationClient;
 use chatai_proto::v1::presence_client::PresenceClient;
@@ -92,6 +92,32 @@ impl MinuteCounter {
     }
 }
 
+/// A connection opened or closed, for the notification service's analytics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionEvent {
+    /// The connection's name (`{gateway}:{n}`).
+    pub connection_id: String,
+    pub gateway_id: String,
+    pub role: Role,
+    /// The user or operator it was for.
+    pub principal_id: i64,
+    pub kind: ConnectionEventKind,
+    /// When, in ms since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// Whether a [`ConnectionEvent`] is an opening or a close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionEventKind {
+    Connect,
+    Disconnect {
+        /// How long the connection lived.
+        duration_ms: i64,
+        /// The close code it was closed with; 0 when the socket was gone.
+        close_code: u32,
+    },
+}
+
 /// The connections' side of reporting.
 #[derive(Debug, Clone)]
 pub struct Reporter {
@@ -101,8 +127,8 @@ pub struct Reporter {
 
 impl Reporter {
     /// Queues a connection event; drops it when the queue is full.
-    pub fn connection_event(&self, event: pb::ConnectionEvent) {
-        if self.events.try_send(event).is_err() {
+    pub fn connection_event(&self, event: ConnectionEvent) {
+        if self.events.try_send(event.into()).is_err() {
             metrics::counter!("chatai_gateway_connection_events_dropped_total").increment(1);
         }
     }
@@ -179,12 +205,8 @@ async fn run(
                     gateway_id: registry.gateway_id().to_owned(),
                     connections: registry
                         .operator_connections()
-                        .into_iter()
-                        .map(|(operator_id, connection_id, name)| pb::OperatorConnection {
-                            operator_id,
-                            connection_id,
-                            name: name.map(|n| n.to_string()).unwrap_or_default(),
-                        })
+                        .iter()
+                        .map(pb::OperatorConnection::from)
                         .collect(),
                     ttl_seconds: REPORT_TTL_SECONDS,
                 };

@@ -1,10 +1,16 @@
 //! The gateway's calls into the services' own APIs: caller identity and trace
 //! context in metadata, a deadline on every call, retries where they are
-//! safe, and the one mapping from a failed call to an `error` frame.
+//! safe, and the one mapping from a failed call to an `error` frame
+//! ([`CallError::client_error`]).
+//!
+//! Callers give and get the gateway's own types (below, and the frames'
+//! [`OperatorStatus`] and [`Priority`]); the gRPC messages are built and read
+//! here, through the conversions in `wire.rs`.
 
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use chatai_kit::error_code::ErrorCode;
 use chatai_kit::identity::Caller;
 use chatai_kit::status::error_code;
 use chatai_proto::v1 as pb;
@@ -13,7 +19,90 @@ use chatai_proto::v1::handoff_client::HandoffClient;
 use chatai_proto::v1::presence_client::PresenceClient;
 use tonic::{Code, Status};
 
+use crate::frames::inbound::{OperatorStatus, Priority};
+use crate::registry::OperatorConnection;
 use crate::upstream::ServiceChannel;
+
+/// A call to a service that failed: what the service said, for the log,
+/// and through [`client_error`](Self::client_error) what the client is told.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct CallError(#[from] Status);
+
+impl CallError {
+    /// The `code` and `message` of the `error` frame for this failure. A code
+    /// set by a service is passed on with its message (written for people);
+    /// anything else gets a generic code and message, and the detail is
+    /// logged.
+    pub fn client_error(&self) -> (ErrorCode, String) {
+        let status = &self.0;
+        if let Some(code) = error_code(status).and_then(|code| code.parse().ok()) {
+            return (code, status.message().to_owned());
+        }
+        let (code, message) = match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => (
+                ErrorCode::ServiceUnavailable,
+                "The service is unavailable; try again",
+            ),
+            Code::PermissionDenied => (ErrorCode::Forbidden, "You may not do that"),
+            Code::Unauthenticated => (ErrorCode::Unauthorized, "Not authenticated"),
+            Code::NotFound => (ErrorCode::NotFound, "Not found"),
+            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+                (ErrorCode::InvalidRequest, "The request was refused")
+            }
+            Code::ResourceExhausted => (ErrorCode::RateLimited, "Too many requests; slow down"),
+            _ => (ErrorCode::InternalError, "Something went wrong on our side"),
+        };
+        tracing::warn!(grpc_code = ?status.code(), cause = %status.message(), "service call failed");
+        (code, message.to_owned())
+    }
+}
+
+/// A message the chat service stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentMessage {
+    pub dialog_id: i64,
+    pub message_id: i64,
+}
+
+/// A requested handoff: queued (with a position and a wait), or already
+/// with an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandoffTicket {
+    pub handoff_id: i64,
+    /// 1-based position in the queue while queued, else 0.
+    pub position: u32,
+    pub estimated_wait_seconds: u32,
+    /// 0 while queued.
+    pub operator_id: i64,
+}
+
+/// A handoff its operator ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletedHandoff {
+    pub duration_seconds: u32,
+}
+
+/// An operator's effective status, the one everyone sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EffectiveStatus {
+    Available,
+    Busy,
+    Away,
+    Offline,
+}
+
+impl EffectiveStatus {
+    /// The status as clients read it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EffectiveStatus::Available => "available",
+            EffectiveStatus::Busy => "busy",
+            EffectiveStatus::Away => "away",
+            EffectiveStatus::Offline => "offline",
+        }
+    }
+}
 
 /// Clients of the services' APIs.
 #[derive(Clone)]
@@ -49,12 +138,10 @@ impl Services {
     async fn deadline<T>(
         &self,
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
-    ) -> Result<T, Status> {
+    ) -> Result<T, CallError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(response) => Ok(response?.into_inner()),
-            Err(_) => Err(Status::deadline_exceeded(
-                "the service did not answer in time",
-            )),
+            Err(_) => Err(Status::deadline_exceeded("the service did not answer in time").into()),
         }
     }
 
@@ -73,7 +160,7 @@ impl Services {
         dialog_id: Option<i64>,
         text: String,
         handoff_position: u64,
-    ) -> Result<pb::SendMessageResponse, Status> {
+    ) -> Result<SentMessage, CallError> {
         let idempotency_key = match frame_id {
             Some(id) => frame_key(id, dialog_id, &text),
             None => uuid::Uuid::now_v7().to_string(),
@@ -89,8 +176,9 @@ impl Services {
             self.deadline(self.chat.clone().send_message(request)).await
         })
         .retry(retry_policy())
-        .when(|status: &Status| status.code() == Code::Unavailable)
+        .when(|CallError(status)| status.code() == Code::Unavailable)
         .await
+        .map(SentMessage::from)
     }
 
     /// Asks for a human operator for the caller's dialog (through the chat
@@ -100,41 +188,41 @@ impl Services {
         caller: &Caller,
         dialog_id: i64,
         reason: String,
-        priority: pb::Priority,
-    ) -> Result<pb::HandoffRecord, Status> {
+        priority: Priority,
+    ) -> Result<HandoffTicket, CallError> {
         let message = pb::RequestHandoffForDialogRequest {
             dialog_id,
             reason,
-            priority: priority as i32,
+            priority: pb::Priority::from(priority) as i32,
         };
         let request = self.request(caller, message);
         self.deadline(self.chat.clone().request_handoff(request))
             .await
+            .map(HandoffTicket::from)
     }
 
     /// Whether the caller may see the dialog (for `dialog:{id}` rooms).
-    pub async fn check_access(
-        &self,
-        caller: &Caller,
-        dialog_id: i64,
-    ) -> Result<pb::CheckAccessResponse, Status> {
+    pub async fn check_access(&self, caller: &Caller, dialog_id: i64) -> Result<(), CallError> {
         let request = self.request(caller, pb::CheckAccessRequest { dialog_id });
-        self.deadline(self.chat.clone().check_access(request)).await
+        self.deadline(self.chat.clone().check_access(request))
+            .await
+            .map(|_| ())
     }
 
-    /// An operator's chosen status.
+    /// An operator's chosen status; returns their effective status.
     pub async fn set_status(
         &self,
         caller: &Caller,
-        status: pb::OperatorStatus,
-    ) -> Result<pb::OperatorInfo, Status> {
+        status: OperatorStatus,
+    ) -> Result<EffectiveStatus, CallError> {
         let message = pb::SetStatusRequest {
             operator_id: caller.id,
-            status: status as i32,
+            status: pb::OperatorStatus::from(status) as i32,
         };
         let request = self.request(caller, message);
         self.deadline(self.presence.clone().set_status(request))
             .await
+            .map(|info| EffectiveStatus::from(&info))
     }
 
     /// The holding operator ends a handoff.
@@ -143,7 +231,7 @@ impl Services {
         caller: &Caller,
         dialog_id: i64,
         resolution: String,
-    ) -> Result<pb::CompleteHandoffResponse, Status> {
+    ) -> Result<CompletedHandoff, CallError> {
         let request = self.request(
             caller,
             pb::CompleteHandoffRequest {
@@ -153,17 +241,18 @@ impl Services {
         );
         self.deadline(self.handoff.clone().complete_handoff(request))
             .await
+            .map(CompletedHandoff::from)
     }
 
     /// Tells the presence service an operator connection opened.
     pub async fn operator_connected(
         &self,
         gateway_id: &str,
-        connection: pb::OperatorConnection,
-    ) -> Result<(), Status> {
+        connection: &OperatorConnection,
+    ) -> Result<(), CallError> {
         let message = pb::ConnectionOpenedRequest {
             gateway_id: gateway_id.to_owned(),
-            connection: Some(connection),
+            connection: Some(connection.into()),
         };
         let request = self.request(&Caller::service(), message);
         self.deadline(self.presence.clone().connection_opened(request))
@@ -177,7 +266,7 @@ impl Services {
         gateway_id: &str,
         operator_id: i64,
         connection_id: &str,
-    ) -> Result<(), Status> {
+    ) -> Result<(), CallError> {
         let message = pb::ConnectionClosedRequest {
             gateway_id: gateway_id.to_owned(),
             operator_id,
@@ -196,7 +285,7 @@ impl Services {
         dialog_id: i64,
         is_typing: bool,
         handoff_position: u64,
-    ) -> Result<(), Status> {
+    ) -> Result<(), CallError> {
         let request = self.request(
             caller,
             pb::TypingRequest {
@@ -243,34 +332,13 @@ fn retry_policy() -> ExponentialBuilder {
         .with_jitter()
 }
 
-/// The `code` and `message` of the `error` frame for a failed call. Codes
-/// set by a service are passed on with its message (written for people);
-/// anything else gets a generic code and message, and the detail is logged.
-pub fn error_for(status: &Status) -> (String, String) {
-    if let Some(code) = error_code(status) {
-        return (code.to_owned(), status.message().to_owned());
-    }
-    let (code, message) = match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => (
-            "service_unavailable",
-            "The service is unavailable; try again",
-        ),
-        Code::PermissionDenied => ("forbidden", "You may not do that"),
-        Code::Unauthenticated => ("unauthorized", "Not authenticated"),
-        Code::NotFound => ("not_found", "Not found"),
-        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-            ("invalid_request", "The request was refused")
-        }
-        Code::ResourceExhausted => ("rate_limited", "Too many requests; slow down"),
-        _ => ("internal_error", "Something went wrong on our side"),
-    };
-    tracing::warn!(grpc_code = ?status.code(), cause = %status.message(), "service call failed");
-    (code.to_owned(), message.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client_error(status: Status) -> (ErrorCode, String) {
+        CallError(status).client_error()
+    }
 
     /// A service's own code reaches the client; otherwise the gRPC code
     /// decides, and internal detail is not shown.
@@ -278,20 +346,21 @@ mod tests {
     fn errors_map_to_stable_codes() {
         let own = chatai_kit::status::with_code(
             Code::NotFound,
-            "dialog_not_found",
+            ErrorCode::DialogNotFound,
             "dialog 9 does not exist",
         );
         assert_eq!(
-            error_for(&own),
-            ("dialog_not_found".into(), "dialog 9 does not exist".into())
+            client_error(own),
+            (ErrorCode::DialogNotFound, "dialog 9 does not exist".into())
         );
-        let (code, message) = error_for(&Status::internal("db password wrong"));
-        assert_eq!(code, "internal_error");
+        let (code, message) = client_error(Status::internal("db password wrong"));
+        assert_eq!(code, ErrorCode::InternalError);
         assert!(!message.contains("password"));
         assert_eq!(
-            error_for(&Status::unavailable("x")).0,
-            "service_unavailable"
+            client_error(Status::unavailable("x")).0,
+            ErrorCode::ServiceUnavailable
         );
+        assert_eq!(client_error(Status::not_found("x")).0, ErrorCode::NotFound);
     }
 
     /// The same frame gets the same key; another text, dialog or id does not.

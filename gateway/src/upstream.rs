@@ -11,6 +11,9 @@
 //! drops, the actor reconnects with backoff, re-subscribes every recipient it
 //! holds, and tells their connections to catch up from the log — clients keep
 //! their WebSockets and lose nothing durable.
+//!
+//! Connections give and get the gateway's own types ([`ReplayFrom`],
+//! [`ReplayPage`]); the gRPC messages stay in here and `wire.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -33,9 +36,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::registry::Registry;
-
-/// The services, in cursor order.
-pub const SERVICE_NAMES: [&str; 4] = ["chat", "handoff", "presence", "notification"];
+use crate::service_id::ServiceId;
+use crate::services::CallError;
 
 /// Commands buffered for one actor.
 const COMMAND_BUFFER: usize = 4096;
@@ -56,11 +58,35 @@ enum Command {
     },
 }
 
+/// Where a replay starts in a recipient's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// After this position (one the connection delivered).
+    After(u64),
+    /// After the last position the service remembers the recipient saw
+    /// (for a connection that knows no position of its own).
+    LastSeen,
+}
+
+/// A page of a recipient's durable log.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayPage {
+    /// In log order (malformed ones left out).
+    pub deliveries: Vec<Delivery>,
+    /// False when events after the requested position are gone (trimmed).
+    pub complete: bool,
+    /// The last position read; the next page starts after it.
+    pub next_after: u64,
+    /// More events follow: ask again from `next_after`.
+    pub more: bool,
+    /// The position this page started after (resolves [`ReplayFrom::LastSeen`]).
+    pub start_after: u64,
+}
+
 /// Handle to one service's event stream.
 #[derive(Clone)]
 pub struct Upstream {
-    pub index: usize,
-    pub name: &'static str,
+    pub service: ServiceId,
     client: EventStreamClient<ServiceChannel>,
     health: HealthClient<ServiceChannel>,
     commands: mpsc::Sender<Command>,
@@ -68,11 +94,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Starts the actor for service `index` on `channel`; it runs until
+    /// Starts the actor for `service` on `channel`; it runs until
     /// `shutdown`. Returns the handle and the actor's future (for the
     /// caller's task tracker).
     pub fn start(
-        index: usize,
+        service: ServiceId,
         channel: ServiceChannel,
         registry: Arc<Registry>,
         shutdown: CancellationToken,
@@ -82,8 +108,7 @@ impl Upstream {
         let health = HealthClient::new(channel.clone());
         let client = EventStreamClient::new(channel);
         let actor = Actor {
-            index,
-            name: SERVICE_NAMES[index],
+            service,
             client: client.clone(),
             registry,
             commands: rx,
@@ -94,8 +119,7 @@ impl Upstream {
             attached: attached.clone(),
         };
         let handle = Upstream {
-            index,
-            name: SERVICE_NAMES[index],
+            service,
             client,
             health,
             commands,
@@ -181,19 +205,19 @@ impl Upstream {
     pub async fn replay(
         &self,
         recipient: &Recipient,
-        from: pb::replay_request::From,
+        from: ReplayFrom,
         timeout: Duration,
-    ) -> Result<pb::ReplayResponse, tonic::Status> {
+    ) -> Result<ReplayPage, CallError> {
         let mut request = tonic::Request::new(pb::ReplayRequest {
             recipient: Some(recipient.into()),
-            from: Some(from),
+            from: Some(from.into()),
             limit: 0,
         });
         request.set_timeout(timeout);
         let mut client = self.client.clone();
         match tokio::time::timeout(timeout, client.replay(request)).await {
-            Ok(response) => Ok(response?.into_inner()),
-            Err(_) => Err(tonic::Status::deadline_exceeded("replay timed out")),
+            Ok(response) => Ok(ReplayPage::from(response?.into_inner())),
+            Err(_) => Err(tonic::Status::deadline_exceeded("replay timed out").into()),
         }
     }
 }
@@ -217,8 +241,7 @@ struct Interest {
 }
 
 struct Actor {
-    index: usize,
-    name: &'static str,
+    service: ServiceId,
     client: EventStreamClient<ServiceChannel>,
     registry: Arc<Registry>,
     commands: mpsc::Receiver<Command>,
@@ -314,13 +337,13 @@ impl Actor {
         let mut inbound = match opened {
             Ok(response) => response.into_inner(),
             Err(status) => {
-                tracing::warn!(service = self.name, cause = %status, "cannot attach to service; retrying");
+                tracing::warn!(service = self.service.name(), cause = %status, "cannot attach to service; retrying");
                 self.mark_down();
                 return None;
             }
         };
         tracing::info!(
-            service = self.name,
+            service = self.service.name(),
             recipients = self.interest.len(),
             "attached to service"
         );
@@ -339,11 +362,11 @@ impl Actor {
                 message = inbound.message() => match message {
                     Ok(Some(message)) => self.on_message(message),
                     Ok(None) => {
-                        tracing::warn!(service = self.name, "service closed the event stream; reconnecting");
+                        tracing::warn!(service = self.service.name(), "service closed the event stream; reconnecting");
                         break Ended::Broken;
                     }
                     Err(status) => {
-                        tracing::warn!(service = self.name, cause = %status, "event stream failed; reconnecting");
+                        tracing::warn!(service = self.service.name(), cause = %status, "event stream failed; reconnecting");
                         break Ended::Broken;
                     }
                 },
@@ -395,7 +418,7 @@ impl Actor {
                         let _ = waiter.send(true);
                     }
                     if resync && recipient.is_durable() {
-                        self.registry.resync(self.index, &recipient);
+                        self.registry.resync(self.service, &recipient);
                     }
                 }
             }
@@ -406,10 +429,10 @@ impl Actor {
     fn on_delivery(&self, delivery: pb::Delivery) {
         match Delivery::try_from(delivery) {
             Ok(delivery) => {
-                let _span = delivery_span(self.name, &delivery);
-                self.registry.dispatch(self.index, &delivery);
+                let _span = delivery_span(self.service.name(), &delivery);
+                self.registry.dispatch(self.service, &delivery);
             }
-            Err(err) => tracing::warn!(service = self.name, cause = %err, "bad delivery"),
+            Err(err) => tracing::warn!(service = self.service.name(), cause = %err, "bad delivery"),
         }
     }
 

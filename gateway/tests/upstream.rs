@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatai_gateway::registry::{Conn, Outbound, Registry};
-use chatai_gateway::upstream::Upstream;
+use chatai_gateway::service_id::ServiceId;
+use chatai_gateway::upstream::{ReplayFrom, Upstream};
 use chatai_kit::config::{InternalAuth, ServiceAddr, ServiceCommon};
 use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::grpc::{ServeError, TokenInterceptor};
 use chatai_kit::host::ServiceHost;
 use chatai_kit::identity::Role;
-use chatai_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -72,7 +72,7 @@ impl Service {
     }
 }
 
-/// The gateway side: a registry and the actor for service 0.
+/// The gateway side: a registry and the actor for the chat service.
 struct Gateway {
     registry: Arc<Registry>,
     upstream: Upstream,
@@ -88,7 +88,8 @@ impl Gateway {
             TokenInterceptor::new(&InternalAuth::default()),
         );
         let shutdown = CancellationToken::new();
-        let (upstream, actor) = Upstream::start(0, channel, registry.clone(), shutdown.clone());
+        let (upstream, actor) =
+            Upstream::start(ServiceId::Chat, channel, registry.clone(), shutdown.clone());
         let actor = tokio::spawn(actor);
         Gateway {
             registry,
@@ -149,18 +150,18 @@ impl Probe {
     async fn next_event(&mut self) -> u64 {
         match self.next().await {
             Outbound::Event(event) => {
-                assert_eq!(event.service, 0);
+                assert_eq!(event.service, ServiceId::Chat);
                 event.position
             }
             other => panic!("expected an event, got {other:?}"),
         }
     }
 
-    /// Waits for `Resync(0)`, skipping nothing else.
+    /// Waits for `Resync(Chat)`, skipping nothing else.
     async fn resync(&mut self) {
         match self.next().await {
-            Outbound::Resync(service) => assert_eq!(service, 0),
-            other => panic!("expected Resync(0), got {other:?}"),
+            Outbound::Resync(service) => assert_eq!(service, ServiceId::Chat),
+            other => panic!("expected Resync(Chat), got {other:?}"),
         }
     }
 
@@ -287,7 +288,7 @@ async fn releasing_the_last_reference_unsubscribes() {
 
     let page = gateway
         .upstream
-        .replay(&alice, pb::replay_request::From::SinceLastSeen(true), WAIT)
+        .replay(&alice, ReplayFrom::LastSeen, WAIT)
         .await
         .expect("replay");
     assert!(page.complete);

@@ -12,30 +12,13 @@
 //! - `id`, when present, is a string of at most 64 characters and comes back
 //!   as `ref` — on errors too, whenever the frame carried a valid one.
 //!
-//! Error codes (stable, snake_case), in the order they are checked:
-//! [`code::INVALID_JSON`], [`code::INVALID_FRAME`], [`code::INVALID_ID`],
-//! [`code::MISSING_TYPE`], [`code::UNKNOWN_TYPE`], [`code::MISSING_FIELD`],
-//! [`code::INVALID_FIELD`].
+//! Error codes, in the order they are checked: [`ErrorCode::InvalidJson`],
+//! [`ErrorCode::InvalidFrame`], [`ErrorCode::InvalidId`],
+//! [`ErrorCode::MissingType`], [`ErrorCode::UnknownType`],
+//! [`ErrorCode::MissingField`], [`ErrorCode::InvalidField`].
 
+use chatai_kit::error_code::ErrorCode;
 use serde_json::{Map, Value};
-
-/// The stable `code`s of the `error` frames this module produces.
-pub mod code {
-    /// The frame is not JSON.
-    pub const INVALID_JSON: &str = "invalid_json";
-    /// The frame is JSON but not an object.
-    pub const INVALID_FRAME: &str = "invalid_frame";
-    /// `id` is not a string or is longer than 64 characters.
-    pub const INVALID_ID: &str = "invalid_id";
-    /// No `type`, or `type` is not a string.
-    pub const MISSING_TYPE: &str = "missing_type";
-    /// A `type` no client may send.
-    pub const UNKNOWN_TYPE: &str = "unknown_type";
-    /// A required field is absent.
-    pub const MISSING_FIELD: &str = "missing_field";
-    /// A field has the wrong JSON type or a value out of range.
-    pub const INVALID_FIELD: &str = "invalid_field";
-}
 
 /// Longest `id` accepted, in characters.
 pub const MAX_ID_CHARS: usize = 64;
@@ -173,20 +156,20 @@ impl OperatorStatus {
 pub struct FrameError {
     /// The frame's `id`, when it had a valid one.
     pub ref_id: Option<String>,
-    /// One of the [`code`] constants.
-    pub code: &'static str,
+    /// One of the codes listed at the top of this module.
+    pub code: ErrorCode,
     /// For people; names the offending field or type.
     pub message: String,
 }
 
 /// A refusal before the `ref` is attached.
 struct Refusal {
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl Refusal {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Refusal {
             code,
             message: message.into(),
@@ -194,12 +177,12 @@ impl Refusal {
     }
 
     fn missing(field: &str) -> Self {
-        Refusal::new(code::MISSING_FIELD, format!("missing field `{field}`"))
+        Refusal::new(ErrorCode::MissingField, format!("missing field `{field}`"))
     }
 
     fn invalid(field: &str, expected: &str) -> Self {
         Refusal::new(
-            code::INVALID_FIELD,
+            ErrorCode::InvalidField,
             format!("field `{field}` must be {expected}"),
         )
     }
@@ -219,14 +202,14 @@ pub fn parse(text: &str) -> Result<Inbound, FrameError> {
     // stack overflow.
     let value: Value = serde_json::from_str(text).map_err(|err| {
         Refusal::new(
-            code::INVALID_JSON,
+            ErrorCode::InvalidJson,
             format!("frame is not valid JSON: {err}"),
         )
         .with_ref(None)
     })?;
     let Value::Object(object) = value else {
         return Err(
-            Refusal::new(code::INVALID_FRAME, "frame must be a JSON object").with_ref(None),
+            Refusal::new(ErrorCode::InvalidFrame, "frame must be a JSON object").with_ref(None),
         );
     };
     let id = frame_id(&object).map_err(|refusal| refusal.with_ref(None))?;
@@ -242,17 +225,17 @@ fn frame_id(object: &Map<String, Value>) -> Result<Option<String>, Refusal> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(id)) if id.chars().count() <= MAX_ID_CHARS => Ok(Some(id.clone())),
         Some(Value::String(_)) => Err(Refusal::new(
-            code::INVALID_ID,
+            ErrorCode::InvalidId,
             format!("`id` must be at most {MAX_ID_CHARS} characters"),
         )),
-        Some(_) => Err(Refusal::new(code::INVALID_ID, "`id` must be a string")),
+        Some(_) => Err(Refusal::new(ErrorCode::InvalidId, "`id` must be a string")),
     }
 }
 
 fn client_frame(fields: &Fields<'_>) -> Result<ClientFrame, Refusal> {
     let Some(Value::String(kind)) = fields.get("type") else {
         return Err(Refusal::new(
-            code::MISSING_TYPE,
+            ErrorCode::MissingType,
             "frame needs a string `type`",
         ));
     };
@@ -302,7 +285,7 @@ fn client_frame(fields: &Fields<'_>) -> Result<ClientFrame, Refusal> {
         other => {
             let quoted: String = other.chars().take(MAX_QUOTED_TYPE_CHARS).collect();
             return Err(Refusal::new(
-                code::UNKNOWN_TYPE,
+                ErrorCode::UnknownType,
                 format!("unknown frame type {quoted:?}"),
             ));
         }
@@ -564,7 +547,11 @@ mod tests {
             "{'type':'heartbeat'}",
         ] {
             let e = err(text);
-            assert_eq!((e.code, e.ref_id), (code::INVALID_JSON, None), "{text:?}");
+            assert_eq!(
+                (e.code, e.ref_id),
+                (ErrorCode::InvalidJson, None),
+                "{text:?}"
+            );
         }
         for text in [
             "[]",
@@ -575,7 +562,11 @@ mod tests {
             "true",
         ] {
             let e = err(text);
-            assert_eq!((e.code, e.ref_id), (code::INVALID_FRAME, None), "{text:?}");
+            assert_eq!(
+                (e.code, e.ref_id),
+                (ErrorCode::InvalidFrame, None),
+                "{text:?}"
+            );
         }
     }
 
@@ -591,7 +582,7 @@ mod tests {
             let e = err_json(value);
             assert_eq!(
                 (e.code, e.ref_id.as_deref()),
-                (code::MISSING_TYPE, Some("r1"))
+                (ErrorCode::MissingType, Some("r1"))
             );
         }
     }
@@ -602,7 +593,7 @@ mod tests {
         let e = err_json(json!({"id": "r2", "type": "dance"}));
         assert_eq!(
             (e.code, e.ref_id.as_deref()),
-            (code::UNKNOWN_TYPE, Some("r2"))
+            (ErrorCode::UnknownType, Some("r2"))
         );
         assert!(e.message.contains("\"dance\""), "{}", e.message);
 
@@ -610,14 +601,14 @@ mod tests {
         for kind in ["ack", "connected", "ai_response", "Heartbeat", ""] {
             assert_eq!(
                 err_json(json!({"type": kind})).code,
-                code::UNKNOWN_TYPE,
+                ErrorCode::UnknownType,
                 "{kind}"
             );
         }
 
         let long = "é".repeat(500);
         let e = err_json(json!({"type": long}));
-        assert_eq!(e.code, code::UNKNOWN_TYPE);
+        assert_eq!(e.code, ErrorCode::UnknownType);
         assert!(e.message.contains(&"é".repeat(64)));
         assert!(!e.message.contains(&"é".repeat(65)));
     }
@@ -642,7 +633,7 @@ mod tests {
             let e = err_json(value.clone());
             assert_eq!(
                 (e.code, e.ref_id.as_deref()),
-                (code::MISSING_FIELD, Some("r3")),
+                (ErrorCode::MissingField, Some("r3")),
                 "{value}"
             );
             assert!(e.message.contains(&format!("`{field}`")), "{}", e.message);
@@ -745,7 +736,7 @@ mod tests {
             let e = err_json(value.clone());
             assert_eq!(
                 (e.code, e.ref_id.as_deref()),
-                (code::INVALID_FIELD, Some("r4")),
+                (ErrorCode::InvalidField, Some("r4")),
                 "{value}"
             );
             assert!(e.message.contains(&format!("`{field}`")), "{}", e.message);
@@ -774,10 +765,10 @@ mod tests {
             json!(["r"]),
         ] {
             let e = err_json(json!({"type": "heartbeat", "id": id}));
-            assert_eq!((e.code, e.ref_id), (code::INVALID_ID, None), "{id}");
+            assert_eq!((e.code, e.ref_id), (ErrorCode::InvalidId, None), "{id}");
         }
         // A bad id is reported even when the rest is bad too.
-        assert_eq!(err_json(json!({"id": 1})).code, code::INVALID_ID);
+        assert_eq!(err_json(json!({"id": 1})).code, ErrorCode::InvalidId);
         // A good id survives any later error.
         let e = err_json(json!({"id": "keep", "type": "typing", "dialog_id": "x"}));
         assert_eq!(e.ref_id.as_deref(), Some("keep"));
@@ -834,6 +825,6 @@ mod tests {
             let _ = parse(input);
         }
         // Deep nesting is refused as not JSON, not overflowed.
-        assert_eq!(err(&"[".repeat(1000)).code, code::INVALID_JSON);
+        assert_eq!(err(&"[".repeat(1000)).code, ErrorCode::InvalidJson);
     }
 }

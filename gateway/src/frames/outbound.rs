@@ -3,10 +3,13 @@
 //! by splicing in its cursor; frames that carry no cursor are rendered once
 //! and shared by every connection they go to.
 
+use chatai_kit::error_code::ErrorCode;
 use chatai_kit::events::Delivery;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+use crate::service_id::ServiceId;
 
 /// Now, as RFC 3339 in UTC.
 pub fn now_rfc3339() -> String {
@@ -33,8 +36,8 @@ fn timestamp_of(ms: i64) -> String {
 /// brace; the cursor, when there is one, goes between them.
 #[derive(Debug)]
 pub struct PreparedEvent {
-    /// Index of the service the event came from.
-    pub service: usize,
+    /// The service the event came from.
+    pub service: ServiceId,
     /// Position in the recipient's log at that service (0 = not durable).
     pub position: u64,
     /// The connection whose request caused the event.
@@ -49,7 +52,7 @@ pub struct PreparedEvent {
 pub struct BadEventBody;
 
 impl PreparedEvent {
-    pub fn prepare(service: usize, delivery: &Delivery) -> Result<Self, BadEventBody> {
+    pub fn prepare(service: ServiceId, delivery: &Delivery) -> Result<Self, BadEventBody> {
         let event = &delivery.event;
         let body = std::str::from_utf8(&event.body)
             .map_err(|_| BadEventBody)?
@@ -144,11 +147,11 @@ pub fn ack(reference: Option<&str>, produced: Value) -> String {
 }
 
 /// `error` with a stable `code` and a message for people.
-pub fn error(reference: Option<&str>, code: &str, message: &str) -> String {
+pub fn error(reference: Option<&str>, code: ErrorCode, message: &str) -> String {
     frame(
         "error",
         reference,
-        fields(json!({ "code": code, "message": message })),
+        fields(json!({ "code": code.as_str(), "message": message })),
     )
 }
 
@@ -184,9 +187,11 @@ mod tests {
     /// the envelope, and the cursor when given.
     #[test]
     fn prepared_event_renders_valid_json() {
-        let prepared =
-            PreparedEvent::prepare(0, &delivery(r#"{"dialog_id":7,"message":"hi \"you\""}"#, 3))
-                .unwrap();
+        let prepared = PreparedEvent::prepare(
+            ServiceId::Chat,
+            &delivery(r#"{"dialog_id":7,"message":"hi \"you\""}"#, 3),
+        )
+        .unwrap();
         let with: Value = serde_json::from_str(&prepared.render(Some("abc"))).unwrap();
         assert_eq!(with["type"], "ai_response");
         assert_eq!(with["event_id"], "e1");
@@ -196,7 +201,7 @@ mod tests {
         assert_eq!(with["timestamp"], "2023-11-14T22:13:20.123Z");
         let without: Value = serde_json::from_str(&prepared.render(None)).unwrap();
         assert!(without.get("cursor").is_none());
-        let empty = PreparedEvent::prepare(0, &delivery("{}", 0)).unwrap();
+        let empty = PreparedEvent::prepare(ServiceId::Chat, &delivery("{}", 0)).unwrap();
         let empty: Value = serde_json::from_str(&empty.render(None)).unwrap();
         assert_eq!(empty["type"], "ai_response");
     }
@@ -204,8 +209,8 @@ mod tests {
     /// A body that is not an object is refused, not spliced.
     #[test]
     fn non_object_bodies_are_refused() {
-        assert!(PreparedEvent::prepare(0, &delivery("[1]", 1)).is_err());
-        assert!(PreparedEvent::prepare(0, &delivery("", 1)).is_err());
+        assert!(PreparedEvent::prepare(ServiceId::Chat, &delivery("[1]", 1)).is_err());
+        assert!(PreparedEvent::prepare(ServiceId::Chat, &delivery("", 1)).is_err());
     }
 
     /// Every built frame has a type and a timestamp, and `ref` when given.
@@ -216,7 +221,7 @@ mod tests {
         assert_eq!(ack["ref"], "r1");
         assert_eq!(ack["dialog_id"], 1);
         assert!(ack["timestamp"].is_string());
-        let err: Value = serde_json::from_str(&error(None, "invalid_json", "bad")).unwrap();
+        let err: Value = serde_json::from_str(&error(None, ErrorCode::InvalidJson, "bad")).unwrap();
         assert_eq!(err["code"], "invalid_json");
         assert!(err.get("ref").is_none());
         let connected: Value =

@@ -1,5 +1,6 @@
 //! The chat service's error type, and its one mapping to a gRPC `Status`.
 
+use chatai_kit::error_code::ErrorCode;
 use chatai_kit::events::EventLogError;
 use chatai_kit::status::with_code;
 use tonic::{Code, Status};
@@ -33,41 +34,49 @@ pub enum ChatError {
 impl From<ChatError> for Status {
     fn from(err: ChatError) -> Self {
         match &err {
-            ChatError::EmptyMessage | ChatError::MessageTooLong { .. } => {
-                with_code(Code::InvalidArgument, "invalid_message", err.to_string())
-            }
+            ChatError::EmptyMessage | ChatError::MessageTooLong { .. } => with_code(
+                Code::InvalidArgument,
+                ErrorCode::InvalidMessage,
+                err.to_string(),
+            ),
             ChatError::DialogNotFound(_) => {
-                with_code(Code::NotFound, "dialog_not_found", err.to_string())
+                with_code(Code::NotFound, ErrorCode::DialogNotFound, err.to_string())
             }
             ChatError::NotParticipant(_) => with_code(
                 Code::PermissionDenied,
-                "forbidden",
+                ErrorCode::Forbidden,
                 "you may not access this dialog",
             ),
-            ChatError::Forbidden => with_code(Code::PermissionDenied, "forbidden", err.to_string()),
-            ChatError::DialogRequired => {
-                with_code(Code::InvalidArgument, "missing_field", err.to_string())
-            }
+            ChatError::Forbidden => with_code(
+                Code::PermissionDenied,
+                ErrorCode::Forbidden,
+                err.to_string(),
+            ),
+            ChatError::DialogRequired => with_code(
+                Code::InvalidArgument,
+                ErrorCode::MissingField,
+                err.to_string(),
+            ),
             // The handoff service's own refusal (handoff_exists, queue_full, …) goes to the client as it is.
             ChatError::Handoff(HandoffError::Refused(refusal)) => refusal.clone().into(),
             ChatError::Handoff(HandoffError::Unavailable { cause }) => {
                 tracing::error!(%cause, "handoff service unavailable");
                 with_code(
                     Code::Unavailable,
-                    "service_unavailable",
+                    ErrorCode::ServiceUnavailable,
                     "the handoff service is unavailable, try again",
                 )
             }
             ChatError::Store(StoreError::NotFound { what: "dialog", id }) => with_code(
                 Code::NotFound,
-                "dialog_not_found",
+                ErrorCode::DialogNotFound,
                 format!("dialog {id} does not exist"),
             ),
             ChatError::Store(cause) => {
                 tracing::error!(%cause, "chat storage failed");
                 with_code(
                     Code::Unavailable,
-                    "service_unavailable",
+                    ErrorCode::ServiceUnavailable,
                     "storage is unavailable, try again",
                 )
             }
@@ -75,7 +84,7 @@ impl From<ChatError> for Status {
                 tracing::error!(%cause, "chat event delivery failed");
                 with_code(
                     Code::Unavailable,
-                    "service_unavailable",
+                    ErrorCode::ServiceUnavailable,
                     "event delivery is unavailable, try again",
                 )
             }

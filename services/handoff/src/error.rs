@@ -1,5 +1,6 @@
 //! The handoff service's error type, and its one mapping to a gRPC `Status`.
 
+use chatai_kit::error_code::ErrorCode;
 use chatai_kit::status::with_code;
 use tonic::{Code, Status};
 
@@ -36,38 +37,42 @@ impl From<HandoffError> for Status {
         match &err {
             HandoffError::Missing(_)
             | HandoffError::ReasonTooLong { .. }
-            | HandoffError::UnknownPriority(_) => {
-                with_code(Code::InvalidArgument, "invalid_request", err.to_string())
-            }
-            HandoffError::Forbidden | HandoffError::NotHolder { .. } => {
-                with_code(Code::PermissionDenied, "forbidden", err.to_string())
-            }
+            | HandoffError::UnknownPriority(_) => with_code(
+                Code::InvalidArgument,
+                ErrorCode::InvalidRequest,
+                err.to_string(),
+            ),
+            HandoffError::Forbidden | HandoffError::NotHolder { .. } => with_code(
+                Code::PermissionDenied,
+                ErrorCode::Forbidden,
+                err.to_string(),
+            ),
             HandoffError::Exists(_) | HandoffError::Store(StoreError::ActiveExists { .. }) => {
                 with_code(
                     Code::AlreadyExists,
-                    "handoff_exists",
+                    ErrorCode::HandoffExists,
                     "This dialog is already waiting for or talking to an operator.",
                 )
             }
             HandoffError::QueueFull => with_code(
                 Code::ResourceExhausted,
-                "queue_full",
+                ErrorCode::QueueFull,
                 "All our operators are busy and the queue is full. Please try again in a few minutes.",
             ),
             HandoffError::NotFound(_) => {
-                with_code(Code::NotFound, "handoff_not_found", err.to_string())
+                with_code(Code::NotFound, ErrorCode::HandoffNotFound, err.to_string())
             }
             HandoffError::Store(cause) => {
                 tracing::error!(%cause, "handoff storage failed");
                 with_code(
                     Code::Unavailable,
-                    "service_unavailable",
+                    ErrorCode::ServiceUnavailable,
                     "storage is unavailable, try again",
                 )
             }
             HandoffError::Stopped => with_code(
                 Code::Unavailable,
-                "service_unavailable",
+                ErrorCode::ServiceUnavailable,
                 "the handoff service is stopping, try again",
             ),
         }

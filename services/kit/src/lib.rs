@@ -13,7 +13,9 @@
 //! - [`telemetry`] — `tracing` set-up, OTLP export, W3C trace context in gRPC
 //!   metadata and in events.
 //! - [`shutdown`] — the one shutdown signal (SIGINT/SIGTERM).
-//! - [`status`] — stable client-facing error codes carried in a gRPC `Status`.
+//! - [`error_code`] — [`ErrorCode`](error_code::ErrorCode), every
+//!   client-facing error code in one list (checked against docs/protocol.md).
+//! - [`status`] — those codes carried in a gRPC `Status`.
 //! - [`grpc`] — the internal-token interceptor of every client; with
 //!   `server`, the gRPC server every service runs: health, reflection, the
 //!   internal-token check, a span per request.
@@ -36,6 +38,7 @@
 pub mod config;
 #[cfg(feature = "db")]
 pub mod db;
+pub mod error_code;
 pub mod events;
 #[cfg(feature = "server")]
 pub mod follow;

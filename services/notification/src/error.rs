@@ -2,6 +2,7 @@
 //! `Status` with a stable code (`forbidden`, `invalid_request`,
 //! `service_unavailable`).
 
+use chatai_kit::error_code::ErrorCode;
 use chatai_kit::events::EventLogError;
 use chatai_kit::identity::Role;
 use chatai_kit::status::with_code;
@@ -60,7 +61,11 @@ impl From<NotificationError> for Status {
     fn from(err: NotificationError) -> Self {
         use NotificationError as E;
         match &err {
-            E::Forbidden { .. } => with_code(Code::PermissionDenied, "forbidden", err.to_string()),
+            E::Forbidden { .. } => with_code(
+                Code::PermissionDenied,
+                ErrorCode::Forbidden,
+                err.to_string(),
+            ),
             E::InvalidRecipient
             | E::InvalidType
             | E::ReservedType(_)
@@ -74,14 +79,16 @@ impl From<NotificationError> for Status {
             | E::InvalidAffectedServices { .. }
             | E::TooManyConnectionEvents { .. }
             | E::InvalidConnectionEvent { .. }
-            | E::InvalidReport(_) => {
-                with_code(Code::InvalidArgument, "invalid_request", err.to_string())
-            }
+            | E::InvalidReport(_) => with_code(
+                Code::InvalidArgument,
+                ErrorCode::InvalidRequest,
+                err.to_string(),
+            ),
             E::Store(cause) => {
                 tracing::error!(%cause, "notification storage failed");
                 with_code(
                     Code::Unavailable,
-                    "service_unavailable",
+                    ErrorCode::ServiceUnavailable,
                     "storage is unavailable, try again",
                 )
             }
@@ -89,7 +96,7 @@ impl From<NotificationError> for Status {
                 tracing::error!(%cause, "notification event delivery failed");
                 with_code(
                     Code::Unavailable,
-                    "service_unavailable",
+                    ErrorCode::ServiceUnavailable,
                     "event delivery is unavailable, try again",
                 )
             }

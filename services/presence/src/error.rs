@@ -1,5 +1,6 @@
 //! The presence service's error type, and its one mapping to a gRPC `Status`.
 
+use chatai_kit::error_code::ErrorCode;
 use chatai_kit::status::with_code;
 use tonic::{Code, Status};
 
@@ -23,20 +24,24 @@ pub enum PresenceError {
 impl From<PresenceError> for Status {
     fn from(err: PresenceError) -> Self {
         match &err {
-            PresenceError::InvalidField { .. } => {
-                with_code(Code::InvalidArgument, "invalid_field", err.to_string())
-            }
+            PresenceError::InvalidField { .. } => with_code(
+                Code::InvalidArgument,
+                ErrorCode::InvalidField,
+                err.to_string(),
+            ),
             PresenceError::OperatorNotFound(_) => {
-                with_code(Code::NotFound, "operator_not_found", err.to_string())
+                with_code(Code::NotFound, ErrorCode::OperatorNotFound, err.to_string())
             }
-            PresenceError::Forbidden => {
-                with_code(Code::PermissionDenied, "forbidden", err.to_string())
-            }
+            PresenceError::Forbidden => with_code(
+                Code::PermissionDenied,
+                ErrorCode::Forbidden,
+                err.to_string(),
+            ),
             PresenceError::Unavailable => {
                 tracing::warn!("presence call refused: the service is stopping");
                 with_code(
                     Code::Unavailable,
-                    "service_unavailable",
+                    ErrorCode::ServiceUnavailable,
                     "the presence service is stopping, try again",
                 )
             }

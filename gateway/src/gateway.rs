@@ -1,0 +1,142 @@
+//! [`Gateway`]: what every connection and route shares, and how it is put
+//! together: one channel per service, shared by that service's event stream
+//! ([`Upstream`]), its API clients ([`Services`]) and reporting.
+
+use std::sync::{Arc, OnceLock};
+
+use chatai_kit::config::{InternalAuth, ServiceAddr, ServiceAddrs};
+use chatai_kit::grpc::TokenInterceptor;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::codegen::InterceptedService;
+
+use crate::auth::TokenKeys;
+use crate::config::GatewayConfig;
+use crate::registry::Registry;
+use crate::reporting::Reporter;
+use crate::service_id::ServiceId;
+use crate::services::Services;
+use crate::upstream::{ServiceChannel, Upstream};
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("bad service address: {0}")]
+    Channel(#[from] tonic::transport::Error),
+    #[error("HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What every connection shares.
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub keys: TokenKeys,
+    pub registry: Arc<Registry>,
+    /// One per service, in [`ServiceId::ALL`] order: `upstreams[s.index()]`
+    /// is service `s`'s (see [`Gateway::upstream`]).
+    pub upstreams: Vec<Upstream>,
+    pub services: Services,
+    /// Parent of every connection's stop token.
+    pub connections_stop: CancellationToken,
+    /// Owns every connection task.
+    pub tasks: TaskTracker,
+    pub metrics: PrometheusHandle,
+    pub reporter: Reporter,
+    /// When this gateway started.
+    pub started: std::time::Instant,
+}
+
+/// The tasks that talk to the services in the background (event streams,
+/// reporting), and the token that stops them.
+pub struct Background {
+    pub stop: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl Gateway {
+    /// Opens a channel to each service, starts each one's event stream and
+    /// the reporting (in `background`), and returns the shared state.
+    pub fn start(
+        config: GatewayConfig,
+        gateway_id: String,
+        addrs: ServiceAddrs,
+        auth: &InternalAuth,
+        background: &Background,
+    ) -> Result<Arc<Gateway>, GatewayError> {
+        let registry = Arc::new(Registry::new(gateway_id));
+        let interceptor = TokenInterceptor::new(auth);
+        let channel = |addr: &ServiceAddr| -> Result<ServiceChannel, GatewayError> {
+            Ok(InterceptedService::new(
+                addr.channel()?,
+                interceptor.clone(),
+            ))
+        };
+        let chat = channel(&addrs.chat)?;
+        let handoff = channel(&addrs.handoff)?;
+        let presence = channel(&addrs.presence)?;
+        let notification = channel(&addrs.notification)?;
+        let upstreams = ServiceId::ALL
+            .into_iter()
+            .map(|service| {
+                let channel = match service {
+                    ServiceId::Chat => &chat,
+                    ServiceId::Handoff => &handoff,
+                    ServiceId::Presence => &presence,
+                    ServiceId::Notification => &notification,
+                };
+                let (handle, actor) = Upstream::start(
+                    service,
+                    channel.clone(),
+                    registry.clone(),
+                    background.stop.clone(),
+                );
+                background.tasks.spawn(actor);
+                handle
+            })
+            .collect();
+        let (reporter, reporting) = Reporter::start(
+            notification,
+            presence.clone(),
+            registry.clone(),
+            background.stop.clone(),
+        );
+        background.tasks.spawn(reporting);
+        let services = Services::new(chat, handoff, presence, config.request_timeout());
+        Ok(Arc::new(Gateway {
+            keys: TokenKeys::new(config.jwt_secret().as_bytes()),
+            config,
+            registry,
+            upstreams,
+            services,
+            connections_stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            metrics: metrics_handle(),
+            reporter,
+            started: std::time::Instant::now(),
+        }))
+    }
+
+    /// The event stream of `service`.
+    pub fn upstream(&self, service: ServiceId) -> &Upstream {
+        &self.upstreams[service.index()]
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once, shared by every
+/// gateway in the process — tests run several).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "a metrics recorder was already installed; /metrics shows only this one's"
+                );
+            }
+            handle
+        })
+        .clone()
+}

@@ -1,0 +1,194 @@
+//! The one place the gateway's own types and the services' gRPC messages
+//! (`chatai_proto`) turn into each other: requests going out, answers coming
+//! back. The adapters that make the calls (`services.rs`, `upstream.rs`,
+//! `reporting.rs`) use these; connection code never sees a `pb::` type.
+
+use chatai_kit::events::Delivery;
+use chatai_proto::v1 as pb;
+use chatai_proto::v1::connection_event::Kind;
+
+use crate::frames::inbound::{OperatorStatus, Priority};
+use crate::registry::OperatorConnection;
+use crate::reporting::{ConnectionEvent, ConnectionEventKind};
+use crate::services::{CompletedHandoff, EffectiveStatus, HandoffTicket, SentMessage};
+use crate::upstream::{ReplayFrom, ReplayPage};
+
+// To the services.
+
+impl From<ReplayFrom> for pb::replay_request::From {
+    fn from(from: ReplayFrom) -> Self {
+        match from {
+            ReplayFrom::After(position) => pb::replay_request::From::AfterPosition(position),
+            ReplayFrom::LastSeen => pb::replay_request::From::SinceLastSeen(true),
+        }
+    }
+}
+
+impl From<OperatorStatus> for pb::OperatorStatus {
+    fn from(status: OperatorStatus) -> Self {
+        match status {
+            OperatorStatus::Available => pb::OperatorStatus::Available,
+            OperatorStatus::Busy => pb::OperatorStatus::Busy,
+            OperatorStatus::Away => pb::OperatorStatus::Away,
+        }
+    }
+}
+
+impl From<Priority> for pb::Priority {
+    fn from(priority: Priority) -> Self {
+        match priority {
+            Priority::Low => pb::Priority::Low,
+            Priority::Normal => pb::Priority::Normal,
+            Priority::High => pb::Priority::High,
+            Priority::Urgent => pb::Priority::Urgent,
+        }
+    }
+}
+
+impl From<&OperatorConnection> for pb::OperatorConnection {
+    fn from(connection: &OperatorConnection) -> Self {
+        pb::OperatorConnection {
+            operator_id: connection.operator_id,
+            connection_id: connection.connection_id.clone(),
+            name: connection
+                .name
+                .as_deref()
+                .map(str::to_owned)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl From<ConnectionEvent> for pb::ConnectionEvent {
+    fn from(event: ConnectionEvent) -> Self {
+        let (kind, duration_ms, close_code) = match event.kind {
+            ConnectionEventKind::Connect => (Kind::Connect, 0, 0),
+            ConnectionEventKind::Disconnect {
+                duration_ms,
+                close_code,
+            } => (Kind::Disconnect, duration_ms, close_code),
+        };
+        pb::ConnectionEvent {
+            connection_id: event.connection_id,
+            gateway_id: event.gateway_id,
+            role: event.role.as_str().to_owned(),
+            principal_id: event.principal_id,
+            kind: kind as i32,
+            at_ms: event.at_ms,
+            duration_ms,
+            close_code,
+        }
+    }
+}
+
+// From the services.
+
+/// Deliveries that do not convert are left out, with a warning: the page's
+/// positions still move the connection past them.
+impl From<pb::ReplayResponse> for ReplayPage {
+    fn from(page: pb::ReplayResponse) -> Self {
+        let deliveries = page
+            .deliveries
+            .into_iter()
+            .filter_map(|delivery| match Delivery::try_from(delivery) {
+                Ok(delivery) => Some(delivery),
+                Err(err) => {
+                    tracing::warn!(cause = %err, "skipping a malformed replayed event");
+                    None
+                }
+            })
+            .collect();
+        ReplayPage {
+            deliveries,
+            complete: page.complete,
+            next_after: page.next_after,
+            more: page.more,
+            start_after: page.start_after,
+        }
+    }
+}
+
+impl From<pb::SendMessageResponse> for SentMessage {
+    fn from(sent: pb::SendMessageResponse) -> Self {
+        SentMessage {
+            dialog_id: sent.dialog_id,
+            message_id: sent.message_id,
+        }
+    }
+}
+
+impl From<pb::HandoffRecord> for HandoffTicket {
+    fn from(handoff: pb::HandoffRecord) -> Self {
+        HandoffTicket {
+            handoff_id: handoff.handoff_id,
+            position: handoff.position,
+            estimated_wait_seconds: handoff.estimated_wait_seconds,
+            operator_id: handoff.operator_id,
+        }
+    }
+}
+
+impl From<pb::CompleteHandoffResponse> for CompletedHandoff {
+    fn from(done: pb::CompleteHandoffResponse) -> Self {
+        CompletedHandoff {
+            duration_seconds: done.duration_seconds,
+        }
+    }
+}
+
+/// An unknown or unset status reads as `offline`.
+impl From<&pb::OperatorInfo> for EffectiveStatus {
+    fn from(info: &pb::OperatorInfo) -> Self {
+        match pb::OperatorStatus::try_from(info.status) {
+            Ok(pb::OperatorStatus::Available) => EffectiveStatus::Available,
+            Ok(pb::OperatorStatus::Busy) => EffectiveStatus::Busy,
+            Ok(pb::OperatorStatus::Away) => EffectiveStatus::Away,
+            _ => EffectiveStatus::Offline,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chatai_kit::identity::Role;
+
+    use super::*;
+
+    /// A close carries its duration and code; an opening carries zeros.
+    #[test]
+    fn connection_events_convert() {
+        let event = |kind| ConnectionEvent {
+            connection_id: "g:1".into(),
+            gateway_id: "g".into(),
+            role: Role::Operator,
+            principal_id: 7,
+            kind,
+            at_ms: 5,
+        };
+        let opened = pb::ConnectionEvent::from(event(ConnectionEventKind::Connect));
+        assert_eq!(opened.kind, Kind::Connect as i32);
+        assert_eq!((opened.duration_ms, opened.close_code), (0, 0));
+        assert_eq!(opened.role, "operator");
+        let closed = pb::ConnectionEvent::from(event(ConnectionEventKind::Disconnect {
+            duration_ms: 1200,
+            close_code: 4002,
+        }));
+        assert_eq!(closed.kind, Kind::Disconnect as i32);
+        assert_eq!((closed.duration_ms, closed.close_code), (1200, 4002));
+    }
+
+    /// Replay pages keep their positions and drop deliveries that do not convert.
+    #[test]
+    fn replay_pages_drop_malformed_deliveries() {
+        let page = ReplayPage::from(pb::ReplayResponse {
+            deliveries: vec![pb::Delivery::default()],
+            complete: true,
+            next_after: 9,
+            more: false,
+            start_after: 3,
+        });
+        assert!(page.deliveries.is_empty());
+        assert_eq!((page.start_after, page.next_after), (3, 9));
+        assert!(page.complete && !page.more);
+    }
+}
