@@ -2,6 +2,7 @@
 //! original design (docs/protocol.md, "Frames"). The gateway adds `type`, `timestamp`,
 //! `event_id` and `cursor`.
 
+use chatai_kit::error_code::ErrorCode;
 use serde::Serialize;
 
 /// `ai_response`: the assistant's answer, to the dialog's user.
@@ -62,7 +63,7 @@ pub struct BalanceAlert {
 /// not answer). Carries the stable `code` like every error frame.
 #[derive(Debug, Serialize)]
 pub struct DeferredError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: &'static str,
     pub dialog_id: i64,
     pub message_id: i64,

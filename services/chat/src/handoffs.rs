@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use chatai_kit::error_code::ErrorCode;
+
 /// A dialog's active handoff, as the chat service sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Holder {
@@ -90,7 +92,7 @@ pub struct Refusal {
     pub kind: RefusalKind,
     /// The stable, client-facing error code it gave (`handoff_exists`,
     /// `queue_full`, …), if any.
-    pub code: Option<String>,
+    pub code: Option<ErrorCode>,
     /// Its explanation, written for people.
     pub message: String,
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use chatai_assistant::{Assistant, HumanReason, Speaker, Turn};
+use chatai_kit::error_code::ErrorCode;
 use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::holders::NotedFor;
 use chatai_kit::identity::{Caller, Role};
@@ -460,7 +461,7 @@ impl ChatService {
         if let Err(cause) = self.try_answer(user_id, &question, connection).await {
             tracing::error!(%cause, dialog_id, "assistant answer failed");
             let body = DeferredError {
-                code: "assistant_unavailable",
+                code: ErrorCode::AssistantUnavailable,
                 message: "The assistant could not answer; please try again.",
                 dialog_id,
                 message_id: question.id,

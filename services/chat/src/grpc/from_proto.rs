@@ -76,7 +76,7 @@ impl From<Status> for HandoffError {
         };
         HandoffError::Refused(Refusal {
             kind,
-            code: error_code(&status).map(str::to_owned),
+            code: error_code(&status).and_then(|code| code.parse().ok()),
             message: status.message().to_owned(),
         })
     }

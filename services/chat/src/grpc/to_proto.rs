@@ -2,18 +2,13 @@
 //! on, as `chatai.v1` messages and a `Status`. The one place those are made;
 //! [`super::from_proto`] goes the other way.
 
+use chatai_kit::status::with_code;
 use chatai_proto::v1 as pb;
-use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::handoffs::{HandoffRecord, HandoffState, Priority, Refusal, RefusalKind};
 use crate::service::Sent;
 use crate::store::{Dialog, Message, Money, Sender};
-
-/// The metadata key [`chatai_kit::status`] reads a stable error code from
-/// (its `with_code` only takes codes known when compiled; a refusal's code
-/// comes from the handoff service). Pinned by a test below.
-const ERROR_CODE: &str = "chatai-error-code";
 
 impl From<Sent> for pb::SendMessageResponse {
     fn from(sent: Sent) -> Self {
@@ -126,20 +121,17 @@ impl From<Refusal> for Status {
             RefusalKind::Unsupported => Code::Unimplemented,
             RefusalKind::Failed => Code::Internal,
         };
-        let mut status = Status::new(code, refusal.message);
-        if let Some(value) = refusal
-            .code
-            .and_then(|error_code| MetadataValue::try_from(error_code).ok())
-        {
-            status.metadata_mut().insert(ERROR_CODE, value);
+        match refusal.code {
+            Some(error_code) => with_code(code, error_code, refusal.message),
+            None => Status::new(code, refusal.message),
         }
-        status
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use chatai_kit::status::{error_code, with_code};
+    use chatai_kit::error_code::ErrorCode;
+    use chatai_kit::status::error_code;
 
     use super::*;
     use crate::handoffs::HandoffError;
@@ -150,7 +142,7 @@ mod tests {
     fn a_refusal_is_passed_on_as_given() {
         let given = with_code(
             Code::AlreadyExists,
-            "handoff_exists",
+            ErrorCode::HandoffExists,
             "This dialog is already waiting for or talking to an operator.",
         );
         let HandoffError::Refused(refusal) = HandoffError::from(given.clone()) else {
