@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use chatai_kit::config::{InternalAuth, ServiceAddr, ServiceAddrs};
 use chatai_kit::grpc::TokenInterceptor;
+use chatai_kit::supervisor::{Supervisor, TaskFailed};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,6 +27,9 @@ pub enum GatewayError {
     Channel(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
+    /// An event stream or the reporting stopped before shutdown.
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
 }
 
 /// What every connection shares.
@@ -48,10 +52,12 @@ pub struct Gateway {
 }
 
 /// The tasks that talk to the services in the background (event streams,
-/// reporting), and the token that stops them.
+/// reporting), and the token that stops them — after the connections, which
+/// need them to the end. They run under a supervisor: one that stops before
+/// that stops the gateway (it cancels the process's shutdown) and is named.
 pub struct Background {
     pub stop: CancellationToken,
-    pub tasks: TaskTracker,
+    pub supervisor: Supervisor,
 }
 
 impl Gateway {
@@ -91,7 +97,7 @@ impl Gateway {
                     registry.clone(),
                     background.stop.clone(),
                 );
-                background.tasks.spawn(actor);
+                background.supervisor.spawn(service.stream_task(), actor);
                 handle
             })
             .collect();
@@ -101,7 +107,7 @@ impl Gateway {
             registry.clone(),
             background.stop.clone(),
         );
-        background.tasks.spawn(reporting);
+        background.supervisor.spawn("reporting", reporting);
         let services = Services::new(chat, handoff, presence, config.request_timeout());
         Ok(Arc::new(Gateway {
             keys: TokenKeys::new(config.jwt_secret().as_bytes()),

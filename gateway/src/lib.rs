@@ -42,9 +42,9 @@ pub mod wire;
 
 use axum::serve::ListenerExt;
 use chatai_kit::config::{InternalAuth, ServiceAddrs};
+use chatai_kit::supervisor::Supervisor;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use config::GatewayConfig;
 pub use gateway::GatewayError;
@@ -73,7 +73,7 @@ pub async fn run(
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned());
     let background = Background {
         stop: CancellationToken::new(),
-        tasks: TaskTracker::new(),
+        supervisor: Supervisor::new(shutdown.clone()),
     };
     let gateway = Gateway::start(config, gateway_id.clone(), addrs, &auth, &background)?;
     let registry = gateway.registry.clone();
@@ -98,8 +98,8 @@ pub async fn run(
     gateway.tasks.close();
     gateway.tasks.wait().await;
     background.stop.cancel();
-    background.tasks.close();
-    background.tasks.wait().await;
+    let background = background.supervisor.wait().await;
     tracing::info!("gateway stopped");
-    Ok(served?)
+    served?;
+    Ok(background?)
 }

@@ -104,6 +104,11 @@ impl Conn {
         self.stop.clone().cancelled_owned()
     }
 
+    /// Whether the connection has been stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
     /// Why the connection was stopped; `Shutdown` when the gateway's own
     /// shutdown (the parent token) stopped it.
     pub fn stop_reason(&self) -> CloseReason {

@@ -35,6 +35,16 @@ impl ServiceId {
         }
     }
 
+    /// The name of the task that holds the service's event stream.
+    pub const fn stream_task(self) -> &'static str {
+        match self {
+            ServiceId::Chat => "chat event stream",
+            ServiceId::Handoff => "handoff event stream",
+            ServiceId::Presence => "presence event stream",
+            ServiceId::Notification => "notification event stream",
+        }
+    }
+
     /// Where the service's position sits in the cursor (and its place in
     /// [`ALL`](Self::ALL)). Part of the cursor's wire format: never reorder.
     pub const fn index(self) -> usize {

@@ -105,6 +105,12 @@ pub async fn serve(socket: Socket, gateway: Arc<Gateway>, session: Session) {
             Ok(()) => connection.run().await,
             Err(Gone) => None,
         };
+        // A write cut short by a stop (shutdown, replaced, too slow) ends as
+        // `Gone` too, but the socket is still there: it gets the close code.
+        let reason = reason.or_else(|| {
+            let conn = &connection.conn;
+            conn.is_stopped().then(|| conn.stop_reason())
+        });
         if let Some(reason) = reason {
             connection.close(reason).await;
         }
