@@ -1,5 +1,5 @@
 //! Every WebSocket close code the gateway sends, with its reason, in one
-//! place (PROTOCOL.md and docs/protocol.md list them for clients).
+//! place (docs/protocol.md, "Close codes", lists them for clients).
 
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

@@ -1,6 +1,6 @@
 //! The opaque resume cursor: the positions the gateway has delivered from each service, and its text form on the wire.
 //!
-//! Every durable frame carries a `cursor` (PROTOCOL.md, "Delivery and
+//! Every durable frame carries a `cursor` (docs/protocol.md, "Delivery and
 //! resume"); a client that reconnects with it gets every later event. To the
 //! client it is an opaque string. Inside it is base64url without padding of:
 //!

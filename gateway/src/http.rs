@@ -3,7 +3,7 @@
 //! Prometheus metrics.
 //!
 //! A browser cannot read the HTTP status of a failed upgrade, so refused
-//! clients are upgraded and then closed with the code PROTOCOL.md names
+//! clients are upgraded and then closed with the code docs/protocol.md names
 //! (1008 `Invalid token` / `Unauthorized`).
 
 use std::sync::Arc;

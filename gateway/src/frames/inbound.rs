@@ -1,6 +1,6 @@
 //! Client → server frames: parsing one text frame into an [`Inbound`], or a [`FrameError`] that becomes an `error` frame.
 //!
-//! The frame formats are those of PROTOCOL.md ("Frames"). Parsing checks the
+//! The frame formats are those of docs/protocol.md ("Frames"). Parsing checks the
 //! shape of a frame only; who may send what (an operator's `chat_message`
 //! needs a `dialog_id`, `set_status` is for operators) is decided by the
 //! connection, and frame size limits by the socket reader.
