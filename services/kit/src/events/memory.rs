@@ -122,16 +122,12 @@ impl MemoryLog {
     }
 
     fn oldest_kept_ms(&self) -> i64 {
-        crate::now_ms() - self.retention.as_millis() as i64
+        paging::oldest_kept_ms(self.retention)
     }
 
-    /// How long an emptied log is remembered (its last position and mark)
-    /// after its last event: twice the retention, at least a second — as the
-    /// Redis log's key expiry.
+    /// How long an emptied log is remembered (as the Redis log's key expiry).
     fn forget_after_ms(&self) -> i64 {
-        (self.retention.as_millis() as i64)
-            .saturating_mul(2)
-            .max(1000)
+        paging::forget_after_ms(self.retention) as i64
     }
 }
 

@@ -1,6 +1,6 @@
 //! The paging rules of a recipient's log, written once for every backend:
-//! where a replay starts, when it is complete, and what a page says about
-//! what follows. A backend reads its log's bounds ([`LogBounds`]), asks
+//! where a replay starts, when it is complete, what a page says about what
+//! follows, and how long events and an emptied log are kept. A backend reads its log's bounds ([`LogBounds`]), asks
 //! [`plan`] what to do, reads the events after the start when told to, and
 //! builds the page with [`page_of`] — so resuming works the same on memory
 //! and on Redis.
@@ -9,7 +9,21 @@
 //! start were trimmed, or the start is not a position of this log) returns
 //! no events at all, and live delivery goes on from the log's last position.
 
+use std::time::Duration;
+
 use super::{Delivery, LogPage, ReplayFrom};
+
+/// Events appended before this instant (ms since the epoch) are past the
+/// `retention` and may be trimmed.
+pub(crate) fn oldest_kept_ms(retention: Duration) -> i64 {
+    crate::now_ms() - retention.as_millis() as i64
+}
+
+/// How long an emptied log is remembered (its last position and mark) after
+/// its last event, in ms: twice the retention, at least a second.
+pub(crate) fn forget_after_ms(retention: Duration) -> u64 {
+    (retention.as_millis() as u64).saturating_mul(2).max(1000)
+}
 
 /// What a backend knows of one recipient's log before reading any event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -224,13 +224,13 @@ impl RedisLog {
 
     /// Entries appended before this are past the retention.
     fn cutoff_ms(&self) -> i64 {
-        crate::now_ms() - self.retention.as_millis() as i64
+        paging::oldest_kept_ms(self.retention)
     }
 
+    /// How long a log's keys outlive its last event (as the memory log
+    /// remembers an emptied log).
     fn ttl_ms(&self) -> u64 {
-        (self.retention.as_millis() as u64)
-            .saturating_mul(2)
-            .max(1000)
+        paging::forget_after_ms(self.retention)
     }
 
     async fn publish_live(
