@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::common::{self, TestApp, TestOptions, WsClient, spawn_app};
+use crate::common::{self, TestApp, TestOptions, WsClient, connect_at, spawn_app};
 use chatai_kit::identity::Role;
 use serde_json::{Value, json};
 
@@ -310,5 +310,72 @@ async fn rooms_and_dialogs_are_private() {
         .request(json!({"type": "leave_room", "id": "l", "room_id": room}))
         .await;
     assert_eq!(left["type"], "ack", "{left}");
+    app.stop().await;
+}
+
+/// An operator's name outside ASCII reaches the user whole, in
+/// `operator_assigned` and in each `operator_message` (it travels between
+/// the parts as binary gRPC metadata).
+#[tokio::test]
+async fn a_non_ascii_operator_name_is_kept() {
+    let app = spawn_app(options()).await;
+    let token = app
+        .keys
+        .mint(
+            9201,
+            Role::Operator,
+            Some("Ольга"),
+            Duration::from_secs(3600),
+        )
+        .expect("minting a token");
+    let (mut olga, _) = connect_at(app.gateway_addr, &token, 9201, Role::Operator, "").await;
+    let (mut ann, dialog_id) = dialog(&app, 9211).await;
+    ask_for_operator(&mut ann, dialog_id, "normal").await;
+    let assigned = next_for(&mut ann, "operator_assigned", dialog_id).await;
+    assert_eq!(assigned["operator_name"], "Ольга", "{assigned}");
+    next_for(&mut olga, "operator_assigned", dialog_id).await;
+    let reply = olga
+        .request(json!({"type": "chat_message", "id": "r1", "dialog_id": dialog_id, "message": "Здравствуйте!"}))
+        .await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    let message = next_for(&mut ann, "operator_message", dialog_id).await;
+    assert_eq!(message["operator_name"], "Ольга", "{message}");
+    assert_eq!(message["message"], "Здравствуйте!", "{message}");
+    app.stop().await;
+}
+
+/// A token's `name` longer than the limit is cut (at a character boundary)
+/// before it travels: the operator connects, is leased and assigned like any
+/// other, and the user sees the cut name (presence refuses a longer one, and
+/// an operator refused there would leave the gateway's lease).
+#[tokio::test]
+async fn a_long_operator_name_is_cut_not_refused() {
+    let app = spawn_app(options()).await;
+    let long_name = "Ж".repeat(200); // 400 bytes
+    let token = app
+        .keys
+        .mint(
+            9301,
+            Role::Operator,
+            Some(&long_name),
+            Duration::from_secs(3600),
+        )
+        .expect("minting a token");
+    let (mut olga, _) = connect_at(app.gateway_addr, &token, 9301, Role::Operator, "").await;
+    let (mut ann, dialog_id) = dialog(&app, 9311).await;
+    ask_for_operator(&mut ann, dialog_id, "normal").await;
+    let assigned = next_for(&mut ann, "operator_assigned", dialog_id).await;
+    let cut = "Ж".repeat(128); // 256 bytes
+    assert_eq!(assigned["operator_id"], 9301, "{assigned}");
+    assert_eq!(assigned["operator_name"], cut.as_str(), "{assigned}");
+    next_for(&mut olga, "operator_assigned", dialog_id).await;
+    let reply = olga
+        .request(
+            json!({"type": "chat_message", "id": "r1", "dialog_id": dialog_id, "message": "Hello"}),
+        )
+        .await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    let message = next_for(&mut ann, "operator_message", dialog_id).await;
+    assert_eq!(message["operator_name"], cut.as_str(), "{message}");
     app.stop().await;
 }

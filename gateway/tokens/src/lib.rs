@@ -11,6 +11,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use chatai_kit::identity::Role;
+use chatai_kit::identity::bounded_name;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -121,7 +122,7 @@ impl TokenKeys {
             sub,
             role,
             exp: wire.exp,
-            name: wire.name,
+            name: wire.name.map(bounded_name),
         })
     }
 

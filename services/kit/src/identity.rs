@@ -1,8 +1,11 @@
 //! Who is calling a service: the [`Caller`] carried in gRPC metadata.
 //!
 //! The gateway verifies the client's JWT and passes its claims on as metadata
-//! (`chatai-caller-id`, `chatai-caller-role`, `chatai-caller-name`, and the
-//! connection the request came from as `chatai-connection-id`). Internal
+//! (`chatai-caller-id`, `chatai-caller-role`, the display name as UTF-8 in
+//! binary metadata `chatai-caller-name-bin` — ASCII metadata cannot carry
+//! "Ольга" — and the connection the request came from as
+//! `chatai-connection-id`). A plain `chatai-caller-name` from an internal
+//! caller is still read when there is no binary one. Internal
 //! callers (billing, CRM, admin tools) send role `service`. Services trust this
 //! metadata because internal gRPC is closed by the shared internal token (see
 //! [`crate::grpc`]) when one is configured.
@@ -15,7 +18,25 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 const ID: &str = "chatai-caller-id";
 const ROLE: &str = "chatai-caller-role";
 const NAME: &str = "chatai-caller-name";
+const NAME_BIN: &str = "chatai-caller-name-bin";
 const CONNECTION: &str = "chatai-connection-id";
+
+/// The longest display name that travels between the parts, in bytes. The
+/// gateway cuts a token's `name` to it ([`bounded_name`]); presence refuses
+/// a longer one.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// `name` cut to at most [`MAX_NAME_BYTES`] bytes, at a character boundary.
+pub fn bounded_name(mut name: String) -> String {
+    if name.len() > MAX_NAME_BYTES {
+        let mut end = MAX_NAME_BYTES;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
+}
 
 /// The role a caller acts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -124,23 +145,38 @@ impl Caller {
         Ok(Caller {
             id,
             role,
-            name: text(NAME).map(str::to_owned),
+            name: read_name(metadata),
             connection_id: text(CONNECTION).map(str::to_owned),
         })
     }
 
-    /// Writes the caller into request metadata. Values that cannot travel as
-    /// ASCII metadata (a name with non-ASCII characters) are left out.
+    /// Writes the caller into request metadata (the name, any text, as
+    /// binary metadata).
     pub fn write_metadata(&self, metadata: &mut MetadataMap) {
         metadata.insert(ID, MetadataValue::from(self.id));
         metadata.insert(ROLE, MetadataValue::from_static(self.role.as_str()));
-        if let Some(name) = self.name.as_deref().and_then(|n| n.parse().ok()) {
-            metadata.insert(NAME, name);
+        if let Some(name) = &self.name {
+            metadata.insert_bin(NAME_BIN, MetadataValue::from_bytes(name.as_bytes()));
         }
         if let Some(conn) = self.connection_id.as_deref().and_then(|c| c.parse().ok()) {
             metadata.insert(CONNECTION, conn);
         }
     }
+}
+
+/// The caller's display name: the binary entry (UTF-8) when there is one,
+/// else the ASCII one.
+fn read_name(metadata: &MetadataMap) -> Option<String> {
+    let binary = metadata
+        .get_bin(NAME_BIN)
+        .and_then(|value| value.to_bytes().ok())
+        .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok());
+    binary.or_else(|| {
+        metadata
+            .get(NAME)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    })
 }
 
 /// A request from this service acting as itself (`Caller::service()` in
@@ -170,6 +206,42 @@ mod tests {
         let mut md = MetadataMap::new();
         caller.write_metadata(&mut md);
         assert_eq!(Caller::from_metadata(&md).unwrap(), caller);
+    }
+
+    /// A long name is cut at a character boundary, at most the limit.
+    #[test]
+    fn a_long_name_is_bounded() {
+        assert_eq!(bounded_name("Ann".into()), "Ann");
+        let long = "Ж".repeat(200); // 400 bytes
+        let cut = bounded_name(long);
+        assert_eq!(cut.len(), MAX_NAME_BYTES);
+        assert!(cut.chars().all(|c| c == 'Ж'));
+        let odd = format!("a{}", "Ж".repeat(200)); // the limit falls inside a character
+        assert_eq!(bounded_name(odd).len(), MAX_NAME_BYTES - 1);
+    }
+
+    /// A name outside ASCII travels whole (as binary metadata).
+    #[test]
+    fn a_non_ascii_name_round_trips() {
+        let caller = Caller {
+            id: 9201,
+            role: Role::Operator,
+            name: Some("Ольга".into()),
+            connection_id: None,
+        };
+        let mut md = MetadataMap::new();
+        caller.write_metadata(&mut md);
+        assert_eq!(Caller::from_metadata(&md).unwrap(), caller);
+    }
+
+    /// An internal caller's plain ASCII name is still read.
+    #[test]
+    fn a_plain_name_is_read() {
+        let mut md = MetadataMap::new();
+        md.insert(ROLE, MetadataValue::from_static("service"));
+        md.insert(NAME, MetadataValue::from_static("billing"));
+        let caller = Caller::from_metadata(&md).unwrap();
+        assert_eq!(caller.name.as_deref(), Some("billing"));
     }
 
     /// Requests without identity, or with a bad role or id, are refused.

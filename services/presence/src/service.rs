@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chatai_kit::identity::{Caller, Role};
+use chatai_kit::identity::{Caller, MAX_NAME_BYTES, Role};
 
 use crate::actor::PresenceHandle;
 use crate::error::PresenceError;
@@ -11,8 +11,6 @@ use crate::model::{ChosenStatus, Connection, OperatorView};
 
 /// The longest id (gateway, connection) accepted, in bytes.
 const MAX_ID_LEN: usize = 128;
-/// The longest display name accepted, in bytes.
-const MAX_NAME_LEN: usize = 256;
 /// The longest gateway lease accepted (a day; gateways refresh every few
 /// seconds).
 const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
@@ -79,10 +77,24 @@ impl PresenceService {
                 problem: "must be between 1 second and 1 day",
             });
         }
+        // A bad entry is left out, never the lease: refusing the whole
+        // refresh would let every operator of that gateway go offline.
         let connections = connections
             .into_iter()
-            .map(checked_connection)
-            .collect::<Result<Vec<_>, _>>()?;
+            .filter_map(|connection| {
+                let operator_id = connection.operator_id;
+                checked_connection(connection)
+                    .inspect_err(|err| {
+                        tracing::warn!(
+                            gateway_id,
+                            operator_id,
+                            cause = %err,
+                            "a leased connection was refused; the rest are kept"
+                        );
+                    })
+                    .ok()
+            })
+            .collect();
         self.presence.refresh(gateway_id, connections, ttl).await
     }
 
@@ -188,7 +200,7 @@ fn checked_operator(operator_id: i64) -> Result<i64, PresenceError> {
 fn checked_connection(connection: Connection) -> Result<Connection, PresenceError> {
     checked_operator(connection.operator_id)?;
     let connection_id = checked_id("connection_id", connection.connection_id)?;
-    if connection.name.len() > MAX_NAME_LEN {
+    if connection.name.len() > MAX_NAME_BYTES {
         return Err(PresenceError::InvalidField {
             field: "name",
             problem: "is longer than 256 bytes",
@@ -308,16 +320,40 @@ mod tests {
             field(s.refresh_connections(&svc, "gw".into(), vec![], 0).await),
             "ttl_seconds"
         );
-        assert_eq!(
-            field(
-                s.refresh_connections(&svc, "gw".into(), vec![conn(-1)], 5)
-                    .await
-            ),
-            "operator_id"
-        );
         assert!(matches!(
             s.get_operator(&svc, 99).await,
             Err(PresenceError::OperatorNotFound(99))
+        ));
+    }
+
+    /// A gateway's lease with one bad entry (a name over the limit, a bad
+    /// id) keeps every good one: the bad entry is left out, the lease is not
+    /// refused, so the gateway's other operators stay online.
+    #[tokio::test]
+    async fn a_bad_entry_does_not_refuse_the_lease() {
+        let s = service();
+        let svc = Caller::service();
+        let good = Connection {
+            connection_id: "good".into(),
+            name: "Ann".into(),
+            ..conn(7)
+        };
+        let long_name = Connection {
+            connection_id: "long".into(),
+            name: "x".repeat(MAX_NAME_BYTES + 1),
+            ..conn(8)
+        };
+        s.refresh_connections(&svc, "gw".into(), vec![good, long_name, conn(-1)], 5)
+            .await
+            .expect("the lease is taken");
+        let ann = s
+            .get_operator(&svc, 7)
+            .await
+            .expect("the good entry is kept");
+        assert!(ann.online, "{ann:?}");
+        assert!(matches!(
+            s.get_operator(&svc, 8).await,
+            Err(PresenceError::OperatorNotFound(8))
         ));
     }
 }

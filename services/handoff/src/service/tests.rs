@@ -788,6 +788,30 @@ async fn offline_operator_handoffs_go_to_the_front() {
     assert_eq!(h.waiting().await, vec![5]);
 }
 
+/// A handoff that goes back to the queue goes to the front of its own
+/// priority, never ahead of a higher one (docs/protocol.md, "Server → client").
+#[tokio::test(start_paused = true)]
+async fn a_requeued_handoff_stays_behind_higher_priorities() {
+    let h = Harness::start(policy(1)).await;
+    h.operators(vec![available(1)]).await;
+    h.request(1, Priority::Normal).await;
+    assert_eq!(h.holder(1).await, Some(1));
+    h.request(2, Priority::High).await;
+    h.request(3, Priority::Normal).await;
+    assert_eq!(h.waiting().await, vec![2, 3]);
+
+    h.update(OperatorUpdate::Changed(OperatorView {
+        online: false,
+        ..available(1)
+    }))
+    .await;
+    assert_eq!(
+        h.waiting().await,
+        vec![2, 1, 3],
+        "behind the high one, ahead of the normal one that came later"
+    );
+}
+
 /// A restart loses nothing: queued handoffs keep their order, assigned ones
 /// their operator (whose load is reported again), and the reply timer
 /// starts over.
