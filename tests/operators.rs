@@ -379,3 +379,49 @@ async fn a_long_operator_name_is_cut_not_refused() {
     assert_eq!(message["operator_name"], cut.as_str(), "{message}");
     app.stop().await;
 }
+
+/// A connection gets one copy of each thing that happened, even when it is
+/// both a member of the dialog's room and the event's recipient: the owner's
+/// second tab in the room gets each `operator_message` once, the operator in
+/// the room each of the user's messages once. (Each side sends two messages;
+/// a duplicate of the first would arrive before the second.)
+#[tokio::test]
+async fn a_room_member_who_is_the_recipient_gets_one_copy() {
+    let app = spawn_app(options()).await;
+    let (mut olga, _) = app.connect_as(9401, Role::Operator, "").await;
+    let (mut ann, dialog_id) = dialog(&app, 9411).await;
+    ask_for_operator(&mut ann, dialog_id, "normal").await;
+    next_for(&mut ann, "operator_assigned", dialog_id).await;
+    next_for(&mut olga, "operator_assigned", dialog_id).await;
+    let room = format!("dialog:{dialog_id}");
+    let (mut ann2, _) = app.connect_user(9411).await;
+    for (client, id) in [(&mut ann2, "j1"), (&mut olga, "j2")] {
+        let joined = client
+            .request(json!({"type": "join_room", "id": id, "room_id": room}))
+            .await;
+        assert_eq!(joined["type"], "ack", "{joined}");
+    }
+
+    for (n, text) in ["first", "second"].into_iter().enumerate() {
+        let reply = olga
+            .request(json!({"type": "chat_message", "id": format!("o{n}"), "dialog_id": dialog_id, "message": text}))
+            .await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+    }
+    for text in ["first", "second"] {
+        let message = next_for(&mut ann2, "operator_message", dialog_id).await;
+        assert_eq!(message["message"], text, "{message}");
+    }
+
+    for text in ["one", "two"] {
+        let ack = ann
+            .request(json!({"type": "chat_message", "id": text, "dialog_id": dialog_id, "message": text}))
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    for text in ["one", "two"] {
+        let message = next_for(&mut olga, "chat_message", dialog_id).await;
+        assert_eq!(message["message"], text, "{message}");
+    }
+    app.stop().await;
+}

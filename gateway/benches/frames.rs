@@ -32,6 +32,7 @@ fn delivery(position: u64) -> Delivery {
             timestamp_ms: 1_790_000_000_123,
             trace_context: Default::default(),
             origin_connection: Some("a1b2c3d4:17".into()),
+            durable_recipient: None,
         }),
     }
 }

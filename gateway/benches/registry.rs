@@ -40,6 +40,7 @@ fn delivery(recipient: Recipient, position: u64, kind: &str, body: &str) -> Deli
             timestamp_ms: 1_790_000_000_123,
             trace_context: Default::default(),
             origin_connection: None,
+            durable_recipient: None,
         }),
     }
 }

@@ -336,9 +336,13 @@ impl Registry {
                 }
             }
             Recipient::Room(_) => {
+                // Not to the connection that caused it, nor to those of the
+                // recipient that has the durable copy: one copy each.
+                let durable = delivery.event.durable_recipient.as_ref();
                 if let Some(list) = self.members.get(&delivery.recipient) {
                     list.iter()
                         .filter(|c| !self.is_origin(c.id, origin.as_deref()))
+                        .filter(|c| durable != Some(&c.principal))
                         .for_each(&mut send);
                 }
             }
@@ -405,6 +409,7 @@ mod tests {
                 timestamp_ms: 0,
                 trace_context: Default::default(),
                 origin_connection: origin,
+                durable_recipient: None,
             }),
         }
     }
@@ -445,6 +450,28 @@ mod tests {
         registry.unregister(&a, std::slice::from_ref(&room));
         registry.unregister(&b, &[room]);
         assert_eq!(registry.snapshot(), Snapshot::default());
+    }
+
+    /// Room copies skip the connections of the recipient that gets the
+    /// event durably: one copy per connection.
+    #[test]
+    fn room_copies_skip_the_durable_recipient() {
+        let registry = Registry::new("g".into());
+        let (owner, rx_owner) = conn(&registry, Recipient::User(1), 4);
+        let (operator, rx_operator) = conn(&registry, Recipient::Operator(7), 4);
+        registry.register(owner.clone(), 5);
+        registry.register(operator.clone(), 5);
+        let room = Recipient::dialog_room(9);
+        registry.join(room.clone(), &owner);
+        registry.join(room.clone(), &operator);
+        let mut copy = delivery(room.clone(), 0, None);
+        copy.event =
+            Arc::new(Event::clone(&copy.event).with_durable_recipient(Some(Recipient::User(1))));
+        assert_eq!(registry.dispatch(ServiceId::Chat, &copy), 1);
+        assert!(rx_owner.try_recv().is_err());
+        assert!(matches!(rx_operator.try_recv(), Ok(Outbound::Frame(_))));
+        registry.unregister(&owner, std::slice::from_ref(&room));
+        registry.unregister(&operator, &[room]);
     }
 
     /// A connection whose queue is full is stopped as too slow, and the

@@ -179,6 +179,7 @@ mod tests {
                 timestamp_ms: 1_700_000_000_123,
                 trace_context: Default::default(),
                 origin_connection: None,
+                durable_recipient: None,
             }),
         }
     }

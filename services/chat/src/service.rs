@@ -181,8 +181,14 @@ impl ChatService {
             user_id: caller.id,
             message: &message.text,
         };
-        let copy =
-            Arc::new(Event::new("chat_message", &body)?.with_origin(caller.connection_id.clone()));
+        let copy = Arc::new(
+            Event::new("chat_message", &body)?
+                .with_origin(caller.connection_id.clone())
+                .with_durable_recipient(match holder {
+                    Some(Holder::Operator { id, .. }) => Some(Recipient::Operator(id)),
+                    _ => None,
+                }),
+        );
         let room = (Recipient::dialog_room(message.dialog_id), copy.clone());
         match holder {
             None => {
@@ -245,7 +251,9 @@ impl ChatService {
                 message: &message.text,
             };
             let event = Arc::new(
-                Event::new("operator_message", &body)?.with_origin(caller.connection_id.clone()),
+                Event::new("operator_message", &body)?
+                    .with_origin(caller.connection_id.clone())
+                    .with_durable_recipient(Some(Recipient::User(dialog.user_id))),
             );
             self.log
                 .deliver_many(vec![
@@ -539,7 +547,11 @@ impl ChatService {
                 HumanReason::NoGoodAnswer => "no_good_answer",
             }),
         };
-        let event = Arc::new(Event::new("ai_response", &body)?.with_origin(connection));
+        let event = Arc::new(
+            Event::new("ai_response", &body)?
+                .with_origin(connection)
+                .with_durable_recipient(Some(Recipient::User(user_id))),
+        );
         let alert = match charge {
             Some(charge) => self.balance_alert(user_id, charge)?,
             None => None,

@@ -73,6 +73,7 @@ impl From<&Event> for pb::Event {
             timestamp_ms: event.timestamp_ms,
             trace_context: event.trace_context.clone(),
             origin_connection: event.origin_connection.clone().unwrap_or_default(),
+            durable_recipient: event.durable_recipient.as_ref().map(pb::Recipient::from),
         }
     }
 }
@@ -86,6 +87,11 @@ impl From<pb::Event> for Event {
             timestamp_ms: event.timestamp_ms,
             trace_context: event.trace_context,
             origin_connection: Some(event.origin_connection).filter(|c| !c.is_empty()),
+            // An unreadable one only costs a duplicate, never an event.
+            durable_recipient: event
+                .durable_recipient
+                .as_ref()
+                .and_then(|recipient| Recipient::try_from(recipient).ok()),
         }
     }
 }

@@ -101,6 +101,9 @@ pub struct Event {
     pub trace_context: HashMap<String, String>,
     /// The gateway connection the causing request came from.
     pub origin_connection: Option<String>,
+    /// The recipient that also gets this event in its own log: room copies
+    /// skip its connections (they have the durable copy).
+    pub durable_recipient: Option<Recipient>,
 }
 
 impl Event {
@@ -118,12 +121,20 @@ impl Event {
             timestamp_ms: crate::now_ms(),
             trace_context: crate::telemetry::current_context_map(),
             origin_connection: None,
+            durable_recipient: None,
         })
     }
 
     /// The same event, marked as caused by a request from `connection`.
     pub fn with_origin(mut self, connection: Option<String>) -> Self {
         self.origin_connection = connection;
+        self
+    }
+
+    /// The same event, marked as also delivered durably to `recipient`, so
+    /// its room copy skips that recipient's connections.
+    pub fn with_durable_recipient(mut self, recipient: Option<Recipient>) -> Self {
+        self.durable_recipient = recipient;
         self
     }
 }

@@ -607,6 +607,7 @@ mod tests {
             timestamp_ms: 5,
             trace_context: Default::default(),
             origin_connection: Some("g:1".into()),
+            durable_recipient: None,
         };
         for recipient in [Recipient::User(7), Recipient::Room("dialog: 1".into())] {
             let delivery = parse_frame(&frame(42, &recipient, &event)).expect("frame parses");
