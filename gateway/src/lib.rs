@@ -7,7 +7,8 @@
 //! - [`gateway`] — [`Gateway`], what every connection and route shares,
 //!   and how it is put together.
 //! - [`http`] — routes: the WebSocket endpoints, health, metrics.
-//! - [`auth`] — client tokens: verifying, minting, finding them in a request.
+//! - [`auth`] — finding a client's token in a request (the token itself is
+//!   `chatai_tokens`'s: claims, verifying, minting).
 //! - [`connection`] — one client connection's task, from `connected` to
 //!   close: the socket loop (`connection/mod.rs`), catching up from the
 //!   services' logs (`connection/catch_up.rs`) and the client's requests

@@ -37,7 +37,7 @@ impl Service {
         let host = ServiceHost::start(&ServiceCommon::default(), "chat", CancellationToken::new())
             .await
             .expect("a memory event log opens");
-        let (log, shutdown) = (host.log.clone(), host.shutdown.clone());
+        let (log, shutdown) = (host.log.clone(), host.shutdown().clone());
         let served = tokio::spawn(host.serve(listener, None, &[]));
         Service {
             log,

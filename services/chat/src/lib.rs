@@ -93,14 +93,14 @@ pub async fn run(
         host.log.clone(),
         Arc::new(handoffs),
         policy,
-        host.tasks.clone(),
+        host.tasks().clone(),
     );
     host.supervisor.spawn(
         "holder follower",
         grpc::follow_holders(
             handoff_channel,
             service.holder_view(),
-            host.shutdown.clone(),
+            host.shutdown().clone(),
         ),
     );
     let routes = tonic::service::Routes::new(ChatServer::new(grpc::ChatApi::new(service)));

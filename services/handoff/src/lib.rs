@@ -83,12 +83,14 @@ pub async fn run(
     let reporter = presence::LoadReporter::new();
     host.supervisor.spawn(
         "presence load reporter",
-        reporter.clone().run(channel.clone(), host.shutdown.clone()),
+        reporter
+            .clone()
+            .run(channel.clone(), host.shutdown().clone()),
     );
     let (updates_tx, updates) = mpsc::channel(UPDATE_BUFFER);
     host.supervisor.spawn(
         "presence follower",
-        presence::follow(channel, updates_tx, host.shutdown.clone()),
+        presence::follow(channel, updates_tx, host.shutdown().clone()),
     );
 
     let (service, queue) = HandoffService::load(
@@ -97,7 +99,7 @@ pub async fn run(
         reporter,
         updates,
         config.policy(),
-        host.shutdown.clone(),
+        host.shutdown().clone(),
     )
     .await?;
     host.supervisor.spawn("handoff queue", queue.run());

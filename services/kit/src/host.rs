@@ -37,10 +37,6 @@ pub struct ServiceHost {
     /// Runs the long-lived tasks (`supervisor.spawn`): an early exit stops
     /// the service, and [`serve`](Self::serve) returns it as an error.
     pub supervisor: Supervisor,
-    /// The supervisor's tracker, for short-lived tasks (one per call or
-    /// stream): waited for on shutdown, free to end.
-    pub tasks: TaskTracker,
-    pub shutdown: CancellationToken,
     /// What gRPC health checking reports; the overall status (the empty
     /// name) is SERVING while every readiness check passes.
     pub health: HealthReporter,
@@ -64,15 +60,24 @@ impl ServiceHost {
         );
         let mut host = ServiceHost {
             log: log.clone(),
-            tasks: supervisor.tracker().clone(),
             supervisor,
-            shutdown,
             health: HealthReporter::new(),
             checks: Vec::new(),
             auth: common.auth.clone(),
         };
         host.check_ping("event log", log, |log| async move { log.ping().await });
         Ok(host)
+    }
+
+    /// Where short-lived tasks go (one per call or stream): waited for on
+    /// shutdown, free to end.
+    pub fn tasks(&self) -> &TaskTracker {
+        self.supervisor.tracker()
+    }
+
+    /// The service's shutdown signal (the process's).
+    pub fn shutdown(&self) -> &CancellationToken {
+        self.supervisor.shutdown()
     }
 
     /// Adds a readiness check, run every few seconds once serving.
@@ -107,9 +112,12 @@ impl ServiceHost {
         routes: Option<Routes>,
         service_names: &[&str],
     ) -> Result<(), ServeError> {
-        let events =
-            EventStreamService::new(self.log.clone(), self.shutdown.clone(), self.tasks.clone())
-                .into_server();
+        let events = EventStreamService::new(
+            self.log.clone(),
+            self.shutdown().clone(),
+            self.tasks().clone(),
+        )
+        .into_server();
         let routes = match routes {
             Some(routes) => routes.add_service(events),
             None => Routes::new(events),
@@ -121,7 +129,7 @@ impl ServiceHost {
             watch_readiness(
                 self.checks.clone(),
                 self.health.clone(),
-                self.shutdown.clone(),
+                self.shutdown().clone(),
             ),
         );
         let served = grpc::serve(
@@ -130,10 +138,10 @@ impl ServiceHost {
             self.health.clone(),
             &names,
             &self.auth,
-            self.shutdown.clone(),
+            self.shutdown().clone(),
         )
         .await;
-        self.shutdown.cancel();
+        self.shutdown().cancel();
         let tasks = self.supervisor.wait().await;
         served?;
         Ok(tasks?)

@@ -42,7 +42,7 @@ impl Service {
         let host = ServiceHost::start(&common, "test", CancellationToken::new())
             .await
             .expect("a memory event log opens");
-        let (log, shutdown) = (host.log.clone(), host.shutdown.clone());
+        let (log, shutdown) = (host.log.clone(), host.shutdown().clone());
         let served = tokio::spawn(host.serve(listener, None, &[]));
         Service {
             addr,
@@ -584,7 +584,7 @@ async fn a_dead_task_stops_the_service_and_is_named() {
     let host = ServiceHost::start(&ServiceCommon::default(), "test", CancellationToken::new())
         .await
         .expect("a memory event log opens");
-    let shutdown = host.shutdown.clone();
+    let shutdown = host.shutdown().clone();
     let (stop_it, stopped) = tokio::sync::oneshot::channel::<()>();
     host.supervisor.spawn("doomed worker", async move {
         let _ = stopped.await;

@@ -83,7 +83,7 @@ pub async fn run(
         "analytics push",
         service
             .clone()
-            .push_analytics(config.analytics_interval(), host.shutdown.clone()),
+            .push_analytics(config.analytics_interval(), host.shutdown().clone()),
     );
     let routes =
         tonic::service::Routes::new(NotificationServer::new(grpc::NotificationApi::new(service)));
