@@ -313,34 +313,53 @@ async fn rooms_and_dialogs_are_private() {
     app.stop().await;
 }
 
+/// Operator `operator_id`, connected with `name` in their token, takes user
+/// `user_id`'s handoff and replies `reply`: the `operator_assigned` and the
+/// `operator_message` the user gets.
+async fn named_operator_replies(
+    app: &TestApp,
+    operator_id: i64,
+    name: &str,
+    user_id: i64,
+    reply: &str,
+) -> (Value, Value) {
+    let token = app
+        .keys
+        .mint(
+            operator_id,
+            Role::Operator,
+            Some(name),
+            Duration::from_secs(3600),
+        )
+        .expect("minting a token");
+    let (mut operator, _) =
+        connect_at(app.gateway_addr, &token, operator_id, Role::Operator, "").await;
+    let (mut user, dialog_id) = dialog(app, user_id).await;
+    ask_for_operator(&mut user, dialog_id, "normal").await;
+    let assigned = next_for(&mut user, "operator_assigned", dialog_id).await;
+    assert_eq!(assigned["operator_id"], operator_id, "{assigned}");
+    next_for(&mut operator, "operator_assigned", dialog_id).await;
+    let sent = operator
+        .request(
+            json!({"type": "chat_message", "id": "r1", "dialog_id": dialog_id, "message": reply}),
+        )
+        .await;
+    assert_eq!(sent["type"], "ack", "{sent}");
+    let message = next_for(&mut user, "operator_message", dialog_id).await;
+    assert_eq!(message["message"], reply, "{message}");
+    (assigned, message)
+}
+
 /// An operator's name outside ASCII reaches the user whole, in
 /// `operator_assigned` and in each `operator_message` (it travels between
 /// the parts as binary gRPC metadata).
 #[tokio::test]
 async fn a_non_ascii_operator_name_is_kept() {
     let app = spawn_app(options()).await;
-    let token = app
-        .keys
-        .mint(
-            9201,
-            Role::Operator,
-            Some("Ольга"),
-            Duration::from_secs(3600),
-        )
-        .expect("minting a token");
-    let (mut olga, _) = connect_at(app.gateway_addr, &token, 9201, Role::Operator, "").await;
-    let (mut ann, dialog_id) = dialog(&app, 9211).await;
-    ask_for_operator(&mut ann, dialog_id, "normal").await;
-    let assigned = next_for(&mut ann, "operator_assigned", dialog_id).await;
+    let (assigned, message) =
+        named_operator_replies(&app, 9201, "Ольга", 9211, "Здравствуйте!").await;
     assert_eq!(assigned["operator_name"], "Ольга", "{assigned}");
-    next_for(&mut olga, "operator_assigned", dialog_id).await;
-    let reply = olga
-        .request(json!({"type": "chat_message", "id": "r1", "dialog_id": dialog_id, "message": "Здравствуйте!"}))
-        .await;
-    assert_eq!(reply["type"], "ack", "{reply}");
-    let message = next_for(&mut ann, "operator_message", dialog_id).await;
     assert_eq!(message["operator_name"], "Ольга", "{message}");
-    assert_eq!(message["message"], "Здравствуйте!", "{message}");
     app.stop().await;
 }
 
@@ -352,30 +371,9 @@ async fn a_non_ascii_operator_name_is_kept() {
 async fn a_long_operator_name_is_cut_not_refused() {
     let app = spawn_app(options()).await;
     let long_name = "Ж".repeat(200); // 400 bytes
-    let token = app
-        .keys
-        .mint(
-            9301,
-            Role::Operator,
-            Some(&long_name),
-            Duration::from_secs(3600),
-        )
-        .expect("minting a token");
-    let (mut olga, _) = connect_at(app.gateway_addr, &token, 9301, Role::Operator, "").await;
-    let (mut ann, dialog_id) = dialog(&app, 9311).await;
-    ask_for_operator(&mut ann, dialog_id, "normal").await;
-    let assigned = next_for(&mut ann, "operator_assigned", dialog_id).await;
+    let (assigned, message) = named_operator_replies(&app, 9301, &long_name, 9311, "Hello").await;
     let cut = "Ж".repeat(128); // 256 bytes
-    assert_eq!(assigned["operator_id"], 9301, "{assigned}");
     assert_eq!(assigned["operator_name"], cut.as_str(), "{assigned}");
-    next_for(&mut olga, "operator_assigned", dialog_id).await;
-    let reply = olga
-        .request(
-            json!({"type": "chat_message", "id": "r1", "dialog_id": dialog_id, "message": "Hello"}),
-        )
-        .await;
-    assert_eq!(reply["type"], "ack", "{reply}");
-    let message = next_for(&mut ann, "operator_message", dialog_id).await;
     assert_eq!(message["operator_name"], cut.as_str(), "{message}");
     app.stop().await;
 }
