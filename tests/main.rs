@@ -17,6 +17,7 @@ mod connections;
 mod delivery;
 mod operators;
 mod processes;
+mod restarts;
 mod resume;
 
 /// Every `tests/*.rs` file is a module of this binary: with `autotests =

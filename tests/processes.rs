@@ -432,6 +432,72 @@ async fn a_restarted_service_on_memory_logs_tells_and_goes_on() {
     database.remove().await;
 }
 
+/// Issue 9, item 3: presence is down while the operator holding a dialog
+/// leaves (nobody can tell it), then comes back knowing nobody. The handoff
+/// service must not keep the dialog with the vanished operator forever:
+/// presence is told again what they hold, gives them the grace period, and
+/// when it ends without them the dialog goes back to the queue — the user is
+/// told, and the next operator gets it.
+#[tokio::test]
+async fn an_operator_who_left_while_presence_was_down_loses_their_dialogs() {
+    let database = TestDatabase::postgres().await;
+    let database_url = database.url().to_owned();
+    let mut deployment = Deployment::new(&database_url, None);
+    for part in ["presence", "handoff", "chat", "notification", "gateway"] {
+        deployment.start(part);
+    }
+    deployment.wait_healthy().await;
+    let mut user = deployment.connect(1905, Role::User).await;
+    let (ack, _) = user.chat_and_answer("m1", None, common::FAQ_QUESTION).await;
+    let dialog_id = ack["dialog_id"].as_i64().expect("a dialog");
+    let mut operator = deployment.connect(1955, Role::Operator).await;
+    let asked = user
+        .request(json!({"type": "handoff_request", "id": "h1", "dialog_id": dialog_id, "reason": "a person, please"}))
+        .await;
+    assert_eq!(asked["type"], "ack", "{asked}");
+    assert_eq!(user.next_of("operator_assigned").await["operator_id"], 1955);
+    operator.next_of("operator_assigned").await;
+    let replied = operator
+        .request(
+            json!({"type": "chat_message", "id": "r1", "dialog_id": dialog_id, "message": "Here."}),
+        )
+        .await;
+    assert_eq!(replied["type"], "ack", "{replied}");
+    user.next_of("operator_message").await;
+
+    deployment.kill("presence").await;
+    deployment
+        .wait_for_health("health reports presence down", |status, _| status == 503)
+        .await;
+    operator.close().await;
+    deployment.start("presence");
+    deployment.wait_healthy().await;
+
+    // Taken back: the user is told their place in the queue again.
+    let deadline = tokio::time::Instant::now() + START;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(
+            !remaining.is_zero(),
+            "the dialog stayed with the vanished operator\n{}",
+            deployment.logs()
+        );
+        let frame = user.recv_json(remaining).await;
+        if frame["type"] == "handoff_queued" && frame["dialog_id"] == dialog_id {
+            break;
+        }
+    }
+    let mut next = deployment.connect(1956, Role::Operator).await;
+    let assigned = next.next_of("operator_assigned").await;
+    assert_eq!(assigned["dialog_id"], dialog_id, "{assigned}");
+
+    deployment.terminate("gateway").await;
+    for part in ["chat", "handoff", "presence", "notification"] {
+        deployment.terminate(part).await;
+    }
+    database.remove().await;
+}
+
 /// Durability across a SIGKILL: one connection streams 300 distinct chat
 /// messages without waiting for answers; partway through, the chat service
 /// is killed outright and started again while the stream goes on. Every

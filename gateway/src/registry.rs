@@ -132,6 +132,19 @@ pub struct OperatorConnection {
     pub name: Option<Arc<str>>,
 }
 
+/// Where a report to the presence service (an operator connection opened
+/// or closed, the lease's list) stands among this gateway's others, so that
+/// presence applies them in the order they happened (`presence.proto`,
+/// `ReportOrder`). An open or close takes its number after the registry
+/// changed, a lease before it reads the list: a report numbered below a
+/// lease is in the lease's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportOrder {
+    /// When this run of the gateway started, µs since the epoch.
+    pub incarnation: u64,
+    pub sequence: u64,
+}
+
 /// Counts of what a gateway holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -151,6 +164,9 @@ pub struct Registry {
     /// Connections by user, operator and room.
     members: DashMap<Recipient, Vec<Arc<Conn>>>,
     rooms: AtomicUsize,
+    /// This run's [`ReportOrder::incarnation`], and the last sequence.
+    incarnation: u64,
+    reports: AtomicU64,
 }
 
 impl Registry {
@@ -161,6 +177,18 @@ impl Registry {
             conns: DashMap::new(),
             members: DashMap::new(),
             rooms: AtomicUsize::new(0),
+            incarnation: chatai_kit::versioned::VersionClock::default().tick(),
+            reports: AtomicU64::new(0),
+        }
+    }
+
+    /// The next report's place (see [`ReportOrder`]).
+    pub fn report_order(&self) -> ReportOrder {
+        ReportOrder {
+            incarnation: self.incarnation,
+            // SeqCst: a lease numbered after an open or close sees the
+            // registry as that report left it.
+            sequence: self.reports.fetch_add(1, Ordering::SeqCst) + 1,
         }
     }
 

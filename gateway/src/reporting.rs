@@ -201,8 +201,11 @@ async fn run(
                 }
                 // The lease on this gateway's operator connections: if the
                 // gateway dies, presence lets them expire.
+                // Numbered before the list is read (see `ReportOrder`).
+                let order = registry.report_order();
                 let lease = pb::RefreshConnectionsRequest {
                     gateway_id: registry.gateway_id().to_owned(),
+                    order: Some(order.into()),
                     connections: registry
                         .operator_connections()
                         .iter()

@@ -20,7 +20,7 @@ use chatai_proto::v1::presence_client::PresenceClient;
 use tonic::{Code, Status};
 
 use crate::frames::inbound::{OperatorStatus, Priority};
-use crate::registry::OperatorConnection;
+use crate::registry::{OperatorConnection, ReportOrder};
 use crate::upstream::ServiceChannel;
 
 /// A call to a service that failed: what the service said, for the log,
@@ -249,10 +249,12 @@ impl Services {
         &self,
         gateway_id: &str,
         connection: &OperatorConnection,
+        order: ReportOrder,
     ) -> Result<(), CallError> {
         let message = pb::ConnectionOpenedRequest {
             gateway_id: gateway_id.to_owned(),
             connection: Some(connection.into()),
+            order: Some(order.into()),
         };
         let request = self.request(&Caller::service(), message);
         self.deadline(self.presence.clone().connection_opened(request))
@@ -266,11 +268,13 @@ impl Services {
         gateway_id: &str,
         operator_id: i64,
         connection_id: &str,
+        order: ReportOrder,
     ) -> Result<(), CallError> {
         let message = pb::ConnectionClosedRequest {
             gateway_id: gateway_id.to_owned(),
             operator_id,
             connection_id: connection_id.to_owned(),
+            order: Some(order.into()),
         };
         let request = self.request(&Caller::service(), message);
         self.deadline(self.presence.clone().connection_closed(request))

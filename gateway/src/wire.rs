@@ -8,7 +8,7 @@ use chatai_proto::v1 as pb;
 use chatai_proto::v1::connection_event::Kind;
 
 use crate::frames::inbound::{OperatorStatus, Priority};
-use crate::registry::OperatorConnection;
+use crate::registry::{OperatorConnection, ReportOrder};
 use crate::reporting::{ConnectionEvent, ConnectionEventKind};
 use crate::services::{CompletedHandoff, EffectiveStatus, HandoffTicket, SentMessage};
 use crate::upstream::{ReplayFrom, ReplayPage};
@@ -41,6 +41,15 @@ impl From<Priority> for pb::Priority {
             Priority::Normal => pb::Priority::Normal,
             Priority::High => pb::Priority::High,
             Priority::Urgent => pb::Priority::Urgent,
+        }
+    }
+}
+
+impl From<ReportOrder> for pb::ReportOrder {
+    fn from(order: ReportOrder) -> Self {
+        pb::ReportOrder {
+            incarnation: order.incarnation,
+            sequence: order.sequence,
         }
     }
 }

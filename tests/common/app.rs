@@ -134,21 +134,14 @@ pub struct TestApp {
     shutdown: CancellationToken,
     parts: Option<Parts>,
     storage: Option<TestDatabase>,
+    /// What the system was started with, for [`TestApp::restart`].
+    options: TestOptions,
 }
 
 /// Starts the whole system on port 0 and returns once the gateway reports
 /// healthy (every service stream attached).
 pub async fn spawn_app(options: TestOptions) -> TestApp {
-    let TestOptions {
-        database,
-        gateway,
-        chat,
-        handoff,
-        presence,
-        notification,
-        mut common,
-    } = options;
-    let storage = match database {
+    let storage = match options.database {
         Database::Sqlite => {
             let storage = TestDatabase::sqlite();
             // Workaround, see the end-to-end suite's report: services opening
@@ -164,6 +157,20 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
         }
         Database::Postgres => TestDatabase::postgres().await,
     };
+    start_on(options, storage).await
+}
+
+/// Starts the system on `storage` (fresh, or kept from a stopped run).
+async fn start_on(options: TestOptions, storage: TestDatabase) -> TestApp {
+    let TestOptions {
+        database: _,
+        gateway,
+        chat,
+        handoff,
+        presence,
+        notification,
+        mut common,
+    } = options.clone();
     let database_url = storage.url().to_owned();
     // Every service that stores anything gets the test's database, never
     // the default file under `./data/`.
@@ -211,6 +218,7 @@ pub async fn spawn_app(options: TestOptions) -> TestApp {
         shutdown,
         parts: Some(parts),
         storage: Some(storage),
+        options,
     };
     app.wait_until_healthy().await;
     app
@@ -424,6 +432,23 @@ impl TestApp {
     /// Stops the system (the shutdown signal, then every part), checks that
     /// every part ended cleanly, and removes the database.
     pub async fn stop(mut self) {
+        self.stop_parts().await;
+        if let Some(storage) = self.storage.take() {
+            storage.remove().await;
+        }
+    }
+
+    /// Stops every part, then starts the whole system again on the same
+    /// database, as an operator restarting the all-in-one would. Addresses
+    /// change (port 0): connect again through the returned app.
+    pub async fn restart(mut self) -> TestApp {
+        self.stop_parts().await;
+        let storage = self.storage.take().expect("the database is kept");
+        start_on(self.options.clone(), storage).await
+    }
+
+    /// Sends the shutdown signal and checks that every part ended cleanly.
+    async fn stop_parts(&mut self) {
         self.shutdown.cancel();
         if let Some(mut parts) = self.parts.take() {
             let all = async {
@@ -443,9 +468,6 @@ impl TestApp {
                     Err(join_error) => panic!("a part panicked: {join_error}"),
                 }
             }
-        }
-        if let Some(storage) = self.storage.take() {
-            storage.remove().await;
         }
     }
 }

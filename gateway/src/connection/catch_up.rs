@@ -76,7 +76,11 @@ impl Connection {
         if let Some(connection) = self.operator_connection()
             && let Err(err) = gateway
                 .services
-                .operator_connected(gateway.registry.gateway_id(), &connection)
+                .operator_connected(
+                    gateway.registry.gateway_id(),
+                    &connection,
+                    gateway.registry.report_order(),
+                )
                 .await
         {
             tracing::warn!(cause = %err, "presence not told of the connection; the lease refresh will");

@@ -347,6 +347,7 @@ impl Connection {
                     self.gateway.registry.gateway_id(),
                     connection.operator_id,
                     &connection.connection_id,
+                    self.gateway.registry.report_order(),
                 )
                 .await
         {

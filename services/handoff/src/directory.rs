@@ -79,6 +79,8 @@ struct StatusChangeBody {
     active_handoffs: Option<u32>,
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    version: u64,
 }
 
 /// Why an `operator_status_change` body was not understood.
@@ -88,9 +90,10 @@ pub enum StatusChangeError {
     Json(#[from] serde_json::Error),
 }
 
-/// Reads an `operator_status_change` event body. An unknown chosen status
-/// reads as [`ChosenStatus::Away`]: such an operator is never given work.
-pub fn parse_status_change(body: &[u8]) -> Result<OperatorView, StatusChangeError> {
+/// Reads an `operator_status_change` event body, and its version (0 when it
+/// has none). An unknown chosen status reads as [`ChosenStatus::Away`]: such
+/// an operator is never given work.
+pub fn parse_status_change(body: &[u8]) -> Result<(OperatorView, u64), StatusChangeError> {
     let body: StatusChangeBody = serde_json::from_slice(body)?;
     let status = body.status.as_deref().unwrap_or("offline");
     let online = body.online.unwrap_or(status != "offline");
@@ -105,13 +108,14 @@ pub fn parse_status_change(body: &[u8]) -> Result<OperatorView, StatusChangeErro
         }
         ChosenStatus::Away
     });
-    Ok(OperatorView {
+    let view = OperatorView {
         operator_id: body.operator_id,
         name: body.name.unwrap_or_default(),
         online,
         chosen,
         reported_load: body.active_handoffs,
-    })
+    };
+    Ok((view, body.version))
 }
 
 #[cfg(test)]
@@ -121,11 +125,12 @@ mod tests {
     /// The full body presence sends reads field by field.
     #[test]
     fn full_status_change_reads() {
-        let view = parse_status_change(
+        let (view, version) = parse_status_change(
             br#"{"operator_id":7,"status":"busy","chosen_status":"available","online":true,
-                "active_handoffs":5,"max_handoffs":5,"name":"Olga"}"#,
+                "active_handoffs":5,"max_handoffs":5,"name":"Olga","version":12}"#,
         )
         .expect("parses");
+        assert_eq!(version, 12);
         assert_eq!(
             view,
             OperatorView {
@@ -141,9 +146,12 @@ mod tests {
     /// A minimal body falls back on `status`; offline means not online.
     #[test]
     fn minimal_status_change_falls_back_on_status() {
-        let view = parse_status_change(br#"{"operator_id":7,"status":"offline"}"#).expect("parses");
+        let (view, version) =
+            parse_status_change(br#"{"operator_id":7,"status":"offline"}"#).expect("parses");
         assert!(!view.online);
-        let view = parse_status_change(br#"{"operator_id":7,"status":"away"}"#).expect("parses");
+        assert_eq!(version, 0, "no version: unversioned");
+        let (view, _) =
+            parse_status_change(br#"{"operator_id":7,"status":"away"}"#).expect("parses");
         assert!(view.online);
         assert_eq!(view.chosen, ChosenStatus::Away);
         assert_eq!(view.reported_load, None);
@@ -152,7 +160,7 @@ mod tests {
     /// Unknown statuses never make an operator eligible; bad JSON is an error.
     #[test]
     fn unknown_status_is_not_available() {
-        let view = parse_status_change(
+        let (view, _) = parse_status_change(
             br#"{"operator_id":7,"status":"available","chosen_status":"napping","online":true}"#,
         )
         .expect("parses");

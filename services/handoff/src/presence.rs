@@ -8,8 +8,10 @@
 //!   `Role(OPERATOR)`, then `ListOperators` → [`OperatorUpdate::Snapshot`],
 //!   then one [`OperatorUpdate::Changed`] per event; when the stream drops,
 //!   again, with backoff. Events that arrive while the snapshot is read wait
-//!   in the stream and are applied after it, in order, so the view ends as
-//!   presence's.
+//!   in the stream and come after it; those the snapshot already holds (a
+//!   version at or below the listing's) are dropped
+//!   ([`chatai_kit::versioned::SnapshotGate`]) — applied, a stale "offline"
+//!   would take handoffs back from an operator the snapshot says is online.
 //! - [`LoadReporter`] — the [`OperatorDirectory`] over gRPC: the queue drops
 //!   the latest load per operator into a map (never blocking), one task
 //!   sends them, retrying those that failed while presence is unreachable.
@@ -24,6 +26,7 @@ use chatai_kit::events::Recipient;
 use chatai_kit::follow::{Followed, Follower, backoff};
 use chatai_kit::grpc::TokenInterceptor;
 use chatai_kit::identity::{Role, service_request};
+use chatai_kit::versioned::SnapshotGate;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::presence_client::PresenceClient;
 use tokio::sync::{Notify, mpsc};
@@ -68,6 +71,7 @@ pub async fn follow(
     let mut follower = PresenceFollower {
         presence: PresenceClient::new(channel.clone()),
         updates,
+        gate: SnapshotGate::default(),
     };
     chatai_kit::follow::follow(
         channel,
@@ -85,21 +89,23 @@ pub async fn follow(
 struct PresenceFollower {
     presence: PresenceClient<PresenceChannel>,
     updates: mpsc::Sender<OperatorUpdate>,
+    /// Drops the events the last snapshot already holds.
+    gate: SnapshotGate,
 }
 
 #[async_trait::async_trait]
 impl Follower for PresenceFollower {
     async fn snapshot(&mut self) -> Result<Followed, Status> {
-        let operators = self
+        let listing = self
             .presence
             .list_operators(service_request(
                 pb::ListOperatorsRequest {},
                 Some(CALL_TIMEOUT),
             ))
             .await?
-            .into_inner()
-            .operators;
-        let snapshot = operators.iter().map(OperatorView::from).collect();
+            .into_inner();
+        self.gate.snapshot(listing.version);
+        let snapshot = listing.operators.iter().map(OperatorView::from).collect();
         if self
             .updates
             .send(OperatorUpdate::Snapshot(snapshot))
@@ -116,7 +122,14 @@ impl Follower for PresenceFollower {
             return Followed::Continue;
         }
         match parse_status_change(&event.body) {
-            Ok(view) => {
+            Ok((view, version)) if !self.gate.admits(version) => {
+                tracing::debug!(
+                    operator_id = view.operator_id,
+                    version,
+                    "dropping a status change the snapshot already holds"
+                );
+            }
+            Ok((view, _)) => {
                 if self
                     .updates
                     .send(OperatorUpdate::Changed(view))
@@ -284,6 +297,7 @@ mod tests {
             connections: 1,
             name: "Ann".into(),
             since_ms: 1,
+            version: 3,
         };
         let view = OperatorView::from(&info);
         assert_eq!(view.chosen, ChosenStatus::Available);

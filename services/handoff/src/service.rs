@@ -333,6 +333,9 @@ struct Entry {
     avoid: Option<i64>,
     /// After a failed timed transition: not retried before this.
     hold_until: Option<Instant>,
+    /// Its operator went offline and taking it back failed: retried (after
+    /// `hold_until`) whether or not they had replied.
+    holder_offline: bool,
 }
 
 impl Entry {
@@ -344,6 +347,7 @@ impl Entry {
             told_position: None,
             avoid: None,
             hold_until: None,
+            holder_offline: false,
         }
     }
 
@@ -355,6 +359,7 @@ impl Entry {
     fn due(&self, policy: &Policy) -> Option<Instant> {
         let due = match self.handoff.state {
             HandoffState::Queued => Some(self.queued_at + policy.max_queue_time),
+            HandoffState::Assigned if self.holder_offline => self.hold_until,
             HandoffState::Assigned => self.reply_deadline,
             _ => None,
         }?;
@@ -734,12 +739,17 @@ impl Queue {
         match update {
             OperatorUpdate::Snapshot(views) => {
                 let seen: HashSet<i64> = views.iter().map(|v| v.operator_id).collect();
-                // Operators presence no longer lists are not given work; what
-                // they hold stays theirs until presence says they are
-                // offline or their reply timer runs out.
+                // Operators presence does not list (it restarted and has not
+                // heard of them) are not given work, but "unknown" is not
+                // "offline": what they hold stays theirs, and presence is
+                // told again what they hold — it then gives them a grace
+                // period and says "offline" when it ends without them.
                 for operator in self.operators.values_mut() {
                     if !seen.contains(&operator.id) {
                         operator.online = false;
+                        if operator.load > 0 {
+                            self.directory.set_load(operator.id, operator.load);
+                        }
                     }
                 }
                 tracing::info!(
@@ -767,7 +777,11 @@ impl Queue {
         if view.reported_load.is_some_and(|reported| reported != load) {
             self.directory.set_load(view.operator_id, load);
         }
-        if !view.online {
+        // "Offline" from a presence that believes they hold nothing is not a
+        // verdict on their handoffs: it has not heard of them (a restart)
+        // and is told just above; its next word, with the load, decides.
+        let uninformed = view.reported_load == Some(0) && load > 0;
+        if !view.online && !uninformed {
             let held: Vec<i64> = self
                 .handoffs
                 .values()
@@ -779,8 +793,12 @@ impl Queue {
                 .collect();
             for id in held {
                 if let Err(cause) = self.take_back(id, REASSIGNED_OFFLINE).await {
-                    // Retried by the reply timer, which still runs.
-                    tracing::error!(%cause, handoff_id = id, "could not take a handoff back from an offline operator");
+                    // Retried by the timers until it goes through.
+                    tracing::error!(%cause, handoff_id = id, "could not take a handoff back from an offline operator; retrying");
+                    if let Some(entry) = self.handoffs.get_mut(&id) {
+                        entry.holder_offline = true;
+                        entry.hold_until = Some(Instant::now() + RETRY_AFTER);
+                    }
                 }
             }
         }
@@ -803,14 +821,17 @@ impl Queue {
         if self.retry_drain_at.is_some_and(|at| at <= now) {
             self.retry_drain_at = None;
         }
-        let due: Vec<(i64, HandoffState)> = self
+        let due: Vec<(i64, HandoffState, bool)> = self
             .handoffs
             .values()
             .filter(|entry| entry.due(&self.policy).is_some_and(|at| at <= now))
-            .map(|entry| (entry.handoff.id, entry.handoff.state))
+            .map(|entry| (entry.handoff.id, entry.handoff.state, entry.holder_offline))
             .collect();
-        for (id, state) in due {
+        for (id, state, holder_offline) in due {
             let done = match state {
+                HandoffState::Assigned if holder_offline => {
+                    self.take_back(id, REASSIGNED_OFFLINE).await
+                }
                 HandoffState::Assigned => self.take_back(id, REASSIGNED_NO_REPLY).await,
                 HandoffState::Queued => self.return_to_assistant(id).await,
                 _ => Ok(()),

@@ -17,7 +17,8 @@
 //! former holder. Otherwise the chat service asks the handoff service.
 //!
 //! Versions only grow, also across a restart of the handoff service
-//! ([`VersionClock`]), so a view can tell an older answer from a newer one.
+//! ([`VersionClock`], from [`crate::versioned`]), so a view can tell an
+//! older answer from a newer one.
 
 use serde::{Deserialize, Serialize};
 
@@ -64,47 +65,11 @@ pub struct HolderNote {
     pub position: u64,
 }
 
-/// Hands out holder versions: each greater than the last and, so that they
-/// keep growing across a restart, at least the wall clock in microseconds.
-#[derive(Debug, Default)]
-pub struct VersionClock {
-    last: u64,
-}
-
-impl VersionClock {
-    /// The next version.
-    pub fn tick(&mut self) -> u64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-            .unwrap_or_default();
-        self.last = now.max(self.last.saturating_add(1));
-        self.last
-    }
-
-    /// The latest version handed out (0 before the first).
-    pub fn current(&self) -> u64 {
-        self.last
-    }
-}
+pub use crate::versioned::VersionClock;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn versions_only_grow() {
-        let mut clock = VersionClock::default();
-        let first = clock.tick();
-        assert!(first > 1_600_000_000_000_000, "at least the clock in µs");
-        let mut last = first;
-        for _ in 0..10_000 {
-            let next = clock.tick();
-            assert!(next > last);
-            last = next;
-        }
-        assert_eq!(clock.current(), last);
-    }
 
     #[test]
     fn notes_read_back_as_written() -> Result<(), serde_json::Error> {

@@ -27,6 +27,8 @@
 //!   `EventStream` gRPC service gateways attach to.
 //! - [`holders`] — who holds a dialog: the notes the handoff service
 //!   publishes for the chat service, and their versions.
+//! - [`versioned`] — versions that only grow (also across restarts) and the
+//!   "snapshot, then follow" rule that drops events a snapshot already holds.
 //! - `db` (feature `db`) — opening the shared SQLite or PostgreSQL database
 //!   (`db::connect`) and applying its migrations, embedded here once.
 //! - `host` (feature `server`) — what every service process does around its
@@ -51,6 +53,7 @@ pub mod shutdown;
 pub mod status;
 pub mod supervisor;
 pub mod telemetry;
+pub mod versioned;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {

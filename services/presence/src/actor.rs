@@ -2,11 +2,15 @@
 //! cloneable [`PresenceHandle`] through which everything else talks to it.
 //!
 //! Commands arrive on a bounded channel and are answered on a oneshot; the
-//! actor also fires the grace-period and lease timers. After answering, it
+//! actor also fires the grace-period and lease timers. For each command it
 //! sends one `operator_status_change` per changed operator, in the order the
-//! changes happened, before it takes the next command — so events are never
-//! reordered and a caller never waits for the event backend.
+//! changes happened, and only then answers — so events are never reordered,
+//! and a caller who has the answer knows everyone else can have the event
+//! (an operator told "away" is not given work by a handoff service that
+//! read the event before it). A chosen status is stored before it is
+//! applied ([`StatusStore`]): an answer means it survives a restart.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +24,16 @@ use tracing::{Instrument, Span};
 use crate::config::PresenceConfig;
 use crate::error::PresenceError;
 use crate::events::{OPERATOR_STATUS_CHANGE, OperatorStatusChange};
-use crate::model::{ChosenStatus, Connection, OperatorView};
+use crate::model::{ChosenStatus, Connection, OperatorView, ReportOrder};
 use crate::state::PresenceState;
+use crate::store::StatusStore;
+
+/// Every operator heard of, and the version the listing is as of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub operators: Vec<OperatorView>,
+    pub version: u64,
+}
 
 /// Commands waiting for the actor. Each one is a few map updates
 /// (microseconds), so the queue only fills in a burst — a restarting gateway
@@ -35,23 +47,26 @@ enum Command {
     Opened {
         gateway: String,
         connection: Connection,
+        order: Option<ReportOrder>,
         reply: oneshot::Sender<OperatorView>,
     },
     Closed {
         gateway: String,
         connection_id: String,
+        order: Option<ReportOrder>,
         reply: oneshot::Sender<()>,
     },
     Refresh {
         gateway: String,
         connections: Vec<Connection>,
         ttl: Duration,
+        order: Option<ReportOrder>,
         reply: oneshot::Sender<()>,
     },
     SetStatus {
         operator_id: i64,
         status: ChosenStatus,
-        reply: oneshot::Sender<OperatorView>,
+        reply: oneshot::Sender<Result<OperatorView, PresenceError>>,
     },
     SetLoad {
         operator_id: i64,
@@ -63,7 +78,7 @@ enum Command {
         reply: oneshot::Sender<Option<OperatorView>>,
     },
     List {
-        reply: oneshot::Sender<Vec<OperatorView>>,
+        reply: oneshot::Sender<Listing>,
     },
 }
 
@@ -85,14 +100,23 @@ pub struct PresenceHandle {
 }
 
 impl PresenceHandle {
-    /// Starts the actor in `tasks`; it runs until `shutdown` (or until every
-    /// handle is gone) and delivers its events through `log`.
-    pub fn spawn(config: &PresenceConfig, log: Arc<dyn EventLog>, supervisor: &Supervisor) -> Self {
+    /// Starts the actor under `supervisor`; it runs until shutdown (or
+    /// until every handle is gone), delivers its events through `log` and
+    /// keeps chosen statuses in `store`. `stored` is what `store` held at the
+    /// start.
+    pub fn spawn(
+        config: &PresenceConfig,
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn StatusStore>,
+        stored: HashMap<i64, ChosenStatus>,
+        supervisor: &Supervisor,
+    ) -> Self {
         let (commands, inbox) = mpsc::channel(COMMAND_CAPACITY);
         let actor = Actor {
-            state: PresenceState::new(config.grace_period(), config.max_handoffs),
+            state: PresenceState::new(config.grace_period(), config.max_handoffs, stored),
             inbox,
             log,
+            store,
             shutdown: supervisor.shutdown().clone(),
         };
         supervisor.spawn(
@@ -115,10 +139,12 @@ impl PresenceHandle {
         &self,
         gateway: String,
         connection: Connection,
+        order: Option<ReportOrder>,
     ) -> Result<OperatorView, PresenceError> {
         self.call(None, |reply| Command::Opened {
             gateway,
             connection,
+            order,
             reply,
         })
         .await
@@ -129,10 +155,12 @@ impl PresenceHandle {
         &self,
         gateway: String,
         connection_id: String,
+        order: Option<ReportOrder>,
     ) -> Result<(), PresenceError> {
         self.call(None, |reply| Command::Closed {
             gateway,
             connection_id,
+            order,
             reply,
         })
         .await
@@ -144,17 +172,19 @@ impl PresenceHandle {
         gateway: String,
         connections: Vec<Connection>,
         ttl: Duration,
+        order: Option<ReportOrder>,
     ) -> Result<(), PresenceError> {
         self.call(None, |reply| Command::Refresh {
             gateway,
             connections,
             ttl,
+            order,
             reply,
         })
         .await
     }
 
-    /// The status an operator chose.
+    /// The status an operator chose: stored, applied, announced, answered.
     pub async fn set_status(
         &self,
         operator_id: i64,
@@ -166,7 +196,7 @@ impl PresenceHandle {
             status,
             reply,
         })
-        .await
+        .await?
     }
 
     /// How many handoffs an operator holds.
@@ -189,8 +219,9 @@ impl PresenceHandle {
             .await
     }
 
-    /// Every known operator, by id.
-    pub async fn list(&self) -> Result<Vec<OperatorView>, PresenceError> {
+    /// Every operator heard of since the start, by id, and the version the
+    /// listing is as of.
+    pub async fn list(&self) -> Result<Listing, PresenceError> {
         self.call(None, |reply| Command::List { reply }).await
     }
 
@@ -218,7 +249,19 @@ struct Actor {
     state: PresenceState,
     inbox: mpsc::Receiver<Envelope>,
     log: Arc<dyn EventLog>,
+    store: Arc<dyn StatusStore>,
     shutdown: CancellationToken,
+}
+
+/// An answer held back until the command's events are sent.
+type Answer = Box<dyn FnOnce() + Send>;
+
+/// Prepares `reply` to send `value`. A caller that went away (a cancelled
+/// call) does not undo the change, so a failed send is ignored.
+fn answer<T: Send + 'static>(reply: oneshot::Sender<T>, value: T) -> Answer {
+    Box::new(move || {
+        let _ = reply.send(value);
+    })
 }
 
 impl Actor {
@@ -244,43 +287,77 @@ impl Actor {
         tracing::debug!("presence actor stopped");
     }
 
-    /// Applies one command, answers it, then announces what it changed.
+    /// Applies one command, announces what it changed, then answers it.
     async fn handle(&mut self, envelope: Envelope) {
         let Envelope {
             command,
             span,
             origin,
         } = envelope;
-        // A caller that went away (a cancelled call) does not undo the
-        // change, so failed replies are ignored.
-        let changes = span.in_scope(|| match command {
+        // A chosen status is stored first: an answer means it survives a
+        // restart, and a failed write changes nothing.
+        let command = match command {
+            Command::SetStatus {
+                operator_id,
+                status,
+                reply,
+            } => {
+                let saved = self
+                    .store
+                    .save_chosen(operator_id, status, chatai_kit::now_ms())
+                    .instrument(span.clone())
+                    .await;
+                if let Err(cause) = saved {
+                    tracing::error!(parent: &span, %cause, operator_id, "the chosen status could not be stored");
+                    let _ = reply.send(Err(PresenceError::Storage));
+                    return;
+                }
+                Command::SetStatus {
+                    operator_id,
+                    status,
+                    reply,
+                }
+            }
+            command => command,
+        };
+        let (changes, answer) = span.in_scope(|| self.apply(command));
+        self.publish(changes, origin, &span).await;
+        answer();
+    }
+
+    /// Applies a command to the state (a `SetStatus` has been stored by
+    /// [`handle`](Self::handle)).
+    fn apply(&mut self, command: Command) -> (Vec<OperatorView>, Answer) {
+        match command {
             Command::Opened {
                 gateway,
                 connection,
+                order,
                 reply,
             } => {
-                let (view, changes) = self.state.connection_opened(&gateway, connection);
-                let _ = reply.send(view);
-                changes
+                let (view, changes) = self.state.connection_opened(&gateway, connection, order);
+                (changes, answer(reply, view))
             }
             Command::Closed {
                 gateway,
                 connection_id,
+                order,
                 reply,
             } => {
-                let changes = self.state.connection_closed(&gateway, &connection_id);
-                let _ = reply.send(());
-                changes
+                let changes = self
+                    .state
+                    .connection_closed(&gateway, &connection_id, order);
+                (changes, answer(reply, ()))
             }
             Command::Refresh {
                 gateway,
                 connections,
                 ttl,
+                order,
                 reply,
             } => {
-                let changes = self.state.refresh(&gateway, connections, ttl);
-                let _ = reply.send(());
-                changes
+                let changes = self.state.refresh(&gateway, connections, ttl, order);
+                (changes, answer(reply, ()))
             }
             Command::SetStatus {
                 operator_id,
@@ -288,8 +365,7 @@ impl Actor {
                 reply,
             } => {
                 let (view, changes) = self.state.set_status(operator_id, status);
-                let _ = reply.send(view);
-                changes
+                (changes, answer(reply, Ok(view)))
             }
             Command::SetLoad {
                 operator_id,
@@ -297,19 +373,19 @@ impl Actor {
                 reply,
             } => {
                 let (view, changes) = self.state.set_load(operator_id, active_handoffs);
-                let _ = reply.send(view);
-                changes
+                (changes, answer(reply, view))
             }
             Command::Get { operator_id, reply } => {
-                let _ = reply.send(self.state.get(operator_id));
-                Vec::new()
+                (Vec::new(), answer(reply, self.state.get(operator_id)))
             }
             Command::List { reply } => {
-                let _ = reply.send(self.state.list());
-                Vec::new()
+                let listing = Listing {
+                    operators: self.state.list(),
+                    version: self.state.version(),
+                };
+                (Vec::new(), answer(reply, listing))
             }
-        });
-        self.publish(changes, origin, &span).await;
+        }
     }
 
     /// Sends one `operator_status_change` per changed operator to every
@@ -367,6 +443,7 @@ mod tests {
     use tokio::sync::broadcast::error::TryRecvError;
 
     use crate::model::Status;
+    use crate::store::memory::MemoryStatusStore;
 
     const GRACE: Duration = Duration::from_secs(30);
     const MAX: u32 = 3;
@@ -378,6 +455,19 @@ mod tests {
     }
 
     fn start(grace: Duration) -> Fixture {
+        start_with(
+            grace,
+            Arc::new(MemoryStatusStore::default()),
+            HashMap::new(),
+        )
+    }
+
+    /// A presence service whose store is `store`, holding `stored` at start.
+    fn start_with(
+        grace: Duration,
+        store: Arc<MemoryStatusStore>,
+        stored: HashMap<i64, ChosenStatus>,
+    ) -> Fixture {
         let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(&EventLogConfig::default()));
         let live = log.live();
         let supervisor = Supervisor::new(CancellationToken::new());
@@ -385,7 +475,7 @@ mod tests {
             grace_period_secs: grace.as_secs(),
             max_handoffs: MAX,
         };
-        let handle = PresenceHandle::spawn(&config, log, &supervisor);
+        let handle = PresenceHandle::spawn(&config, log, store, stored, &supervisor);
         Fixture {
             handle,
             live,
@@ -404,14 +494,14 @@ mod tests {
     impl Fixture {
         async fn open(&self, gateway: &str, operator_id: i64, connection_id: &str) -> OperatorView {
             self.handle
-                .connection_opened(gateway.into(), conn(operator_id, connection_id))
+                .connection_opened(gateway.into(), conn(operator_id, connection_id), None)
                 .await
                 .expect("the actor answers")
         }
 
         async fn close(&self, gateway: &str, connection_id: &str) {
             self.handle
-                .connection_closed(gateway.into(), connection_id.into())
+                .connection_closed(gateway.into(), connection_id.into(), None)
                 .await
                 .expect("the actor answers");
         }
@@ -471,8 +561,10 @@ mod tests {
                 "active_handoffs": 0,
                 "max_handoffs": MAX,
                 "name": "Op 7",
+                "version": view.version,
             })
         );
+        assert!(view.version > 0, "a change has a version");
         assert_eq!(f.open("gw2", 7, "c2").await.connections, 2);
         // Opening the same connection again is idempotent.
         assert_eq!(f.open("gw2", 7, "c2").await.connections, 2);
@@ -547,7 +639,7 @@ mod tests {
         let mut f = start(GRACE);
         let ttl = Duration::from_secs(10);
         f.handle
-            .refresh("gw1".into(), vec![conn(7, "c1"), conn(8, "c2")], ttl)
+            .refresh("gw1".into(), vec![conn(7, "c1"), conn(8, "c2")], ttl, None)
             .await
             .expect("the actor answers");
         assert_eq!(f.next_change().await["operator_id"], 7);
@@ -556,7 +648,7 @@ mod tests {
         // A refresh before expiry renews the lease.
         tokio::time::advance(ttl - Duration::from_secs(1)).await;
         f.handle
-            .refresh("gw1".into(), vec![conn(7, "c1"), conn(8, "c2")], ttl)
+            .refresh("gw1".into(), vec![conn(7, "c1"), conn(8, "c2")], ttl, None)
             .await
             .expect("the actor answers");
         tokio::time::advance(Duration::from_secs(5)).await;
@@ -594,13 +686,18 @@ mod tests {
         f.next_change().await;
         f.next_change().await;
         f.handle
-            .refresh("gw1".into(), vec![conn(7, "a")], Duration::from_secs(60))
+            .refresh(
+                "gw1".into(),
+                vec![conn(7, "a")],
+                Duration::from_secs(60),
+                None,
+            )
             .await
             .expect("the actor answers");
         assert_eq!(f.get(7).await.connections, 1);
         assert_eq!(f.get(8).await.connections, 1, "gw2's connection stays");
         f.handle
-            .refresh("gw1".into(), vec![], Duration::from_secs(60))
+            .refresh("gw1".into(), vec![], Duration::from_secs(60), None)
             .await
             .expect("the actor answers");
         let seven = f.get(7).await;
@@ -701,5 +798,297 @@ mod tests {
             handle.list().await,
             Err(PresenceError::Unavailable)
         ));
+    }
+
+    fn order(incarnation: u64, sequence: u64) -> Option<ReportOrder> {
+        Some(ReportOrder {
+            incarnation,
+            sequence,
+        })
+    }
+
+    /// After a (re)start, an operator nobody has reported a connection for
+    /// but who holds handoffs is online through one grace period — not
+    /// offline at once (issue 9, item 1) — and offline after it unless they
+    /// come back. An operator seen in this run and gone offline is not
+    /// brought back by a load.
+    #[tokio::test(start_paused = true)]
+    async fn a_loaded_operator_unknown_since_the_start_gets_the_grace_period() {
+        let mut f = start(GRACE);
+        let view = f.handle.set_load(7, 1).await.expect("answers");
+        assert!(view.online, "{view:?}");
+        assert_eq!(view.connections, 0);
+        let change = f.next_change().await;
+        assert_eq!(change["online"], true);
+        assert_eq!(change["active_handoffs"], 1);
+        tokio::time::advance(GRACE - Duration::from_secs(1)).await;
+        f.assert_quiet().await;
+        // Back in time: nothing more is said, and the grace period is over.
+        f.open("gw1", 7, "c1").await;
+        tokio::time::advance(GRACE * 2).await;
+        f.assert_quiet().await;
+        assert!(f.get(7).await.online);
+
+        // Someone who does not come back goes offline after the grace.
+        f.handle.set_load(8, 2).await.expect("answers");
+        f.next_change().await;
+        tokio::time::advance(GRACE + Duration::from_secs(1)).await;
+        let change = f.next_change().await;
+        assert_eq!(change["operator_id"], 8);
+        assert_eq!(change["online"], false);
+        // Known now: a later load does not make them online again.
+        let view = f.handle.set_load(8, 3).await.expect("answers");
+        assert!(!view.online, "{view:?}");
+        assert_eq!(f.next_change().await["active_handoffs"], 3);
+        f.stop().await;
+    }
+
+    /// A status chosen before a restart is the one an operator comes back
+    /// with (issue 9, item 4), and every choice is written to the store.
+    #[tokio::test(start_paused = true)]
+    async fn a_stored_choice_is_kept_over_a_restart() {
+        let store = Arc::new(MemoryStatusStore::default());
+        let stored = HashMap::from([(7, ChosenStatus::Away)]);
+        let mut f = start_with(GRACE, store.clone(), stored);
+        assert!(
+            f.handle.list().await.expect("answers").operators.is_empty(),
+            "nothing is known of a stored operator until they are heard of"
+        );
+        let view = f.open("gw1", 7, "c1").await;
+        assert_eq!(view.chosen_status, ChosenStatus::Away);
+        assert_eq!(view.status, Status::Away);
+        assert_eq!(f.next_change().await["status"], "away");
+
+        f.handle
+            .set_status(9, ChosenStatus::Busy, None)
+            .await
+            .expect("answers");
+        assert_eq!(
+            store.rows.lock().expect("not poisoned").get(&9),
+            Some(&ChosenStatus::Busy)
+        );
+        f.stop().await;
+    }
+
+    /// A choice that cannot be stored is refused and changes nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_choice_that_cannot_be_stored_changes_nothing() {
+        let store = Arc::new(MemoryStatusStore::default());
+        let mut f = start_with(GRACE, store.clone(), HashMap::new());
+        f.open("gw1", 7, "c1").await;
+        f.next_change().await;
+        store
+            .failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let refused = f.handle.set_status(7, ChosenStatus::Away, None).await;
+        assert!(
+            matches!(refused, Err(PresenceError::Storage)),
+            "{refused:?}"
+        );
+        f.assert_quiet().await;
+        assert_eq!(f.get(7).await.chosen_status, ChosenStatus::Available);
+        f.stop().await;
+    }
+
+    /// An event log whose deliveries wait until the test lets them through.
+    struct HeldLog {
+        inner: MemoryLog,
+        open: tokio::sync::Semaphore,
+    }
+
+    #[async_trait::async_trait]
+    impl EventLog for HeldLog {
+        async fn deliver(
+            &self,
+            recipient: Recipient,
+            event: Arc<Event>,
+        ) -> Result<u64, chatai_kit::events::EventLogError> {
+            let _pass = self.open.acquire().await;
+            self.inner.deliver(recipient, event).await
+        }
+        async fn publish(
+            &self,
+            recipient: Recipient,
+            event: Arc<Event>,
+        ) -> Result<(), chatai_kit::events::EventLogError> {
+            self.inner.publish(recipient, event).await
+        }
+        async fn read(
+            &self,
+            recipient: &Recipient,
+            from: chatai_kit::events::ReplayFrom,
+            limit: usize,
+        ) -> Result<chatai_kit::events::LogPage, chatai_kit::events::EventLogError> {
+            self.inner.read(recipient, from, limit).await
+        }
+        async fn mark_seen(
+            &self,
+            recipient: &Recipient,
+            position: u64,
+        ) -> Result<(), chatai_kit::events::EventLogError> {
+            self.inner.mark_seen(recipient, position).await
+        }
+        fn live(&self) -> broadcast::Receiver<Delivery> {
+            self.inner.live()
+        }
+        async fn trim(&self) -> Result<(), chatai_kit::events::EventLogError> {
+            self.inner.trim().await
+        }
+        async fn stats(
+            &self,
+        ) -> Result<chatai_kit::events::LogStats, chatai_kit::events::EventLogError> {
+            self.inner.stats().await
+        }
+    }
+
+    /// The answer to `set_status` comes after its `operator_status_change`
+    /// is out (issue 9, item 8): a caller told "away" knows every follower
+    /// can already read it, so no handoff is given to them after the answer
+    /// by a follower that was not told.
+    #[tokio::test(start_paused = true)]
+    async fn the_answer_comes_after_the_announcement() {
+        let log = Arc::new(HeldLog {
+            inner: MemoryLog::new(&EventLogConfig::default()),
+            open: tokio::sync::Semaphore::new(0),
+        });
+        let supervisor = Supervisor::new(CancellationToken::new());
+        let config = PresenceConfig {
+            grace_period_secs: GRACE.as_secs(),
+            max_handoffs: MAX,
+        };
+        let handle = PresenceHandle::spawn(
+            &config,
+            log.clone(),
+            Arc::new(MemoryStatusStore::default()),
+            HashMap::new(),
+            &supervisor,
+        );
+        let mut live = log.live();
+        let answer = handle.set_status(7, ChosenStatus::Away, None);
+        tokio::pin!(answer);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), &mut answer)
+                .await
+                .is_err(),
+            "no answer while the announcement is held"
+        );
+        log.open.add_permits(100);
+        let view = answer.await.expect("answered once announced");
+        assert_eq!(view.chosen_status, ChosenStatus::Away);
+        let delivery = live.try_recv().expect("announced before the answer");
+        assert_eq!(delivery.event.kind, OPERATOR_STATUS_CHANGE);
+        supervisor.shutdown().cancel();
+        supervisor.wait().await.expect("stops");
+    }
+
+    /// Reports from one gateway applied in the order they happened, whatever
+    /// the order they arrive in (issue 9, item 8): a lease refresh read
+    /// before a close does not bring the closed connection back, one read
+    /// before an open does not drop the new connection, an older open or
+    /// close is ignored, and a newer run of the gateway starts afresh.
+    #[tokio::test(start_paused = true)]
+    async fn a_gateways_reports_apply_in_the_order_they_happened() {
+        let mut f = start(GRACE);
+        let ttl = Duration::from_secs(60);
+        let open = |id: &str, sequence| {
+            f.handle
+                .connection_opened("gw1".into(), conn(7, id), order(1, sequence))
+        };
+        open("c1", 1).await.expect("answers");
+        f.next_change().await;
+        // The lease read the list (c1 open) at 2; c1 closes at 3; the
+        // close arrives first.
+        f.handle
+            .connection_closed("gw1".into(), "c1".into(), order(1, 3))
+            .await
+            .expect("answers");
+        f.handle
+            .refresh("gw1".into(), vec![conn(7, "c1")], ttl, order(1, 2))
+            .await
+            .expect("answers");
+        assert_eq!(f.get(7).await.connections, 0, "c1 stays closed");
+
+        // c2 opens at 5; a lease read at 4 (without c2) arrives after it.
+        f.handle
+            .connection_opened("gw1".into(), conn(7, "c2"), order(1, 5))
+            .await
+            .expect("answers");
+        f.handle
+            .refresh("gw1".into(), vec![], ttl, order(1, 4))
+            .await
+            .expect("answers");
+        assert_eq!(f.get(7).await.connections, 1, "c2 stays open");
+
+        // An open of c3 at 6 arriving after its close at 7 is ignored.
+        f.handle
+            .connection_closed("gw1".into(), "c3".into(), order(1, 7))
+            .await
+            .expect("answers");
+        f.handle
+            .connection_opened("gw1".into(), conn(7, "c3"), order(1, 6))
+            .await
+            .expect("answers");
+        assert_eq!(f.get(7).await.connections, 1, "c3 never counts");
+
+        // A newer lease (8) is the whole truth again.
+        f.handle
+            .refresh(
+                "gw1".into(),
+                vec![conn(7, "c2"), conn(7, "c4")],
+                ttl,
+                order(1, 8),
+            )
+            .await
+            .expect("answers");
+        assert_eq!(f.get(7).await.connections, 2);
+
+        // The gateway restarted (run 2): its first lease replaces
+        // everything, and late reports of run 1 change nothing.
+        f.handle
+            .refresh("gw1".into(), vec![conn(7, "c1")], ttl, order(2, 1))
+            .await
+            .expect("answers");
+        assert_eq!(f.get(7).await.connections, 1);
+        f.handle
+            .connection_opened("gw1".into(), conn(7, "c9"), order(1, 99))
+            .await
+            .expect("answers");
+        f.handle
+            .connection_closed("gw1".into(), "c1".into(), order(1, 100))
+            .await
+            .expect("answers");
+        assert_eq!(f.get(7).await.connections, 1, "run 1 is over");
+        f.assert_quiet().await;
+        f.stop().await;
+    }
+
+    /// A listing says the version it is as of: every change it reflects has
+    /// a version at or below it, and the next change one above.
+    #[tokio::test(start_paused = true)]
+    async fn a_listing_is_as_of_a_version() {
+        let mut f = start(GRACE);
+        f.open("gw1", 7, "c1").await;
+        f.open("gw1", 8, "c2").await;
+        let first = f.next_change().await["version"]
+            .as_u64()
+            .expect("a version");
+        let second = f.next_change().await["version"]
+            .as_u64()
+            .expect("a version");
+        assert!(second > first);
+        let listing = f.handle.list().await.expect("answers");
+        assert_eq!(listing.version, second);
+        assert!(
+            listing
+                .operators
+                .iter()
+                .all(|op| op.version <= listing.version)
+        );
+        f.handle.set_load(7, 1).await.expect("answers");
+        let third = f.next_change().await["version"]
+            .as_u64()
+            .expect("a version");
+        assert!(third > listing.version);
+        f.stop().await;
     }
 }

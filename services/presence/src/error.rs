@@ -19,6 +19,9 @@ pub enum PresenceError {
     /// The actor has stopped: the service is shutting down.
     #[error("the presence service is shutting down")]
     Unavailable,
+    /// The chosen status could not be stored (logged where it happened).
+    #[error("the chosen status could not be stored")]
+    Storage,
 }
 
 impl From<PresenceError> for Status {
@@ -45,6 +48,11 @@ impl From<PresenceError> for Status {
                     "the presence service is stopping, try again",
                 )
             }
+            PresenceError::Storage => with_code(
+                Code::Unavailable,
+                ErrorCode::ServiceUnavailable,
+                "the chosen status could not be stored, try again",
+            ),
         }
     }
 }
@@ -78,6 +86,11 @@ mod tests {
             ),
             (
                 PresenceError::Unavailable,
+                Code::Unavailable,
+                "service_unavailable",
+            ),
+            (
+                PresenceError::Storage,
                 Code::Unavailable,
                 "service_unavailable",
             ),

@@ -25,6 +25,10 @@ pub struct OperatorStatusChange<'a> {
     pub max_handoffs: u32,
     /// Empty when unknown.
     pub name: &'a str,
+    /// Grows with every change presence announces (also across its
+    /// restarts): a client that read a listing as of version `V` drops the
+    /// changes at or below `V`.
+    pub version: u64,
 }
 
 impl<'a> From<&'a OperatorView> for OperatorStatusChange<'a> {
@@ -37,6 +41,7 @@ impl<'a> From<&'a OperatorView> for OperatorStatusChange<'a> {
             active_handoffs: view.active_handoffs,
             max_handoffs: view.max_handoffs,
             name: &view.name,
+            version: view.version,
         }
     }
 }

@@ -6,7 +6,7 @@ use chatai_proto::v1 as pb;
 use chatai_proto::v1::presence_server::Presence;
 use tonic::{Request, Response, Status as GrpcStatus};
 
-use crate::model::{ChosenStatus, Connection, OperatorView, Status};
+use crate::model::{ChosenStatus, Connection, OperatorView, ReportOrder, Status};
 use crate::service::PresenceService;
 
 /// `chatai.v1.Presence` over a [`PresenceService`].
@@ -49,6 +49,7 @@ impl Presence for PresenceApi {
                 &caller,
                 request.gateway_id,
                 request.connection.map(Connection::from),
+                order(request.order),
             )
             .await?;
         Ok(Response::new(view.into()))
@@ -67,7 +68,12 @@ impl Presence for PresenceApi {
         // The gateway's own map says whose connection it was; the operator
         // id in the request is only logged.
         self.service
-            .connection_closed(&caller, request.gateway_id, request.connection_id)
+            .connection_closed(
+                &caller,
+                request.gateway_id,
+                request.connection_id,
+                order(request.order),
+            )
             .await?;
         Ok(Response::new(pb::Empty {}))
     }
@@ -92,6 +98,7 @@ impl Presence for PresenceApi {
                     .map(Connection::from)
                     .collect(),
                 request.ttl_seconds,
+                order(request.order),
             )
             .await?;
         Ok(Response::new(pb::Empty {}))
@@ -145,11 +152,27 @@ impl Presence for PresenceApi {
         request: Request<pb::ListOperatorsRequest>,
     ) -> Result<Response<pb::ListOperatorsResponse>, GrpcStatus> {
         let caller = caller(&request)?;
-        let operators = self.service.list_operators(&caller).await?;
+        let listing = self.service.list_operators(&caller).await?;
         Ok(Response::new(pb::ListOperatorsResponse {
-            operators: operators.into_iter().map(pb::OperatorInfo::from).collect(),
+            operators: listing
+                .operators
+                .into_iter()
+                .map(pb::OperatorInfo::from)
+                .collect(),
+            version: listing.version,
         }))
     }
+}
+
+/// A report's place among its gateway's others; `None` when the gateway
+/// does not order its reports.
+fn order(order: Option<pb::ReportOrder>) -> Option<ReportOrder> {
+    order
+        .filter(|order| order.incarnation != 0)
+        .map(|order| ReportOrder {
+            incarnation: order.incarnation,
+            sequence: order.sequence,
+        })
 }
 
 /// A wire status an operator may choose; `None` for unspecified, offline
@@ -196,6 +219,7 @@ impl From<OperatorView> for pb::OperatorInfo {
             connections: view.connections,
             name: view.name,
             since_ms: view.since_ms,
+            version: view.version,
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - [`config`] — [`PresenceConfig`], read from the environment by the binary.
 //! - `model` — the domain types and the effective-status rule.
 //! - `state` — the state machine: operators, gateways' connections, timers.
+//! - `store` — the chosen statuses, kept in the shared database across
+//!   restarts (connections, leases and loads are reported again instead).
 //! - `actor` — the task owning the state, and its handle (no locks).
 //! - `service` — authorization and input checks in front of the actor.
 //! - `grpc` — the tonic adapter; `error` — [`PresenceError`] and its one
@@ -29,10 +31,14 @@ mod grpc;
 mod model;
 mod service;
 mod state;
+pub mod store;
+
+use std::sync::Arc;
 
 use chatai_kit::config::ServiceCommon;
 use chatai_kit::host::ServiceHost;
 use chatai_proto::v1::presence_server::PresenceServer;
+use store::StatusStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +52,8 @@ pub enum RunError {
     Config(#[from] config::InvalidConfig),
     #[error("event log: {0}")]
     Events(#[from] chatai_kit::events::EventLogError),
+    #[error("storage: {0}")]
+    Store(#[from] store::StoreError),
     #[error(transparent)]
     Serve(#[from] chatai_kit::grpc::ServeError),
 }
@@ -59,8 +67,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     config.validate()?;
+    let store = Arc::new(store::SqlStatusStore::connect(&common.database_url).await?);
+    let stored = store.chosen_statuses().await?;
     let mut host = ServiceHost::start(&common, "presence", shutdown).await?;
-    let presence = actor::PresenceHandle::spawn(&config, host.log.clone(), &host.supervisor);
+    host.check_ping("database", store.clone(), |store| async move {
+        store.ping().await
+    });
+    let presence =
+        actor::PresenceHandle::spawn(&config, host.log.clone(), store, stored, &host.supervisor);
     // The actor only stops at shutdown; should it ever die, say so through
     // health checking instead of answering UNAVAILABLE in silence.
     let watched = presence.clone();

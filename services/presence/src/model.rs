@@ -10,6 +10,23 @@ pub enum ChosenStatus {
     Away,
 }
 
+impl ChosenStatus {
+    /// As written in events and stored (`available`, `busy`, `away`).
+    pub fn as_str(self) -> &'static str {
+        Status::from(self).as_str()
+    }
+
+    /// The reverse of [`as_str`](Self::as_str); anything else is `None`.
+    pub fn parse(text: &str) -> Option<ChosenStatus> {
+        match text {
+            "available" => Some(ChosenStatus::Available),
+            "busy" => Some(ChosenStatus::Busy),
+            "away" => Some(ChosenStatus::Away),
+            _ => None,
+        }
+    }
+}
+
 /// The effective status all operators (and the handoff service) see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -69,6 +86,17 @@ pub struct Connection {
     pub name: String,
 }
 
+/// Where one of a gateway's reports (an open, a close, a lease refresh)
+/// stands among its others: `presence.proto`'s `ReportOrder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReportOrder {
+    /// When this run of the gateway started (µs since the epoch): a later
+    /// run has a larger one.
+    pub incarnation: u64,
+    /// Grows within one run.
+    pub sequence: u64,
+}
+
 /// What is known of one operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperatorView {
@@ -87,6 +115,8 @@ pub struct OperatorView {
     /// When the operator last became online or offline (or was first heard
     /// of), ms since the epoch.
     pub since_ms: i64,
+    /// The version of the last announced change of this operator (0: none).
+    pub version: u64,
 }
 
 #[cfg(test)]

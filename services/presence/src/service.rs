@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use chatai_kit::identity::{Caller, MAX_NAME_BYTES, Role};
 
-use crate::actor::PresenceHandle;
+use crate::actor::{Listing, PresenceHandle};
 use crate::error::PresenceError;
-use crate::model::{ChosenStatus, Connection, OperatorView};
+use crate::model::{ChosenStatus, Connection, OperatorView, ReportOrder};
 
 /// The longest id (gateway, connection) accepted, in bytes.
 const MAX_ID_LEN: usize = 128;
@@ -32,6 +32,7 @@ impl PresenceService {
         caller: &Caller,
         gateway_id: String,
         connection: Option<Connection>,
+        order: Option<ReportOrder>,
     ) -> Result<OperatorView, PresenceError> {
         service_only(caller)?;
         let gateway_id = checked_id("gateway_id", gateway_id)?;
@@ -40,7 +41,7 @@ impl PresenceService {
             problem: "is required",
         })?)?;
         self.presence
-            .connection_opened(gateway_id, connection)
+            .connection_opened(gateway_id, connection, order)
             .await
     }
 
@@ -50,12 +51,13 @@ impl PresenceService {
         caller: &Caller,
         gateway_id: String,
         connection_id: String,
+        order: Option<ReportOrder>,
     ) -> Result<(), PresenceError> {
         service_only(caller)?;
         let gateway_id = checked_id("gateway_id", gateway_id)?;
         let connection_id = checked_id("connection_id", connection_id)?;
         self.presence
-            .connection_closed(gateway_id, connection_id)
+            .connection_closed(gateway_id, connection_id, order)
             .await
     }
 
@@ -67,6 +69,7 @@ impl PresenceService {
         gateway_id: String,
         connections: Vec<Connection>,
         ttl_seconds: u32,
+        order: Option<ReportOrder>,
     ) -> Result<(), PresenceError> {
         service_only(caller)?;
         let gateway_id = checked_id("gateway_id", gateway_id)?;
@@ -95,7 +98,9 @@ impl PresenceService {
                     .ok()
             })
             .collect();
-        self.presence.refresh(gateway_id, connections, ttl).await
+        self.presence
+            .refresh(gateway_id, connections, ttl, order)
+            .await
     }
 
     /// The status an operator chose: the operator themself, an admin or a
@@ -146,12 +151,9 @@ impl PresenceService {
             .ok_or(PresenceError::OperatorNotFound(operator_id))
     }
 
-    /// Every operator known since the service started. Operators, admins and
-    /// services.
-    pub async fn list_operators(
-        &self,
-        caller: &Caller,
-    ) -> Result<Vec<OperatorView>, PresenceError> {
+    /// Every operator heard of since the service started, and the version
+    /// the listing is as of. Operators, admins and services.
+    pub async fn list_operators(&self, caller: &Caller) -> Result<Listing, PresenceError> {
         may_read(caller)?;
         self.presence.list().await
     }
@@ -215,6 +217,7 @@ fn checked_connection(connection: Connection) -> Result<Connection, PresenceErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
     use std::sync::Arc;
 
     use chatai_kit::config::EventLogConfig;
@@ -223,11 +226,19 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use crate::config::PresenceConfig;
+    use crate::store::memory::MemoryStatusStore;
 
     fn service() -> PresenceService {
         let log = Arc::new(MemoryLog::new(&EventLogConfig::default()));
         let supervisor = Supervisor::new(CancellationToken::new());
-        let handle = PresenceHandle::spawn(&PresenceConfig::default(), log, &supervisor);
+        let store = Arc::new(MemoryStatusStore::default());
+        let handle = PresenceHandle::spawn(
+            &PresenceConfig::default(),
+            log,
+            store,
+            HashMap::new(),
+            &supervisor,
+        );
         PresenceService::new(handle)
     }
 
@@ -266,14 +277,16 @@ mod tests {
         let s = service();
         let op = caller(7, Role::Operator);
         assert!(forbidden(
-            s.connection_opened(&op, "gw".into(), Some(conn(7))).await
-        ));
-        assert!(forbidden(
-            s.connection_closed(&caller(0, Role::Admin), "gw".into(), "c1".into())
+            s.connection_opened(&op, "gw".into(), Some(conn(7)), None)
                 .await
         ));
         assert!(forbidden(
-            s.refresh_connections(&op, "gw".into(), vec![], 10).await
+            s.connection_closed(&caller(0, Role::Admin), "gw".into(), "c1".into(), None)
+                .await
+        ));
+        assert!(forbidden(
+            s.refresh_connections(&op, "gw".into(), vec![], 10, None)
+                .await
         ));
         assert!(forbidden(s.set_load(&op, 7, 1).await));
         assert!(forbidden(
@@ -288,10 +301,13 @@ mod tests {
         s.set_status(&caller(1, Role::Admin), 8, Some(ChosenStatus::Busy))
             .await
             .expect("an admin sets anyone's");
-        s.connection_opened(&Caller::service(), "gw".into(), Some(conn(7)))
+        s.connection_opened(&Caller::service(), "gw".into(), Some(conn(7)), None)
             .await
             .expect("a service reports connections");
-        assert_eq!(s.list_operators(&op).await.expect("listed").len(), 2);
+        assert_eq!(
+            s.list_operators(&op).await.expect("listed").operators.len(),
+            2
+        );
     }
 
     /// Bad input is refused with the field it concerns; an unknown operator
@@ -307,17 +323,20 @@ mod tests {
         );
         assert_eq!(
             field(
-                s.connection_opened(&svc, String::new(), Some(conn(7)))
+                s.connection_opened(&svc, String::new(), Some(conn(7)), None)
                     .await
             ),
             "gateway_id"
         );
         assert_eq!(
-            field(s.connection_opened(&svc, "gw".into(), None).await),
+            field(s.connection_opened(&svc, "gw".into(), None, None).await),
             "connection"
         );
         assert_eq!(
-            field(s.refresh_connections(&svc, "gw".into(), vec![], 0).await),
+            field(
+                s.refresh_connections(&svc, "gw".into(), vec![], 0, None)
+                    .await
+            ),
             "ttl_seconds"
         );
         assert!(matches!(
@@ -343,7 +362,7 @@ mod tests {
             name: "x".repeat(MAX_NAME_BYTES + 1),
             ..conn(8)
         };
-        s.refresh_connections(&svc, "gw".into(), vec![good, long_name, conn(-1)], 5)
+        s.refresh_connections(&svc, "gw".into(), vec![good, long_name, conn(-1)], 5, None)
             .await
             .expect("the lease is taken");
         let ann = s

@@ -3,14 +3,25 @@
 //! by the actor (`actor.rs`): no locks, no I/O. Every operation returns the
 //! operators whose announced signals (effective status, chosen status,
 //! online, load) changed, so the actor sends one event per real change.
+//!
+//! Every announced change gets the next [`version`](OperatorView::version),
+//! and a listing says the version it is as of, so a follower that reads a
+//! listing and then events can drop the events the listing already holds.
+//!
+//! After a restart the state knows nobody's connections. An operator it has
+//! not seen connected since it started is not "offline" but unknown: when the
+//! handoff service reports that such an operator holds handoffs, they get
+//! the grace period a closed connection gets (online until it ends), so a
+//! restart takes nothing back from operators who reconnect in time.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use chatai_kit::versioned::VersionClock;
 use tokio_util::time::{DelayQueue, delay_queue};
 
-use crate::model::{ChosenStatus, Connection, OperatorView, Status};
+use crate::model::{ChosenStatus, Connection, OperatorView, ReportOrder, Status};
 
 /// What a timer is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,12 +32,17 @@ pub(crate) enum Timer {
     Lease(String),
 }
 
-/// One operator. Kept while the service runs, so the chosen status survives
-/// reconnects.
+/// One operator. Kept while the service runs; the chosen status is also
+/// stored (the actor writes it), so it survives restarts too.
 #[derive(Debug)]
 struct Operator {
     name: String,
     chosen: ChosenStatus,
+    /// Whether a connection of theirs has been seen since the service
+    /// started, or a grace period given instead (see the module doc).
+    accounted: bool,
+    /// The version of the last announced change.
+    version: u64,
     load: u32,
     online: bool,
     /// Live connections over every gateway (the gateways' maps hold which).
@@ -37,10 +53,12 @@ struct Operator {
 }
 
 impl Operator {
-    fn new() -> Self {
+    fn new(chosen: ChosenStatus) -> Self {
         Operator {
             name: String::new(),
-            chosen: ChosenStatus::Available,
+            chosen,
+            accounted: false,
+            version: 0,
             load: 0,
             online: false,
             connections: 0,
@@ -57,6 +75,29 @@ struct Gateway {
     connections: HashMap<String, i64>,
     /// Set once the gateway has refreshed; its expiry drops the connections.
     lease: Option<delay_queue::Key>,
+    /// The run of the gateway the reports below come from.
+    incarnation: u64,
+    /// Connection id → sequence of the last open or close applied for it,
+    /// kept until a refresh newer than it (see `presence.proto`,
+    /// `ReportOrder`).
+    last_report: HashMap<String, u64>,
+}
+
+impl Gateway {
+    /// Whether this gateway entry says nothing any more.
+    fn is_empty(&self) -> bool {
+        self.connections.is_empty() && self.lease.is_none() && self.last_report.is_empty()
+    }
+}
+
+/// How a report relates to what was applied before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ordered {
+    /// Unordered, or ordered and newer: apply it.
+    Apply,
+    /// From an older run of the gateway, or older than what was applied for
+    /// its connection: ignore it.
+    Stale,
 }
 
 /// The signals whose change is announced.
@@ -75,6 +116,11 @@ pub(crate) struct PresenceState {
     max_handoffs: u32,
     /// Ordered, so listings come out by id.
     operators: BTreeMap<i64, Operator>,
+    /// Chosen statuses stored before the start, for operators not heard of
+    /// yet in this run.
+    stored: HashMap<i64, ChosenStatus>,
+    /// Stamps every announced change (versions grow across restarts too).
+    versions: VersionClock,
     gateways: HashMap<String, Gateway>,
     timers: DelayQueue<Timer>,
 }
@@ -83,23 +129,31 @@ pub(crate) struct PresenceState {
 pub(crate) type Changed<T> = (T, Vec<OperatorView>);
 
 impl PresenceState {
-    pub fn new(grace: Duration, max_handoffs: u32) -> Self {
+    /// `stored`: the chosen statuses kept from before the start.
+    pub fn new(grace: Duration, max_handoffs: u32, stored: HashMap<i64, ChosenStatus>) -> Self {
         PresenceState {
             grace,
             max_handoffs,
             operators: BTreeMap::new(),
+            stored,
+            versions: VersionClock::default(),
             gateways: HashMap::new(),
             timers: DelayQueue::new(),
         }
     }
 
-    /// A gateway opened a connection for an operator.
+    /// A gateway opened a connection for an operator. An open older than
+    /// the last report applied for that connection changes nothing.
     pub fn connection_opened(
         &mut self,
         gateway: &str,
         connection: Connection,
+        order: Option<ReportOrder>,
     ) -> Changed<OperatorView> {
         let id = connection.operator_id;
+        if self.order_report(gateway, &connection.connection_id, order) == Ordered::Stale {
+            return (self.view_or_new(id), Vec::new());
+        }
         let previous = self.owner(gateway, &connection.connection_id);
         let ((), changes) = self.tracked(previous.into_iter().chain([id]), |state| {
             state.attach(gateway, connection)
@@ -107,8 +161,17 @@ impl PresenceState {
         (self.view_or_new(id), changes)
     }
 
-    /// A gateway's connection closed. Unknown connections are ignored.
-    pub fn connection_closed(&mut self, gateway: &str, connection_id: &str) -> Vec<OperatorView> {
+    /// A gateway's connection closed. Unknown connections, and closes older
+    /// than the last report applied for that connection, are ignored.
+    pub fn connection_closed(
+        &mut self,
+        gateway: &str,
+        connection_id: &str,
+        order: Option<ReportOrder>,
+    ) -> Vec<OperatorView> {
+        if self.order_report(gateway, connection_id, order) == Ordered::Stale {
+            return Vec::new();
+        }
         let owner = self.owner(gateway, connection_id);
         let ((), changes) = self.tracked(owner, |state| {
             state.detach(gateway, connection_id);
@@ -117,50 +180,110 @@ impl PresenceState {
     }
 
     /// Replaces the gateway's connections with `connections` and (re)sets
-    /// its lease to `ttl`.
+    /// its lease to `ttl` — except the connections opened or closed after
+    /// the list was read (`order`), which stay as those reports left them.
+    /// A refresh from an older run of the gateway only renews the lease.
     pub fn refresh(
         &mut self,
         gateway: &str,
         connections: Vec<Connection>,
         ttl: Duration,
+        order: Option<ReportOrder>,
     ) -> Vec<OperatorView> {
+        let entry = self.gateways.entry(gateway.to_owned()).or_default();
+        let stale_run = order.is_some_and(|order| order.incarnation < entry.incarnation);
+        if let Some(order) = order
+            && order.incarnation > entry.incarnation
+        {
+            entry.incarnation = order.incarnation;
+            entry.last_report.clear();
+        }
+        // Reports newer than the list: their connections keep their state.
+        let newer: HashSet<String> = match order {
+            Some(order) => entry
+                .last_report
+                .iter()
+                .filter(|(_, sequence)| **sequence > order.sequence)
+                .map(|(id, _)| id.clone())
+                .collect(),
+            None => HashSet::new(),
+        };
         let listed: HashMap<String, i64> = connections
             .iter()
             .map(|c| (c.connection_id.clone(), c.operator_id))
             .collect();
-        let known: Vec<i64> = self
-            .gateways
-            .get(gateway)
-            .map(|g| g.connections.values().copied().collect())
-            .unwrap_or_default();
+        let known: Vec<i64> = entry.connections.values().copied().collect();
         let affected = known.into_iter().chain(listed.values().copied());
         let ((), changes) = self.tracked(affected, |state| {
-            // Attach first, then drop what is no longer listed: an operator
-            // whose connections only changed ids never starts a grace period.
-            for connection in connections {
-                state.attach(gateway, connection);
-            }
-            let stale: Vec<String> = state
-                .gateways
-                .get(gateway)
-                .map(|g| {
-                    g.connections
-                        .keys()
-                        .filter(|id| !listed.contains_key(*id))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            for connection_id in stale {
-                state.detach(gateway, &connection_id);
+            if !stale_run {
+                // Attach first, then drop what is no longer listed: an
+                // operator whose connections only changed ids never starts a
+                // grace period.
+                for connection in connections {
+                    if !newer.contains(&connection.connection_id) {
+                        state.attach(gateway, connection);
+                    }
+                }
+                let unlisted: Vec<String> = state
+                    .gateways
+                    .get(gateway)
+                    .map(|g| {
+                        g.connections
+                            .keys()
+                            .filter(|id| !listed.contains_key(*id) && !newer.contains(*id))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for connection_id in unlisted {
+                    state.detach(gateway, &connection_id);
+                }
             }
             let entry = state.gateways.entry(gateway.to_owned()).or_default();
+            if let Some(order) = order
+                && !stale_run
+            {
+                // Reports the list reflects need not be remembered.
+                entry
+                    .last_report
+                    .retain(|_, sequence| *sequence > order.sequence);
+            }
             if let Some(key) = entry.lease.take() {
                 state.timers.try_remove(&key);
             }
             entry.lease = Some(state.timers.insert(Timer::Lease(gateway.to_owned()), ttl));
         });
         changes
+    }
+
+    /// Places an open or close of `connection_id` among the gateway's
+    /// reports, and remembers it when it is to be applied.
+    fn order_report(
+        &mut self,
+        gateway: &str,
+        connection_id: &str,
+        order: Option<ReportOrder>,
+    ) -> Ordered {
+        let Some(order) = order else {
+            return Ordered::Apply;
+        };
+        let entry = self.gateways.entry(gateway.to_owned()).or_default();
+        if order.incarnation < entry.incarnation {
+            return Ordered::Stale;
+        }
+        if order.incarnation > entry.incarnation {
+            entry.incarnation = order.incarnation;
+            entry.last_report.clear();
+        }
+        match entry.last_report.get(connection_id) {
+            Some(&applied) if applied > order.sequence => Ordered::Stale,
+            _ => {
+                entry
+                    .last_report
+                    .insert(connection_id.to_owned(), order.sequence);
+                Ordered::Apply
+            }
+        }
     }
 
     /// Records the status the operator chose (known or not yet).
@@ -171,12 +294,28 @@ impl PresenceState {
         (self.view_or_new(operator_id), changes)
     }
 
-    /// Records how many handoffs the operator holds.
+    /// Records how many handoffs the operator holds. An operator who holds
+    /// some but has not been seen since the start gets a grace period to
+    /// come back (see the module doc).
     pub fn set_load(&mut self, operator_id: i64, active_handoffs: u32) -> Changed<OperatorView> {
         let ((), changes) = self.tracked([operator_id], |state| {
-            state.operator(operator_id).load = active_handoffs;
+            let op = state.operator(operator_id);
+            op.load = active_handoffs;
+            if active_handoffs > 0 && !op.accounted {
+                op.accounted = true;
+                if !op.online && op.connections == 0 {
+                    op.online = true;
+                    op.since_ms = chatai_kit::now_ms();
+                    state.start_grace(operator_id);
+                }
+            }
         });
         (self.view_or_new(operator_id), changes)
+    }
+
+    /// The version of the last announced change.
+    pub fn version(&self) -> u64 {
+        self.versions.current()
     }
 
     /// One operator, if known.
@@ -184,7 +323,8 @@ impl PresenceState {
         self.view(operator_id)
     }
 
-    /// Every known operator, by id.
+    /// Every operator heard of since the start, by id (operators only
+    /// stored are not listed: nothing is known of them yet).
     pub fn list(&self) -> Vec<OperatorView> {
         self.operators
             .keys()
@@ -254,14 +394,21 @@ impl PresenceState {
             .map(|id| (id, self.signals(id)))
             .collect();
         let result = change(self);
-        let changes = before
+        let changed: Vec<i64> = before
             .into_iter()
             .filter(|(id, was)| {
                 let now = self.signals(*id);
                 now.is_some() && now != *was
             })
-            .filter_map(|(id, _)| self.view(id))
+            .map(|(id, _)| id)
             .collect();
+        for id in &changed {
+            let version = self.versions.tick();
+            if let Some(op) = self.operators.get_mut(id) {
+                op.version = version;
+            }
+        }
+        let changes = changed.into_iter().filter_map(|id| self.view(id)).collect();
         (result, changes)
     }
 
@@ -309,7 +456,7 @@ impl PresenceState {
         let Some(operator_id) = entry.connections.remove(connection_id) else {
             return;
         };
-        if entry.connections.is_empty() && entry.lease.is_none() {
+        if entry.is_empty() {
             self.gateways.remove(gateway);
         }
         self.release(operator_id);
@@ -317,17 +464,15 @@ impl PresenceState {
 
     /// One more connection for the operator.
     fn acquire(&mut self, operator_id: i64) {
-        let op = self
-            .operators
-            .entry(operator_id)
-            .or_insert_with(Operator::new);
+        let op = self.operator(operator_id);
         op.connections += 1;
-        if let Some(key) = op.grace.take() {
-            self.timers.try_remove(&key);
-        }
+        op.accounted = true;
         if !op.online {
             op.online = true;
             op.since_ms = chatai_kit::now_ms();
+        }
+        if let Some(key) = op.grace.take() {
+            self.timers.try_remove(&key);
         }
     }
 
@@ -341,19 +486,34 @@ impl PresenceState {
         if op.connections > 0 || !op.online || op.grace.is_some() {
             return;
         }
+        self.start_grace(operator_id);
+    }
+
+    /// Starts the operator's grace period; with none configured they are
+    /// offline at once.
+    fn start_grace(&mut self, operator_id: i64) {
+        let Some(op) = self.operators.get_mut(&operator_id) else {
+            return;
+        };
         if self.grace.is_zero() {
             op.online = false;
             op.since_ms = chatai_kit::now_ms();
-        } else {
+        } else if op.grace.is_none() {
             op.grace = Some(self.timers.insert(Timer::Grace(operator_id), self.grace));
         }
     }
 
-    /// The operator, created (available, offline, no load) when unknown.
+    /// The operator, created when unknown: offline, no load, with the status
+    /// they chose before the start (or available).
     fn operator(&mut self, operator_id: i64) -> &mut Operator {
-        self.operators
-            .entry(operator_id)
-            .or_insert_with(Operator::new)
+        let stored = &mut self.stored;
+        self.operators.entry(operator_id).or_insert_with(|| {
+            Operator::new(
+                stored
+                    .remove(&operator_id)
+                    .unwrap_or(ChosenStatus::Available),
+            )
+        })
     }
 
     fn signals(&self, operator_id: i64) -> Option<Signals> {
@@ -390,5 +550,6 @@ fn view_of(operator_id: i64, op: &Operator, max_handoffs: u32) -> OperatorView {
         connections: op.connections,
         name: op.name.clone(),
         since_ms: op.since_ms,
+        version: op.version,
     }
 }

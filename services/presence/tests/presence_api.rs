@@ -89,6 +89,7 @@ async fn gateway_and_handoff_calls_need_the_service_role() {
             pb::ConnectionOpenedRequest {
                 gateway_id: "gw-1".into(),
                 connection: Some(Gateway::connection(7, "c1")),
+                order: None,
             },
         ))
         .await
@@ -122,6 +123,7 @@ async fn gateway_and_handoff_calls_need_the_service_role() {
                 gateway_id: "gw-1".into(),
                 connections: vec![],
                 ttl_seconds: 0,
+                order: None,
             },
         ))
         .await
@@ -209,5 +211,24 @@ async fn list_operators_shows_the_three_signals() {
     );
     assert!(list.iter().all(|o| o.max_handoffs == MAX_HANDOFFS));
     assert_eq!(get_operator(&mut gw.client, 7).await, list[0]);
+    app.stop().await;
+}
+
+/// The status an operator chose is stored: after a restart on the same
+/// database, an operator who chose away comes back away, not available
+/// (issue 9, item 4).
+#[tokio::test]
+async fn a_chosen_status_survives_a_restart() {
+    let app = spawn_app().await;
+    let mut client = app.client().await;
+    set_status(&mut client, &operator(8), 8, pb::OperatorStatus::Away)
+        .await
+        .expect("own status");
+    let app = app.restart().await;
+    let mut gw = app.gateway("gw-1").await;
+    let back = gw.open(8, "c1").await;
+    assert_eq!(back.chosen_status, pb::OperatorStatus::Away as i32);
+    assert_eq!(back.status, pb::OperatorStatus::Away as i32);
+    assert!(back.online);
     app.stop().await;
 }

@@ -258,6 +258,7 @@ fn info(operator_id: i64, name: &str, online: bool, chosen: &str, load: u32) -> 
         connections: u32::from(online),
         name: name.to_owned(),
         since_ms: 1,
+        version: 0,
     }
 }
 
@@ -358,7 +359,10 @@ impl Presence for PresenceApi {
             .cloned()
             .collect();
         operators.sort_by_key(|op| op.operator_id);
-        Ok(Response::new(pb::ListOperatorsResponse { operators }))
+        Ok(Response::new(pb::ListOperatorsResponse {
+            operators,
+            version: 0,
+        }))
     }
 }
 

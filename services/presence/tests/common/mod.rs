@@ -15,7 +15,7 @@ use chatai_presence::{PresenceConfig, RunError};
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::event_stream_client::EventStreamClient;
 use chatai_proto::v1::presence_client::PresenceClient;
-use chatai_testkit::TestGateway;
+use chatai_testkit::{TestDatabase, TestGateway};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,12 +34,17 @@ pub struct App {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     served: JoinHandle<Result<(), RunError>>,
+    database: TestDatabase,
 }
 
 /// Starts the service with a 1 s grace period and a cap of
-/// [`MAX_HANDOFFS`]; the listener is bound before the service is spawned, so
-/// clients can connect at once.
+/// [`MAX_HANDOFFS`] on a fresh SQLite file; the listener is bound before the
+/// service is spawned, so clients can connect at once.
 pub async fn spawn_app() -> App {
+    start_on(TestDatabase::sqlite()).await
+}
+
+async fn start_on(database: TestDatabase) -> App {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local address");
     let shutdown = CancellationToken::new();
@@ -47,16 +52,21 @@ pub async fn spawn_app() -> App {
         grace_period_secs: 1,
         max_handoffs: MAX_HANDOFFS,
     };
+    let common = ServiceCommon {
+        database_url: database.url().to_owned(),
+        ..ServiceCommon::default()
+    };
     let served = tokio::spawn(chatai_presence::run(
         listener,
         config,
-        ServiceCommon::default(),
+        common,
         shutdown.clone(),
     ));
     App {
         addr,
         shutdown,
         served,
+        database,
     }
 }
 
@@ -97,12 +107,24 @@ impl App {
 
     /// Cancels the shutdown token and checks the service stops cleanly.
     pub async fn stop(self) {
+        self.stop_keeping_database().await;
+    }
+
+    /// Stops the service and starts it again on the same database (a new
+    /// port: reconnect with [`App::client`]).
+    pub async fn restart(self) -> App {
+        let database = self.stop_keeping_database().await;
+        start_on(database).await
+    }
+
+    async fn stop_keeping_database(self) -> TestDatabase {
         self.shutdown.cancel();
         tokio::time::timeout(WAIT, self.served)
             .await
             .expect("the service stops in time")
             .expect("the service task")
             .expect("the service stops cleanly");
+        self.database
     }
 }
 
@@ -160,6 +182,7 @@ impl Gateway {
         let msg = pb::ConnectionOpenedRequest {
             gateway_id: self.id.clone(),
             connection: Some(Self::connection(operator_id, connection_id)),
+            order: None,
         };
         self.client
             .connection_opened(request(&Caller::service(), msg))
@@ -173,6 +196,7 @@ impl Gateway {
             gateway_id: self.id.clone(),
             operator_id,
             connection_id: connection_id.to_owned(),
+            order: None,
         };
         self.client
             .connection_closed(request(&Caller::service(), msg))
@@ -185,6 +209,7 @@ impl Gateway {
             gateway_id: self.id.clone(),
             connections,
             ttl_seconds,
+            order: None,
         };
         self.client
             .refresh_connections(request(&Caller::service(), msg))
