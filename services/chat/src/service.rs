@@ -138,11 +138,12 @@ impl ChatService {
                 self.policy.starting_balance,
             )
             .await?;
-        let (dialog, holder) = match dialog_id {
+        let (dialog, checked) = match dialog_id {
             Some(id) => {
                 let dialog = self.owned_dialog(caller, id).await?;
                 // Asked before storing: if the handoff service cannot say,
-                // nothing is stored and the client retries.
+                // nothing is stored and the client retries. Not what the
+                // message is routed by (see `holder_after_store`).
                 let holder = self
                     .holder(dialog.id, NotedFor::User(caller.id), seen)
                     .await?;
@@ -173,6 +174,14 @@ impl ChatService {
         if !created {
             return Ok(sent);
         }
+        let holder = match dialog_id {
+            Some(_) => {
+                self.holder_after_store(message.dialog_id, NotedFor::User(caller.id), seen, checked)
+                    .await
+            }
+            // A dialog opened with this message has no handoff yet.
+            None => None,
+        };
         // One event for the room's live copy and, when an operator holds the
         // dialog, the operator's durable one.
         let body = ChatMessageCopy {
@@ -310,6 +319,32 @@ impl ChatService {
             seen,
         );
         Ok(holding.holder)
+    }
+
+    /// Who a stored user message is routed by: the dialog's holder as the
+    /// view knows it *after* the message was stored, not as it was checked
+    /// before. So a message stored after the view applied a take-back or a
+    /// reassignment never goes to the former holder (who has been told the
+    /// dialog is no longer theirs): it goes to the new holder, waits with
+    /// the queue, or is answered by the assistant. In the common case this
+    /// is one more look at the view, no call; only when the view cannot
+    /// answer any more (the stream to handoff broke meanwhile, or was never
+    /// up) is the handoff service asked again — and if it cannot say now,
+    /// the message, already stored, goes by the holder it was checked with.
+    async fn holder_after_store(
+        &self,
+        dialog_id: i64,
+        caller: NotedFor,
+        seen: u64,
+        checked: Option<Holder>,
+    ) -> Option<Holder> {
+        match self.holder(dialog_id, caller, seen).await {
+            Ok(holder) => holder,
+            Err(cause) => {
+                tracing::warn!(%cause, dialog_id, "routing a stored message by the holder checked before storing it");
+                checked
+            }
+        }
     }
 
     /// Asks for a human operator for the caller's own dialog.
