@@ -18,6 +18,8 @@ use chatai_kit::holders::{HeldBy, HolderNote, NotedFor};
 use chatai_kit::identity::{Caller, Role};
 use std::sync::Mutex;
 use tokio::sync::broadcast;
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 fn caller(id: i64, role: Role) -> Caller {
@@ -44,6 +46,8 @@ struct Fixture {
     store: Arc<dyn ChatStore>,
     live: broadcast::Receiver<Delivery>,
     tasks: TaskTracker,
+    /// Stops the reply reporter when the test ends.
+    _reporter: DropGuard,
 }
 
 async fn fixture(assistant: Arc<dyn Assistant>, policy: Policy) -> Fixture {
@@ -78,11 +82,14 @@ fn fixture_on(
         policy,
         tasks.clone(),
     );
+    let reporter = CancellationToken::new();
+    tokio::spawn(service.report_replies(reporter.clone()));
     Fixture {
         service,
         store,
         live,
         tasks,
+        _reporter: reporter.drop_guard(),
     }
 }
 
@@ -412,6 +419,12 @@ struct FakeHandoffs {
     /// The holder version its answers are as of (tests that use the view
     /// set it past the notes the view applied, as the real service is).
     version: std::sync::atomic::AtomicU64,
+    /// `operator_replied` fails this many more times (unreachable) first.
+    replies_failing: std::sync::atomic::AtomicUsize,
+    /// `operator_replied` never answers.
+    replies_hang: std::sync::atomic::AtomicBool,
+    /// How many `operator_replied` calls it accepted.
+    replies_accepted: watch::Sender<usize>,
 }
 
 #[async_trait::async_trait]
@@ -454,10 +467,24 @@ impl Handoffs for FakeHandoffs {
     }
 
     async fn operator_replied(&self, dialog_id: i64, operator_id: i64) -> Result<(), HandoffError> {
+        use std::sync::atomic::Ordering;
+        if self.replies_hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let fail = self
+            .replies_failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Err(HandoffError::Unavailable {
+                cause: "connection refused".into(),
+            });
+        }
         self.replies
             .lock()
             .expect("not poisoned")
             .push((dialog_id, operator_id));
+        self.replies_accepted.send_modify(|n| *n += 1);
         Ok(())
     }
 }
@@ -515,6 +542,7 @@ async fn a_held_dialog_is_between_user_and_operator() {
     );
     assert_eq!(body(&to_user)["operator_name"], "Olga");
     assert_eq!(body(&to_user)["operator_id"], 77);
+    replies_accepted(&handoffs, 1).await;
     assert_eq!(
         handoffs.replies.lock().expect("not poisoned").as_slice(),
         &[(first.dialog_id, 77)]
@@ -991,4 +1019,81 @@ async fn a_message_stored_after_a_take_back_goes_to_the_assistant() {
         assistant_answered_after(&f, sent.message_id).await,
         "the assistant answers a dialog it holds again"
     );
+}
+
+/// Waits until the handoff service accepted `n` reply reports.
+async fn replies_accepted(handoffs: &FakeHandoffs, n: usize) {
+    let mut accepted = handoffs.replies_accepted.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), accepted.wait_for(|k| *k >= n))
+        .await
+        .expect("the reply is reported")
+        .expect("the fake lives");
+}
+
+fn olga_operator() -> Caller {
+    Caller {
+        id: 77,
+        role: Role::Operator,
+        name: Some("Olga".into()),
+        connection_id: None,
+    }
+}
+
+/// `held_dialog`, with Olga holding the dialog in the view (as of version
+/// 2; she has seen it at position 2 of her log).
+async fn olga_holds() -> (Fixture, Arc<FakeHandoffs>) {
+    let (f, handoffs) = held_dialog().await;
+    let view = f.service.holder_view();
+    view.apply(olga_held(2, NotedFor::User(1), 5));
+    view.apply(olga_held(2, NotedFor::Operator(77), 2));
+    (f, handoffs)
+}
+
+/// Race 4: telling the handoff service that Olga replied fails (it cannot
+/// be reached just then). The report is sent again until it is accepted —
+/// so the no-reply timer stops — and once accepted, her later replies are
+/// not reported again.
+#[tokio::test]
+async fn a_reply_report_that_failed_is_sent_again() {
+    let (mut f, handoffs) = olga_holds().await;
+    handoffs
+        .replies_failing
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    f.service
+        .send_message(&olga_operator(), Some(1), "hello, I am Olga", None, 2)
+        .await
+        .expect("the holder may reply");
+    let to_user = next_for(&mut f.live, &Recipient::User(1)).await;
+    assert_eq!(to_user.event.kind, "operator_message");
+    replies_accepted(&handoffs, 1).await;
+    assert_eq!(
+        handoffs.replies.lock().expect("not poisoned").as_slice(),
+        &[(1, 77)]
+    );
+    assert!(
+        !f.service.holder_view().reply_to_record(1, 77),
+        "accepted: her next replies are not reported again"
+    );
+}
+
+/// The operator's ack does not wait for the handoff service: with
+/// `operator_replied` never answering, the reply is still stored,
+/// acknowledged and delivered.
+#[tokio::test]
+async fn an_operators_ack_does_not_wait_for_the_handoff_service() {
+    let (mut f, handoffs) = olga_holds().await;
+    handoffs
+        .replies_hang
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = tokio::time::timeout(
+        Duration::from_secs(10),
+        f.service
+            .send_message(&olga_operator(), Some(1), "one moment", None, 2),
+    )
+    .await
+    .expect("the ack does not wait for the handoff service")
+    .expect("the holder may reply");
+    assert!(sent.created);
+    let to_user = next_for(&mut f.live, &Recipient::User(1)).await;
+    assert_eq!(body(&to_user)["message"], "one moment");
 }
