@@ -86,6 +86,17 @@ pub enum HandoffError {
     Unavailable { cause: String },
 }
 
+impl HandoffError {
+    /// Whether asking again later may succeed: the handoff service could
+    /// not be reached or was overloaded, as opposed to a refusal.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            HandoffError::Unavailable { .. } => true,
+            HandoffError::Refused(refusal) => refusal.kind == RefusalKind::Exhausted,
+        }
+    }
+}
+
 /// The handoff service's refusal of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {

@@ -10,6 +10,8 @@
 //!   dialog, asking for an operator), behind a trait, in domain types.
 //! - [`holders`] — the service's own view of who holds each dialog, so a
 //!   message is routed without asking the handoff service each time.
+//! - `replies` — reporting operators' first replies to the handoff service,
+//!   retried until accepted, without holding up the operator's ack.
 //! - `service` — the domain logic: authorization, messages, the assistant's
 //!   answers and charging.
 //! - `bounded` — the bounded memory of facts that never go stale (dialog
@@ -30,6 +32,7 @@ mod events;
 mod grpc;
 pub mod handoffs;
 pub mod holders;
+mod replies;
 mod service;
 pub mod store;
 
@@ -102,6 +105,10 @@ pub async fn run(
             service.holder_view(),
             host.shutdown().clone(),
         ),
+    );
+    host.supervisor.spawn(
+        "reply reporter",
+        service.report_replies(host.shutdown().clone()),
     );
     let routes = tonic::service::Routes::new(ChatServer::new(grpc::ChatApi::new(service)));
     host.serve(listener, Some(routes), &["chatai.v1.Chat"])

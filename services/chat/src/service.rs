@@ -9,6 +9,7 @@ use chatai_kit::error_code::ErrorCode;
 use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::holders::NotedFor;
 use chatai_kit::identity::{Caller, Role};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -19,6 +20,7 @@ use crate::events::{
 };
 use crate::handoffs::{HandoffError, HandoffRecord, Handoffs, Holder, Priority, RefusalKind};
 use crate::holders::HolderView;
+use crate::replies::ReplyReporter;
 use crate::store::{Charge, ChatStore, Dialog, DialogRef, Message, Money, NewMessage, Sender};
 
 /// Prices and limits, in domain units.
@@ -49,6 +51,9 @@ pub struct ChatService {
     handoffs: Arc<dyn Handoffs>,
     /// Who holds each dialog, fed by the handoff service's notes.
     holders: Arc<HolderView>,
+    /// Operators' first replies, waiting to be reported to the handoff
+    /// service (sent by [`ChatService::report_replies`]).
+    replies: Arc<ReplyReporter>,
     /// Who owns each dialog this service has seen (an owner never changes).
     owners: Arc<BoundedMap<i64, i64>>,
     policy: Arc<Policy>,
@@ -71,6 +76,7 @@ impl ChatService {
             log,
             handoffs,
             holders: Arc::new(HolderView::new()),
+            replies: Arc::new(ReplyReporter::new()),
             owners: Arc::new(BoundedMap::new(MAX_OWNERS)),
             policy: Arc::new(policy),
             tasks,
@@ -81,6 +87,18 @@ impl ChatService {
     /// feeds it ([`crate::handoffs::follow_holders`]).
     pub fn holder_view(&self) -> Arc<HolderView> {
         self.holders.clone()
+    }
+
+    /// Reports operators' first replies to the handoff service until
+    /// `shutdown`, retrying while it cannot be reached ([`crate::replies`]).
+    /// The process runs it as a supervised task.
+    pub fn report_replies(
+        &self,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        self.replies
+            .clone()
+            .run(self.handoffs.clone(), self.holders.clone(), shutdown)
     }
 
     /// Stores a message. From a user (in a new dialog when `dialog_id` is
@@ -138,11 +156,12 @@ impl ChatService {
                 self.policy.starting_balance,
             )
             .await?;
-        let (dialog, holder) = match dialog_id {
+        let (dialog, checked) = match dialog_id {
             Some(id) => {
                 let dialog = self.owned_dialog(caller, id).await?;
                 // Asked before storing: if the handoff service cannot say,
-                // nothing is stored and the client retries.
+                // nothing is stored and the client retries. Not what the
+                // message is routed by (see `holder_after_store`).
                 let holder = self
                     .holder(dialog.id, NotedFor::User(caller.id), seen)
                     .await?;
@@ -173,6 +192,14 @@ impl ChatService {
         if !created {
             return Ok(sent);
         }
+        let holder = match dialog_id {
+            Some(_) => {
+                self.holder_after_store(message.dialog_id, NotedFor::User(caller.id), seen, checked)
+                    .await
+            }
+            // A dialog opened with this message has no handoff yet.
+            None => None,
+        };
         // One event for the room's live copy and, when an operator holds the
         // dialog, the operator's durable one.
         let body = ChatMessageCopy {
@@ -261,13 +288,11 @@ impl ChatService {
                     (Recipient::dialog_room(dialog.id), event),
                 ])
                 .await?;
+            // Reported by a task, retried until accepted: the ack does not
+            // wait for the handoff service, and its no-reply timer stops
+            // even if it could not be reached just now.
             if self.holders.reply_to_record(dialog.id, caller.id) {
-                match self.handoffs.operator_replied(dialog.id, caller.id).await {
-                    Ok(()) => self.holders.reply_recorded(dialog.id, caller.id),
-                    Err(cause) => {
-                        tracing::warn!(%cause, dialog_id = dialog.id, "could not tell the handoff service the operator replied");
-                    }
-                }
+                self.replies.report(dialog.id, caller.id);
             }
         }
         Ok(Sent {
@@ -310,6 +335,32 @@ impl ChatService {
             seen,
         );
         Ok(holding.holder)
+    }
+
+    /// Who a stored user message is routed by: the dialog's holder as the
+    /// view knows it *after* the message was stored, not as it was checked
+    /// before. So a message stored after the view applied a take-back or a
+    /// reassignment never goes to the former holder (who has been told the
+    /// dialog is no longer theirs): it goes to the new holder, waits with
+    /// the queue, or is answered by the assistant. In the common case this
+    /// is one more look at the view, no call; only when the view cannot
+    /// answer any more (the stream to handoff broke meanwhile, or was never
+    /// up) is the handoff service asked again — and if it cannot say now,
+    /// the message, already stored, goes by the holder it was checked with.
+    async fn holder_after_store(
+        &self,
+        dialog_id: i64,
+        caller: NotedFor,
+        seen: u64,
+        checked: Option<Holder>,
+    ) -> Option<Holder> {
+        match self.holder(dialog_id, caller, seen).await {
+            Ok(holder) => holder,
+            Err(cause) => {
+                tracing::warn!(%cause, dialog_id, "routing a stored message by the holder checked before storing it");
+                checked
+            }
+        }
     }
 
     /// Asks for a human operator for the caller's own dialog.

@@ -18,6 +18,8 @@ use chatai_kit::holders::{HeldBy, HolderNote, NotedFor};
 use chatai_kit::identity::{Caller, Role};
 use std::sync::Mutex;
 use tokio::sync::broadcast;
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 fn caller(id: i64, role: Role) -> Caller {
@@ -44,6 +46,8 @@ struct Fixture {
     store: Arc<dyn ChatStore>,
     live: broadcast::Receiver<Delivery>,
     tasks: TaskTracker,
+    /// Stops the reply reporter when the test ends.
+    _reporter: DropGuard,
 }
 
 async fn fixture(assistant: Arc<dyn Assistant>, policy: Policy) -> Fixture {
@@ -58,6 +62,15 @@ async fn fixture_with(
     let store = store::connect("sqlite::memory:")
         .await
         .expect("in-memory SQLite opens");
+    fixture_on(store, assistant, policy, handoffs)
+}
+
+fn fixture_on(
+    store: Arc<dyn ChatStore>,
+    assistant: Arc<dyn Assistant>,
+    policy: Policy,
+    handoffs: Arc<dyn Handoffs>,
+) -> Fixture {
     let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(&EventLogConfig::default()));
     let live = log.live();
     let tasks = TaskTracker::new();
@@ -69,11 +82,14 @@ async fn fixture_with(
         policy,
         tasks.clone(),
     );
+    let reporter = CancellationToken::new();
+    tokio::spawn(service.report_replies(reporter.clone()));
     Fixture {
         service,
         store,
         live,
         tasks,
+        _reporter: reporter.drop_guard(),
     }
 }
 
@@ -400,6 +416,15 @@ struct FakeHandoffs {
     replies: Mutex<Vec<(i64, i64)>>,
     /// How often the service asked who holds a dialog.
     asked: std::sync::atomic::AtomicUsize,
+    /// The holder version its answers are as of (tests that use the view
+    /// set it past the notes the view applied, as the real service is).
+    version: std::sync::atomic::AtomicU64,
+    /// `operator_replied` fails this many more times (unreachable) first.
+    replies_failing: std::sync::atomic::AtomicUsize,
+    /// `operator_replied` never answers.
+    replies_hang: std::sync::atomic::AtomicBool,
+    /// How many `operator_replied` calls it accepted.
+    replies_accepted: watch::Sender<usize>,
 }
 
 #[async_trait::async_trait]
@@ -412,7 +437,10 @@ impl Handoffs for FakeHandoffs {
             .expect("not poisoned")
             .get(&dialog_id)
             .cloned();
-        Ok(Holding { holder, version: 0 })
+        Ok(Holding {
+            holder,
+            version: self.version.load(std::sync::atomic::Ordering::SeqCst),
+        })
     }
 
     async fn request(
@@ -439,10 +467,24 @@ impl Handoffs for FakeHandoffs {
     }
 
     async fn operator_replied(&self, dialog_id: i64, operator_id: i64) -> Result<(), HandoffError> {
+        use std::sync::atomic::Ordering;
+        if self.replies_hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let fail = self
+            .replies_failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Err(HandoffError::Unavailable {
+                cause: "connection refused".into(),
+            });
+        }
         self.replies
             .lock()
             .expect("not poisoned")
             .push((dialog_id, operator_id));
+        self.replies_accepted.send_modify(|n| *n += 1);
         Ok(())
     }
 }
@@ -500,6 +542,7 @@ async fn a_held_dialog_is_between_user_and_operator() {
     );
     assert_eq!(body(&to_user)["operator_name"], "Olga");
     assert_eq!(body(&to_user)["operator_id"], 77);
+    replies_accepted(&handoffs, 1).await;
     assert_eq!(
         handoffs.replies.lock().expect("not poisoned").as_slice(),
         &[(first.dialog_id, 77)]
@@ -715,6 +758,9 @@ async fn a_user_who_has_seen_the_assignment_reaches_the_operator_before_the_note
         .lock()
         .expect("not poisoned")
         .insert(1, olga());
+    handoffs
+        .version
+        .store(2, std::sync::atomic::Ordering::SeqCst);
     let sent = f
         .service
         .send_message(&caller(1, Role::User), Some(1), "are you human?", None, 5)
@@ -755,6 +801,9 @@ async fn after_the_completion_is_seen_the_former_holder_is_never_reached() {
     view.apply(olga_held(2, NotedFor::Operator(77), 2));
     // Completed at the handoff service; the notes are still on their way.
     handoffs.holders.lock().expect("not poisoned").clear();
+    handoffs
+        .version
+        .store(3, std::sync::atomic::Ordering::SeqCst);
 
     let sent = f
         .service
@@ -782,12 +831,269 @@ async fn after_the_completion_is_seen_the_former_holder_is_never_reached() {
         Err(ChatError::NotParticipant(1))
     ));
 
-    // What the caller had not seen yet is a race either way: the view's
-    // answer stands, and nobody is asked.
+    // A caller whose position the view covers is answered by the view, and
+    // nobody is asked: it learnt the completion from the user's question.
     let before = asked(&handoffs);
-    f.service
-        .send_message(&olga, Some(1), "sent before I saw it", None, 2)
-        .await
-        .expect("the view still says Olga holds it");
+    assert!(matches!(
+        f.service
+            .send_message(&olga, Some(1), "sent before I saw it", None, 2)
+            .await,
+        Err(ChatError::NotParticipant(1))
+    ));
     assert_eq!(asked(&handoffs), before);
+}
+
+/// The real store, with a hook run when a user's message is about to be
+/// stored: what happens between the holder check and the store.
+struct HookedStore {
+    inner: Arc<dyn ChatStore>,
+    before_user_message: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+#[async_trait::async_trait]
+impl ChatStore for HookedStore {
+    async fn ensure_user(
+        &self,
+        user_id: i64,
+        name: Option<&str>,
+        starting_balance: Money,
+    ) -> Result<(), store::StoreError> {
+        self.inner
+            .ensure_user(user_id, name, starting_balance)
+            .await
+    }
+
+    async fn user(&self, user_id: i64) -> Result<Option<store::User>, store::StoreError> {
+        self.inner.user(user_id).await
+    }
+
+    async fn create_dialog(&self, user_id: i64) -> Result<store::Dialog, store::StoreError> {
+        self.inner.create_dialog(user_id).await
+    }
+
+    async fn dialog(&self, dialog_id: i64) -> Result<Option<store::Dialog>, store::StoreError> {
+        self.inner.dialog(dialog_id).await
+    }
+
+    async fn append_message(
+        &self,
+        message: store::NewMessage<'_>,
+    ) -> Result<(store::Message, bool), store::StoreError> {
+        if message.sender == Sender::User {
+            let hook = self
+                .before_user_message
+                .lock()
+                .expect("not poisoned")
+                .take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        self.inner.append_message(message).await
+    }
+
+    async fn append_answer(
+        &self,
+        answer: store::NewMessage<'_>,
+        charge: Option<(i64, Money)>,
+    ) -> Result<(store::Message, Option<store::Charge>), store::StoreError> {
+        self.inner.append_answer(answer, charge).await
+    }
+
+    async fn history(
+        &self,
+        dialog_id: i64,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<store::Message>, store::StoreError> {
+        self.inner.history(dialog_id, before, limit).await
+    }
+
+    async fn charge(
+        &self,
+        user_id: i64,
+        amount: Money,
+    ) -> Result<store::Charge, store::StoreError> {
+        self.inner.charge(user_id, amount).await
+    }
+
+    async fn balance(&self, user_id: i64) -> Result<Option<Money>, store::StoreError> {
+        self.inner.balance(user_id).await
+    }
+
+    async fn ping(&self) -> Result<(), store::StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// `held_dialog`, on a store whose hook the test sets, with Olga holding
+/// the dialog in the view as of version 2 (the user has seen it, position 5).
+async fn olga_holds_on_a_hooked_store() -> (Fixture, Arc<HookedStore>) {
+    let store = Arc::new(HookedStore {
+        inner: store::connect("sqlite::memory:")
+            .await
+            .expect("in-memory SQLite opens"),
+        before_user_message: Mutex::new(None),
+    });
+    let mut f = fixture_on(
+        store.clone(),
+        Arc::new(KnowledgeBase::bundled("Helper")),
+        policy(10.0, 0.0, 5.0),
+        Arc::new(FakeHandoffs::default()),
+    );
+    let sent = f
+        .service
+        .send_message(&caller(1, Role::User), None, "hello", None, 0)
+        .await
+        .expect("accepted");
+    assert_eq!(sent.dialog_id, 1);
+    let _ = next_for(&mut f.live, &Recipient::User(1)).await;
+    let view = f.service.holder_view();
+    view.reset(Vec::new(), 1);
+    view.apply(olga_held(2, NotedFor::User(1), 5));
+    view.apply(olga_held(2, NotedFor::Operator(77), 2));
+    (f, store)
+}
+
+/// Every delivery so far for `recipient` (the memory log publishes before
+/// `deliver` returns).
+fn delivered_to(f: &mut Fixture, recipient: &Recipient) -> Vec<Delivery> {
+    std::iter::from_fn(|| f.live.try_recv().ok())
+        .filter(|d| &d.recipient == recipient)
+        .collect()
+}
+
+/// Race 3: the view says Olga holds the dialog when the user's message is
+/// checked; before it is stored the handoff service reassigns the dialog to
+/// Bob and the view applies that note. The message is routed by the holder
+/// as of after the store: Bob gets it durably, Olga — already told the
+/// dialog is no longer hers — never does.
+#[tokio::test]
+async fn a_message_stored_after_a_reassignment_reaches_the_new_holder_only() {
+    let (mut f, store) = olga_holds_on_a_hooked_store().await;
+    let view = f.service.holder_view();
+    *store.before_user_message.lock().expect("not poisoned") = Some(Box::new(move || {
+        view.apply(HolderNote {
+            holder: HeldBy::Operator {
+                operator_id: 78,
+                operator_name: "Bob".into(),
+            },
+            ..olga_held(3, NotedFor::Operator(77), 3)
+        });
+    }));
+    let _ = delivered_to(&mut f, &Recipient::Operator(77));
+    f.service
+        .send_message(&caller(1, Role::User), Some(1), "are you there?", None, 5)
+        .await
+        .expect("accepted");
+    let to_bob = next_for(&mut f.live, &Recipient::Operator(78)).await;
+    assert_eq!(to_bob.event.kind, "chat_message");
+    assert!(to_bob.position > 0, "Bob's copy is durable");
+    assert_eq!(body(&to_bob)["message"], "are you there?");
+    let olga_got = delivered_to(&mut f, &Recipient::Operator(77));
+    assert!(olga_got.is_empty(), "{olga_got:?}");
+}
+
+/// Race 3, taken back to the assistant: the dialog goes back to the
+/// assistant between the check and the store. The assistant answers the
+/// message and the former holder does not get it.
+#[tokio::test]
+async fn a_message_stored_after_a_take_back_goes_to_the_assistant() {
+    let (mut f, store) = olga_holds_on_a_hooked_store().await;
+    let view = f.service.holder_view();
+    *store.before_user_message.lock().expect("not poisoned") = Some(Box::new(move || {
+        view.apply(HolderNote {
+            holder: HeldBy::Assistant,
+            ..olga_held(3, NotedFor::Operator(77), 3)
+        });
+    }));
+    let _ = delivered_to(&mut f, &Recipient::Operator(77));
+    let sent = f
+        .service
+        .send_message(&caller(1, Role::User), Some(1), "anyone?", None, 5)
+        .await
+        .expect("accepted");
+    let olga_got = delivered_to(&mut f, &Recipient::Operator(77));
+    assert!(olga_got.is_empty(), "{olga_got:?}");
+    assert!(
+        assistant_answered_after(&f, sent.message_id).await,
+        "the assistant answers a dialog it holds again"
+    );
+}
+
+/// Waits until the handoff service accepted `n` reply reports.
+async fn replies_accepted(handoffs: &FakeHandoffs, n: usize) {
+    let mut accepted = handoffs.replies_accepted.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), accepted.wait_for(|k| *k >= n))
+        .await
+        .expect("the reply is reported")
+        .expect("the fake lives");
+}
+
+fn olga_operator() -> Caller {
+    Caller {
+        id: 77,
+        role: Role::Operator,
+        name: Some("Olga".into()),
+        connection_id: None,
+    }
+}
+
+/// `held_dialog`, with Olga holding the dialog in the view (as of version
+/// 2; she has seen it at position 2 of her log).
+async fn olga_holds() -> (Fixture, Arc<FakeHandoffs>) {
+    let (f, handoffs) = held_dialog().await;
+    let view = f.service.holder_view();
+    view.apply(olga_held(2, NotedFor::User(1), 5));
+    view.apply(olga_held(2, NotedFor::Operator(77), 2));
+    (f, handoffs)
+}
+
+/// Race 4: telling the handoff service that Olga replied fails (it cannot
+/// be reached just then). The report is sent again until it is accepted —
+/// so the no-reply timer stops — and once accepted, her later replies are
+/// not reported again.
+#[tokio::test]
+async fn a_reply_report_that_failed_is_sent_again() {
+    let (mut f, handoffs) = olga_holds().await;
+    handoffs
+        .replies_failing
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    f.service
+        .send_message(&olga_operator(), Some(1), "hello, I am Olga", None, 2)
+        .await
+        .expect("the holder may reply");
+    let to_user = next_for(&mut f.live, &Recipient::User(1)).await;
+    assert_eq!(to_user.event.kind, "operator_message");
+    replies_accepted(&handoffs, 1).await;
+    assert_eq!(
+        handoffs.replies.lock().expect("not poisoned").as_slice(),
+        &[(1, 77)]
+    );
+    assert!(
+        !f.service.holder_view().reply_to_record(1, 77),
+        "accepted: her next replies are not reported again"
+    );
+}
+
+/// The operator's ack does not wait for the handoff service: with
+/// `operator_replied` never answering, the reply is still stored,
+/// acknowledged and delivered.
+#[tokio::test]
+async fn an_operators_ack_does_not_wait_for_the_handoff_service() {
+    let (mut f, handoffs) = olga_holds().await;
+    handoffs
+        .replies_hang
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = tokio::time::timeout(
+        Duration::from_secs(10),
+        f.service
+            .send_message(&olga_operator(), Some(1), "one moment", None, 2),
+    )
+    .await
+    .expect("the ack does not wait for the handoff service")
+    .expect("the holder may reply");
+    assert!(sent.created);
+    let to_user = next_for(&mut f.live, &Recipient::User(1)).await;
+    assert_eq!(body(&to_user)["message"], "one moment");
 }
