@@ -4,7 +4,7 @@ mod common;
 
 use chatai_kit::events::Recipient;
 use chatai_proto::v1 as pb;
-use common::{App, Database, FakePresence, Observer, config, operator, recipients};
+use common::{App, Database, FakePresence, Observer, config, info, operator, recipients};
 
 /// Stopped and started again on the same SQLite file, the service still
 /// has the queued handoffs in their order and the assigned one with its
@@ -60,5 +60,34 @@ async fn a_restart_keeps_queued_and_assigned_handoffs() {
     assert_eq!(events.assigned(3).await, 1);
     assert_eq!(events.position(2).await, 1);
     assert_eq!(client.active(3).await.expect("active").operator_id, 1);
+    app.stop().await;
+}
+
+/// Issue 9, item 8: an "offline" that presence sent before the listing the
+/// service reads after attaching, but that reaches it after that listing,
+/// is stale: applied, it would take back a dialog from an operator the
+/// listing says is online, and a take-back cannot be undone. The service
+/// drops every change at or below the listing's version.
+#[tokio::test]
+async fn a_change_older_than_the_snapshot_is_dropped() {
+    let presence = FakePresence::start().await;
+    presence.set(1, "Ann", true, "available").await;
+    let database = Database::new();
+    let app = App::start(&database, config(), &presence).await;
+    let client = app.client().await;
+    let held = client.request(1, pb::Priority::Normal).await.expect("ok");
+    assert_eq!(held.operator_id, 1);
+    app.stop().await;
+
+    presence.stale_before_listing(info(1, "Ann", false, "available", 1));
+    let app = App::start(&database, config(), &presence).await;
+    presence.sync().await;
+    let client = app.client().await;
+    let active = client.active(1).await.expect("still active");
+    assert_eq!(
+        (active.operator_id, active.assigned_at_ms),
+        (1, held.assigned_at_ms),
+        "the stale offline took nothing back (no new assignment): {active:?}"
+    );
     app.stop().await;
 }

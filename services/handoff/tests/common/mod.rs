@@ -21,6 +21,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +67,11 @@ struct PresenceState {
     log: Arc<dyn EventLog>,
     /// Every `SetLoad` received, in order.
     loads: watch::Sender<Vec<(i64, u32)>>,
+    /// The version of the last change announced.
+    version: AtomicU64,
+    /// A change to announce, as already seen by the listing, just before the
+    /// next `ListOperators` answers (see [`FakePresence::stale_before_listing`]).
+    stale: Mutex<Option<pb::OperatorInfo>>,
 }
 
 #[derive(Clone)]
@@ -79,6 +85,8 @@ impl FakePresence {
             operators: Mutex::new(HashMap::new()),
             log: log.clone(),
             loads: watch::channel(Vec::new()).0,
+            version: AtomicU64::new(0),
+            stale: Mutex::new(None),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
@@ -122,6 +130,14 @@ impl FakePresence {
         let info = info(operator_id, name, online, chosen, load);
         self.put(info.clone());
         self.inner.announce(&info).await;
+    }
+
+    /// Makes the next `ListOperators` race its own events the way a real
+    /// stream can: just before it answers, `info` is announced with a
+    /// version the listing already holds — so it reaches the follower after
+    /// the snapshot, though it is older than it.
+    pub fn stale_before_listing(&self, info: pb::OperatorInfo) {
+        *self.inner.stale.lock().expect("stale lock") = Some(info);
     }
 
     /// Returns once the handoff service has applied every change sent before.
@@ -194,7 +210,13 @@ impl FakePresence {
 }
 
 impl PresenceState {
+    /// Announces a change with the next version.
     async fn announce(&self, info: &pb::OperatorInfo) {
+        let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+        self.announce_as_of(info, version).await;
+    }
+
+    async fn announce_as_of(&self, info: &pb::OperatorInfo, version: u64) {
         let body = serde_json::json!({
             "operator_id": info.operator_id,
             "status": status_name(info.status),
@@ -203,6 +225,7 @@ impl PresenceState {
             "active_handoffs": info.active_handoffs,
             "max_handoffs": info.max_handoffs,
             "name": info.name,
+            "version": version,
         });
         let event = Event::new("operator_status_change", &body).expect("event");
         self.log
@@ -239,7 +262,13 @@ fn status_of(name: &str) -> pb::OperatorStatus {
 
 /// An operator as presence lists them: the effective status follows the
 /// rules of `presence.proto` (offline, else away, else busy at the cap).
-fn info(operator_id: i64, name: &str, online: bool, chosen: &str, load: u32) -> pb::OperatorInfo {
+pub fn info(
+    operator_id: i64,
+    name: &str,
+    online: bool,
+    chosen: &str,
+    load: u32,
+) -> pb::OperatorInfo {
     let chosen = status_of(chosen);
     let status = if !online {
         pb::OperatorStatus::Offline
@@ -359,9 +388,14 @@ impl Presence for PresenceApi {
             .cloned()
             .collect();
         operators.sort_by_key(|op| op.operator_id);
+        let version = self.0.version.load(Ordering::SeqCst);
+        let stale = self.0.stale.lock().expect("stale lock").take();
+        if let Some(stale) = stale {
+            self.0.announce_as_of(&stale, version).await;
+        }
         Ok(Response::new(pb::ListOperatorsResponse {
             operators,
-            version: 0,
+            version,
         }))
     }
 }
