@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use crate::limits::TrustedNet;
+
 /// Everything the gateway needs besides the service addresses and the
 /// internal token (shared with the services, passed in separately).
 /// [`Default`] gives the same values as the clap defaults.
@@ -80,6 +82,63 @@ pub struct GatewayConfig {
     /// This gateway's id in logs and connection ids; unset = random.
     #[arg(long = "gateway-id", env = "CHATAI_GATEWAY_ID")]
     pub gateway_id: Option<String>,
+    /// Seconds within which a client must send a whole request head
+    /// (request line and headers), counted from the connection's start or
+    /// the previous response; otherwise the socket is closed.
+    #[arg(
+        long = "header-read-timeout-secs",
+        env = "CHATAI_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub header_read_timeout_secs: u64,
+    /// Seconds within which a WebSocket upgrade (the 101 written, or a
+    /// refused client's close) must finish; otherwise the socket is closed.
+    #[arg(
+        long = "upgrade-timeout-secs",
+        env = "CHATAI_UPGRADE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub upgrade_timeout_secs: u64,
+    /// WebSocket connections this gateway holds (more: upgraded and closed
+    /// 1013); unset = derived from the descriptor limit (`limits.rs`).
+    #[arg(long = "max-connections", env = "CHATAI_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Unfinished connections (no WebSocket yet) this gateway holds; a new
+    /// one closes the oldest. Unset = derived from the descriptor limit.
+    #[arg(long = "max-unfinished", env = "CHATAI_MAX_UNFINISHED")]
+    pub max_unfinished: Option<usize>,
+    /// Unfinished connections per client address (more are closed at
+    /// once); 0 = no cap. Trusted proxies are exempt.
+    #[arg(
+        long = "max-unfinished-per-ip",
+        env = "CHATAI_MAX_UNFINISHED_PER_IP",
+        default_value_t = 64
+    )]
+    pub max_unfinished_per_ip: usize,
+    /// WebSocket connections per client address (more: upgraded and closed
+    /// 1013); 0 = no cap (offices behind NAT are one address).
+    #[arg(
+        long = "max-connections-per-ip",
+        env = "CHATAI_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 0
+    )]
+    pub max_connections_per_ip: usize,
+    /// Proxies (addresses or CIDRs, comma-separated) whose
+    /// `X-Forwarded-For` names the client; none by default.
+    #[arg(
+        long = "trusted-proxies",
+        env = "CHATAI_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<TrustedNet>,
+    /// Origins (comma-separated, like `https://app.example.com`) browsers
+    /// may open a WebSocket from; none given = any origin.
+    #[arg(
+        long = "allowed-origins",
+        env = "CHATAI_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
 }
 
 /// Shown in logs and panics without the JWT secret.
@@ -101,6 +160,14 @@ impl std::fmt::Debug for GatewayConfig {
             .field("outbound_queue", &self.outbound_queue)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("gateway_id", &self.gateway_id)
+            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
+            .field("upgrade_timeout_secs", &self.upgrade_timeout_secs)
+            .field("max_connections", &self.max_connections)
+            .field("max_unfinished", &self.max_unfinished)
+            .field("max_unfinished_per_ip", &self.max_unfinished_per_ip)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("allowed_origins", &self.allowed_origins)
             .finish()
     }
 }
