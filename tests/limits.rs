@@ -327,8 +327,53 @@ async fn a_gateway_flooded_past_its_descriptors_still_answers_health() {
     let mut client = WsClient { stream };
     client.recv_type("connected").await;
     assert_eq!(healthy().await, Some(200), "{}", read_log());
+    // The caps kept it below its descriptor limit: accept never failed.
+    let log = read_log();
+    assert!(!log.contains("cannot accept"), "{log}");
 
     drop(flood);
     let _ = child.kill().await;
+    app.stop().await;
+}
+
+/// With `CHATAI_ALLOWED_ORIGINS` set, a browser page from another origin is
+/// refused (403) before the upgrade; a listed origin, in any case, and a
+/// client sending no `Origin` (not a browser) connect. Without the setting
+/// any origin connects (the other tests).
+#[tokio::test]
+async fn only_allowed_origins_open_websockets_when_a_list_is_set() {
+    let mut options = TestOptions::default();
+    options.gateway.allowed_origins = vec![
+        "https://app.example.com".to_owned(),
+        "http://localhost:3000".to_owned(),
+    ];
+    let app = spawn_app(options).await;
+    let request = |user: i64, origin: Option<&str>| {
+        let mut request = app.ws_request(&format!("/ws/{user}?token={}", token(&app, user)));
+        if let Some(origin) = origin {
+            request.headers_mut().insert(
+                "origin",
+                HeaderValue::from_str(origin).expect("a header value"),
+            );
+        }
+        request
+    };
+
+    let refused = tokio_tungstenite::connect_async(request(3501, Some("https://evil.example")))
+        .await
+        .expect_err("a foreign origin is refused");
+    match refused {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status().as_u16(), 403);
+        }
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+
+    let (mut listed, _) = app
+        .ws_connect_request(request(3502, Some("HTTPS://APP.example.com")))
+        .await;
+    listed.recv_type("connected").await;
+    let (mut no_origin, _) = app.ws_connect_request(request(3503, None)).await;
+    no_origin.recv_type("connected").await;
     app.stop().await;
 }

@@ -135,9 +135,12 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
         return true;
     };
     origin.to_str().is_ok_and(|origin| {
-        allowed
-            .iter()
-            .any(|allowed| allowed.trim().eq_ignore_ascii_case(origin))
+        allowed.iter().any(|allowed| {
+            allowed
+                .trim()
+                .trim_end_matches('/')
+                .eq_ignore_ascii_case(origin)
+        })
     })
 }
 
