@@ -207,7 +207,7 @@ async fn the_node_cap_refuses_with_1013_and_health_answers() {
 async fn forwarded_for_counts_only_from_trusted_proxies() {
     let mut options = TestOptions::default();
     options.gateway.max_connections_per_ip = 1;
-    options.gateway.trusted_proxies = vec!["127.0.0.4/32".parse().expect("a CIDR")];
+    options.gateway.trusted_proxies = "127.0.0.4/32".parse().expect("a CIDR");
     let app = spawn_app(options).await;
     let addr = app.gateway_addr;
 
@@ -343,10 +343,9 @@ async fn a_gateway_flooded_past_its_descriptors_still_answers_health() {
 #[tokio::test]
 async fn only_allowed_origins_open_websockets_when_a_list_is_set() {
     let mut options = TestOptions::default();
-    options.gateway.allowed_origins = vec![
-        "https://app.example.com".to_owned(),
-        "http://localhost:3000".to_owned(),
-    ];
+    options.gateway.allowed_origins = "https://app.example.com/, http://localhost:3000"
+        .parse()
+        .expect("a list");
     let app = spawn_app(options).await;
     let request = |user: i64, origin: Option<&str>| {
         let mut request = app.ws_request(&format!("/ws/{user}?token={}", token(&app, user)));

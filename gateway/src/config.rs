@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use crate::limits::TrustedNet;
+pub use crate::limits::TrustedProxies;
 
 /// Everything the gateway needs besides the service addresses and the
 /// internal token (shared with the services, passed in separately).
@@ -128,17 +128,17 @@ pub struct GatewayConfig {
     #[arg(
         long = "trusted-proxies",
         env = "CHATAI_TRUSTED_PROXIES",
-        value_delimiter = ','
+        default_value = ""
     )]
-    pub trusted_proxies: Vec<TrustedNet>,
+    pub trusted_proxies: TrustedProxies,
     /// Origins (comma-separated, like `https://app.example.com`) browsers
     /// may open a WebSocket from; none given = any origin.
     #[arg(
         long = "allowed-origins",
         env = "CHATAI_ALLOWED_ORIGINS",
-        value_delimiter = ','
+        default_value = ""
     )]
-    pub allowed_origins: Vec<String>,
+    pub allowed_origins: AllowedOrigins,
 }
 
 /// Shown in logs and panics without the JWT secret.
@@ -174,6 +174,40 @@ impl std::fmt::Debug for GatewayConfig {
 
 pub use chatai_tokens::DEVELOPMENT_SECRET;
 
+/// The origins browsers may open a WebSocket from, comma-separated
+/// (`https://app.example.com, http://localhost:3000`); empty = any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedOrigins(pub Vec<String>);
+
+impl std::str::FromStr for AllowedOrigins {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(AllowedOrigins(
+            text.split(',')
+                .map(|origin| origin.trim().trim_end_matches('/'))
+                .filter(|origin| !origin.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ))
+    }
+}
+
+impl AllowedOrigins {
+    /// Whether a request with this `Origin` (`None`: not from a browser)
+    /// may open a WebSocket. Origins compare without regard to case.
+    pub fn allow(&self, origin: Option<&[u8]>) -> bool {
+        match origin {
+            _ if self.0.is_empty() => true,
+            None => true,
+            Some(origin) => self
+                .0
+                .iter()
+                .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin)),
+        }
+    }
+}
+
 /// The clap defaults.
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -201,5 +235,27 @@ impl GatewayConfig {
     /// The JWT secret, or the development one.
     pub fn jwt_secret(&self) -> &str {
         self.jwt_secret.as_deref().unwrap_or(DEVELOPMENT_SECRET)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty setting allows any origin; a list allows its origins (in any
+    /// case, a trailing slash ignored) and clients sending no `Origin`.
+    #[test]
+    fn allowed_origins_read_a_list() {
+        let any: AllowedOrigins = "".parse().expect("a list");
+        assert!(any.allow(Some(b"https://anywhere.example")));
+        let list: AllowedOrigins = " https://app.example.com/ ,, http://localhost:3000"
+            .parse()
+            .expect("a list");
+        assert_eq!(list.0.len(), 2);
+        assert!(list.allow(Some(b"HTTPS://app.example.com")));
+        assert!(list.allow(Some(b"http://localhost:3000")));
+        assert!(!list.allow(Some(b"http://localhost:3001")));
+        assert!(!list.allow(Some(b"null")));
+        assert!(list.allow(None));
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chatai_kit::events::Recipient;
@@ -124,26 +124,6 @@ impl Refusal {
     }
 }
 
-/// Whether a browser's `Origin` may open a WebSocket: any when the
-/// allow-list is empty; a request without `Origin` (not from a browser)
-/// always may.
-fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    if allowed.is_empty() {
-        return true;
-    }
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    origin.to_str().is_ok_and(|origin| {
-        allowed.iter().any(|allowed| {
-            allowed
-                .trim()
-                .trim_end_matches('/')
-                .eq_ignore_ascii_case(origin)
-        })
-    })
-}
-
 fn upgrade(
     gateway: Arc<Gateway>,
     endpoint: Endpoint,
@@ -174,7 +154,8 @@ fn upgrade(
     }
     // A page from another site: refused before the upgrade (RFC 6455
     // §4.2.2), since no legitimate client is behind it.
-    if !origin_allowed(&gateway.config.allowed_origins, headers) {
+    let origin = headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
+    if !gateway.config.allowed_origins.allow(origin) {
         tracing::info!(origin = ?headers.get(header::ORIGIN), "origin not allowed");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
@@ -212,7 +193,10 @@ fn upgrade(
         .max_message_size(Some(gateway.config.max_frame_bytes))
         .max_frame_size(Some(gateway.config.max_frame_bytes));
     let upgrade_timeout = gateway.limits.upgrade_timeout;
-    let span = tracing::info_span!("client", addr = ?client);
+    let span = match client {
+        Some(addr) => tracing::info_span!("client", %addr),
+        None => tracing::info_span!("client"),
+    };
     let tasks = gateway.tasks.clone();
     tasks.spawn(
         async move {

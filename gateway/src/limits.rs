@@ -49,20 +49,33 @@ pub fn try_again_later() -> CloseFrame {
     }
 }
 
-/// A network whose `X-Forwarded-For` is believed: an address or a CIDR
-/// (`10.0.0.7`, `10.0.0.0/8`, `fd00::/8`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrustedNet(pub IpNet);
+/// The proxies whose `X-Forwarded-For` is believed: addresses and CIDRs,
+/// comma-separated (`10.0.0.7, 10.0.0.0/8, fd00::/8`); empty entries (and
+/// an empty setting) are none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
 
-impl FromStr for TrustedNet {
+impl FromStr for TrustedProxies {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim();
-        text.parse::<IpNet>()
-            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-            .map(TrustedNet)
-            .map_err(|_| format!("{text:?} is neither an IP address nor a CIDR"))
+        text.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("{entry:?} is neither an IP address nor a CIDR"))
+            })
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
+    }
+}
+
+impl TrustedProxies {
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&addr))
     }
 }
 
@@ -175,7 +188,7 @@ pub struct Limits {
     max_unfinished_per_ip: usize,
     /// 0: no cap.
     max_connections_per_ip: usize,
-    trusted_proxies: Vec<IpNet>,
+    trusted_proxies: TrustedProxies,
     state: Mutex<State>,
 }
 
@@ -189,7 +202,7 @@ impl Limits {
             budget,
             max_unfinished_per_ip: config.max_unfinished_per_ip,
             max_connections_per_ip: config.max_connections_per_ip,
-            trusted_proxies: config.trusted_proxies.iter().map(|net| net.0).collect(),
+            trusted_proxies: config.trusted_proxies.clone(),
             state: Mutex::new(State::default()),
         }
     }
@@ -207,7 +220,7 @@ impl Limits {
     }
 
     fn is_trusted(&self, addr: IpAddr) -> bool {
-        self.trusted_proxies.iter().any(|net| net.contains(&addr))
+        self.trusted_proxies.contains(addr)
     }
 
     /// A socket from `peer` was accepted: counts it as unfinished, or
@@ -479,10 +492,7 @@ mod tests {
     #[test]
     fn forwarded_for_is_believed_from_trusted_proxies_only() {
         let limits = limits(|c| {
-            c.trusted_proxies = vec![
-                "10.0.0.0/8".parse().expect("a CIDR"),
-                "192.0.2.7".parse().expect("an address"),
-            ];
+            c.trusted_proxies = "10.0.0.0/8, 192.0.2.7".parse().expect("a list");
         });
         let untrusted = ip("203.0.113.9");
         assert_eq!(
@@ -513,13 +523,26 @@ mod tests {
         );
     }
 
+    /// The setting's format; empty is none.
+    #[test]
+    fn trusted_proxies_read_addresses_and_cidrs() {
+        let proxies: TrustedProxies = " 10.0.0.0/8,192.0.2.7,, fd00::/8 ".parse().expect("a list");
+        assert_eq!(proxies.0.len(), 3);
+        assert!(proxies.contains(ip("10.1.2.3")));
+        assert!(proxies.contains(ip("192.0.2.7")));
+        assert!(!proxies.contains(ip("192.0.2.8")));
+        assert!(proxies.contains(ip("fd00::1")));
+        assert_eq!("".parse::<TrustedProxies>(), Ok(TrustedProxies::default()));
+        assert!("10.0.0.0/8, proxy.local".parse::<TrustedProxies>().is_err());
+    }
+
     /// Trusted proxies carry many clients: they are exempt from the
     /// per-address unfinished cap.
     #[test]
     fn trusted_proxies_are_not_capped_as_one_address() {
         let limits = limits(|c| {
             c.max_unfinished_per_ip = 1;
-            c.trusted_proxies = vec!["127.0.0.4".parse().expect("an address")];
+            c.trusted_proxies = "127.0.0.4".parse().expect("a list");
         });
         let _one = limits.accept(ip("127.0.0.4")).expect("one");
         let _two = limits.accept(ip("127.0.0.4")).expect("two");
