@@ -93,14 +93,15 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// With a descriptor limit of `nofile`: an eighth of it (at least 32, at
-    /// most 512) is kept for the process, as much (at least 16, at most 512)
-    /// for unfinished sockets, and the rest is for connections.
-    /// `connections` and `unfinished` override the derived values.
+    /// With a descriptor limit of `nofile`: a sixteenth of it (at least 32,
+    /// at most 256) is kept for the process, as much (at least 16, at most
+    /// 256) for unfinished sockets, and the rest is for connections (896 of
+    /// 1024, 19 488 of 20 000). `connections` and `unfinished` override the
+    /// derived values.
     pub fn derive(nofile: u64, connections: Option<usize>, unfinished: Option<usize>) -> Budget {
         let nofile = usize::try_from(nofile.min(1 << 24)).unwrap_or(1 << 24);
-        let process = (nofile / 8).clamp(32, 512);
-        let unfinished = unfinished.unwrap_or((nofile / 8).clamp(16, 512)).max(1);
+        let process = (nofile / 16).clamp(32, 256);
+        let unfinished = unfinished.unwrap_or((nofile / 16).clamp(16, 256)).max(1);
         let connections = connections
             .unwrap_or_else(|| nofile.saturating_sub(process + unfinished))
             .max(1);
@@ -417,14 +418,18 @@ mod tests {
         let small = Budget::derive(256, None, None);
         assert_eq!(
             (small.connections, small.unfinished, small.process),
-            (192, 32, 32)
+            (208, 16, 32)
         );
+        let usual = Budget::derive(1024, None, None);
+        assert_eq!((usual.connections, usual.unfinished), (896, 64));
+        let bench = Budget::derive(20_000, None, None);
+        assert_eq!(bench.connections, 19_488);
         let large = Budget::derive(1 << 20, None, None);
         assert_eq!(
             large.connections + large.unfinished + large.process,
             1 << 20
         );
-        assert_eq!(large.unfinished, 512);
+        assert_eq!(large.unfinished, 256);
         let set = Budget::derive(256, Some(10), Some(5));
         assert_eq!((set.connections, set.unfinished), (10, 5));
         assert!(Budget::derive(8, None, None).connections >= 1);
