@@ -22,6 +22,9 @@ export CHATAI_CHAT_ADDR=${CHATAI_CHAT_ADDR:-127.0.0.1:15051}
 export CHATAI_HANDOFF_ADDR=${CHATAI_HANDOFF_ADDR:-127.0.0.1:15052}
 export CHATAI_PRESENCE_ADDR=${CHATAI_PRESENCE_ADDR:-127.0.0.1:15053}
 export CHATAI_NOTIFICATION_ADDR=${CHATAI_NOTIFICATION_ADDR:-127.0.0.1:15054}
+# All the load comes from one address, many handshakes at a time: no
+# per-address cap on unfinished connections (docs/protocol.md, "Connection limits").
+export CHATAI_MAX_UNFINISHED_PER_IP=${CHATAI_MAX_UNFINISHED_PER_IP:-0}
 export CHATAI_DATABASE_URL=${CHATAI_DATABASE_URL:-sqlite://$BENCH_DIR/chatai.db}
 export RUST_LOG=${RUST_LOG:-warn}
 

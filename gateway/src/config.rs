@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use crate::limits::TrustedProxies;
+
 /// Everything the gateway needs besides the service addresses and the
 /// internal token (shared with the services, passed in separately).
 /// [`Default`] gives the same values as the clap defaults.
@@ -80,6 +82,63 @@ pub struct GatewayConfig {
     /// This gateway's id in logs and connection ids; unset = random.
     #[arg(long = "gateway-id", env = "CHATAI_GATEWAY_ID")]
     pub gateway_id: Option<String>,
+    /// Seconds within which a client must send a whole request head
+    /// (request line and headers), counted from the connection's start or
+    /// the previous response; otherwise the socket is closed.
+    #[arg(
+        long = "header-read-timeout-secs",
+        env = "CHATAI_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub header_read_timeout_secs: u64,
+    /// Seconds within which a WebSocket upgrade (the 101 written, or a
+    /// refused client's close) must finish; otherwise the socket is closed.
+    #[arg(
+        long = "upgrade-timeout-secs",
+        env = "CHATAI_UPGRADE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub upgrade_timeout_secs: u64,
+    /// WebSocket connections this gateway holds (more: upgraded and closed
+    /// 1013); unset = derived from the descriptor limit (`limits.rs`).
+    #[arg(long = "max-connections", env = "CHATAI_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Unfinished connections (no WebSocket yet) this gateway holds; a new
+    /// one closes the oldest. Unset = derived from the descriptor limit.
+    #[arg(long = "max-unfinished", env = "CHATAI_MAX_UNFINISHED")]
+    pub max_unfinished: Option<usize>,
+    /// Unfinished connections per client address (more are closed at
+    /// once); 0 = no cap. Trusted proxies are exempt.
+    #[arg(
+        long = "max-unfinished-per-ip",
+        env = "CHATAI_MAX_UNFINISHED_PER_IP",
+        default_value_t = 64
+    )]
+    pub max_unfinished_per_ip: usize,
+    /// WebSocket connections per client address (more: upgraded and closed
+    /// 1013); 0 = no cap (offices behind NAT are one address).
+    #[arg(
+        long = "max-connections-per-ip",
+        env = "CHATAI_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 0
+    )]
+    pub max_connections_per_ip: usize,
+    /// Proxies (addresses or CIDRs, comma-separated) whose
+    /// `X-Forwarded-For` names the client; none by default.
+    #[arg(
+        long = "trusted-proxies",
+        env = "CHATAI_TRUSTED_PROXIES",
+        default_value = ""
+    )]
+    pub trusted_proxies: TrustedProxies,
+    /// Origins (comma-separated, like `https://app.example.com`) browsers
+    /// may open a WebSocket from; none given = any origin.
+    #[arg(
+        long = "allowed-origins",
+        env = "CHATAI_ALLOWED_ORIGINS",
+        default_value = ""
+    )]
+    pub allowed_origins: AllowedOrigins,
 }
 
 /// Shown in logs and panics without the JWT secret.
@@ -101,11 +160,53 @@ impl std::fmt::Debug for GatewayConfig {
             .field("outbound_queue", &self.outbound_queue)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("gateway_id", &self.gateway_id)
+            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
+            .field("upgrade_timeout_secs", &self.upgrade_timeout_secs)
+            .field("max_connections", &self.max_connections)
+            .field("max_unfinished", &self.max_unfinished)
+            .field("max_unfinished_per_ip", &self.max_unfinished_per_ip)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("allowed_origins", &self.allowed_origins)
             .finish()
     }
 }
 
 pub use chatai_tokens::DEVELOPMENT_SECRET;
+
+/// The origins browsers may open a WebSocket from, comma-separated
+/// (`https://app.example.com, http://localhost:3000`); empty = any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedOrigins(pub Vec<String>);
+
+impl std::str::FromStr for AllowedOrigins {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(AllowedOrigins(
+            text.split(',')
+                .map(|origin| origin.trim().trim_end_matches('/'))
+                .filter(|origin| !origin.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ))
+    }
+}
+
+impl AllowedOrigins {
+    /// Whether a request with this `Origin` (`None`: not from a browser)
+    /// may open a WebSocket. Origins compare without regard to case.
+    pub fn allow(&self, origin: Option<&[u8]>) -> bool {
+        match origin {
+            _ if self.0.is_empty() => true,
+            None => true,
+            Some(origin) => self
+                .0
+                .iter()
+                .any(|allowed| allowed.as_bytes().eq_ignore_ascii_case(origin)),
+        }
+    }
+}
 
 /// The clap defaults.
 impl Default for GatewayConfig {
@@ -134,5 +235,27 @@ impl GatewayConfig {
     /// The JWT secret, or the development one.
     pub fn jwt_secret(&self) -> &str {
         self.jwt_secret.as_deref().unwrap_or(DEVELOPMENT_SECRET)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty setting allows any origin; a list allows its origins (in any
+    /// case, a trailing slash ignored) and clients sending no `Origin`.
+    #[test]
+    fn allowed_origins_read_a_list() {
+        let any: AllowedOrigins = "".parse().expect("a list");
+        assert!(any.allow(Some(b"https://anywhere.example")));
+        let list: AllowedOrigins = " https://app.example.com/ ,, http://localhost:3000"
+            .parse()
+            .expect("a list");
+        assert_eq!(list.0.len(), 2);
+        assert!(list.allow(Some(b"HTTPS://app.example.com")));
+        assert!(list.allow(Some(b"http://localhost:3000")));
+        assert!(!list.allow(Some(b"http://localhost:3001")));
+        assert!(!list.allow(Some(b"null")));
+        assert!(list.allow(None));
     }
 }

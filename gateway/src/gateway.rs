@@ -14,6 +14,7 @@ use tonic::codegen::InterceptedService;
 
 use crate::auth::TokenKeys;
 use crate::config::GatewayConfig;
+use crate::limits::{Budget, Limits};
 use crate::registry::Registry;
 use crate::reporting::Reporter;
 use crate::service_id::ServiceId;
@@ -47,6 +48,8 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     pub metrics: PrometheusHandle,
     pub reporter: Reporter,
+    /// The socket limits and counts (node cap, per address, timeouts).
+    pub limits: Arc<Limits>,
     /// When this gateway started.
     pub started: std::time::Instant,
 }
@@ -109,6 +112,23 @@ impl Gateway {
         );
         background.supervisor.spawn("reporting", reporting);
         let services = Services::new(chat, handoff, presence, config.request_timeout());
+        let nofile = Budget::nofile();
+        let limits = Arc::new(Limits::new(&config, nofile));
+        let budget = limits.budget();
+        tracing::info!(
+            nofile,
+            max_connections = budget.connections,
+            max_unfinished = budget.unfinished,
+            "connection limits"
+        );
+        if (budget.connections + budget.unfinished) as u64 > nofile {
+            tracing::warn!(
+                nofile,
+                max_connections = budget.connections,
+                max_unfinished = budget.unfinished,
+                "CHATAI_MAX_CONNECTIONS and CHATAI_MAX_UNFINISHED exceed the descriptor limit: a full gateway may stop answering health checks"
+            );
+        }
         Ok(Arc::new(Gateway {
             keys: TokenKeys::new(config.jwt_secret().as_bytes()),
             config,
@@ -119,6 +139,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             metrics: metrics_handle(),
             reporter,
+            limits,
             started: std::time::Instant::now(),
         }))
     }

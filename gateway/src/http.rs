@@ -4,7 +4,11 @@
 //!
 //! A browser cannot read the HTTP status of a failed upgrade, so refused
 //! clients are upgraded and then closed with the code docs/protocol.md names
-//! (1008 `Invalid token` / `Unauthorized`).
+//! (1008 `Invalid token` / `Unauthorized`; 1013 `Try again later` when the
+//! gateway, or the client's address, holds as many connections as it may).
+//! The exception is a browser page from an origin not on
+//! `CHATAI_ALLOWED_ORIGINS`: 403 before the upgrade. The upgrade itself must
+//! finish within `CHATAI_UPGRADE_TIMEOUT_SECS`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,14 +24,17 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
+use tracing::Instrument;
 
+use crate::accept::ClientSocket;
 use crate::auth::{self, Claims};
 use crate::close::CloseReason;
 use crate::connection::{self, Session};
 use crate::cursor::Cursor;
 use crate::frames::outbound::now_rfc3339;
 use crate::gateway::Gateway;
+use crate::limits;
 
 /// The routes, one line each.
 pub fn router(gateway: Arc<Gateway>) -> Router {
@@ -90,6 +97,33 @@ fn authorize(
     }
 }
 
+/// Why a client is upgraded and then closed.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// The token does not fit (1008).
+    Token(CloseReason),
+    /// The node or the client's address holds as many connections as it
+    /// may (1013 `Try again later`).
+    Capacity(limits::Refused),
+}
+
+impl Refusal {
+    fn frame(self) -> CloseFrame {
+        match self {
+            Refusal::Token(reason) => reason.frame(),
+            Refusal::Capacity(_) => limits::try_again_later(),
+        }
+    }
+
+    /// What the log says.
+    fn cause(self) -> String {
+        match self {
+            Refusal::Token(reason) => reason.reason().to_owned(),
+            Refusal::Capacity(cause) => cause.to_string(),
+        }
+    }
+}
+
 fn upgrade(
     gateway: Arc<Gateway>,
     endpoint: Endpoint,
@@ -118,13 +152,38 @@ fn upgrade(
     {
         return (StatusCode::BAD_REQUEST, "unsupported WebSocket version").into_response();
     }
+    // A page from another site: refused before the upgrade (RFC 6455
+    // §4.2.2), since no legitimate client is behind it.
+    let origin = headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
+    if !gateway.config.allowed_origins.allow(origin) {
+        tracing::info!(origin = ?headers.get(header::ORIGIN), "origin not allowed");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
     let accept = derive_accept_key(key.as_bytes());
     let subprotocol = auth::offers_chatai_subprotocol(headers);
     // An unreadable cursor resumes like an expired one: `recovered: false`.
     let resume = auth::query_param(request.uri(), "cursor")
         .or_else(|| auth::query_param(request.uri(), "last_seq"))
         .map(|text| Cursor::decode(&text).unwrap_or(Cursor::UNREADABLE));
-    let verdict = authorize(&gateway, endpoint, path_id, &request).map(|claims| (claims, resume));
+    // The socket's place among the unfinished ones is kept until the
+    // client is admitted or its refusal is closed.
+    let socket = request.extensions_mut().remove::<ClientSocket>();
+    let client = socket.as_ref().map(|socket| {
+        gateway
+            .limits
+            .client_addr(socket.peer.ip(), request.headers())
+    });
+    let verdict = authorize(&gateway, endpoint, path_id, &request)
+        .map_err(Refusal::Token)
+        .and_then(|claims| match client {
+            Some(client) => gateway
+                .limits
+                .admit(client)
+                .map(|admitted| (claims, Some(admitted)))
+                .map_err(Refusal::Capacity),
+            // Served without the listener of `accept.rs`: no counts.
+            None => Ok((claims, None)),
+        });
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = WebSocketConfig::default()
         .read_buffer_size(1024)
@@ -133,45 +192,67 @@ fn upgrade(
         .write_buffer_size(4 * 1024)
         .max_message_size(Some(gateway.config.max_frame_bytes))
         .max_frame_size(Some(gateway.config.max_frame_bytes));
+    let upgrade_timeout = gateway.limits.upgrade_timeout;
+    let span = match client {
+        Some(addr) => tracing::info_span!("client", %addr),
+        None => tracing::info_span!("client"),
+    };
     let tasks = gateway.tasks.clone();
-    tasks.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(err) => {
-                tracing::debug!(cause = %err, "upgrade failed");
-                return;
-            }
-        };
-        let mut socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(config))
-                .await;
-        match verdict {
-            Ok((claims, resume)) => {
-                let principal = match endpoint {
-                    Endpoint::User => Recipient::User(claims.sub),
-                    Endpoint::Operator => Recipient::Operator(claims.sub),
-                };
-                connection::serve(
-                    socket,
-                    gateway,
-                    Session {
-                        claims,
-                        principal,
-                        resume,
-                    },
-                )
-                .await;
-            }
-            Err(reason) => {
-                tracing::info!(
-                    code = reason.code(),
-                    reason = reason.reason(),
-                    "refused connection"
-                );
-                let _ = socket.close(Some(reason.frame())).await;
+    tasks.spawn(
+        async move {
+            let upgraded = match tokio::time::timeout(upgrade_timeout, on_upgrade).await {
+                Ok(Ok(upgraded)) => upgraded,
+                Ok(Err(err)) => {
+                    tracing::debug!(cause = %err, "upgrade failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("upgrade not finished in time");
+                    return;
+                }
+            };
+            let mut socket_stream = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                WsRole::Server,
+                Some(config),
+            )
+            .await;
+            match verdict {
+                Ok((claims, admitted)) => {
+                    // A WebSocket now: counted as a connection, no longer
+                    // as unfinished.
+                    drop(socket);
+                    let principal = match endpoint {
+                        Endpoint::User => Recipient::User(claims.sub),
+                        Endpoint::Operator => Recipient::Operator(claims.sub),
+                    };
+                    connection::serve(
+                        socket_stream,
+                        gateway,
+                        Session {
+                            claims,
+                            principal,
+                            resume,
+                        },
+                    )
+                    .await;
+                    drop(admitted);
+                }
+                Err(refusal) => {
+                    let frame = refusal.frame();
+                    tracing::info!(
+                        code = u16::from(frame.code),
+                        reason = %frame.reason,
+                        cause = %refusal.cause(),
+                        "refused connection"
+                    );
+                    let closing = socket_stream.close(Some(frame));
+                    let _ = tokio::time::timeout(upgrade_timeout, closing).await;
+                }
             }
         }
-    });
+        .instrument(span),
+    );
     let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")

@@ -6,6 +6,10 @@
 //! - [`config`] — [`GatewayConfig`], read from the environment by the binary.
 //! - [`gateway`] — [`Gateway`], what every connection and route shares,
 //!   and how it is put together.
+//! - [`accept`] — the listener: accepting sockets and serving HTTP/1.1 on
+//!   each (hyper, with a header-read timeout).
+//! - [`limits`] — socket limits: unfinished and WebSocket connections per
+//!   client address and per node, trusted proxies' `X-Forwarded-For`.
 //! - [`http`] — routes: the WebSocket endpoints, health, metrics.
 //! - [`auth`] — finding a client's token in a request (the token itself is
 //!   `chatai_tokens`'s: claims, verifying, minting).
@@ -26,6 +30,7 @@
 //! - [`frames`] — client frames in, server frames out.
 //! - [`cursor`] — the opaque resume cursor; [`close`] — close codes.
 
+pub mod accept;
 pub mod auth;
 pub mod close;
 pub mod config;
@@ -34,6 +39,7 @@ pub mod cursor;
 pub mod frames;
 pub mod gateway;
 pub mod http;
+pub mod limits;
 pub mod registry;
 pub mod reporting;
 pub mod service_id;
@@ -41,7 +47,6 @@ pub mod services;
 pub mod upstream;
 pub mod wire;
 
-use axum::serve::ListenerExt;
 use chatai_kit::config::{InternalAuth, ServiceAddrs};
 use chatai_kit::supervisor::Supervisor;
 use tokio::net::TcpListener;
@@ -81,15 +86,13 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
 
-    // Frames are small and latency matters: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(cause = %err, "cannot set TCP_NODELAY");
-        }
-    });
-    let served = axum::serve(listener, http::router(gateway.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    accept::serve(
+        listener,
+        http::router(gateway.clone()),
+        gateway.limits.clone(),
+        shutdown.clone(),
+    )
+    .await;
     tracing::info!(
         connections = registry.connection_count(),
         "gateway draining connections"
@@ -101,6 +104,5 @@ pub async fn run(
     background.stop.cancel();
     let background = background.supervisor.wait().await;
     tracing::info!("gateway stopped");
-    served?;
     Ok(background?)
 }
