@@ -34,6 +34,7 @@ use self::catch_up::Positions;
 use crate::auth::Claims;
 use crate::close::CloseReason;
 use crate::cursor::Cursor;
+use crate::frames::inbound::Priority;
 use crate::gateway::Gateway;
 use crate::registry::{Conn, OperatorConnection, Outbound};
 use crate::reporting::{ConnectionEvent, ConnectionEventKind};
@@ -87,6 +88,7 @@ pub async fn serve(socket: Socket, gateway: Arc<Gateway>, session: Session) {
             connection_id: Some(name),
         },
         token_expires: expiry_instant(session.claims.exp),
+        max_priority: Priority::ceiling(session.claims.max_priority.as_deref()),
         gateway: gateway.clone(),
         socket,
         conn,
@@ -165,6 +167,8 @@ struct Connection {
     batching: bool,
     last_heard: Instant,
     token_expires: Instant,
+    /// The highest handoff priority this client may ask for (its token).
+    max_priority: Priority,
 }
 
 /// What reading a client frame led to.

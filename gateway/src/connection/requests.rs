@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::{Connection, Flow, Gone, expiry_instant};
 use crate::close::CloseReason;
-use crate::frames::inbound::{self, ClientFrame, Inbound};
+use crate::frames::inbound::{self, ClientFrame, Inbound, Priority};
 use crate::frames::outbound;
 use crate::service_id::ServiceId;
 use crate::services::CallError;
@@ -143,14 +143,18 @@ impl Connection {
                 reason,
                 priority,
             } => {
+                // A client picks its priority only up to what its token
+                // allows: ten `urgent`s must not jump every queue.
+                let given = priority.min(self.max_priority);
                 match services
-                    .request_handoff(&self.caller, dialog_id, reason, priority)
+                    .request_handoff(&self.caller, dialog_id, reason, given)
                     .await
                 {
                     Ok(handoff) => outbound::ack(
                         reference,
                         json!({
                             "dialog_id": dialog_id,
+                            "priority": given.as_str(),
                             "handoff_id": handoff.handoff_id,
                             "position": handoff.position,
                             "estimated_wait_time": handoff.estimated_wait_seconds,
@@ -223,6 +227,7 @@ impl Connection {
         match self.gateway.keys.verify(token) {
             Ok(claims) if claims.sub == self.caller.id && claims.role == self.caller.role => {
                 self.token_expires = expiry_instant(claims.exp);
+                self.max_priority = Priority::ceiling(claims.max_priority.as_deref());
                 outbound::ack(reference, json!({ "expires_at": claims.exp }))
             }
             Ok(_) => outbound::error(

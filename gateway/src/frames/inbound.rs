@@ -90,8 +90,8 @@ impl ClientFrame {
     }
 }
 
-/// How urgently a user wants a human operator.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How urgently a user wants a human operator, least urgent first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
     Low,
     #[default]
@@ -109,6 +109,16 @@ impl Priority {
             Priority::High => "high",
             Priority::Urgent => "urgent",
         }
+    }
+
+    /// The most a client may ask for: what its token's
+    /// `chatai_max_priority` claim allows, else `normal` (an unknown value
+    /// allows no more than `normal` either). A client asking for more gets
+    /// this much, and its `ack` says so (docs/protocol.md).
+    pub fn ceiling(claim: Option<&str>) -> Self {
+        claim
+            .and_then(Priority::from_wire)
+            .unwrap_or(Priority::Normal)
     }
 
     fn from_wire(text: &str) -> Option<Self> {

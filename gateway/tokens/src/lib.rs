@@ -33,6 +33,10 @@ pub struct Claims {
     pub exp: u64,
     /// Display name, when the token has one.
     pub name: Option<String>,
+    /// `chatai_max_priority`: the highest handoff priority this client may
+    /// ask for (`low`, `normal`, `high`, `urgent`), when the issuer raises
+    /// it above the default (`normal`). Read by the gateway.
+    pub max_priority: Option<String>,
 }
 
 /// Why a token was refused (or could not be minted).
@@ -63,6 +67,7 @@ struct WireClaims {
     #[serde(default)]
     exp: u64,
     name: Option<String>,
+    chatai_max_priority: Option<String>,
 }
 
 /// The claims [`TokenKeys::mint`] writes.
@@ -123,6 +128,7 @@ impl TokenKeys {
             role,
             exp: wire.exp,
             name: wire.name.map(bounded_name),
+            max_priority: wire.chatai_max_priority,
         })
     }
 

@@ -55,6 +55,18 @@ pub struct HandoffConfig {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_queue_len: u32,
+    /// The most requests one user may have waiting at once (one per dialog
+    /// in any case); more are refused (`too_many_handoffs`), so no single
+    /// account can fill the queue.
+    #[arg(
+        id = "handoff_max_queued_per_user",
+        value_name = "N",
+        long = "handoff-max-queued-per-user",
+        env = "CHATAI_HANDOFF_MAX_QUEUED_PER_USER",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_queued_per_user: u32,
     /// Handling time assumed for wait estimates, in seconds, until some
     /// handoffs have been completed.
     #[arg(
@@ -76,6 +88,7 @@ impl HandoffConfig {
             reply_timeout: Duration::from_secs(self.reply_timeout_secs),
             max_queue_time: Duration::from_secs(self.max_queue_secs),
             max_queue_len: self.max_queue_len as usize,
+            max_queued_per_user: self.max_queued_per_user as usize,
             default_handling: Duration::from_secs(self.default_handling_secs),
         }
     }

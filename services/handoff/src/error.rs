@@ -23,6 +23,8 @@ pub enum HandoffError {
     Exists(i64),
     #[error("the handoff queue is full")]
     QueueFull,
+    #[error("user {0} already has as many handoffs waiting as one user may")]
+    TooManyForUser(i64),
     #[error("dialog {0} has no active handoff")]
     NotFound(i64),
     #[error(transparent)]
@@ -58,6 +60,11 @@ impl From<HandoffError> for Status {
                 Code::ResourceExhausted,
                 ErrorCode::QueueFull,
                 "All our operators are busy and the queue is full. Please try again in a few minutes.",
+            ),
+            HandoffError::TooManyForUser(_) => with_code(
+                Code::ResourceExhausted,
+                ErrorCode::TooManyHandoffs,
+                "You already have requests waiting for an operator. Please wait until one is answered.",
             ),
             HandoffError::NotFound(_) => {
                 with_code(Code::NotFound, ErrorCode::HandoffNotFound, err.to_string())
@@ -97,6 +104,11 @@ mod tests {
                 HandoffError::QueueFull,
                 Code::ResourceExhausted,
                 "queue_full",
+            ),
+            (
+                HandoffError::TooManyForUser(7),
+                Code::ResourceExhausted,
+                "too_many_handoffs",
             ),
             (
                 HandoffError::NotFound(1),

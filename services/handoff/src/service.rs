@@ -62,6 +62,8 @@ pub struct Policy {
     pub max_queue_time: Duration,
     /// Most handoffs waiting at once.
     pub max_queue_len: usize,
+    /// Most handoffs one user may have waiting at once.
+    pub max_queued_per_user: usize,
     /// Assumed handling time before any handoff was completed.
     pub default_handling: Duration,
 }
@@ -528,6 +530,14 @@ impl Queue {
         }
         if self.waiting.len() >= self.policy.max_queue_len {
             return Err(HandoffError::QueueFull);
+        }
+        let waiting_for_user = self
+            .handoffs
+            .values()
+            .filter(|entry| entry.is_queued() && entry.handoff.user_id == request.user_id)
+            .count();
+        if waiting_for_user >= self.policy.max_queued_per_user {
+            return Err(HandoffError::TooManyForUser(request.user_id));
         }
         let handoff = self
             .store

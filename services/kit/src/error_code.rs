@@ -52,6 +52,8 @@ pub enum ErrorCode {
     HandoffExists,
     /// The handoff queue is full.
     QueueFull,
+    /// The user already has as many handoffs waiting as one user may.
+    TooManyHandoffs,
     /// The dialog has no active handoff.
     HandoffNotFound,
     /// The presence service does not know the operator.
@@ -86,6 +88,7 @@ impl ErrorCode {
         ErrorCode::ServiceUnavailable,
         ErrorCode::HandoffExists,
         ErrorCode::QueueFull,
+        ErrorCode::TooManyHandoffs,
         ErrorCode::HandoffNotFound,
         ErrorCode::OperatorNotFound,
         ErrorCode::NotFound,
@@ -114,6 +117,7 @@ impl ErrorCode {
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::HandoffExists => "handoff_exists",
             ErrorCode::QueueFull => "queue_full",
+            ErrorCode::TooManyHandoffs => "too_many_handoffs",
             ErrorCode::HandoffNotFound => "handoff_not_found",
             ErrorCode::OperatorNotFound => "operator_not_found",
             ErrorCode::NotFound => "not_found",

@@ -250,6 +250,7 @@ fn policy(max_handoffs: u32) -> Policy {
         reply_timeout: Duration::from_secs(180),
         max_queue_time: Duration::from_secs(600),
         max_queue_len: 100,
+        max_queued_per_user: 3,
         default_handling: Duration::from_secs(300),
     }
 }
@@ -1201,4 +1202,39 @@ async fn a_failed_take_back_from_an_offline_operator_is_retried() {
     let taken = of_kind(&events, "handoff_completed");
     assert_eq!(taken.len(), 1, "{events:?}");
     assert_eq!(taken[0].body["resolution"], "reassigned: operator offline");
+}
+
+/// One user cannot fill the queue: past the per-user cap their requests are
+/// refused (`too_many_handoffs`) while other users' are taken; once one of
+/// theirs is served, they may ask again (issue 10, finding 6).
+#[tokio::test(start_paused = true)]
+async fn one_user_cannot_fill_the_queue() {
+    let h = Harness::start(policy(1)).await;
+    let service = service_caller();
+    let ask = |dialog_id: i64, user_id: i64| {
+        h.service.request(
+            &service,
+            NewRequest {
+                dialog_id,
+                user_id,
+                reason: String::new(),
+                priority: Priority::Urgent,
+            },
+        )
+    };
+    for dialog_id in 1..=3 {
+        ask(dialog_id, 7).await.expect("within the cap");
+    }
+    let refused = ask(4, 7).await;
+    assert!(
+        matches!(refused, Err(HandoffError::TooManyForUser(7))),
+        "{refused:?}"
+    );
+    ask(5, 8).await.expect("another user is served");
+    assert_eq!(h.waiting().await, vec![1, 2, 3, 5]);
+
+    // One of the user's is taken by an operator: room for one more.
+    h.operators(vec![available(1)]).await;
+    assert_eq!(h.holder(1).await, Some(1));
+    ask(4, 7).await.expect("one waits less now");
 }

@@ -411,6 +411,7 @@ pub fn config() -> HandoffConfig {
         reply_timeout_secs: 600,
         max_queue_secs: 600,
         max_queue_len: 100,
+        max_queued_per_user: 3,
         default_handling_secs: 300,
     }
 }
