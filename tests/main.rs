@@ -15,6 +15,7 @@ mod chat;
 mod compose;
 mod connections;
 mod delivery;
+mod isolation;
 mod operators;
 mod processes;
 mod resume;
