@@ -345,7 +345,7 @@ async fn chat_service_restart(lose_the_log: bool) {
         chatai_notification::run(notification_l, notification, common.clone(), others.clone())
             .map_ok(),
     );
-    let secret = "restart-secret".to_owned();
+    let secret = "restart-secret-of-32-bytes-or-more".to_owned();
     let gateway_addr = gateway_l.local_addr().expect("address");
     let gateway = chatai_gateway::GatewayConfig {
         listen: gateway_addr,
