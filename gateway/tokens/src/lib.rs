@@ -47,7 +47,8 @@ pub fn configured_secret(configured: Option<&str>) -> Result<Option<&str>, WeakS
     }
 }
 
-/// Seconds a token may be past its `exp` and still be accepted (clock skew).
+/// Seconds a token may be past its `exp`, or before its `nbf`, and still be
+/// accepted (clock skew).
 const LEEWAY_SECS: u64 = 5;
 
 /// The verified claims of a client token.
@@ -126,6 +127,9 @@ impl TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
+        // RFC 7519 §4.1.5: a token is not accepted before its `nbf`
+        // (optional), with the same leeway.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
         TokenKeys {
             encoding: EncodingKey::from_secret(secret),
@@ -134,7 +138,8 @@ impl TokenKeys {
         }
     }
 
-    /// Verifies signature (HS256 only) and `exp` (required; leeway 5 s).
+    /// Verifies signature (HS256 only), `exp` (required) and `nbf` (when
+    /// present), each with a leeway of 5 s.
     /// `sub` may be a numeric string or a JSON number and must be > 0; `role`
     /// is one of `user`, `operator`, `admin`.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
@@ -289,6 +294,24 @@ mod tests {
             &json!({"sub": "1", "role": "user", "exp": unix_now() - 2}),
         );
         assert!(keys().verify(&in_leeway).is_ok());
+    }
+
+    /// A token not yet valid (`nbf` ahead, beyond the leeway) is refused;
+    /// within the leeway, or already valid, accepted.
+    #[test]
+    fn token_before_its_nbf_is_refused() {
+        let not_yet = sign(
+            Algorithm::HS256,
+            &json!({"sub": "1", "role": "user", "exp": later(), "nbf": unix_now() + 600}),
+        );
+        assert!(is_jwt_error(keys().verify(&not_yet)));
+        for nbf in [unix_now() + 2, unix_now() - 60] {
+            let valid = sign(
+                Algorithm::HS256,
+                &json!({"sub": "1", "role": "user", "exp": later(), "nbf": nbf}),
+            );
+            assert!(keys().verify(&valid).is_ok(), "nbf {nbf}");
+        }
     }
 
     /// A token signed with another secret is refused.
