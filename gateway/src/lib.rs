@@ -77,6 +77,7 @@ pub async fn run(
         supervisor: Supervisor::new(shutdown.clone()),
     };
     let gateway = Gateway::start(config, gateway_id.clone(), addrs, &auth, &background)?;
+    connection::register_metrics();
     let registry = gateway.registry.clone();
     let addr = listener.local_addr()?;
     tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
