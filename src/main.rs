@@ -127,7 +127,8 @@ struct TokenArgs {
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl: u64,
-    /// The HS256 secret (the gateway's).
+    /// The HS256 secret (the gateway's): at least 32 bytes; unset or empty =
+    /// the development secret.
     #[arg(long = "jwt-secret", env = "CHATAI_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
 }
@@ -150,9 +151,7 @@ fn print_token(args: &TokenArgs) -> anyhow::Result<()> {
         role != Role::Service,
         "client tokens are for users, operators and admins"
     );
-    let secret = args
-        .jwt_secret
-        .as_deref()
+    let secret = chatai_tokens::configured_secret(args.jwt_secret.as_deref())?
         .unwrap_or(chatai_tokens::DEVELOPMENT_SECRET);
     let token = TokenKeys::new(secret.as_bytes()).mint(
         args.sub,
@@ -190,7 +189,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } = cli.all;
             let listeners = chatai::Listeners::bind(gateway.listen, &addrs).await?;
             let gateway_addr = listeners.gateway_addr()?;
-            let uses_dev_secret = gateway.jwt_secret.is_none();
+            // Refused here, before anything starts, when set but too short.
+            let uses_dev_secret =
+                chatai_tokens::configured_secret(gateway.jwt_secret.as_deref())?.is_none();
             let config = chatai::SystemConfig {
                 gateway,
                 chat,

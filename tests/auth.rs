@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::{TestApp, TestOptions, spawn_app, unix_now, with_header};
+use crate::common::{TestApp, TestOptions, WAIT, spawn_app, unix_now, with_header};
 use chatai_kit::identity::Role;
 use chatai_tokens::TokenKeys;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -45,6 +45,79 @@ async fn token_signed_with_another_secret_is_invalid() {
         .expect("minting");
     assert_refused(&app, "/ws/1", Some(&forged), "Invalid token").await;
     app.stop().await;
+}
+
+/// An empty `CHATAI_JWT_SECRET` is no secret at all: it means the
+/// development secret (as unset does), so a token signed with the empty key
+/// is refused and one signed with the development secret connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_secret_means_the_development_secret() {
+    let mut options = TestOptions::default();
+    options.gateway.jwt_secret = Some(String::new());
+    let app = spawn_app(options).await;
+    let empty_key = TokenKeys::new(b"")
+        .mint(1, Role::Admin, None, Duration::from_secs(3600))
+        .expect("minting");
+    assert_refused(&app, "/ws/1", Some(&empty_key), "Invalid token").await;
+    let development = TokenKeys::new(chatai_tokens::DEVELOPMENT_SECRET.as_bytes())
+        .mint(1, Role::Admin, None, Duration::from_secs(3600))
+        .expect("minting");
+    let mut client = app.ws_connect("/ws/1", Some(&development)).await;
+    assert_eq!(client.recv_type("connected").await["role"], "admin");
+    app.stop().await;
+}
+
+/// A set secret shorter than 32 bytes: the gateway refuses to start.
+#[tokio::test]
+async fn a_short_secret_is_refused_at_start() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let config = chatai_gateway::GatewayConfig {
+        jwt_secret: Some("x".repeat(31)),
+        ..chatai_gateway::GatewayConfig::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = chatai_gateway::run(
+        listener,
+        config,
+        chatai_kit::config::clap_defaults(),
+        Default::default(),
+        stop.clone(),
+    );
+    // A gateway that started would run until stopped: give up waiting then.
+    let started = tokio::time::timeout(WAIT, run).await;
+    stop.cancel();
+    let started = started.expect("the gateway refused to start instead of running");
+    assert!(
+        matches!(started, Err(chatai_gateway::GatewayError::Secret(_))),
+        "{started:?}"
+    );
+}
+
+/// `chatai token` follows the same rule: a short secret is refused with a
+/// clear error, an empty one signs with the development secret.
+#[test]
+fn chatai_token_follows_the_secret_rule() {
+    let token = |secret: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chatai"))
+            .args(["token", "--sub", "5"])
+            .env("CHATAI_JWT_SECRET", secret)
+            .output()
+            .expect("the chatai binary runs")
+    };
+    let short = token("short-secret");
+    assert!(!short.status.success(), "a short secret minted a token");
+    let error = String::from_utf8_lossy(&short.stderr);
+    assert!(error.contains("at least 32 bytes"), "{error}");
+
+    let empty = token("");
+    assert!(empty.status.success(), "{empty:?}");
+    let minted = String::from_utf8_lossy(&empty.stdout).trim().to_owned();
+    let claims = TokenKeys::new(chatai_tokens::DEVELOPMENT_SECRET.as_bytes())
+        .verify(&minted)
+        .expect("signed with the development secret");
+    assert_eq!(claims.sub, 5);
 }
 
 /// A token past its `exp` (beyond the clock-skew leeway): close 1008 `Invalid token`.

@@ -197,6 +197,33 @@ async fn invalid_utf8_closes_1007() {
     nothing_else_is_harmed(app, bystander, Accepted::from_ack(&ack)).await;
 }
 
+/// Frames breaking the WebSocket protocol, each on a connection of its own
+/// — a continuation frame with nothing to continue, an unmasked client
+/// frame, a reserved opcode — are answered with close 1002 `Protocol error`
+/// (not a dropped TCP connection); others are not harmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_close_1002() {
+    let Scene {
+        app,
+        offender,
+        bystander,
+        accepted,
+    } = scene(TestOptions::default()).await;
+    offender.close().await;
+    let token = app.token(1, Role::User);
+    let unmasked_text = [0x81, 0x02, b'{', b'}'];
+    let reserved_opcode = crate::common::frame::encode(0x3, b"{}");
+    let continuation = crate::common::frame::encode(0x0, b"{}");
+    for bytes in [&continuation[..], &unmasked_text, &reserved_opcode] {
+        let mut raw: RawWs = app.raw_connect("/ws/1", &token).await;
+        let connected = raw.recv_json().await;
+        assert_eq!(connected["type"], "connected", "{connected}");
+        raw.write_raw(bytes).await;
+        raw.expect_close(1002, "Protocol error").await;
+    }
+    nothing_else_is_harmed(app, bystander, accepted).await;
+}
+
 /// A frame over the configured limit (1 KiB here): close 1009.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frame_closes_1009() {

@@ -193,7 +193,7 @@ fn micros(units: f64) -> i64 {
 /// `forbidden` (with the `ref`), stores nothing, and leaves both connections
 /// working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_users_message_into_a_dialog_is_forbidden() {
+async fn another_users_dialog_is_answered_as_missing() {
     let app = spawn_app(TestOptions::default()).await;
     let (mut owner, _) = app.connect_user(1).await;
     let (mut intruder, _) = app.connect_user(2).await;
@@ -209,9 +209,28 @@ async fn another_users_message_into_a_dialog_is_forbidden() {
         }))
         .await;
     let error = intruder.recv_type("error").await;
-    assert_eq!(error["code"], "forbidden", "{error}");
+    assert_eq!(error["code"], "dialog_not_found", "{error}");
     assert_eq!(error["ref"], "theirs", "{error}");
-    assert!(error["message"].is_string(), "{error}");
+    // Word for word what a dialog that does not exist gets: nobody can
+    // count others' dialogs.
+    let missing = dialog_id + 1000;
+    let absent = intruder
+        .request(json!({
+            "type": "chat_message",
+            "id": "absent",
+            "dialog_id": missing,
+            "message": "anyone?",
+        }))
+        .await;
+    assert_eq!(absent["code"], error["code"], "{absent}");
+    assert_eq!(
+        absent["message"]
+            .as_str()
+            .map(|m| m.replace(&missing.to_string(), "N")),
+        error["message"]
+            .as_str()
+            .map(|m| m.replace(&dialog_id.to_string(), "N")),
+    );
 
     let history = app
         .history_as(1, Role::User, dialog_id)
@@ -228,7 +247,8 @@ async fn another_users_message_into_a_dialog_is_forbidden() {
 }
 
 /// Over gRPC another user may neither read (`GetHistory`) nor post into
-/// (`SendMessage`) a dialog, nor read someone's balance: PERMISSION_DENIED.
+/// (`SendMessage`) a dialog — NOT_FOUND, as for a missing one — nor read
+/// someone's balance: PERMISSION_DENIED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_refuses_other_users() {
     let app = spawn_app(TestOptions::default()).await;
@@ -237,7 +257,7 @@ async fn grpc_refuses_other_users() {
     let dialog_id = id(&ack["dialog_id"]);
 
     let read = app.history_as(2, Role::User, dialog_id).await;
-    assert_eq!(read.err().map(|s| s.code()), Some(Code::PermissionDenied));
+    assert_eq!(read.err().map(|s| s.code()), Some(Code::NotFound));
 
     let mut chat = app.chat_client().await;
     let post = chat
@@ -252,7 +272,7 @@ async fn grpc_refuses_other_users() {
             },
         ))
         .await;
-    assert_eq!(post.err().map(|s| s.code()), Some(Code::PermissionDenied));
+    assert_eq!(post.err().map(|s| s.code()), Some(Code::NotFound));
 
     let balance = chat
         .get_balance(as_caller(

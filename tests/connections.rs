@@ -107,6 +107,21 @@ async fn health_reports_status_and_connections() {
     app.stop().await;
 }
 
+/// `GET /metrics` shows the count of connections cut for reading too
+/// slowly from the start, before any was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_slow_disconnects_from_the_start() {
+    let app = spawn_app(TestOptions::default()).await;
+    let (status, body) = app.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.lines()
+            .any(|line| line.starts_with("chatai_gateway_slow_disconnects_total ")),
+        "{body}"
+    );
+    app.stop().await;
+}
+
 /// `GET /metrics` is Prometheus text with the `chatai_gateway_connections` gauge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_have_the_connections_gauge() {

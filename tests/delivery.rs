@@ -11,6 +11,7 @@ use chatai_kit::config::{ServiceAddrs, ServiceCommon};
 use chatai_kit::events::redis::RedisLog;
 use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::identity::Role;
+use chatai_kit::redis_keys::LogKey;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::notification_client::NotificationClient;
 use serde_json::{Value, json};
@@ -344,7 +345,7 @@ async fn chat_service_restart(lose_the_log: bool) {
         chatai_notification::run(notification_l, notification, common.clone(), others.clone())
             .map_ok(),
     );
-    let secret = "restart-secret".to_owned();
+    let secret = "restart-secret-of-32-bytes-or-more".to_owned();
     let gateway_addr = gateway_l.local_addr().expect("address");
     let gateway = chatai_gateway::GatewayConfig {
         listen: gateway_addr,
@@ -387,7 +388,8 @@ async fn chat_service_restart(lose_the_log: bool) {
     // While it is away, another chat replica appends an event for the user.
     let (log, relay) = RedisLog::connect(
         &redis_url(),
-        &format!("{prefix}:chat"),
+        &prefix,
+        "chat",
         &common.events,
         CancellationToken::new(),
     )
@@ -400,9 +402,9 @@ async fn chat_service_restart(lose_the_log: bool) {
             .get_multiplexed_async_connection()
             .await
             .expect("Redis");
-        let keys: Vec<String> = ["seq", "base", "log", "seen"]
-            .iter()
-            .map(|kind| format!("{prefix}:chat:{kind}:user:508"))
+        let keys: Vec<String> = [LogKey::Seq, LogKey::Base, LogKey::Log, LogKey::Seen]
+            .into_iter()
+            .map(|kind| log.names().log_key("chat", kind, &Recipient::User(508)))
             .collect();
         let removed: u64 = redis::cmd("DEL")
             .arg(&keys)

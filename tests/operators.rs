@@ -127,7 +127,7 @@ async fn handoff_life(app: TestApp) {
     let refused = other
         .request(json!({"type": "chat_message", "id": "x1", "dialog_id": cid_dialog, "message": "mine?"}))
         .await;
-    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert_eq!(refused["code"], "dialog_not_found", "{refused}");
     let duplicate = bob
         .request(json!({"type": "handoff_request", "id": "dup", "dialog_id": bob_dialog}))
         .await;
@@ -268,7 +268,8 @@ async fn away_is_never_overridden() {
 }
 
 /// Rooms and dialogs are private: a user may not join another user's dialog
-/// room, post into it, or ask for an operator for it; the owner may join.
+/// room, post into it, or ask for an operator for it (`dialog_not_found`, as
+/// for a missing dialog); the owner may join.
 #[tokio::test]
 async fn rooms_and_dialogs_are_private() {
     let app = spawn_app(options()).await;
@@ -278,7 +279,7 @@ async fn rooms_and_dialogs_are_private() {
     let refused = bob
         .request(json!({"type": "join_room", "id": "j", "room_id": room}))
         .await;
-    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert_eq!(refused["code"], "dialog_not_found", "{refused}");
     let refused = bob
         .request(json!({"type": "join_room", "id": "k", "room_id": "lobby"}))
         .await;
@@ -288,11 +289,11 @@ async fn rooms_and_dialogs_are_private() {
             json!({"type": "chat_message", "id": "p", "dialog_id": dialog_id, "message": "hi"}),
         )
         .await;
-    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert_eq!(refused["code"], "dialog_not_found", "{refused}");
     let refused = bob
         .request(json!({"type": "handoff_request", "id": "h", "dialog_id": dialog_id}))
         .await;
-    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert_eq!(refused["code"], "dialog_not_found", "{refused}");
     let joined = ann
         .request(json!({"type": "join_room", "id": "j", "room_id": room}))
         .await;

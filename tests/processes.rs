@@ -30,7 +30,7 @@ use opentelemetry_proto::tonic::trace::v1 as otlp;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-const JWT_SECRET: &str = "processes-test-secret";
+const JWT_SECRET: &str = "processes-test-secret-of-32-bytes-or-more";
 const INTERNAL_TOKEN: &str = "processes-internal-token";
 
 /// How long a freshly started process may take to become healthy (it

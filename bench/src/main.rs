@@ -102,11 +102,9 @@ fn main() -> anyhow::Result<()> {
         cli.target.gateway
     );
     let nofile = raise_nofile_limit();
-    let secret = cli
-        .target
-        .jwt_secret
-        .clone()
-        .unwrap_or_else(|| chatai_tokens::DEVELOPMENT_SECRET.to_owned());
+    let secret = chatai_tokens::configured_secret(cli.target.jwt_secret.as_deref())?
+        .unwrap_or(chatai_tokens::DEVELOPMENT_SECRET)
+        .to_owned();
     let target = client::Target::new(cli.target.gateway, secret.as_bytes());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

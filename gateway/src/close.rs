@@ -30,6 +30,9 @@ pub enum CloseReason {
     HeartbeatTimeout,
     /// A newer connection of the same user took its place (4004).
     Replaced,
+    /// A frame breaking the WebSocket protocol: a continuation without a
+    /// start, an unmasked client frame, reserved bits or opcodes… (1002).
+    ProtocolError,
 }
 
 impl CloseReason {
@@ -48,6 +51,7 @@ impl CloseReason {
             TooSlow,
             HeartbeatTimeout,
             Replaced,
+            ProtocolError,
         ]
         .into_iter()
         .find(|r| *r as u8 == value)
@@ -66,6 +70,7 @@ impl CloseReason {
             CloseReason::TooSlow => 4002,
             CloseReason::HeartbeatTimeout => 4003,
             CloseReason::Replaced => 4004,
+            CloseReason::ProtocolError => 1002,
         }
     }
 
@@ -82,6 +87,7 @@ impl CloseReason {
             CloseReason::TooSlow => "Too slow",
             CloseReason::HeartbeatTimeout => "Heartbeat timeout",
             CloseReason::Replaced => "Too many connections",
+            CloseReason::ProtocolError => "Protocol error",
         }
     }
 

@@ -17,7 +17,8 @@ pub struct GatewayConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
-    /// HS256 secret for client tokens; unset = a development secret, with a loud warning.
+    /// HS256 secret for client tokens, at least 32 bytes; unset or empty = a
+    /// development secret, with a loud warning.
     #[arg(long = "jwt-secret", env = "CHATAI_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Largest client frame accepted, in bytes (larger: close 1009).
@@ -232,9 +233,14 @@ impl GatewayConfig {
         Duration::from_millis(self.request_timeout_ms.max(1))
     }
 
-    /// The JWT secret, or the development one.
+    /// The JWT secret, or the development one when it is unset or empty
+    /// (whether a set one is long enough is checked at start: see
+    /// [`chatai_tokens::configured_secret`]).
     pub fn jwt_secret(&self) -> &str {
-        self.jwt_secret.as_deref().unwrap_or(DEVELOPMENT_SECRET)
+        self.jwt_secret
+            .as_deref()
+            .filter(|secret| !secret.is_empty())
+            .unwrap_or(DEVELOPMENT_SECRET)
     }
 }
 

@@ -28,6 +28,9 @@ pub enum GatewayError {
     Channel(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
+    /// `CHATAI_JWT_SECRET` is set but too short.
+    #[error(transparent)]
+    Secret(#[from] chatai_tokens::WeakSecret),
     /// An event stream or the reporting stopped before shutdown.
     #[error(transparent)]
     Task(#[from] TaskFailed),

@@ -68,9 +68,9 @@ pub async fn run(
     auth: InternalAuth,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    if config.jwt_secret.is_none() {
+    if chatai_tokens::configured_secret(config.jwt_secret.as_deref())?.is_none() {
         tracing::warn!(
-            "CHATAI_JWT_SECRET is not set: using the built-in DEVELOPMENT secret. Anyone can mint tokens for this gateway. Set CHATAI_JWT_SECRET in production."
+            "CHATAI_JWT_SECRET is not set (or empty): using the built-in DEVELOPMENT secret. Anyone can mint tokens for this gateway. Set CHATAI_JWT_SECRET in production."
         );
     }
     let gateway_id = config
@@ -82,6 +82,7 @@ pub async fn run(
         supervisor: Supervisor::new(shutdown.clone()),
     };
     let gateway = Gateway::start(config, gateway_id.clone(), addrs, &auth, &background)?;
+    connection::register_metrics();
     let registry = gateway.registry.clone();
     let addr = listener.local_addr()?;
     tracing::info!(%addr, gateway = %gateway_id, "gateway listening");

@@ -101,6 +101,11 @@ impl RawWs {
             .expect("writing a frame");
     }
 
+    /// Writes `bytes` as they are: frames no client library would write.
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("writing bytes");
+    }
+
     /// Writes one text frame (the bytes as given, UTF-8 or not).
     pub async fn send_text_bytes(&mut self, payload: &[u8]) {
         self.write_frame(OP_TEXT, payload).await;

@@ -151,6 +151,15 @@ fn connection_event(
 /// The socket is gone (or the connection was stopped mid-write).
 struct Gone;
 
+/// Connections cut for reading too slowly (4002).
+const SLOW_DISCONNECTS: &str = "chatai_gateway_slow_disconnects_total";
+
+/// Registers the counters this module owns, so `/metrics` shows them (at 0)
+/// from the start, not only after the first time they count.
+pub fn register_metrics() {
+    metrics::counter!(SLOW_DISCONNECTS).increment(0);
+}
+
 struct Connection {
     gateway: Arc<Gateway>,
     socket: Socket,
@@ -253,6 +262,12 @@ impl Connection {
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                 Flow::Close(CloseReason::TooLarge)
             }
+            // The socket is still there: the client is told why (1002)
+            // rather than dropped.
+            Some(Err(WsError::Protocol(err))) => {
+                tracing::debug!(cause = %err, "protocol violation");
+                Flow::Close(CloseReason::ProtocolError)
+            }
             Some(Err(err)) => {
                 tracing::debug!(cause = %err, "socket failed");
                 Flow::Gone
@@ -325,7 +340,7 @@ impl Connection {
             "closing connection"
         );
         if reason == CloseReason::TooSlow {
-            metrics::counter!("chatai_gateway_slow_disconnects_total").increment(1);
+            metrics::counter!(SLOW_DISCONNECTS).increment(1);
         }
         let grace = Duration::from_secs(1);
         if tokio::time::timeout(grace, self.socket.close(Some(reason.frame())))

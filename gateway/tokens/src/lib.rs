@@ -15,11 +15,40 @@ use chatai_kit::identity::bounded_name;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-/// The secret used when `CHATAI_JWT_SECRET` is not set: for a laptop, never
-/// for production (the gateway warns at start).
+/// The secret used when `CHATAI_JWT_SECRET` is not set (or empty): for a
+/// laptop, never for production (the gateway warns at start).
 pub const DEVELOPMENT_SECRET: &str = "chatai-development-secret-do-not-use-in-production";
 
-/// Seconds a token may be past its `exp` and still be accepted (clock skew).
+/// The shortest secret accepted when one is set: 256 bits, the HS256 key
+/// size RFC 7518 §3.2 asks for.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// A configured secret too short to be safe.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "CHATAI_JWT_SECRET is {length} bytes long; a set secret must be at least {MIN_SECRET_BYTES} \
+     bytes (leave it unset or empty for the built-in development secret)"
+)]
+pub struct WeakSecret {
+    pub length: usize,
+}
+
+/// The secret to sign and verify with, by the one rule every process follows
+/// (gateway, `chatai token`, the load tool): unset or empty means
+/// development — [`DEVELOPMENT_SECRET`], `None` here, and the caller warns;
+/// a set secret shorter than [`MIN_SECRET_BYTES`] is refused.
+pub fn configured_secret(configured: Option<&str>) -> Result<Option<&str>, WeakSecret> {
+    match configured {
+        None | Some("") => Ok(None),
+        Some(secret) if secret.len() < MIN_SECRET_BYTES => Err(WeakSecret {
+            length: secret.len(),
+        }),
+        Some(secret) => Ok(Some(secret)),
+    }
+}
+
+/// Seconds a token may be past its `exp`, or before its `nbf`, and still be
+/// accepted (clock skew).
 const LEEWAY_SECS: u64 = 5;
 
 /// The verified claims of a client token.
@@ -103,6 +132,9 @@ impl TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
+        // RFC 7519 §4.1.5: a token is not accepted before its `nbf`
+        // (optional), with the same leeway.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
         TokenKeys {
             encoding: EncodingKey::from_secret(secret),
@@ -111,7 +143,8 @@ impl TokenKeys {
         }
     }
 
-    /// Verifies signature (HS256 only) and `exp` (required; leeway 5 s).
+    /// Verifies signature (HS256 only), `exp` (required) and `nbf` (when
+    /// present), each with a leeway of 5 s.
     /// `sub` may be a numeric string or a JSON number and must be > 0; `role`
     /// is one of `user`, `operator`, `admin`.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
@@ -269,6 +302,24 @@ mod tests {
         assert!(keys().verify(&in_leeway).is_ok());
     }
 
+    /// A token not yet valid (`nbf` ahead, beyond the leeway) is refused;
+    /// within the leeway, or already valid, accepted.
+    #[test]
+    fn token_before_its_nbf_is_refused() {
+        let not_yet = sign(
+            Algorithm::HS256,
+            &json!({"sub": "1", "role": "user", "exp": later(), "nbf": unix_now() + 600}),
+        );
+        assert!(is_jwt_error(keys().verify(&not_yet)));
+        for nbf in [unix_now() + 2, unix_now() - 60] {
+            let valid = sign(
+                Algorithm::HS256,
+                &json!({"sub": "1", "role": "user", "exp": later(), "nbf": nbf}),
+            );
+            assert!(keys().verify(&valid).is_ok(), "nbf {nbf}");
+        }
+    }
+
     /// A token signed with another secret is refused.
     #[test]
     fn wrong_secret_is_refused() {
@@ -384,6 +435,22 @@ mod tests {
         for token in ["", ".", "..", "a.b.c", "not a token", "ey.ey.ey", "\u{0}"] {
             assert!(is_jwt_error(keys().verify(token)), "{token:?}");
         }
+    }
+
+    /// Unset and empty both mean the development secret; a set secret
+    /// needs 32 bytes.
+    #[test]
+    fn secrets_shorter_than_32_bytes_are_refused() {
+        assert_eq!(configured_secret(None).unwrap(), None);
+        assert_eq!(configured_secret(Some("")).unwrap(), None);
+        let short = "x".repeat(MIN_SECRET_BYTES - 1);
+        assert!(matches!(
+            configured_secret(Some(&short)),
+            Err(WeakSecret { length: 31 })
+        ));
+        assert!(configured_secret(Some("a")).is_err());
+        let enough = "x".repeat(MIN_SECRET_BYTES);
+        assert_eq!(configured_secret(Some(&enough)).unwrap(), Some(&*enough));
     }
 
     /// Debug output never shows the secret.

@@ -42,11 +42,17 @@ impl From<ChatError> for Status {
             ChatError::DialogNotFound(_) => {
                 with_code(Code::NotFound, ErrorCode::DialogNotFound, err.to_string())
             }
-            ChatError::NotParticipant(_) => with_code(
-                Code::PermissionDenied,
-                ErrorCode::Forbidden,
-                "you may not access this dialog",
-            ),
+            // Answered as if the dialog did not exist (same code, same
+            // words), so nobody can tell others' dialogs from missing ones
+            // and count them.
+            ChatError::NotParticipant(id) => {
+                tracing::debug!(dialog_id = id, "refused: someone else's dialog");
+                with_code(
+                    Code::NotFound,
+                    ErrorCode::DialogNotFound,
+                    ChatError::DialogNotFound(*id).to_string(),
+                )
+            }
             ChatError::Forbidden => with_code(
                 Code::PermissionDenied,
                 ErrorCode::Forbidden,

@@ -107,7 +107,7 @@ async fn main() -> Result<(), BenchError> {
 
     let shutdown = CancellationToken::new();
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    match RedisLog::connect(&url, &prefix, &config, shutdown.clone()).await {
+    match RedisLog::connect(&url, &prefix, "bench", &config, shutdown.clone()).await {
         Ok((log, relay)) => {
             let relay = tokio::spawn(relay);
             run("redis", Arc::new(log), events, batch).await?;

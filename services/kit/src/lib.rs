@@ -25,6 +25,9 @@
 //!   `EventLog` trait; with `server`, the per-recipient durable logs (memory,
 //!   Redis) and their shared paging rules, live fan-out, and the
 //!   `EventStream` gRPC service gateways attach to.
+//! - `redis_keys` (feature `server`) — every Redis key and channel name, by
+//!   the deployment's namespace (its prefix and its id), so deployments
+//!   sharing a Redis server stay apart.
 //! - [`holders`] — who holds a dialog: the notes the handoff service
 //!   publishes for the chat service, and their versions.
 //! - [`versioned`] — versions that only grow (also across restarts) and the
@@ -49,6 +52,8 @@ pub mod holders;
 #[cfg(feature = "server")]
 pub mod host;
 pub mod identity;
+#[cfg(feature = "server")]
+pub mod redis_keys;
 pub mod shutdown;
 pub mod status;
 pub mod supervisor;

@@ -746,8 +746,8 @@ conformance! {
     memory: |config| Arc::new(MemoryLog::new(&config)),
     redis: |config| {
         // A fresh key prefix per log, so cases never share state.
-        let service = format!("test-{}", uuid::Uuid::new_v4().simple());
-        let (log, relay) = RedisLog::connect(&redis_url(), &service, &config, CancellationToken::new())
+        let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let (log, relay) = RedisLog::connect(&redis_url(), &prefix, "chat", &config, CancellationToken::new())
             .await
             .expect("Redis at CHATAI_TEST_REDIS_URL (scripts/test starts it)");
         tokio::spawn(relay);

@@ -301,11 +301,20 @@ pub async fn open(
     let shutdown = supervisor.shutdown().clone();
     match &common.redis_url {
         Some(url) => {
-            let namespace = format!("{}:{service}", common.redis_prefix);
-            let (log, relay) =
-                redis::RedisLog::connect(url, &namespace, &common.events, shutdown).await?;
+            let (log, relay) = redis::RedisLog::connect(
+                url,
+                &common.redis_prefix,
+                service,
+                &common.events,
+                shutdown,
+            )
+            .await?;
             supervisor.spawn("event relay", relay);
-            tracing::info!(service, "event log: Redis");
+            tracing::info!(
+                service,
+                deployment = log.names().deployment(),
+                "event log: Redis"
+            );
             Ok(Arc::new(log))
         }
         None => {

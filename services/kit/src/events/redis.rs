@@ -4,16 +4,21 @@
 //! [`EventLog::deliver_many`] runs one script for a whole batch: one round
 //! trip, the batch's publishes contiguous on the channel.
 //!
-//! Keys, for service `svc` and recipient `r` (`user:42`, `operator:7`),
-//! under a configurable prefix (`chatai` by default, `CHATAI_REDIS_PREFIX`):
+//! Every key and channel is named by the deployment's
+//! [`Namespace`](crate::redis_keys::Namespace) (prefix `chatai` by default,
+//! `CHATAI_REDIS_PREFIX`, and the deployment id kept in its database). For
+//! service `svc` and recipient `r` (`user:42`, `operator:7`):
 //! - `chatai:{svc}:seq:{r}` — the last position handed out;
 //! - `chatai:{svc}:base:{r}` — the position before the log's first event;
 //! - `chatai:{svc}:log:{r}` — a stream with one entry per event, entry id
 //!   `{position}-0`, fields `t` (append time, ms) and `e` (the protobuf `Event`);
 //! - `chatai:{svc}:seen:{r}` — where the recipient's connections were when
 //!   last released;
-//! - channel `chatai:{svc}:live` — every delivery, framed as
-//!   `{position} {recipient-length} {recipient}{event}`.
+//! - channel `chatai:{deployment}:{svc}:live` — every delivery, framed as
+//!   `{deployment} {position} {recipient-length} {recipient}{event}`. Pub/sub
+//!   is server-wide, whatever the database: the relay drops any message whose
+//!   deployment is not its own, so another deployment on the same server
+//!   never reaches this one's clients.
 //!
 //! A recipient's first position is a random base (20 bits, shifted left 32),
 //! so positions of a log that expired and started again never match an old
@@ -37,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use super::paging::{self, LogBounds, Plan};
 use super::{Delivery, Event, EventLog, EventLogError, LogPage, LogStats, Recipient, ReplayFrom};
 use crate::config::EventLogConfig;
+use crate::redis_keys::{LogKey, Namespace, NamespaceError};
 
 /// Lua: drops the entries of stream `$log` appended before `$cutoff` (ms).
 /// The oldest entry is looked at first: when it is recent enough, as on
@@ -74,7 +80,8 @@ macro_rules! trim_lua {
 }
 
 /// Appends one event, trims by age, and publishes it, atomically.
-/// KEYS: seq, log, base. ARGV: base, now ms, cutoff ms, max len, event, ttl ms, channel, recipient.
+/// KEYS: seq, log, base. ARGV: base, now ms, cutoff ms, max len, event, ttl ms, channel, recipient,
+/// deployment.
 const APPEND: &str = concat!(
     "if redis.call('EXISTS', KEYS[1]) == 0 then\n",
     "  redis.call('SET', KEYS[1], ARGV[1])\n",
@@ -88,7 +95,7 @@ const APPEND: &str = concat!(
     "redis.call('PEXPIRE', KEYS[1], ARGV[6])\n",
     "redis.call('PEXPIRE', KEYS[2], ARGV[6])\n",
     "redis.call('PEXPIRE', KEYS[3], ARGV[6])\n",
-    "redis.call('PUBLISH', ARGV[7], id .. ' ' .. string.len(ARGV[8]) .. ' ' .. ARGV[8] .. ARGV[5])\n",
+    "redis.call('PUBLISH', ARGV[7], ARGV[9] .. ' ' .. id .. ' ' .. string.len(ARGV[8]) .. ' ' .. ARGV[8] .. ARGV[5])\n",
     "return pos\n",
 );
 
@@ -98,18 +105,18 @@ const APPEND: &str = concat!(
 /// the batch's later appends are as new as the first); for each live-only
 /// one only the publish. Returns the positions, 0 for live-only ones.
 /// KEYS: seq, log, base of each durable delivery, in order.
-/// ARGV: now ms, cutoff ms, max len, ttl ms, channel, n; then for each of the
-/// n deliveries base ('' = live only), recipient, event number j; then the
-/// distinct events, event j at ARGV[6 + 3n + j].
+/// ARGV: now ms, cutoff ms, max len, ttl ms, channel, n, deployment; then for
+/// each of the n deliveries base ('' = live only), recipient, event number j;
+/// then the distinct events, event j at ARGV[7 + 3n + j].
 const APPEND_MANY: &str = concat!(
     "local n = tonumber(ARGV[6])\n",
     "local positions = {}\n",
     "local done = {}\n",
     "local k = 0\n",
     "for i = 0, n - 1 do\n",
-    "  local base = ARGV[7 + 3 * i]\n",
-    "  local recipient = ARGV[8 + 3 * i]\n",
-    "  local event = ARGV[6 + 3 * n + tonumber(ARGV[9 + 3 * i])]\n",
+    "  local base = ARGV[8 + 3 * i]\n",
+    "  local recipient = ARGV[9 + 3 * i]\n",
+    "  local event = ARGV[7 + 3 * n + tonumber(ARGV[10 + 3 * i])]\n",
     "  local id = '0'\n",
     "  positions[i + 1] = 0\n",
     "  if base ~= '' then\n",
@@ -132,7 +139,7 @@ const APPEND_MANY: &str = concat!(
     "    end\n",
     "    positions[i + 1] = pos\n",
     "  end\n",
-    "  redis.call('PUBLISH', ARGV[5], id .. ' ' .. string.len(recipient) .. ' ' .. recipient .. event)\n",
+    "  redis.call('PUBLISH', ARGV[5], ARGV[7] .. ' ' .. id .. ' ' .. string.len(recipient) .. ' ' .. recipient .. event)\n",
     "end\n",
     "return positions\n",
 );
@@ -152,7 +159,9 @@ return 1
 
 /// The Redis [`EventLog`] of one service.
 pub struct RedisLog {
-    prefix: String,
+    names: Namespace,
+    service: String,
+    channel: String,
     connection: ConnectionManager,
     live: Arc<Mutex<broadcast::Sender<Delivery>>>,
     append: redis::Script,
@@ -167,13 +176,21 @@ fn unavailable(err: redis::RedisError) -> EventLogError {
     EventLogError::Unavailable(err.to_string())
 }
 
+impl From<NamespaceError> for EventLogError {
+    fn from(err: NamespaceError) -> Self {
+        EventLogError::Unavailable(err.to_string())
+    }
+}
+
 impl RedisLog {
-    /// Connects to `url` for the logs under `namespace` (`chatai:chat`: the
-    /// key prefix and the service) and starts relaying its live channel until
+    /// Connects to `url` for `service`'s logs under key prefix `prefix`
+    /// (finding the deployment's [`Namespace`] in the database, or creating
+    /// it at a first start) and starts relaying its live channel until
     /// `shutdown`. The relay task is returned for the caller to own.
     pub async fn connect(
         url: &str,
-        namespace: &str,
+        prefix: &str,
+        service: &str,
         config: &EventLogConfig,
         shutdown: CancellationToken,
     ) -> Result<(Self, impl Future<Output = ()> + Send + 'static), EventLogError> {
@@ -186,26 +203,29 @@ impl RedisLog {
             .set_max_delay(Duration::from_millis(500))
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(3)));
-        let connection = ConnectionManager::new_with_config(client.clone(), reconnect)
+        let mut connection = ConnectionManager::new_with_config(client.clone(), reconnect)
             .await
             .map_err(unavailable)?;
+        let names = Namespace::resolve(&mut connection, prefix).await?;
         let (sender, _) = broadcast::channel(config.live_buffer.max(16));
         let live = Arc::new(Mutex::new(sender));
-        let prefix = namespace.to_owned();
-        let channel = format!("{prefix}:live");
+        let channel = names.live_channel(service);
         // Subscribe before returning, so nothing published after `connect`
         // can be missed by the first receivers.
         let pubsub = subscribe(&client, &channel).await.map_err(unavailable)?;
         let relay = relay(
             client,
-            channel,
+            channel.clone(),
+            names.deployment().into(),
             pubsub,
             live.clone(),
             config.live_buffer.max(16),
             shutdown,
         );
         let log = RedisLog {
-            prefix,
+            names,
+            service: service.to_owned(),
+            channel,
             connection,
             live,
             append: redis::Script::new(APPEND),
@@ -218,8 +238,13 @@ impl RedisLog {
         Ok((log, relay))
     }
 
-    fn key(&self, kind: &str, recipient: &Recipient) -> String {
-        format!("{}:{kind}:{recipient}", self.prefix)
+    /// The deployment's names this log uses.
+    pub fn names(&self) -> &Namespace {
+        &self.names
+    }
+
+    fn key(&self, kind: LogKey, recipient: &Recipient) -> String {
+        self.names.log_key(&self.service, kind, recipient)
     }
 
     /// Entries appended before this are past the retention.
@@ -239,26 +264,48 @@ impl RedisLog {
         event: &Event,
     ) -> Result<(), EventLogError> {
         let mut connection = self.connection.clone();
-        let payload = frame(0, recipient, event);
+        let payload = frame(self.names.deployment(), 0, recipient, event);
         let _: i64 = connection
-            .publish(format!("{}:live", self.prefix), payload)
+            .publish(&self.channel, payload)
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 }
 
-/// `{position} {recipient-length} {recipient}{event}`.
-fn frame(position: u64, recipient: &Recipient, event: &Event) -> Vec<u8> {
+/// `{deployment} {position} {recipient-length} {recipient}{event}`.
+fn frame(deployment: &str, position: u64, recipient: &Recipient, event: &Event) -> Vec<u8> {
     let recipient = pb::Recipient::from(recipient).encode_to_vec();
     let event = pb::Event::from(event).encode_to_vec();
-    let mut payload = format!("{position} {} ", recipient.len()).into_bytes();
+    let mut payload = format!("{deployment} {position} {} ", recipient.len()).into_bytes();
     payload.extend_from_slice(&recipient);
     payload.extend_from_slice(&event);
     payload
 }
 
-fn parse_frame(payload: &[u8]) -> Option<Delivery> {
+/// Why a live message is not relayed.
+#[derive(Debug, PartialEq, Eq)]
+enum Dropped {
+    /// Published by another deployment.
+    Foreign,
+    Unreadable,
+}
+
+/// The delivery in a live message published by `deployment`.
+fn parse_frame(payload: &[u8], deployment: &str) -> Result<Delivery, Dropped> {
+    let (origin, rest) = payload
+        .iter()
+        .position(|b| *b == b' ')
+        .map(|space| (&payload[..space], &payload[space + 1..]))
+        .ok_or(Dropped::Unreadable)?;
+    if origin != deployment.as_bytes() {
+        return Err(Dropped::Foreign);
+    }
+    parse_delivery(rest).ok_or(Dropped::Unreadable)
+}
+
+/// `{position} {recipient-length} {recipient}{event}`.
+fn parse_delivery(payload: &[u8]) -> Option<Delivery> {
     let mut parts = payload.splitn(3, |b| *b == b' ');
     let position: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
     let length: usize = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
@@ -292,6 +339,7 @@ async fn subscribe(
 async fn relay(
     client: redis::Client,
     channel: String,
+    deployment: Arc<str>,
     mut pubsub: redis::aio::PubSub,
     live: Arc<Mutex<broadcast::Sender<Delivery>>>,
     capacity: usize,
@@ -311,13 +359,19 @@ async fn relay(
                     message = messages.next() => message,
                 };
                 let Some(message) = message else { break };
-                match parse_frame(message.get_payload_bytes()) {
-                    Some(delivery) => {
+                match parse_frame(message.get_payload_bytes(), &deployment) {
+                    Ok(delivery) => {
                         if let Ok(sender) = live.lock() {
                             let _ = sender.send(delivery);
                         }
                     }
-                    None => tracing::warn!(%channel, "dropping an unreadable live event"),
+                    Err(Dropped::Foreign) => tracing::warn!(
+                        %channel,
+                        "dropping a live event of another deployment (is another system publishing here?)"
+                    ),
+                    Err(Dropped::Unreadable) => {
+                        tracing::warn!(%channel, "dropping an unreadable live event")
+                    }
                 }
             }
         }
@@ -368,17 +422,18 @@ impl EventLog for RedisLog {
         let mut connection = self.connection.clone();
         let position: u64 = self
             .append
-            .key(self.key("seq", &recipient))
-            .key(self.key("log", &recipient))
-            .key(self.key("base", &recipient))
+            .key(self.key(LogKey::Seq, &recipient))
+            .key(self.key(LogKey::Log, &recipient))
+            .key(self.key(LogKey::Base, &recipient))
             .arg(base)
             .arg(crate::now_ms())
             .arg(self.cutoff_ms())
             .arg(self.max_per_recipient)
             .arg(encoded)
             .arg(self.ttl_ms())
-            .arg(format!("{}:live", self.prefix))
+            .arg(&self.channel)
             .arg(recipient_bytes)
+            .arg(self.names.deployment())
             .invoke_async(&mut connection)
             .await
             .map_err(unavailable)?;
@@ -399,8 +454,9 @@ impl EventLog for RedisLog {
             .arg(self.cutoff_ms())
             .arg(self.max_per_recipient)
             .arg(self.ttl_ms())
-            .arg(format!("{}:live", self.prefix))
-            .arg(count);
+            .arg(&self.channel)
+            .arg(count)
+            .arg(self.names.deployment());
         // One event is often delivered to several recipients (a user and the
         // dialog's room): each distinct one is encoded and sent once.
         let mut events: Vec<(&Arc<Event>, Vec<u8>)> = Vec::new();
@@ -415,9 +471,9 @@ impl EventLog for RedisLog {
             };
             if recipient.is_durable() {
                 script
-                    .key(self.key("seq", recipient))
-                    .key(self.key("log", recipient))
-                    .key(self.key("base", recipient))
+                    .key(self.key(LogKey::Seq, recipient))
+                    .key(self.key(LogKey::Log, recipient))
+                    .key(self.key(LogKey::Base, recipient))
                     .arg(super::random_base());
             } else {
                 script.arg("");
@@ -450,7 +506,7 @@ impl EventLog for RedisLog {
         limit: usize,
     ) -> Result<LogPage, EventLogError> {
         let mut connection = self.connection.clone();
-        let log_key = self.key("log", recipient);
+        let log_key = self.key(LogKey::Log, recipient);
         // What is past the retention is gone for reads too, appended to or not.
         let _: i64 = self
             .trim
@@ -462,9 +518,9 @@ impl EventLog for RedisLog {
         let (last, base, seen, first): (Option<u64>, Option<u64>, Option<u64>, StreamEntries) =
             redis::pipe()
                 .atomic()
-                .get(self.key("seq", recipient))
-                .get(self.key("base", recipient))
-                .get(self.key("seen", recipient))
+                .get(self.key(LogKey::Seq, recipient))
+                .get(self.key(LogKey::Base, recipient))
+                .get(self.key(LogKey::Seen, recipient))
                 .cmd("XRANGE")
                 .arg(&log_key)
                 .arg("-")
@@ -522,8 +578,8 @@ impl EventLog for RedisLog {
         let mut connection = self.connection.clone();
         let _: i64 = self
             .mark_seen
-            .key(self.key("seen", recipient))
-            .key(self.key("seq", recipient))
+            .key(self.key(LogKey::Seen, recipient))
+            .key(self.key(LogKey::Seq, recipient))
             .arg(position)
             .arg(self.ttl_ms())
             .invoke_async(&mut connection)
@@ -547,7 +603,7 @@ impl EventLog for RedisLog {
             let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(format!("{}:log:*", self.prefix))
+                .arg(self.names.log_pattern(&self.service))
                 .arg("COUNT")
                 .arg(1000)
                 .query_async(&mut connection)
@@ -582,12 +638,11 @@ impl EventLog for RedisLog {
         Ok(())
     }
 
+    /// Reachable, and still the deployment it started in (see
+    /// [`Namespace::check`]).
     async fn ping(&self) -> Result<(), EventLogError> {
         let mut connection = self.connection.clone();
-        let _: String = redis::cmd("PING")
-            .query_async(&mut connection)
-            .await
-            .map_err(unavailable)?;
+        self.names.check(&mut connection).await?;
         Ok(())
     }
 }
@@ -610,12 +665,82 @@ mod tests {
             durable_recipient: None,
         };
         for recipient in [Recipient::User(7), Recipient::Room("dialog: 1".into())] {
-            let delivery = parse_frame(&frame(42, &recipient, &event)).expect("frame parses");
+            let delivery =
+                parse_frame(&frame("d1", 42, &recipient, &event), "d1").expect("frame parses");
             assert_eq!(delivery.position, 42);
             assert_eq!(delivery.recipient, recipient);
             assert_eq!(*delivery.event, event);
         }
-        assert!(parse_frame(b"x").is_none());
-        assert!(parse_frame(b"1 99 abc").is_none());
+        assert_eq!(parse_frame(b"x", "d1").err(), Some(Dropped::Unreadable));
+        assert_eq!(
+            parse_frame(b"d1 1 99 abc", "d1").err(),
+            Some(Dropped::Unreadable)
+        );
+    }
+
+    /// A frame another deployment published is not this one's, however
+    /// readable.
+    #[test]
+    fn frames_of_another_deployment_are_dropped() {
+        let event = Event::new("notice", &serde_json::json!({})).expect("an event");
+        let payload = frame("other", 1, &Recipient::User(7), &event);
+        assert_eq!(parse_frame(&payload, "d1").err(), Some(Dropped::Foreign));
+        assert_eq!(parse_frame(&payload, "othe").err(), Some(Dropped::Foreign));
+    }
+
+    fn redis_url() -> String {
+        std::env::var("CHATAI_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    }
+
+    /// A message on the live channel that another deployment published (or
+    /// one framed the old way, without a deployment) never reaches the live
+    /// receivers; the log's own deliveries do.
+    #[tokio::test]
+    async fn the_relay_passes_only_its_own_deployments_events() {
+        let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let shutdown = CancellationToken::new();
+        let (log, relay) = RedisLog::connect(
+            &redis_url(),
+            &prefix,
+            "chat",
+            &EventLogConfig::default(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("Redis at CHATAI_TEST_REDIS_URL");
+        let relay = tokio::spawn(relay);
+        let mut live = log.live();
+        let mut connection = log.connection.clone();
+        let stranger = Event::new("stranger", &serde_json::json!({})).expect("an event");
+        for payload in [
+            frame("another-deployment", 1, &Recipient::User(7), &stranger),
+            parse_free_frame(&stranger),
+        ] {
+            let _: i64 = connection
+                .publish(log.names().live_channel("chat"), payload)
+                .await
+                .expect("PUBLISH");
+        }
+        let own = Arc::new(Event::new("own", &serde_json::json!({})).expect("an event"));
+        log.publish(Recipient::User(7), own.clone())
+            .await
+            .expect("published");
+        let first = live.recv().await.expect("a live delivery");
+        assert_eq!(first.event.kind, "own");
+        shutdown.cancel();
+        relay.await.expect("the relay stops");
+        let _: i64 = connection
+            .del(log.names().deployment_key())
+            .await
+            .expect("DEL");
+    }
+
+    /// The frame of the layout before deployments were named.
+    fn parse_free_frame(event: &Event) -> Vec<u8> {
+        let recipient = pb::Recipient::from(&Recipient::User(7)).encode_to_vec();
+        let mut payload = format!("0 {} ", recipient.len()).into_bytes();
+        payload.extend_from_slice(&recipient);
+        payload.extend_from_slice(&pb::Event::from(event).encode_to_vec());
+        payload
     }
 }
