@@ -88,6 +88,18 @@ fn sub() -> BoxedStrategy<Rated> {
         4 => (1..=i64::MAX).prop_map(|n| Some(json!(n.to_string()))),
         4 => (1..1000i64).prop_map(|n| Some(json!(n))),
         4 => "0{0,3}[1-9][0-9]{0,5}".prop_map(|s| Some(json!(s))),
+        // The edges: zero, the largest id, one past it.
+        3 => prop::sample::select(vec![
+            json!(0),
+            json!("0"),
+            json!("000"),
+            json!(1),
+            json!(i64::MAX),
+            json!(i64::MAX.to_string()),
+            json!((i64::MAX as u64 + 1).to_string()),
+            json!(i64::MAX as u64 + 1),
+        ])
+        .prop_map(Some),
         1 => Just(None),
         1 => Just(Some(Value::Null)),
         2 => prop::sample::select(vec![
@@ -470,6 +482,42 @@ proptest! {
         if well_formed && claims_ok {
             prop_assert!(result.is_ok(), "{} ({}, {}) refused: {:?}", token, header_text, payload_text, result.err());
         }
+    }
+
+    /// A well-formed token whose claims are valid but for one, drawn from
+    /// everything above: accepted exactly when that claim follows the rules
+    /// too (and then with the claims sent).
+    #[test]
+    fn one_claim_varied(
+        (name, value) in prop_oneof![
+            sub().prop_map(|v| ("sub", v)),
+            role().prop_map(|v| ("role", v)),
+            exp(now()).prop_map(|v| ("exp", v)),
+            nbf(now()).prop_map(|v| ("nbf", v)),
+            optional_string().prop_map(|v| ("name", v)),
+            optional_string().prop_map(|v| ("chatai_max_priority", v)),
+        ],
+    ) {
+        let mut claims = Map::new();
+        claims.insert("sub".into(), json!("7"));
+        claims.insert("role".into(), json!("user"));
+        claims.insert("exp".into(), json!(now() + 86_400));
+        match value {
+            Some(value) => claims.insert(name.into(), value),
+            None => claims.remove(name),
+        };
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+            URL_SAFE_NO_PAD.encode(Value::Object(claims.clone()).to_string()),
+        );
+        let token = format!("{input}.{}", sign(&input, SECRET, Algorithm::HS256));
+        let result = verify_checked(&token, Some(&claims));
+        prop_assert_eq!(
+            result.is_ok(),
+            claims_valid(&claims),
+            "{:?}: {:?}", claims, result.err()
+        );
     }
 
     /// Tokens minted for any positive id, client role and name verify back

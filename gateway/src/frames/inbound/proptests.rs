@@ -165,6 +165,18 @@ fn field(name: &str) -> BoxedStrategy<Option<Value>> {
             (1..=i64::MAX).prop_map(Value::from),
             (0..1000i64).prop_map(Value::from),
             "0{0,2}[0-9]{1,20}".prop_map(Value::String),
+            // The edges: zero, the largest id, one past it.
+            prop::sample::select(vec![
+                Value::from(0),
+                Value::from(-1),
+                Value::from(1),
+                Value::from(i64::MAX),
+                Value::from(i64::MAX as u64 + 1),
+                Value::from("0"),
+                Value::from("00"),
+                Value::from("9223372036854775807"),
+                Value::from("9223372036854775808"),
+            ]),
         ]
         .boxed(),
         "is_typing" => any::<bool>().prop_map(Value::Bool).boxed(),
