@@ -22,6 +22,7 @@ mod operators;
 mod processes;
 mod restarts;
 mod resume;
+mod waiting;
 
 /// Every `tests/*.rs` file is a module of this binary: with `autotests =
 /// false`, a file not declared above would be compiled by nobody.
