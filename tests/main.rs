@@ -15,6 +15,7 @@ mod chat;
 mod compose;
 mod connections;
 mod delivery;
+mod internal;
 mod limits;
 mod operators;
 mod processes;
