@@ -16,6 +16,7 @@ mod compose;
 mod connections;
 mod delivery;
 mod fairness;
+mod internal;
 mod isolation;
 mod limits;
 mod operators;
