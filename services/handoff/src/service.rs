@@ -34,7 +34,7 @@ use tracing::Instrument;
 use crate::directory::{ChosenStatus, OperatorDirectory, OperatorUpdate, OperatorView};
 use crate::error::HandoffError;
 use crate::events::{
-    DEFAULT_RESOLUTION, HandoffCompleted, HandoffQueued, HandoffRequest, OperatorAssigned,
+    DEFAULT_RESOLUTION, HandoffCompleted, HandoffQueued, HandoffRequest, OperatorAssigned, Outcome,
     REASSIGNED_NO_REPLY, REASSIGNED_OFFLINE,
 };
 use crate::queue::{self, Operator, QueueKey, RecentHandling};
@@ -618,6 +618,7 @@ impl Queue {
             operator_id: holder.unwrap_or(0),
             resolution,
             duration: duration_secs,
+            outcome: Outcome::Completed,
         };
         let about = (dialog_id, done.user_id);
         self.deliver_noted(
@@ -870,6 +871,7 @@ impl Queue {
             operator_id,
             resolution,
             duration: secs(Duration::from_millis((at - assigned_at).max(0) as u64)),
+            outcome: Outcome::Reassigned,
         };
         self.deliver_noted(
             (dialog_id, user_id),
@@ -903,6 +905,7 @@ impl Queue {
             operator_id: 0,
             resolution: RETURNED_TO_ASSISTANT,
             duration: 0,
+            outcome: Outcome::ReturnedToAssistant,
         };
         self.deliver_noted(
             (returned.dialog_id, returned.user_id),
