@@ -465,33 +465,54 @@ async fn assert_no_room_copies(operator: &mut WsClient, dialog_id: i64) {
 }
 
 /// An operator whose handoff is completed is taken out of the dialog's room
-/// (`room_left`, reason `handoff_completed`, after its `handoff_completed`)
-/// and gets none of the user's later messages. (The user's message is
-/// copied to the room before its `ack`, and the answer the user then gets
-/// comes later on the same stream: by then the gateway has queued the copy
-/// to every member, and the operator's heartbeat is answered after it.)
+/// (`room_left`, reason `handoff_completed`, right after its
+/// `handoff_completed`) on every gateway, and gets none of the user's later
+/// messages. (The user's message is copied to the room before its `ack`, and
+/// the answer a tab of the user's on the same gateway then gets comes later
+/// on that gateway's stream from chat: by then the gateway has queued the
+/// copy to every member, and the operator's heartbeat is answered after it.)
 #[tokio::test]
 async fn a_completed_handoff_takes_the_operator_out_of_the_room() {
     let app = spawn_app(options()).await;
+    let other = app.start_gateway("gw-b").await;
     let (mut olga, _) = app.connect_as(9501, Role::Operator, "").await;
+    let token = app.token(9501, Role::Operator);
+    let (mut olga_b, _) = connect_at(other.addr, &token, 9501, Role::Operator, "").await;
     let (mut ann, dialog_id) = dialog(&app, 9511).await;
+    let token = app.token(9511, Role::User);
+    let (mut ann_b, _) = connect_at(other.addr, &token, 9511, Role::User, "").await;
     ask_for_operator(&mut ann, dialog_id, "normal").await;
     next_for(&mut ann, "operator_assigned", dialog_id).await;
-    next_for(&mut olga, "operator_assigned", dialog_id).await;
-    join(&mut olga, &format!("dialog:{dialog_id}")).await;
+    for tab in [&mut olga, &mut olga_b] {
+        next_for(tab, "operator_assigned", dialog_id).await;
+        join(tab, &format!("dialog:{dialog_id}")).await;
+    }
 
     let done = olga
         .request(json!({"type": "complete_handoff", "id": "c", "dialog_id": dialog_id, "resolution": "done"}))
         .await;
     assert_eq!(done["type"], "ack", "{done}");
-    let (completed, left) = room_left_after_completion(&mut olga, dialog_id).await;
-    assert_eq!(completed["outcome"], "completed", "{completed}");
-    assert_eq!(left["reason"], "handoff_completed", "{left}");
+    for tab in [&mut olga, &mut olga_b] {
+        let (completed, left) = room_left_after_completion(tab, dialog_id).await;
+        assert_eq!(completed["outcome"], "completed", "{completed}");
+        assert_eq!(left["reason"], "handoff_completed", "{left}");
+    }
 
     next_for(&mut ann, "handoff_completed", dialog_id).await;
-    ann.chat_and_answer("later", Some(dialog_id), common::FAQ_QUESTION)
+    let (ack, _) = ann
+        .chat_and_answer("later", Some(dialog_id), common::FAQ_QUESTION)
         .await;
     assert_no_room_copies(&mut olga, dialog_id).await;
+    let asked = ack["message_id"].as_i64().unwrap_or_default();
+    loop {
+        let answer = next_for(&mut ann_b, "ai_response", dialog_id).await;
+        if answer["message_id"].as_i64().is_some_and(|id| id > asked) {
+            break;
+        }
+    }
+    assert_no_room_copies(&mut olga_b, dialog_id).await;
+    other.stop.cancel();
+    other.task.await.expect("the second gateway stops cleanly");
     app.stop().await;
 }
 
