@@ -27,7 +27,9 @@
 //!   types and back.
 //! - [`service_id`] — [`ServiceId`](service_id::ServiceId), the services by
 //!   name.
-//! - [`frames`] — client frames in, server frames out.
+//! - [`frames`] — client frames in, server frames out, and dialog room ids
+//!   (`frames/rooms.rs`: read once for joining and leaving; the event that
+//!   takes an operator out of a room).
 //! - [`cursor`] — the opaque resume cursor; [`close`] — close codes.
 
 pub mod accept;

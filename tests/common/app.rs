@@ -472,6 +472,61 @@ impl TestApp {
     }
 }
 
+/// A second gateway on a [`TestApp`]'s services, in-process on port 0
+/// (default settings, the app's JWT secret): what a client on another
+/// gateway process sees. Stopped by cancelling `stop`.
+pub struct ExtraGateway {
+    pub addr: SocketAddr,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl TestApp {
+    /// Starts an [`ExtraGateway`] named `id` and returns once it reports
+    /// healthy (its streams to every service attached).
+    pub async fn start_gateway(&self, id: &str) -> ExtraGateway {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let config = GatewayConfig {
+            listen: addr,
+            jwt_secret: Some(self.jwt_secret.clone()),
+            gateway_id: Some(id.into()),
+            ..GatewayConfig::default()
+        };
+        let stop = CancellationToken::new();
+        let run = chatai_gateway::run(
+            listener,
+            config,
+            self.services.clone(),
+            Default::default(),
+            stop.clone(),
+        );
+        let task = tokio::spawn(async move {
+            run.await.expect("the gateway runs");
+        });
+        let health = format!("http://{addr}/api/websocket/health");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self
+            .http
+            .get(&health)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+            != 200
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway {id} not healthy in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ExtraGateway { addr, stop, task }
+    }
+}
+
 impl Drop for TestApp {
     /// A test that failed before `stop` still stops the parts; its database
     /// goes with `storage` (a `TestDatabase` removes itself when dropped).

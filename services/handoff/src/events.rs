@@ -56,6 +56,23 @@ pub struct HandoffCompleted<'a> {
     pub resolution: &'a str,
     /// Seconds since the operator got it (0 when nobody had).
     pub duration: u32,
+    /// How the handoff ended, in a fixed vocabulary (`resolution` is free
+    /// text from the operator). The gateway takes the operator's connections
+    /// out of the dialog's room on this event, giving this as the reason.
+    pub outcome: Outcome,
+}
+
+/// How a handoff ended, as `handoff_completed`'s `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Completed by its operator (or an admin).
+    Completed,
+    /// Taken back from its operator (no reply, or the operator went
+    /// offline) and queued again.
+    Reassigned,
+    /// Waited too long in the queue; the assistant has the dialog again.
+    ReturnedToAssistant,
 }
 
 /// The resolution sent to an operator whose handoff was taken back because

@@ -34,7 +34,7 @@ use tracing::Instrument;
 use crate::directory::{ChosenStatus, OperatorDirectory, OperatorUpdate, OperatorView};
 use crate::error::HandoffError;
 use crate::events::{
-    DEFAULT_RESOLUTION, HandoffCompleted, HandoffQueued, HandoffRequest, OperatorAssigned,
+    DEFAULT_RESOLUTION, HandoffCompleted, HandoffQueued, HandoffRequest, OperatorAssigned, Outcome,
     REASSIGNED_NO_REPLY, REASSIGNED_OFFLINE,
 };
 use crate::queue::{self, Operator, QueueKey, RecentHandling};
@@ -636,6 +636,7 @@ impl Queue {
             operator_id: holder.unwrap_or(0),
             resolution,
             duration: duration_secs,
+            outcome: Outcome::Completed,
         };
         let about = (dialog_id, done.user_id);
         self.deliver_noted(
@@ -905,6 +906,7 @@ impl Queue {
             operator_id,
             resolution,
             duration: secs(Duration::from_millis((at - assigned_at).max(0) as u64)),
+            outcome: Outcome::Reassigned,
         };
         self.deliver_noted(
             (dialog_id, user_id),
@@ -938,6 +940,7 @@ impl Queue {
             operator_id: 0,
             resolution: RETURNED_TO_ASSISTANT,
             duration: 0,
+            outcome: Outcome::ReturnedToAssistant,
         };
         self.deliver_noted(
             (returned.dialog_id, returned.user_id),

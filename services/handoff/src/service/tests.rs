@@ -553,6 +553,7 @@ async fn queue_serves_priority_then_fifo_and_tells_positions() {
     assert_eq!(completed[1].to, Recipient::Operator(7));
     assert_eq!(completed[0].body["resolution"], "done");
     assert_eq!(completed[0].body["operator_id"], 7);
+    assert_eq!(completed[0].body["outcome"], "completed");
 }
 
 /// The next handoff goes to the eligible operator with the fewest, and on a
@@ -647,6 +648,7 @@ async fn no_reply_in_time_reassigns_to_another_operator() {
         ]
     );
     assert_eq!(events[0].body["resolution"], "reassigned: no reply");
+    assert_eq!(events[0].body["outcome"], "reassigned");
     assert_eq!(h.directory.last(1), Some(0));
     assert_eq!(h.directory.last(2), Some(1));
     assert!(h.store.get(1).requeued_at_ms.is_some());
@@ -717,7 +719,8 @@ async fn waiting_too_long_returns_to_the_assistant() {
     assert_eq!(
         events[0].body,
         serde_json::json!({"handoff_id": 1, "dialog_id": 1, "operator_id": 0,
-                           "resolution": "returned_to_assistant", "duration": 0})
+                           "resolution": "returned_to_assistant", "duration": 0,
+                           "outcome": "returned_to_assistant"})
     );
     assert_eq!(positions(&events), vec![(Recipient::User(102), 1)]);
     assert_eq!(h.store.get(1).state, HandoffState::Returned);
