@@ -17,6 +17,7 @@ mod connections;
 mod delivery;
 mod fairness;
 mod isolation;
+mod jwks;
 mod limits;
 mod operators;
 mod processes;

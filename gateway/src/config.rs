@@ -21,6 +21,33 @@ pub struct GatewayConfig {
     /// development secret, with a loud warning.
     #[arg(long = "jwt-secret", env = "CHATAI_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// An identity provider's JWKS document (`https://…/.well-known/jwks.json`):
+    /// client tokens are then RS256/ES256 tokens signed with its keys, and
+    /// HS256 tokens are refused. Unset or empty = HS256 with the secret.
+    #[arg(long = "jwks-url", env = "CHATAI_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// Seconds between fetches of the JWKS document (keys rotate).
+    #[arg(
+        long = "jwks-refresh-secs",
+        env = "CHATAI_JWKS_REFRESH_SECS",
+        default_value_t = 300
+    )]
+    pub jwks_refresh_secs: u64,
+    /// Seconds at least between two fetches caused by tokens naming an
+    /// unknown key (so a flood of made-up `kid`s cannot hammer the provider).
+    #[arg(
+        long = "jwks-min-refresh-secs",
+        env = "CHATAI_JWKS_MIN_REFRESH_SECS",
+        default_value_t = 30
+    )]
+    pub jwks_min_refresh_secs: u64,
+    /// The `iss` every client token must carry; unset = not checked.
+    #[arg(long = "jwt-issuer", env = "CHATAI_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` every client token must carry (the value, or one of its
+    /// list); unset = not checked.
+    #[arg(long = "jwt-audience", env = "CHATAI_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// Largest client frame accepted, in bytes (larger: close 1009).
     #[arg(long = "max-frame-bytes", env = "CHATAI_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
@@ -151,6 +178,11 @@ impl std::fmt::Debug for GatewayConfig {
                 "jwt_secret",
                 &self.jwt_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field("jwks_url", &self.jwks_url)
+            .field("jwks_refresh_secs", &self.jwks_refresh_secs)
+            .field("jwks_min_refresh_secs", &self.jwks_min_refresh_secs)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("max_connections_per_user", &self.max_connections_per_user)
             .field("heartbeat_interval_secs", &self.heartbeat_interval_secs)
@@ -233,6 +265,19 @@ impl GatewayConfig {
         Duration::from_millis(self.request_timeout_ms.max(1))
     }
 
+    /// The identity provider's JWKS URL, when one is set (not empty).
+    pub fn jwks_url(&self) -> Option<&str> {
+        non_empty(&self.jwks_url)
+    }
+
+    /// The `iss` and `aud` client tokens must carry (empty = unset).
+    pub fn expected_claims(&self) -> chatai_tokens::Expected {
+        chatai_tokens::Expected {
+            issuer: non_empty(&self.jwt_issuer).map(str::to_owned),
+            audience: non_empty(&self.jwt_audience).map(str::to_owned),
+        }
+    }
+
     /// The JWT secret, or the development one when it is unset or empty
     /// (whether a set one is long enough is checked at start: see
     /// [`chatai_tokens::configured_secret`]).
@@ -242,6 +287,11 @@ impl GatewayConfig {
             .filter(|secret| !secret.is_empty())
             .unwrap_or(DEVELOPMENT_SECRET)
     }
+}
+
+/// An optional setting, empty counting as unset (`VAR=` in a compose file).
+fn non_empty(setting: &Option<String>) -> Option<&str> {
+    setting.as_deref().filter(|value| !value.trim().is_empty())
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@
 //! - [`http`] — routes: the WebSocket endpoints, health, metrics.
 //! - [`auth`] — finding a client's token in a request (the token itself is
 //!   `chatai_tokens`'s: claims, verifying, minting).
+//! - [`verifier`] — how tokens are checked: the HS256 secret or an identity
+//!   provider's keys; [`jwks`] — fetching and refreshing those keys.
 //! - [`connection`] — one client connection's task, from `connected` to
 //!   close: the socket loop (`connection/mod.rs`), catching up from the
 //!   services' logs (`connection/catch_up.rs`) and the client's requests
@@ -39,12 +41,14 @@ pub mod cursor;
 pub mod frames;
 pub mod gateway;
 pub mod http;
+pub mod jwks;
 pub mod limits;
 pub mod registry;
 pub mod reporting;
 pub mod service_id;
 pub mod services;
 pub mod upstream;
+pub mod verifier;
 pub mod wire;
 
 use chatai_kit::config::{InternalAuth, ServiceAddrs};
@@ -68,10 +72,21 @@ pub async fn run(
     auth: InternalAuth,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    if chatai_tokens::configured_secret(config.jwt_secret.as_deref())?.is_none() {
-        tracing::warn!(
+    let development_secret =
+        chatai_tokens::configured_secret(config.jwt_secret.as_deref())?.is_none();
+    match config.jwks_url() {
+        Some(url) => {
+            tracing::info!(%url, "client tokens: RS256/ES256 of the identity provider (HS256 refused)");
+            if config.expected_claims().audience.is_none() {
+                tracing::warn!(
+                    "CHATAI_JWKS_URL is set without CHATAI_JWT_AUDIENCE: tokens the provider issued for any other application are accepted too"
+                );
+            }
+        }
+        None if development_secret => tracing::warn!(
             "CHATAI_JWT_SECRET is not set (or empty): using the built-in DEVELOPMENT secret. Anyone can mint tokens for this gateway. Set CHATAI_JWT_SECRET in production."
-        );
+        ),
+        None => {}
     }
     let gateway_id = config
         .gateway_id

@@ -121,7 +121,8 @@ pub struct TestApp {
     pub gateway_addr: SocketAddr,
     /// Where each service listens (gRPC).
     pub services: ServiceAddrs,
-    /// The HS256 secret the gateway verifies client tokens with.
+    /// The HS256 secret the gateway verifies client tokens with (unless a
+    /// JWKS URL is set).
     pub jwt_secret: String,
     /// The services' database URL.
     pub database_url: String,
@@ -129,6 +130,7 @@ pub struct TestApp {
     pub starting_balance: f64,
     /// The price of 1 000 assistant tokens, in units.
     pub price_per_1k_tokens: f64,
+    /// Mints HS256 tokens the gateway accepts (with its `iss`/`aud`).
     pub keys: TokenKeys,
     http: reqwest::Client,
     shutdown: CancellationToken,
@@ -188,6 +190,7 @@ async fn start_on(options: TestOptions, storage: TestDatabase) -> TestApp {
     let gateway_addr = listeners.gateway_addr().expect("the gateway's address");
     let services = listeners.service_addrs().expect("the services' addresses");
     let jwt_secret = gateway.jwt_secret().to_owned();
+    let keys = TokenKeys::new(jwt_secret.as_bytes()).expecting(gateway.expected_claims());
     let starting_balance = chat.starting_balance;
     let price_per_1k_tokens = chat.price_per_1k_tokens;
     let shutdown = CancellationToken::new();
@@ -209,7 +212,7 @@ async fn start_on(options: TestOptions, storage: TestDatabase) -> TestApp {
     let mut app = TestApp {
         gateway_addr,
         services,
-        keys: TokenKeys::new(jwt_secret.as_bytes()),
+        keys,
         jwt_secret,
         database_url,
         starting_balance,
