@@ -23,6 +23,7 @@ mod operators;
 mod processes;
 mod restarts;
 mod resume;
+mod tls;
 
 /// Every `tests/*.rs` file is a module of this binary: with `autotests =
 /// false`, a file not declared above would be compiled by nobody.

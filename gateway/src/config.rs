@@ -1,6 +1,7 @@
 //! The gateway's configuration, read from the environment by the binary.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::limits::TrustedProxies;
@@ -17,6 +18,13 @@ pub struct GatewayConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
+    /// TLS certificate chain (PEM, leaf first): with `CHATAI_TLS_KEY`, the
+    /// gateway speaks `https://` and `wss://` only. Unset = plain.
+    #[arg(long = "tls-cert", env = "CHATAI_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `CHATAI_TLS_CERT` (PEM).
+    #[arg(long = "tls-key", env = "CHATAI_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// HS256 secret for client tokens, at least 32 bytes; unset or empty = a
     /// development secret, with a loud warning.
     #[arg(long = "jwt-secret", env = "CHATAI_JWT_SECRET", hide_env_values = true)]
@@ -174,6 +182,8 @@ impl std::fmt::Debug for GatewayConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayConfig")
             .field("listen", &self.listen)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .field(
                 "jwt_secret",
                 &self.jwt_secret.as_ref().map(|_| "<redacted>"),
@@ -265,6 +275,18 @@ impl GatewayConfig {
         Duration::from_millis(self.request_timeout_ms.max(1))
     }
 
+    /// The certificate and key files, when TLS is configured (both set, not
+    /// empty); one without the other is an error.
+    pub fn tls_files(
+        &self,
+    ) -> Result<Option<(&std::path::Path, &std::path::Path)>, crate::tls::TlsError> {
+        match (set_path(&self.tls_cert), set_path(&self.tls_key)) {
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (None, None) => Ok(None),
+            _ => Err(crate::tls::TlsError::Incomplete),
+        }
+    }
+
     /// The identity provider's JWKS URL, when one is set (not empty).
     pub fn jwks_url(&self) -> Option<&str> {
         non_empty(&self.jwks_url)
@@ -287,6 +309,13 @@ impl GatewayConfig {
             .filter(|secret| !secret.is_empty())
             .unwrap_or(DEVELOPMENT_SECRET)
     }
+}
+
+/// An optional path, empty counting as unset.
+fn set_path(setting: &Option<PathBuf>) -> Option<&std::path::Path> {
+    setting
+        .as_deref()
+        .filter(|path| !path.as_os_str().is_empty())
 }
 
 /// An optional setting, empty counting as unset (`VAR=` in a compose file).

@@ -33,6 +33,9 @@ pub enum GatewayError {
     /// `CHATAI_JWT_SECRET` is set but too short.
     #[error(transparent)]
     Secret(#[from] chatai_tokens::WeakSecret),
+    /// `CHATAI_TLS_CERT` / `CHATAI_TLS_KEY` cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// `CHATAI_JWKS_URL` is not a URL the gateway can fetch.
     #[error(transparent)]
     Jwks(#[from] JwksConfigError),

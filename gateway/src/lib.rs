@@ -7,7 +7,8 @@
 //! - [`gateway`] — [`Gateway`], what every connection and route shares,
 //!   and how it is put together.
 //! - [`accept`] — the listener: accepting sockets and serving HTTP/1.1 on
-//!   each (hyper, with a header-read timeout).
+//!   each (hyper, with a header-read timeout), after a TLS handshake when
+//!   [`tls`] is configured.
 //! - [`limits`] — socket limits: unfinished and WebSocket connections per
 //!   client address and per node, trusted proxies' `X-Forwarded-For`.
 //! - [`http`] — routes: the WebSocket endpoints, health, metrics.
@@ -47,6 +48,7 @@ pub mod registry;
 pub mod reporting;
 pub mod service_id;
 pub mod services;
+pub mod tls;
 pub mod upstream;
 pub mod verifier;
 pub mod wire;
@@ -72,6 +74,10 @@ pub async fn run(
     auth: InternalAuth,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    let tls = match config.tls_files()? {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None => None,
+    };
     let development_secret =
         chatai_tokens::configured_secret(config.jwt_secret.as_deref())?.is_none();
     match config.jwks_url() {
@@ -100,12 +106,13 @@ pub async fn run(
     connection::register_metrics();
     let registry = gateway.registry.clone();
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
+    tracing::info!(%addr, gateway = %gateway_id, tls = tls.is_some(), "gateway listening");
 
     accept::serve(
         listener,
         http::router(gateway.clone()),
         gateway.limits.clone(),
+        tls,
         shutdown.clone(),
     )
     .await;

@@ -132,6 +132,8 @@ pub struct TestApp {
     pub price_per_1k_tokens: f64,
     /// Mints HS256 tokens the gateway accepts (with its `iss`/`aud`).
     pub keys: TokenKeys,
+    /// Whether the gateway speaks TLS (`https://`, `wss://`).
+    pub tls: bool,
     http: reqwest::Client,
     shutdown: CancellationToken,
     parts: Option<Parts>,
@@ -189,6 +191,7 @@ async fn start_on(options: TestOptions, storage: TestDatabase) -> TestApp {
         .expect("binding the listeners");
     let gateway_addr = listeners.gateway_addr().expect("the gateway's address");
     let services = listeners.service_addrs().expect("the services' addresses");
+    let tls = gateway.tls_cert.is_some();
     let jwt_secret = gateway.jwt_secret().to_owned();
     let keys = TokenKeys::new(jwt_secret.as_bytes()).expecting(gateway.expected_claims());
     let starting_balance = chat.starting_balance;
@@ -217,7 +220,13 @@ async fn start_on(options: TestOptions, storage: TestDatabase) -> TestApp {
         database_url,
         starting_balance,
         price_per_1k_tokens,
-        http: reqwest::Client::new(),
+        // Over TLS, the test's own certificate: the health polling does not
+        // check it (the TLS tests check the chain with their own client).
+        http: reqwest::Client::builder()
+            .danger_accept_invalid_certs(tls)
+            .build()
+            .expect("an HTTP client"),
+        tls,
         shutdown,
         parts: Some(parts),
         storage: Some(storage),
@@ -256,14 +265,16 @@ impl TestApp {
         }
     }
 
-    /// `http://{gateway}{path}`.
+    /// `http://{gateway}{path}` (`https://` over TLS).
     pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.gateway_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.gateway_addr)
     }
 
-    /// `ws://{gateway}{path}`.
+    /// `ws://{gateway}{path}` (`wss://` over TLS).
     pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.gateway_addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{path}", self.gateway_addr)
     }
 
     /// `GET path` on the gateway: status and body.
