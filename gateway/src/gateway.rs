@@ -90,7 +90,7 @@ impl Gateway {
         let interceptor = TokenInterceptor::new(auth);
         let channel = |addr: &ServiceAddr| -> Result<ServiceChannel, GatewayError> {
             Ok(InterceptedService::new(
-                addr.channel()?,
+                addr.channel(auth)?,
                 interceptor.clone(),
             ))
         };

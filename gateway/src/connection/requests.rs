@@ -158,6 +158,7 @@ impl Connection {
                             "handoff_id": handoff.handoff_id,
                             "position": handoff.position,
                             "estimated_wait_time": handoff.estimated_wait_seconds,
+                            "operators_online": handoff.operators_online,
                             "operator_id": handoff.operator_id,
                         }),
                     ),

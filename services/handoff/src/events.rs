@@ -24,8 +24,10 @@ pub struct HandoffQueued {
     pub dialog_id: i64,
     /// 1-based.
     pub position: u32,
-    /// Seconds.
-    pub estimated_wait_time: u32,
+    /// Seconds; `null` when no operator who could serve the queue is online.
+    pub estimated_wait_time: Option<u32>,
+    /// Online operators who chose available.
+    pub operators_online: u32,
 }
 
 /// `operator_assigned`: to the user and to the operator.
