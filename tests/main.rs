@@ -18,11 +18,13 @@ mod delivery;
 mod fairness;
 mod internal;
 mod isolation;
+mod jwks;
 mod limits;
 mod operators;
 mod processes;
 mod restarts;
 mod resume;
+mod tls;
 mod waiting;
 
 /// Every `tests/*.rs` file is a module of this binary: with `autotests =

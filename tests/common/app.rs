@@ -121,7 +121,8 @@ pub struct TestApp {
     pub gateway_addr: SocketAddr,
     /// Where each service listens (gRPC).
     pub services: ServiceAddrs,
-    /// The HS256 secret the gateway verifies client tokens with.
+    /// The HS256 secret the gateway verifies client tokens with (unless a
+    /// JWKS URL is set).
     pub jwt_secret: String,
     /// The services' database URL.
     pub database_url: String,
@@ -129,7 +130,10 @@ pub struct TestApp {
     pub starting_balance: f64,
     /// The price of 1 000 assistant tokens, in units.
     pub price_per_1k_tokens: f64,
+    /// Mints HS256 tokens the gateway accepts (with its `iss`/`aud`).
     pub keys: TokenKeys,
+    /// Whether the gateway speaks TLS (`https://`, `wss://`).
+    pub tls: bool,
     http: reqwest::Client,
     shutdown: CancellationToken,
     parts: Option<Parts>,
@@ -187,7 +191,9 @@ async fn start_on(options: TestOptions, storage: TestDatabase) -> TestApp {
         .expect("binding the listeners");
     let gateway_addr = listeners.gateway_addr().expect("the gateway's address");
     let services = listeners.service_addrs().expect("the services' addresses");
+    let tls = gateway.tls_cert.is_some();
     let jwt_secret = gateway.jwt_secret().to_owned();
+    let keys = TokenKeys::new(jwt_secret.as_bytes()).expecting(gateway.expected_claims());
     let starting_balance = chat.starting_balance;
     let price_per_1k_tokens = chat.price_per_1k_tokens;
     let shutdown = CancellationToken::new();
@@ -209,12 +215,18 @@ async fn start_on(options: TestOptions, storage: TestDatabase) -> TestApp {
     let mut app = TestApp {
         gateway_addr,
         services,
-        keys: TokenKeys::new(jwt_secret.as_bytes()),
+        keys,
         jwt_secret,
         database_url,
         starting_balance,
         price_per_1k_tokens,
-        http: reqwest::Client::new(),
+        // Over TLS, the test's own certificate: the health polling does not
+        // check it (the TLS tests check the chain with their own client).
+        http: reqwest::Client::builder()
+            .danger_accept_invalid_certs(tls)
+            .build()
+            .expect("an HTTP client"),
+        tls,
         shutdown,
         parts: Some(parts),
         storage: Some(storage),
@@ -253,14 +265,16 @@ impl TestApp {
         }
     }
 
-    /// `http://{gateway}{path}`.
+    /// `http://{gateway}{path}` (`https://` over TLS).
     pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.gateway_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.gateway_addr)
     }
 
-    /// `ws://{gateway}{path}`.
+    /// `ws://{gateway}{path}` (`wss://` over TLS).
     pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.gateway_addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{path}", self.gateway_addr)
     }
 
     /// `GET path` on the gateway: status and body.

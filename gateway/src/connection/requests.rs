@@ -99,7 +99,7 @@ impl Connection {
                 Ok(()) => return Flow::Continue,
                 Err(err) => error_frame(reference, &err),
             },
-            ClientFrame::RefreshToken { token } => self.refresh_token(reference, &token),
+            ClientFrame::RefreshToken { token } => self.refresh_token(reference, &token).await,
             ClientFrame::SetStatus { .. } | ClientFrame::CompleteHandoff { .. }
                 if self.caller.role != Role::Operator =>
             {
@@ -257,8 +257,8 @@ impl Connection {
     }
 
     /// Extends the connection's life with a newer token for the same subject and role.
-    fn refresh_token(&mut self, reference: Option<&str>, token: &str) -> String {
-        match self.gateway.keys.verify(token) {
+    async fn refresh_token(&mut self, reference: Option<&str>, token: &str) -> String {
+        match self.gateway.verifier.verify(token).await {
             Ok(claims) if claims.sub == self.caller.id && claims.role == self.caller.role => {
                 self.token_expires = expiry_instant(claims.exp);
                 self.max_priority = Priority::ceiling(claims.max_priority.as_deref());
