@@ -12,6 +12,7 @@
 #        bench/chat-path.sh target -- pairs --pairs 500 --rate 2500 --duration 10
 #
 # Environment: BENCH_DIR (default /tmp/chatai-chat-path: database, logs),
+# CHATAI_INTERNAL_TOKEN (default: a fresh one, for the system and the tool),
 # LOAD_TARGET_DIR (where chatai-load is; default: TARGET_DIR),
 # CHATAI_DATABASE_URL / CHATAI_REDIS_URL to measure PostgreSQL and the Redis
 # event log instead, SYSTEM_CPUS / LOAD_CPUS (taskset lists, e.g. 0 and 1) to
@@ -39,6 +40,12 @@ export CHATAI_DATABASE_URL=${CHATAI_DATABASE_URL:-sqlite://$BENCH_DIR/chatai.db}
 export CHATAI_RATE_LIMIT_PER_SEC=${CHATAI_RATE_LIMIT_PER_SEC:-100000}
 export CHATAI_RATE_LIMIT_BURST=${CHATAI_RATE_LIMIT_BURST:-100000}
 export RUST_LOG=${RUST_LOG:-warn}
+# The internal token both processes use (else the all-in-one would write one
+# to ./data/internal-token): given, or fresh for this run.
+if [[ -z ${CHATAI_INTERNAL_TOKEN:-} ]]; then
+    CHATAI_INTERNAL_TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+fi
+export CHATAI_INTERNAL_TOKEN
 
 # Each command, pinned to its cores when asked (taskset execs it: same pid).
 system_cmd=("$bin")

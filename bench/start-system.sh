@@ -9,7 +9,9 @@
 # which also holds the SQLite database and the logs); stop everything with
 # bench/stop-system.sh. Environment overrides: CHATAI_GATEWAY_ADDR,
 # CHATAI_CHAT_ADDR, CHATAI_HANDOFF_ADDR, CHATAI_PRESENCE_ADDR,
-# CHATAI_NOTIFICATION_ADDR, RUST_LOG (default warn: logging is not what is measured).
+# CHATAI_NOTIFICATION_ADDR, CHATAI_INTERNAL_TOKEN (default: a fresh one,
+# written to $BENCH_DIR/internal-token for `chatai-load fanout
+# --internal-token-file`), RUST_LOG (default warn: logging is not what is measured).
 set -euo pipefail
 
 target_dir=${1:-target}
@@ -33,6 +35,12 @@ if [[ -s $BENCH_DIR/pids ]]; then
     echo "$BENCH_DIR/pids exists: run bench/stop-system.sh first" >&2
     exit 1
 fi
+# A part started alone refuses to run without an internal token (or TLS).
+if [[ -z ${CHATAI_INTERNAL_TOKEN:-} ]]; then
+    CHATAI_INTERNAL_TOKEN=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+fi
+export CHATAI_INTERNAL_TOKEN
+(umask 077 && printf '%s\n' "$CHATAI_INTERNAL_TOKEN" > "$BENCH_DIR/internal-token")
 : > "$BENCH_DIR/pids"
 for part in chat handoff presence notification; do
     "$bin" "$part" > "$BENCH_DIR/$part.log" 2>&1 &
@@ -44,7 +52,7 @@ echo "gateway $!" >> "$BENCH_DIR/pids"
 
 for _ in $(seq 1 60); do
     if curl -fsS "http://$CHATAI_GATEWAY_ADDR/api/websocket/health" > /dev/null 2>&1; then
-        echo "healthy: ws://$CHATAI_GATEWAY_ADDR"
+        echo "healthy: ws://$CHATAI_GATEWAY_ADDR (internal token in $BENCH_DIR/internal-token)"
         cat "$BENCH_DIR/pids"
         exit 0
     fi

@@ -20,6 +20,7 @@ use chatai_gateway::GatewayConfig;
 use chatai_handoff::HandoffConfig;
 use chatai_kit::config::{InternalAuth, ServiceAddrs, ServiceCommon, TelemetryConfig};
 use chatai_kit::identity::Role;
+use chatai_kit::internal_auth::TOKEN_FILE;
 use chatai_notification::NotificationConfig;
 use chatai_presence::PresenceConfig;
 use chatai_tokens::TokenKeys;
@@ -105,6 +106,20 @@ enum Command {
     Token(TokenArgs),
 }
 
+impl Command {
+    /// What protects the internal gRPC of a part started alone.
+    fn internal_auth(&self) -> Option<&InternalAuth> {
+        match self {
+            Command::Gateway { auth, .. } => Some(auth),
+            Command::Chat { common, .. } => Some(&common.auth),
+            Command::Handoff { args, .. }
+            | Command::Presence { args, .. }
+            | Command::Notification { args, .. } => Some(&args.common.auth),
+            Command::Token(_) => None,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct ServiceArgs {
     #[command(flatten)]
@@ -174,6 +189,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Token(_)) => "chatai-token",
     };
     let _telemetry = chatai_kit::telemetry::init(name, &cli.telemetry)?;
+    // A part alone refuses to start with its internal gRPC open to anyone
+    // (the all-in-one generates a token instead, below).
+    if let Some(auth) = cli.command.as_ref().and_then(Command::internal_auth) {
+        auth.require_protection()?;
+    }
     let shutdown = CancellationToken::new();
     let mut parts = chatai::Parts::new();
     match cli.command {
@@ -185,8 +205,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 handoff,
                 presence,
                 notification,
-                common,
+                mut common,
             } = cli.all;
+            let token_file = common
+                .auth
+                .protect_all_in_one(std::path::Path::new(TOKEN_FILE))?;
             let listeners = chatai::Listeners::bind(gateway.listen, &addrs).await?;
             let gateway_addr = listeners.gateway_addr()?;
             // Refused here, before anything starts, when set but too short.
@@ -201,13 +224,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 common,
             };
             chatai::spawn_all(listeners, config, &shutdown, &mut parts)?;
+            let internal_hint = match token_file {
+                Some(file) => format!(
+                    "  gRPC:      the internal token is in {} ({}): grpcurl -H \"authorization: Bearer $(cat {})\" …\n",
+                    file.path.display(),
+                    if file.created {
+                        "new"
+                    } else {
+                        "kept from an earlier start"
+                    },
+                    file.path.display()
+                ),
+                None => String::new(),
+            };
             let secret_hint = if uses_dev_secret {
                 ""
             } else {
                 " (with CHATAI_JWT_SECRET set)"
             };
             eprintln!(
-                "\nChatAI Realtime is running.\n  WebSocket: ws://{gateway_addr}/ws/{{user_id}}?token=…   operators: ws://{gateway_addr}/ws/operator/{{id}}?token=…\n  Health:    http://{gateway_addr}/api/websocket/health   Metrics: http://{gateway_addr}/metrics\n  A token:   cargo run --release -- token --sub 456 --role user{secret_hint}\n"
+                "\nChatAI Realtime is running.\n  WebSocket: ws://{gateway_addr}/ws/{{user_id}}?token=…   operators: ws://{gateway_addr}/ws/operator/{{id}}?token=…\n  Health:    http://{gateway_addr}/api/websocket/health   Metrics: http://{gateway_addr}/metrics\n  A token:   cargo run --release -- token --sub 456 --role user{secret_hint}\n{internal_hint}"
             );
         }
         Some(Command::Gateway {

@@ -2,7 +2,6 @@
 //! offline periods, dropped connections, a gateway going away and a service
 //! restart — on the embedded memory logs and on Redis.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,45 +218,13 @@ async fn system_alert_reaches_everyone() {
     app.stop().await;
 }
 
-/// A second gateway, on the services of `app`.
-struct Gateway {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn start_gateway(app: &TestApp, id: &str) -> Gateway {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let config = chatai_gateway::GatewayConfig {
-        listen: addr,
-        jwt_secret: Some(app.jwt_secret.clone()),
-        gateway_id: Some(id.into()),
-        ..chatai_gateway::GatewayConfig::default()
-    };
-    let stop = CancellationToken::new();
-    let run = chatai_gateway::run(
-        listener,
-        config,
-        app.services.clone(),
-        Default::default(),
-        stop.clone(),
-    );
-    let task = tokio::spawn(async move {
-        run.await.expect("the gateway runs");
-    });
-    let gateway = Gateway { addr, stop, task };
-    wait_healthy(&format!("http://{addr}/api/websocket/health")).await;
-    gateway
-}
-
 /// A gateway that shuts down closes its clients with 1001; a client that
 /// resumes with its cursor on another gateway gets everything that arrived
 /// in between, once.
 #[tokio::test]
 async fn resume_on_another_gateway_after_shutdown() {
     let app = spawn_app(TestOptions::default()).await;
-    let first = start_gateway(&app, "gw-a").await;
+    let first = app.start_gateway("gw-a").await;
     let (mut client, _) =
         connect_at(first.addr, &app.token(507, Role::User), 507, Role::User, "").await;
     notify(&app, 507, 0..2).await;

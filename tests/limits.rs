@@ -267,6 +267,8 @@ async fn a_gateway_flooded_past_its_descriptors_still_answers_health() {
             app.services.notification.to_string(),
         )
         .env("CHATAI_JWT_SECRET", &app.jwt_secret)
+        // The in-test services check no internal token.
+        .env("CHATAI_INSECURE_INTERNAL", "1")
         // Only the limits may close the idle sockets during the test.
         .env("CHATAI_HEADER_READ_TIMEOUT_SECS", "600")
         .env("RUST_LOG", "warn")

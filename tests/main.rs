@@ -16,12 +16,16 @@ mod compose;
 mod connections;
 mod delivery;
 mod fairness;
+mod internal;
 mod isolation;
+mod jwks;
 mod limits;
 mod operators;
 mod processes;
 mod restarts;
 mod resume;
+mod tls;
+mod waiting;
 
 /// Every `tests/*.rs` file is a module of this binary: with `autotests =
 /// false`, a file not declared above would be compiled by nobody.

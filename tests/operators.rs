@@ -424,3 +424,188 @@ async fn a_room_member_who_is_the_recipient_gets_one_copy() {
     }
     app.stop().await;
 }
+
+/// Joins `room` (any spelling) and returns the `ack`.
+async fn join(client: &mut WsClient, room: &str) -> Value {
+    let joined = client
+        .request(json!({"type": "join_room", "id": format!("join {room}"), "room_id": room}))
+        .await;
+    assert_eq!(joined["type"], "ack", "{joined}");
+    joined
+}
+
+/// Reads `operator`'s frames up to its `handoff_completed` for `dialog_id`,
+/// which the `room_left` must follow at once; returns both.
+async fn room_left_after_completion(operator: &mut WsClient, dialog_id: i64) -> (Value, Value) {
+    let completed = next_for(operator, "handoff_completed", dialog_id).await;
+    let left = operator.recv().await;
+    assert_eq!(left["type"], "room_left", "right after {completed}: {left}");
+    assert_eq!(left["room_id"], format!("dialog:{dialog_id}"), "{left}");
+    assert!(
+        left.get("event_id").is_none(),
+        "room_left is not durable: {left}"
+    );
+    common::assert_timestamp(&left);
+    (completed, left)
+}
+
+/// Asserts `operator` has been given nothing of dialog `dialog_id` from the
+/// room: its heartbeat is answered after whatever was already queued for it,
+/// so call this once the gateway has passed on the copies in question.
+async fn assert_no_room_copies(operator: &mut WsClient, dialog_id: i64) {
+    let before = operator.heartbeat("after the hold").await;
+    let copies: Vec<&Value> = before
+        .iter()
+        .filter(|f| {
+            f["dialog_id"] == dialog_id
+                && ["chat_message", "ai_response", "operator_message", "typing"]
+                    .contains(&f["type"].as_str().unwrap_or_default())
+        })
+        .collect();
+    assert!(copies.is_empty(), "copies after the hold ended: {copies:?}");
+}
+
+/// An operator whose handoff is completed is taken out of the dialog's room
+/// (`room_left`, reason `handoff_completed`, right after its
+/// `handoff_completed`) on every gateway, and gets none of the user's later
+/// messages. (The user's message is copied to the room before its `ack`, and
+/// the answer a tab of the user's on the same gateway then gets comes later
+/// on that gateway's stream from chat: by then the gateway has queued the
+/// copy to every member, and the operator's heartbeat is answered after it.)
+#[tokio::test]
+async fn a_completed_handoff_takes_the_operator_out_of_the_room() {
+    let app = spawn_app(options()).await;
+    let other = app.start_gateway("gw-b").await;
+    let (mut olga, _) = app.connect_as(9501, Role::Operator, "").await;
+    let token = app.token(9501, Role::Operator);
+    let (mut olga_b, _) = connect_at(other.addr, &token, 9501, Role::Operator, "").await;
+    let (mut ann, dialog_id) = dialog(&app, 9511).await;
+    let token = app.token(9511, Role::User);
+    let (mut ann_b, _) = connect_at(other.addr, &token, 9511, Role::User, "").await;
+    ask_for_operator(&mut ann, dialog_id, "normal").await;
+    next_for(&mut ann, "operator_assigned", dialog_id).await;
+    for tab in [&mut olga, &mut olga_b] {
+        next_for(tab, "operator_assigned", dialog_id).await;
+        join(tab, &format!("dialog:{dialog_id}")).await;
+    }
+
+    let done = olga
+        .request(json!({"type": "complete_handoff", "id": "c", "dialog_id": dialog_id, "resolution": "done"}))
+        .await;
+    assert_eq!(done["type"], "ack", "{done}");
+    for tab in [&mut olga, &mut olga_b] {
+        let (completed, left) = room_left_after_completion(tab, dialog_id).await;
+        assert_eq!(completed["outcome"], "completed", "{completed}");
+        assert_eq!(left["reason"], "handoff_completed", "{left}");
+    }
+
+    next_for(&mut ann, "handoff_completed", dialog_id).await;
+    let (ack, _) = ann
+        .chat_and_answer("later", Some(dialog_id), common::FAQ_QUESTION)
+        .await;
+    assert_no_room_copies(&mut olga, dialog_id).await;
+    let asked = ack["message_id"].as_i64().unwrap_or_default();
+    loop {
+        let answer = next_for(&mut ann_b, "ai_response", dialog_id).await;
+        if answer["message_id"].as_i64().is_some_and(|id| id > asked) {
+            break;
+        }
+    }
+    assert_no_room_copies(&mut olga_b, dialog_id).await;
+    other.stop.cancel();
+    other.task.await.expect("the second gateway stops cleanly");
+    app.stop().await;
+}
+
+/// An operator who does not reply in time loses the handoff to another and
+/// is taken out of the dialog's room (`room_left`, reason `reassigned`): the
+/// user's later messages and the new operator's replies reach the new
+/// operator and the user, not the former holder.
+#[tokio::test]
+async fn a_handoff_taken_back_takes_the_operator_out_of_the_room() {
+    let mut options = options();
+    // Long enough for the holder to join the room first, short for a test.
+    options.handoff.reply_timeout_secs = 3;
+    let app = spawn_app(options).await;
+    let mut operators = [
+        (9601, app.connect_as(9601, Role::Operator, "").await.0),
+        (9602, app.connect_as(9602, Role::Operator, "").await.0),
+    ];
+    let (mut ann, dialog_id) = dialog(&app, 9611).await;
+    ask_for_operator(&mut ann, dialog_id, "normal").await;
+    let first = next_for(&mut ann, "operator_assigned", dialog_id).await;
+    // Whichever operator got it first keeps silent and loses it to the other.
+    if first["operator_id"] != operators[0].0 {
+        operators.swap(0, 1);
+    }
+    let [(_, silent), (second_id, second)] = &mut operators;
+    next_for(silent, "operator_assigned", dialog_id).await;
+    join(silent, &format!("dialog:{dialog_id}")).await;
+
+    let (completed, left) = room_left_after_completion(silent, dialog_id).await;
+    assert_eq!(
+        completed["resolution"], "reassigned: no reply",
+        "{completed}"
+    );
+    assert_eq!(completed["outcome"], "reassigned", "{completed}");
+    assert_eq!(left["reason"], "reassigned", "{left}");
+
+    let reassigned = loop {
+        let assigned = next_for(&mut ann, "operator_assigned", dialog_id).await;
+        if assigned["operator_id"] != first["operator_id"] {
+            break assigned;
+        }
+    };
+    assert_eq!(reassigned["operator_id"], *second_id, "{reassigned}");
+    next_for(second, "operator_assigned", dialog_id).await;
+    ann.chat("later", Some(dialog_id), "still there?").await;
+    let question = next_for(second, "chat_message", dialog_id).await;
+    assert_eq!(question["message"], "still there?", "{question}");
+    let reply = second
+        .request(
+            json!({"type": "chat_message", "id": "r", "dialog_id": dialog_id, "message": "I am"}),
+        )
+        .await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    // The reply was published after the user's message was copied to the room.
+    next_for(&mut ann, "operator_message", dialog_id).await;
+    assert_no_room_copies(silent, dialog_id).await;
+    app.stop().await;
+}
+
+/// `leave_room` takes every spelling `join_room` does: a tab that joined
+/// `dialog:{id}` and left `dialog:0{id}` gets no more copies. (The other
+/// tab's message is copied to the room before the assistant's answer, which
+/// both tabs get.)
+#[tokio::test]
+async fn leave_room_takes_every_spelling_join_room_does() {
+    let app = spawn_app(options()).await;
+    let (mut ann, dialog_id) = dialog(&app, 9711).await;
+    let (mut tab, _) = app.connect_user(9711).await;
+    let canonical = format!("dialog:{dialog_id}");
+    let joined = join(&mut tab, &format!("dialog:00{dialog_id}")).await;
+    assert_eq!(joined["room_id"], canonical.as_str(), "{joined}");
+    let left = tab
+        .request(
+            json!({"type": "leave_room", "id": "l", "room_id": format!("dialog:0{dialog_id}")}),
+        )
+        .await;
+    assert_eq!(left["type"], "ack", "{left}");
+    assert_eq!(left["room_id"], canonical.as_str(), "{left}");
+
+    let ack = ann.chat("m", Some(dialog_id), common::FAQ_QUESTION).await;
+    let asked = ack["message_id"].as_i64().unwrap_or_default();
+    loop {
+        let frame = tab.recv().await;
+        assert_ne!(
+            frame["type"], "chat_message",
+            "a copy after leaving: {frame}"
+        );
+        if frame["type"] == "ai_response"
+            && frame["message_id"].as_i64().is_some_and(|id| id > asked)
+        {
+            break;
+        }
+    }
+    app.stop().await;
+}

@@ -47,9 +47,14 @@ pub struct FanoutArgs {
         default_value = "127.0.0.1:50054"
     )]
     notification: SocketAddr,
-    /// The internal token the services require, if they do.
+    /// The internal token the services require; unset = the one in
+    /// `--internal-token-file`, if that file exists.
     #[arg(long, env = "CHATAI_INTERNAL_TOKEN", hide_env_values = true)]
     internal_token: Option<String>,
+    /// Where an all-in-one `chatai` keeps the token it generated (relative
+    /// to where it runs).
+    #[arg(long, default_value = chatai_kit::internal_auth::TOKEN_FILE)]
+    internal_token_file: std::path::PathBuf,
     /// The gateway's process id, to read its memory and CPU from /proc.
     #[arg(long)]
     gateway_pid: Option<u32>,
@@ -126,6 +131,10 @@ pub async fn run(target: Target, args: FanoutArgs, nofile: u64) -> anyhow::Resul
         "{n} connections need {} descriptors; this process may open {nofile}",
         n as u64 + SPARE_FDS
     );
+    let internal_token = match args.internal_token.clone().filter(|t| !t.is_empty()) {
+        Some(token) => Some(token),
+        None => chatai_kit::internal_auth::read_token_file(&args.internal_token_file)?,
+    };
     let gateway = args.gateway_pid.map(Proc::Pid);
     let mut notification = NotificationClient::connect(format!("http://{}", args.notification))
         .await
@@ -193,13 +202,7 @@ pub async fn run(target: Target, args: FanoutArgs, nofile: u64) -> anyhow::Resul
     // One at a time: the time from the call until each connection read it.
     let mut completions = Latencies::default();
     for index in 0..k {
-        send(
-            &mut notification,
-            &board,
-            index,
-            args.internal_token.as_deref(),
-        )
-        .await?;
+        send(&mut notification, &board, index, internal_token.as_deref()).await?;
         anyhow::ensure!(
             board.wait_complete(index, timeout).await,
             "alert {index} reached {} of {n} connections in {timeout:?}",
@@ -214,13 +217,7 @@ pub async fn run(target: Target, args: FanoutArgs, nofile: u64) -> anyhow::Resul
     // The burst: k alerts back to back.
     let burst_start = board.now_us();
     for index in k..2 * k {
-        send(
-            &mut notification,
-            &board,
-            index,
-            args.internal_token.as_deref(),
-        )
-        .await?;
+        send(&mut notification, &board, index, internal_token.as_deref()).await?;
     }
     for index in k..2 * k {
         anyhow::ensure!(

@@ -9,6 +9,12 @@
 //! a [`ClientSocket`] extension: the peer address and the socket's place in
 //! the counts, which an upgrade keeps until the client is admitted or refused.
 //!
+//! With TLS configured (`tls.rs`), each socket first completes a TLS
+//! handshake, within the same header-read timeout and as an unfinished
+//! socket (cut like any other to make room); a client that opens TCP and
+//! never starts the handshake is closed when the time is up. Then the
+//! request head has the header-read timeout again.
+//!
 //! On shutdown the loop stops accepting and every HTTP connection finishes
 //! its request and closes; upgraded WebSockets are the gateway's (`lib.rs`).
 
@@ -20,7 +26,9 @@ use std::time::Duration;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -36,12 +44,13 @@ pub struct ClientSocket {
     pub handshake: Arc<Handshake>,
 }
 
-/// Serves `router` on `listener` until `shutdown`, then waits for the HTTP
-/// connections to finish.
+/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown`,
+/// then waits for the HTTP connections to finish.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Arc<Limits>,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
@@ -74,11 +83,12 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(cause = %err, "cannot set TCP_NODELAY");
         }
-        connections.spawn(serve_connection(
+        connections.spawn(serve_socket(
             stream,
             ClientSocket { peer, handshake },
             router.clone(),
             limits.header_read_timeout,
+            tls.clone(),
             shutdown.clone(),
         ));
     }
@@ -86,15 +96,55 @@ pub async fn serve(
     connections.wait().await;
 }
 
-/// Serves HTTP/1.1 on one socket until it closes, is upgraded, is cut to
-/// make room, or — after `shutdown` — finishes its request.
-async fn serve_connection(
+/// Completes the TLS handshake first, when there is TLS: within
+/// `header_read_timeout`, and given up when the socket is cut to make room
+/// or the gateway shuts down. Then serves HTTP on it.
+async fn serve_socket(
     stream: TcpStream,
     socket: ClientSocket,
     router: Router,
     header_read_timeout: Duration,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
+    let Some(tls) = tls else {
+        return serve_connection(stream, socket, router, header_read_timeout, shutdown).await;
+    };
+    let peer = socket.peer;
+    let cut = socket.handshake.cut().clone();
+    let handshake = tokio::time::timeout(header_read_timeout, tls.accept(stream));
+    let stream = tokio::select! {
+        () = cut.cancelled() => {
+            tracing::debug!(%peer, "TLS handshake cut to make room");
+            return;
+        }
+        () = shutdown.cancelled() => return,
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, cause = %err, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake not finished in time");
+                return;
+            }
+        },
+    };
+    serve_connection(stream, socket, router, header_read_timeout, shutdown).await;
+}
+
+/// Serves HTTP/1.1 on one socket until it closes, is upgraded, is cut to
+/// make room, or — after `shutdown` — finishes its request.
+async fn serve_connection<S>(
+    stream: S,
+    socket: ClientSocket,
+    router: Router,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let cut = socket.handshake.cut().clone();
     let peer = socket.peer;
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {

@@ -1,6 +1,7 @@
 //! The gateway's configuration, read from the environment by the binary.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::limits::TrustedProxies;
@@ -17,10 +18,44 @@ pub struct GatewayConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
+    /// TLS certificate chain (PEM, leaf first): with `CHATAI_TLS_KEY`, the
+    /// gateway speaks `https://` and `wss://` only. Unset = plain.
+    #[arg(long = "tls-cert", env = "CHATAI_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `CHATAI_TLS_CERT` (PEM).
+    #[arg(long = "tls-key", env = "CHATAI_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// HS256 secret for client tokens, at least 32 bytes; unset or empty = a
     /// development secret, with a loud warning.
     #[arg(long = "jwt-secret", env = "CHATAI_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// An identity provider's JWKS document (`https://…/.well-known/jwks.json`):
+    /// client tokens are then RS256/ES256 tokens signed with its keys, and
+    /// HS256 tokens are refused. Unset or empty = HS256 with the secret.
+    #[arg(long = "jwks-url", env = "CHATAI_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// Seconds between fetches of the JWKS document (keys rotate).
+    #[arg(
+        long = "jwks-refresh-secs",
+        env = "CHATAI_JWKS_REFRESH_SECS",
+        default_value_t = 300
+    )]
+    pub jwks_refresh_secs: u64,
+    /// Seconds at least between two fetches caused by tokens naming an
+    /// unknown key (so a flood of made-up `kid`s cannot hammer the provider).
+    #[arg(
+        long = "jwks-min-refresh-secs",
+        env = "CHATAI_JWKS_MIN_REFRESH_SECS",
+        default_value_t = 30
+    )]
+    pub jwks_min_refresh_secs: u64,
+    /// The `iss` every client token must carry; unset = not checked.
+    #[arg(long = "jwt-issuer", env = "CHATAI_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` every client token must carry (the value, or one of its
+    /// list); unset = not checked.
+    #[arg(long = "jwt-audience", env = "CHATAI_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// Largest client frame accepted, in bytes (larger: close 1009).
     #[arg(long = "max-frame-bytes", env = "CHATAI_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
@@ -147,10 +182,17 @@ impl std::fmt::Debug for GatewayConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayConfig")
             .field("listen", &self.listen)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .field(
                 "jwt_secret",
                 &self.jwt_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field("jwks_url", &self.jwks_url)
+            .field("jwks_refresh_secs", &self.jwks_refresh_secs)
+            .field("jwks_min_refresh_secs", &self.jwks_min_refresh_secs)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("max_connections_per_user", &self.max_connections_per_user)
             .field("heartbeat_interval_secs", &self.heartbeat_interval_secs)
@@ -233,6 +275,31 @@ impl GatewayConfig {
         Duration::from_millis(self.request_timeout_ms.max(1))
     }
 
+    /// The certificate and key files, when TLS is configured (both set, not
+    /// empty); one without the other is an error.
+    pub fn tls_files(
+        &self,
+    ) -> Result<Option<(&std::path::Path, &std::path::Path)>, crate::tls::TlsError> {
+        match (set_path(&self.tls_cert), set_path(&self.tls_key)) {
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (None, None) => Ok(None),
+            _ => Err(crate::tls::TlsError::Incomplete),
+        }
+    }
+
+    /// The identity provider's JWKS URL, when one is set (not empty).
+    pub fn jwks_url(&self) -> Option<&str> {
+        non_empty(&self.jwks_url)
+    }
+
+    /// The `iss` and `aud` client tokens must carry (empty = unset).
+    pub fn expected_claims(&self) -> chatai_tokens::Expected {
+        chatai_tokens::Expected {
+            issuer: non_empty(&self.jwt_issuer).map(str::to_owned),
+            audience: non_empty(&self.jwt_audience).map(str::to_owned),
+        }
+    }
+
     /// The JWT secret, or the development one when it is unset or empty
     /// (whether a set one is long enough is checked at start: see
     /// [`chatai_tokens::configured_secret`]).
@@ -242,6 +309,18 @@ impl GatewayConfig {
             .filter(|secret| !secret.is_empty())
             .unwrap_or(DEVELOPMENT_SECRET)
     }
+}
+
+/// An optional path, empty counting as unset.
+fn set_path(setting: &Option<PathBuf>) -> Option<&std::path::Path> {
+    setting
+        .as_deref()
+        .filter(|path| !path.as_os_str().is_empty())
+}
+
+/// An optional setting, empty counting as unset (`VAR=` in a compose file).
+fn non_empty(setting: &Option<String>) -> Option<&str> {
+    setting.as_deref().filter(|value| !value.trim().is_empty())
 }
 
 #[cfg(test)]

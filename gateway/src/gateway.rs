@@ -14,12 +14,14 @@ use tonic::codegen::InterceptedService;
 
 use crate::auth::TokenKeys;
 use crate::config::GatewayConfig;
+use crate::jwks::{Jwks, JwksConfigError, JwksSettings};
 use crate::limits::{Budget, Limits};
 use crate::registry::Registry;
 use crate::reporting::Reporter;
 use crate::service_id::ServiceId;
 use crate::services::Services;
 use crate::upstream::{ServiceChannel, Upstream};
+use crate::verifier::Verifier;
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,12 @@ pub enum GatewayError {
     /// `CHATAI_JWT_SECRET` is set but too short.
     #[error(transparent)]
     Secret(#[from] chatai_tokens::WeakSecret),
+    /// `CHATAI_TLS_CERT` / `CHATAI_TLS_KEY` cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// `CHATAI_JWKS_URL` is not a URL the gateway can fetch.
+    #[error(transparent)]
+    Jwks(#[from] JwksConfigError),
     /// An event stream or the reporting stopped before shutdown.
     #[error(transparent)]
     Task(#[from] TaskFailed),
@@ -39,7 +47,8 @@ pub enum GatewayError {
 /// What every connection shares.
 pub struct Gateway {
     pub config: GatewayConfig,
-    pub keys: TokenKeys,
+    /// Checks client tokens (HS256 secret or the identity provider's keys).
+    pub verifier: Verifier,
     pub registry: Arc<Registry>,
     /// One per service, in [`ServiceId::ALL`] order: `upstreams[s.index()]`
     /// is service `s`'s (see [`Gateway::upstream`]).
@@ -76,11 +85,12 @@ impl Gateway {
         auth: &InternalAuth,
         background: &Background,
     ) -> Result<Arc<Gateway>, GatewayError> {
+        let verifier = verifier(&config, background)?;
         let registry = Arc::new(Registry::new(gateway_id));
         let interceptor = TokenInterceptor::new(auth);
         let channel = |addr: &ServiceAddr| -> Result<ServiceChannel, GatewayError> {
             Ok(InterceptedService::new(
-                addr.channel()?,
+                addr.channel(auth)?,
                 interceptor.clone(),
             ))
         };
@@ -133,7 +143,7 @@ impl Gateway {
             );
         }
         Ok(Arc::new(Gateway {
-            keys: TokenKeys::new(config.jwt_secret().as_bytes()),
+            verifier,
             config,
             registry,
             upstreams,
@@ -151,6 +161,27 @@ impl Gateway {
     pub fn upstream(&self, service: ServiceId) -> &Upstream {
         &self.upstreams[service.index()]
     }
+}
+
+/// The token verifier the configuration asks for; with a JWKS URL, its
+/// fetching task runs in `background` (stopped with the service streams).
+fn verifier(config: &GatewayConfig, background: &Background) -> Result<Verifier, GatewayError> {
+    let expected = config.expected_claims();
+    let Some(url) = config.jwks_url() else {
+        let keys = TokenKeys::new(config.jwt_secret().as_bytes()).expecting(expected);
+        return Ok(Verifier::Secret(Box::new(keys)));
+    };
+    let (jwks, task) = Jwks::start(
+        JwksSettings {
+            url: url.to_owned(),
+            expected,
+            refresh_every: std::time::Duration::from_secs(config.jwks_refresh_secs.max(1)),
+            min_refresh: std::time::Duration::from_secs(config.jwks_min_refresh_secs),
+        },
+        background.stop.clone(),
+    )?;
+    background.supervisor.spawn("jwks", task);
+    Ok(Verifier::Provider(jwks))
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every

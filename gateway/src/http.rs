@@ -61,7 +61,7 @@ async fn user_socket(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    upgrade(gateway, Endpoint::User, &id, request)
+    upgrade(gateway, Endpoint::User, &id, request).await
 }
 
 async fn operator_socket(
@@ -69,22 +69,25 @@ async fn operator_socket(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    upgrade(gateway, Endpoint::Operator, &id, request)
+    upgrade(gateway, Endpoint::Operator, &id, request).await
 }
 
 /// Checks the token against the endpoint: `Ok` with the claims, or the close reason.
-fn authorize(
+async fn authorize(
     gateway: &Gateway,
     endpoint: Endpoint,
     path_id: &str,
-    request: &Request,
+    presented: Option<auth::PresentedToken>,
 ) -> Result<Claims, CloseReason> {
-    let presented =
-        auth::presented_token(request.uri(), request.headers()).ok_or(CloseReason::InvalidToken)?;
+    let presented = presented.ok_or(CloseReason::InvalidToken)?;
     let claims = gateway
-        .keys
+        .verifier
         .verify(&presented.token)
-        .map_err(|_| CloseReason::InvalidToken)?;
+        .await
+        .map_err(|err| {
+            tracing::debug!(cause = %err, "token refused");
+            CloseReason::InvalidToken
+        })?;
     let same_subject = path_id.parse::<i64>().ok() == Some(claims.sub);
     let role_fits = match endpoint {
         Endpoint::User => matches!(claims.role, Role::User | Role::Admin),
@@ -124,7 +127,7 @@ impl Refusal {
     }
 }
 
-fn upgrade(
+async fn upgrade(
     gateway: Arc<Gateway>,
     endpoint: Endpoint,
     path_id: &str,
@@ -173,7 +176,9 @@ fn upgrade(
             .limits
             .client_addr(socket.peer.ip(), request.headers())
     });
-    let verdict = authorize(&gateway, endpoint, path_id, &request)
+    let presented = auth::presented_token(request.uri(), request.headers());
+    let verdict = authorize(&gateway, endpoint, path_id, presented)
+        .await
         .map_err(Refusal::Token)
         .and_then(|claims| match client {
             Some(client) => gateway
@@ -286,6 +291,7 @@ async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
     let problems: Vec<String> = checks
         .into_iter()
         .filter_map(|(problem, _)| problem)
+        .chain(gateway.verifier.problem().map(str::to_owned))
         .collect();
     let mut body = json!({
         "status": if problems.is_empty() { "healthy" } else { "unhealthy" },
@@ -305,8 +311,10 @@ async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
 /// `GET /api/websocket/stats` (admin token, as `?token=` or a Bearer
 /// header): the original design's real-time stats, for this gateway.
 async fn stats(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
-    let claims = auth::presented_token(request.uri(), request.headers())
-        .and_then(|presented| gateway.keys.verify(&presented.token).ok());
+    let claims = match auth::presented_token(request.uri(), request.headers()) {
+        Some(presented) => gateway.verifier.verify(&presented.token).await.ok(),
+        None => None,
+    };
     match claims {
         None => (
             StatusCode::UNAUTHORIZED,

@@ -7,12 +7,15 @@
 //! - [`gateway`] — [`Gateway`], what every connection and route shares,
 //!   and how it is put together.
 //! - [`accept`] — the listener: accepting sockets and serving HTTP/1.1 on
-//!   each (hyper, with a header-read timeout).
+//!   each (hyper, with a header-read timeout), after a TLS handshake when
+//!   [`tls`] is configured.
 //! - [`limits`] — socket limits: unfinished and WebSocket connections per
 //!   client address and per node, trusted proxies' `X-Forwarded-For`.
 //! - [`http`] — routes: the WebSocket endpoints, health, metrics.
 //! - [`auth`] — finding a client's token in a request (the token itself is
 //!   `chatai_tokens`'s: claims, verifying, minting).
+//! - [`verifier`] — how tokens are checked: the HS256 secret or an identity
+//!   provider's keys; [`jwks`] — fetching and refreshing those keys.
 //! - [`connection`] — one client connection's task, from `connected` to
 //!   close: the socket loop (`connection/mod.rs`), catching up from the
 //!   services' logs (`connection/catch_up.rs`) and the client's requests
@@ -27,7 +30,9 @@
 //!   types and back.
 //! - [`service_id`] — [`ServiceId`](service_id::ServiceId), the services by
 //!   name.
-//! - [`frames`] — client frames in, server frames out.
+//! - [`frames`] — client frames in, server frames out, and dialog room ids
+//!   (`frames/rooms.rs`: read once for joining and leaving; the event that
+//!   takes an operator out of a room).
 //! - [`cursor`] — the opaque resume cursor; [`close`] — close codes.
 
 pub mod accept;
@@ -39,12 +44,15 @@ pub mod cursor;
 pub mod frames;
 pub mod gateway;
 pub mod http;
+pub mod jwks;
 pub mod limits;
 pub mod registry;
 pub mod reporting;
 pub mod service_id;
 pub mod services;
+pub mod tls;
 pub mod upstream;
+pub mod verifier;
 pub mod wire;
 
 use chatai_kit::config::{InternalAuth, ServiceAddrs};
@@ -68,10 +76,25 @@ pub async fn run(
     auth: InternalAuth,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    if chatai_tokens::configured_secret(config.jwt_secret.as_deref())?.is_none() {
-        tracing::warn!(
+    let tls = match config.tls_files()? {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None => None,
+    };
+    let development_secret =
+        chatai_tokens::configured_secret(config.jwt_secret.as_deref())?.is_none();
+    match config.jwks_url() {
+        Some(url) => {
+            tracing::info!(%url, "client tokens: RS256/ES256 of the identity provider (HS256 refused)");
+            if config.expected_claims().audience.is_none() {
+                tracing::warn!(
+                    "CHATAI_JWKS_URL is set without CHATAI_JWT_AUDIENCE: tokens the provider issued for any other application are accepted too"
+                );
+            }
+        }
+        None if development_secret => tracing::warn!(
             "CHATAI_JWT_SECRET is not set (or empty): using the built-in DEVELOPMENT secret. Anyone can mint tokens for this gateway. Set CHATAI_JWT_SECRET in production."
-        );
+        ),
+        None => {}
     }
     let gateway_id = config
         .gateway_id
@@ -85,12 +108,13 @@ pub async fn run(
     connection::register_metrics();
     let registry = gateway.registry.clone();
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, gateway = %gateway_id, "gateway listening");
+    tracing::info!(%addr, gateway = %gateway_id, tls = tls.is_some(), "gateway listening");
 
     accept::serve(
         listener,
         http::router(gateway.clone()),
         gateway.limits.clone(),
+        tls,
         shutdown.clone(),
     )
     .await;

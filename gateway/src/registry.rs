@@ -31,6 +31,10 @@ pub enum Outbound {
     Event(Arc<PreparedEvent>),
     /// A ready frame (events that are not durable), shared by all receivers.
     Frame(Utf8Bytes),
+    /// A room's live copy of an event: written only if the connection is
+    /// still in `room` when it comes to write it (it may have been taken out
+    /// since the copy was queued).
+    RoomCopy { room: Recipient, frame: Utf8Bytes },
     /// The stream to this service was re-established: catch up from its log.
     Resync(ServiceId),
 }
@@ -254,6 +258,27 @@ impl Registry {
         self.remove_member(room, conn.id);
     }
 
+    /// Removes every connection of `principal` from `room`.
+    fn leave_all(&self, room: &Recipient, principal: &Recipient) {
+        // Collected first: the principal's entry may share a shard with the
+        // room's, and a read guard held while writing that shard deadlocks.
+        let ids: Vec<ConnId> = match self.members.get(principal) {
+            Some(list) => list.iter().map(|c| c.id).collect(),
+            None => return,
+        };
+        for id in ids {
+            self.remove_member(room, id);
+        }
+    }
+
+    /// Whether the connection is in `room` (the connection keeps its own list).
+    #[cfg(test)]
+    fn is_member(&self, room: &Recipient, id: ConnId) -> bool {
+        self.members
+            .get(room)
+            .is_some_and(|list| list.iter().any(|c| c.id == id))
+    }
+
     fn remove_member(&self, key: &Recipient, id: ConnId) {
         let emptied = match self.members.get_mut(key) {
             Some(mut list) => {
@@ -346,8 +371,19 @@ impl Registry {
             }
         };
         let origin = prepared.origin.clone();
+        if let Some(ended) = &prepared.ends_hold {
+            // Before the event is queued: from here on the operator's
+            // connections get no copies of the dialog's events (each leaves
+            // the room for good, with `room_left`, when it writes the event).
+            self.leave_all(&ended.room(), &delivery.recipient);
+        }
         let outbound = if prepared.is_durable() {
             Shared::Event(Arc::new(prepared))
+        } else if let Recipient::Room(_) = &delivery.recipient {
+            Shared::RoomCopy(
+                delivery.recipient.clone(),
+                Utf8Bytes::from(prepared.render(None)),
+            )
         } else {
             Shared::Frame(Utf8Bytes::from(prepared.render(None)))
         };
@@ -389,10 +425,12 @@ impl Registry {
     }
 }
 
-/// One rendering of an event, cloned cheaply per receiver.
+/// One rendering of an event, cloned cheaply per receiver (reference
+/// counts only: the room's name is an `Arc<str>`).
 enum Shared {
     Event(Arc<PreparedEvent>),
     Frame(Utf8Bytes),
+    RoomCopy(Recipient, Utf8Bytes),
 }
 
 impl Shared {
@@ -400,6 +438,10 @@ impl Shared {
         match self {
             Shared::Event(event) => Outbound::Event(event.clone()),
             Shared::Frame(frame) => Outbound::Frame(frame.clone()),
+            Shared::RoomCopy(room, frame) => Outbound::RoomCopy {
+                room: room.clone(),
+                frame: frame.clone(),
+            },
         }
     }
 }
@@ -409,6 +451,7 @@ mod tests {
     use chatai_kit::events::Event;
 
     use super::*;
+    use crate::frames::rooms::LeftReason;
 
     fn conn(
         registry: &Registry,
@@ -474,7 +517,7 @@ mod tests {
         );
         assert_eq!(sent, 1);
         assert!(rx_a.try_recv().is_err());
-        assert!(matches!(rx_b.try_recv(), Ok(Outbound::Frame(_))));
+        assert!(matches!(rx_b.try_recv(), Ok(Outbound::RoomCopy { room: r, .. }) if r == room));
         registry.unregister(&a, std::slice::from_ref(&room));
         registry.unregister(&b, &[room]);
         assert_eq!(registry.snapshot(), Snapshot::default());
@@ -497,9 +540,80 @@ mod tests {
             Arc::new(Event::clone(&copy.event).with_durable_recipient(Some(Recipient::User(1))));
         assert_eq!(registry.dispatch(ServiceId::Chat, &copy), 1);
         assert!(rx_owner.try_recv().is_err());
-        assert!(matches!(rx_operator.try_recv(), Ok(Outbound::Frame(_))));
+        assert!(matches!(
+            rx_operator.try_recv(),
+            Ok(Outbound::RoomCopy { .. })
+        ));
         registry.unregister(&owner, std::slice::from_ref(&room));
         registry.unregister(&operator, &[room]);
+    }
+
+    /// A `handoff_completed` to an operator takes every connection of that
+    /// operator out of the dialog's room before the event is queued: room
+    /// copies queued before it still arrive (they happened while the
+    /// operator held the dialog), none after it; the owner, an admin and
+    /// the operator's other rooms are untouched.
+    #[test]
+    fn an_ended_hold_takes_the_operator_out_of_the_room() {
+        let registry = Registry::new("g".into());
+        let (owner, rx_owner) = conn(&registry, Recipient::User(1), 8);
+        let (admin, rx_admin) = conn(&registry, Recipient::User(2), 8);
+        let (tab1, rx_tab1) = conn(&registry, Recipient::Operator(7), 8);
+        let (tab2, rx_tab2) = conn(&registry, Recipient::Operator(7), 8);
+        let (other, rx_other) = conn(&registry, Recipient::Operator(8), 8);
+        let room = Recipient::dialog_room(9);
+        let elsewhere = Recipient::dialog_room(10);
+        for c in [&owner, &admin, &tab1, &tab2, &other] {
+            registry.register(c.clone(), 5);
+            registry.join(room.clone(), c);
+        }
+        registry.join(elsewhere.clone(), &tab1);
+        assert_eq!(
+            registry.dispatch(ServiceId::Chat, &delivery(room.clone(), 0, None)),
+            5
+        );
+
+        let mut ended = delivery(Recipient::Operator(7), 3, None);
+        ended.event = Arc::new(Event {
+            kind: "handoff_completed".into(),
+            body: br#"{"dialog_id":9,"operator_id":7,"resolution":"done","outcome":"completed"}"#
+                .to_vec()
+                .into(),
+            ..Event::clone(&ended.event)
+        });
+        assert_eq!(registry.dispatch(ServiceId::Handoff, &ended), 2);
+        assert!(!registry.is_member(&room, tab1.id));
+        assert!(!registry.is_member(&room, tab2.id));
+        assert!(registry.is_member(&elsewhere, tab1.id));
+        for c in [&owner, &admin, &other] {
+            assert!(registry.is_member(&room, c.id));
+        }
+        assert_eq!(
+            registry.dispatch(ServiceId::Chat, &delivery(room.clone(), 0, None)),
+            3
+        );
+
+        for rx in [&rx_tab1, &rx_tab2] {
+            assert!(matches!(rx.try_recv(), Ok(Outbound::RoomCopy { .. })));
+            match rx.try_recv() {
+                Ok(Outbound::Event(event)) => assert_eq!(
+                    event.ends_hold.map(|e| (e.dialog_id, e.reason)),
+                    Some((9, LeftReason::HandoffCompleted))
+                ),
+                other => panic!("expected the handoff_completed, got {other:?}"),
+            }
+            assert!(rx.try_recv().is_err(), "no copy after the hold ended");
+        }
+        for rx in [&rx_owner, &rx_admin, &rx_other] {
+            assert!(matches!(rx.try_recv(), Ok(Outbound::RoomCopy { .. })));
+            assert!(matches!(rx.try_recv(), Ok(Outbound::RoomCopy { .. })));
+        }
+        // The same event to the user names the operator but ends no hold.
+        registry.join(room.clone(), &tab1);
+        let mut to_user = ended.clone();
+        to_user.recipient = Recipient::User(1);
+        registry.dispatch(ServiceId::Handoff, &to_user);
+        assert!(registry.is_member(&room, tab1.id));
     }
 
     /// A connection whose queue is full is stopped as too slow, and the

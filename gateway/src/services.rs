@@ -72,7 +72,10 @@ pub struct HandoffTicket {
     pub handoff_id: i64,
     /// 1-based position in the queue while queued, else 0.
     pub position: u32,
-    pub estimated_wait_seconds: u32,
+    /// `None` while queued with nobody online to serve the queue.
+    pub estimated_wait_seconds: Option<u32>,
+    /// Online operators who chose available.
+    pub operators_online: u32,
     /// 0 while queued.
     pub operator_id: i64,
 }

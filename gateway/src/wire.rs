@@ -131,7 +131,9 @@ impl From<pb::HandoffRecord> for HandoffTicket {
         HandoffTicket {
             handoff_id: handoff.handoff_id,
             position: handoff.position,
-            estimated_wait_seconds: handoff.estimated_wait_seconds,
+            estimated_wait_seconds: (!handoff.wait_unknown)
+                .then_some(handoff.estimated_wait_seconds),
+            operators_online: handoff.operators_online,
             operator_id: handoff.operator_id,
         }
     }

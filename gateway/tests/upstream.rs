@@ -84,7 +84,9 @@ impl Gateway {
     fn start(addr: SocketAddr) -> Self {
         let registry = Arc::new(Registry::new("gw".into()));
         let channel = InterceptedService::new(
-            ServiceAddr::from(addr).channel().expect("a channel"),
+            ServiceAddr::from(addr)
+                .channel(&InternalAuth::default())
+                .expect("a channel"),
             TokenInterceptor::new(&InternalAuth::default()),
         );
         let shutdown = CancellationToken::new();

@@ -121,7 +121,8 @@ pub struct TestApp {
     pub gateway_addr: SocketAddr,
     /// Where each service listens (gRPC).
     pub services: ServiceAddrs,
-    /// The HS256 secret the gateway verifies client tokens with.
+    /// The HS256 secret the gateway verifies client tokens with (unless a
+    /// JWKS URL is set).
     pub jwt_secret: String,
     /// The services' database URL.
     pub database_url: String,
@@ -129,7 +130,10 @@ pub struct TestApp {
     pub starting_balance: f64,
     /// The price of 1 000 assistant tokens, in units.
     pub price_per_1k_tokens: f64,
+    /// Mints HS256 tokens the gateway accepts (with its `iss`/`aud`).
     pub keys: TokenKeys,
+    /// Whether the gateway speaks TLS (`https://`, `wss://`).
+    pub tls: bool,
     http: reqwest::Client,
     shutdown: CancellationToken,
     parts: Option<Parts>,
@@ -187,7 +191,9 @@ async fn start_on(options: TestOptions, storage: TestDatabase) -> TestApp {
         .expect("binding the listeners");
     let gateway_addr = listeners.gateway_addr().expect("the gateway's address");
     let services = listeners.service_addrs().expect("the services' addresses");
+    let tls = gateway.tls_cert.is_some();
     let jwt_secret = gateway.jwt_secret().to_owned();
+    let keys = TokenKeys::new(jwt_secret.as_bytes()).expecting(gateway.expected_claims());
     let starting_balance = chat.starting_balance;
     let price_per_1k_tokens = chat.price_per_1k_tokens;
     let shutdown = CancellationToken::new();
@@ -209,12 +215,18 @@ async fn start_on(options: TestOptions, storage: TestDatabase) -> TestApp {
     let mut app = TestApp {
         gateway_addr,
         services,
-        keys: TokenKeys::new(jwt_secret.as_bytes()),
+        keys,
         jwt_secret,
         database_url,
         starting_balance,
         price_per_1k_tokens,
-        http: reqwest::Client::new(),
+        // Over TLS, the test's own certificate: the health polling does not
+        // check it (the TLS tests check the chain with their own client).
+        http: reqwest::Client::builder()
+            .danger_accept_invalid_certs(tls)
+            .build()
+            .expect("an HTTP client"),
+        tls,
         shutdown,
         parts: Some(parts),
         storage: Some(storage),
@@ -253,14 +265,16 @@ impl TestApp {
         }
     }
 
-    /// `http://{gateway}{path}`.
+    /// `http://{gateway}{path}` (`https://` over TLS).
     pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.gateway_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.gateway_addr)
     }
 
-    /// `ws://{gateway}{path}`.
+    /// `ws://{gateway}{path}` (`wss://` over TLS).
     pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.gateway_addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{path}", self.gateway_addr)
     }
 
     /// `GET path` on the gateway: status and body.
@@ -469,6 +483,61 @@ impl TestApp {
                 }
             }
         }
+    }
+}
+
+/// A second gateway on a [`TestApp`]'s services, in-process on port 0
+/// (default settings, the app's JWT secret): what a client on another
+/// gateway process sees. Stopped by cancelling `stop`.
+pub struct ExtraGateway {
+    pub addr: SocketAddr,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl TestApp {
+    /// Starts an [`ExtraGateway`] named `id` and returns once it reports
+    /// healthy (its streams to every service attached).
+    pub async fn start_gateway(&self, id: &str) -> ExtraGateway {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let config = GatewayConfig {
+            listen: addr,
+            jwt_secret: Some(self.jwt_secret.clone()),
+            gateway_id: Some(id.into()),
+            ..GatewayConfig::default()
+        };
+        let stop = CancellationToken::new();
+        let run = chatai_gateway::run(
+            listener,
+            config,
+            self.services.clone(),
+            Default::default(),
+            stop.clone(),
+        );
+        let task = tokio::spawn(async move {
+            run.await.expect("the gateway runs");
+        });
+        let health = format!("http://{addr}/api/websocket/health");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self
+            .http
+            .get(&health)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+            != 200
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway {id} not healthy in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ExtraGateway { addr, stop, task }
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`raw`]: a WebSocket client written by hand over TCP ([`RawWs`]), for
 //!   frames tungstenite refuses to write;
 //! - [`frame`]: the frame codec [`RawWs`] reads and writes with;
+//! - [`idp`]: a test identity provider serving a JWKS ([`idp::TestIdp`]);
 //! - here: the constants, the gRPC caller identity and the assertions on
 //!   frames every module and test uses.
 //!
@@ -14,6 +15,7 @@
 
 pub mod app;
 pub mod frame;
+pub mod idp;
 pub mod raw;
 pub mod ws;
 

@@ -271,7 +271,9 @@ impl Connection {
         self.write_event(event).await
     }
 
-    /// Writes a durable event once, stamped with the advanced cursor.
+    /// Writes a durable event once, stamped with the advanced cursor (and,
+    /// when it ended this operator's hold on a dialog, leaves the dialog's
+    /// room: live or replayed, the event is written here).
     async fn write_event(&mut self, event: &PreparedEvent) -> Result<(), Gone> {
         let service = event.service;
         if self
@@ -283,7 +285,11 @@ impl Connection {
         }
         self.positions.set(service, event.position);
         let text = event.render(Some(&self.positions.cursor().encode()));
-        self.send_text(text).await
+        self.send_text(text).await?;
+        match event.ends_hold {
+            Some(ended) => self.hold_ended(ended).await,
+            None => Ok(()),
+        }
     }
 }
 

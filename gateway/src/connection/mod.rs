@@ -303,6 +303,12 @@ impl Connection {
         match outbound {
             Outbound::Event(event) => self.on_event(&event).await,
             Outbound::Frame(frame) => self.send(Message::Text(frame)).await,
+            // Checked again here: the connection may have left the room, or
+            // been taken out of it, since the copy was queued.
+            Outbound::RoomCopy { room, frame } if self.rooms.contains(&room) => {
+                self.send(Message::Text(frame)).await
+            }
+            Outbound::RoomCopy { .. } => Ok(()),
             Outbound::Resync(service) => Box::pin(self.resync(service)).await,
         }
     }

@@ -1,6 +1,7 @@
 //! A connection's client frames: the rate limit, parsing, and each request
 //! turned into a service call answered with an `ack` or an `error` (rooms and
-//! token refresh are handled here, without a service call of their own).
+//! token refresh are handled here, without a service call of their own), and
+//! leaving a dialog's room when the operator's hold on it ends.
 
 use chatai_kit::error_code::ErrorCode;
 use chatai_kit::events::Recipient;
@@ -12,6 +13,7 @@ use super::{Connection, Flow, Gone, expiry_instant};
 use crate::close::CloseReason;
 use crate::frames::inbound::{self, ClientFrame, Inbound, Priority};
 use crate::frames::outbound;
+use crate::frames::rooms::{self, EndedHold};
 use crate::service_id::ServiceId;
 use crate::services::CallError;
 
@@ -97,7 +99,7 @@ impl Connection {
                 Ok(()) => return Flow::Continue,
                 Err(err) => error_frame(reference, &err),
             },
-            ClientFrame::RefreshToken { token } => self.refresh_token(reference, &token),
+            ClientFrame::RefreshToken { token } => self.refresh_token(reference, &token).await,
             ClientFrame::SetStatus { .. } | ClientFrame::CompleteHandoff { .. }
                 if self.caller.role != Role::Operator =>
             {
@@ -158,6 +160,7 @@ impl Connection {
                             "handoff_id": handoff.handoff_id,
                             "position": handoff.position,
                             "estimated_wait_time": handoff.estimated_wait_seconds,
+                            "operators_online": handoff.operators_online,
                             "operator_id": handoff.operator_id,
                         }),
                     ),
@@ -178,12 +181,10 @@ impl Connection {
     }
 
     /// Joins a `dialog:{id}` room, for its owner, its operator and admins:
-    /// live copies of the dialog's events, the sender's own excluded.
+    /// live copies of the dialog's events, the sender's own excluded. The
+    /// `ack` names the room as the server spells it (`dialog:01` → `dialog:1`).
     async fn join_room(&mut self, reference: Option<&str>, room_id: &str) -> String {
-        let Some(dialog_id) = room_id
-            .strip_prefix("dialog:")
-            .and_then(|id| id.parse::<i64>().ok())
-        else {
+        let Some(dialog_id) = rooms::dialog_of(room_id) else {
             return outbound::error(
                 reference,
                 ErrorCode::Forbidden,
@@ -205,26 +206,59 @@ impl Connection {
                 // Room events are live only: nothing to wait for.
                 upstream.hold(room.clone()).await;
             }
-            self.rooms.push(room);
+            self.rooms.push(room.clone());
         }
-        outbound::ack(reference, json!({ "room_id": room_id }))
+        outbound::ack(reference, json!({ "room_id": room_name(&room) }))
     }
 
+    /// Leaves a room, named in any spelling `join_room` accepts; leaving a
+    /// room the connection is not in changes nothing and is acknowledged too.
     async fn leave_room(&mut self, reference: Option<&str>, room_id: &str) -> String {
-        let room = Recipient::Room(room_id.into());
-        if let Some(index) = self.rooms.iter().position(|r| r == &room) {
-            self.rooms.swap_remove(index);
-            self.gateway.registry.leave(&room, &self.conn);
-            for upstream in &self.gateway.upstreams {
-                upstream.release(room.clone(), 0).await;
-            }
+        let Some(room) = rooms::dialog_of(room_id).map(Recipient::dialog_room) else {
+            return outbound::ack(reference, json!({ "room_id": room_id }));
+        };
+        self.leave(&room).await;
+        outbound::ack(reference, json!({ "room_id": room_name(&room) }))
+    }
+
+    /// Takes the connection out of `room`: the registry, its own list, and
+    /// its interest at every service. Whether it was in it.
+    async fn leave(&mut self, room: &Recipient) -> bool {
+        let Some(index) = self.rooms.iter().position(|r| r == room) else {
+            return false;
+        };
+        self.rooms.swap_remove(index);
+        self.gateway.registry.leave(room, &self.conn);
+        for upstream in &self.gateway.upstreams {
+            upstream.release(room.clone(), 0).await;
         }
-        outbound::ack(reference, json!({ "room_id": room_id }))
+        true
+    }
+
+    /// This operator's hold on a dialog ended (its `handoff_completed` was
+    /// just written): the connection leaves the dialog's room and, if it was
+    /// in it, is told with `room_left`. (The registry already stopped the
+    /// room's copies to it when the event arrived.)
+    pub(super) async fn hold_ended(&mut self, ended: EndedHold) -> Result<(), Gone> {
+        if self.conn.principal != Recipient::Operator(ended.operator_id) {
+            return Ok(());
+        }
+        let room = ended.room();
+        if !self.leave(&room).await {
+            return Ok(());
+        }
+        tracing::debug!(
+            dialog_id = ended.dialog_id,
+            reason = ended.reason.as_str(),
+            "left a dialog's room"
+        );
+        self.send_text(outbound::room_left(room_name(&room), ended.reason))
+            .await
     }
 
     /// Extends the connection's life with a newer token for the same subject and role.
-    fn refresh_token(&mut self, reference: Option<&str>, token: &str) -> String {
-        match self.gateway.keys.verify(token) {
+    async fn refresh_token(&mut self, reference: Option<&str>, token: &str) -> String {
+        match self.gateway.verifier.verify(token).await {
             Ok(claims) if claims.sub == self.caller.id && claims.role == self.caller.role => {
                 self.token_expires = expiry_instant(claims.exp);
                 self.max_priority = Priority::ceiling(claims.max_priority.as_deref());
@@ -241,6 +275,14 @@ impl Connection {
                 "The token is invalid or expired",
             ),
         }
+    }
+}
+
+/// A room's name as clients see it (`dialog:1`).
+fn room_name(room: &Recipient) -> &str {
+    match room {
+        Recipient::Room(name) => name,
+        _ => "",
     }
 }
 

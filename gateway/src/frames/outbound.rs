@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::frames::rooms::{EndedHold, LeftReason};
 use crate::service_id::ServiceId;
 
 /// Now, as RFC 3339 in UTC.
@@ -42,6 +43,9 @@ pub struct PreparedEvent {
     pub position: u64,
     /// The connection whose request caused the event.
     pub origin: Option<String>,
+    /// The operator's hold on a dialog this event ends (a `handoff_completed`
+    /// to that operator): their connections leave the dialog's room.
+    pub ends_hold: Option<EndedHold>,
     head: String,
     tail: String,
 }
@@ -77,6 +81,7 @@ impl PreparedEvent {
             service,
             position: delivery.position,
             origin: delivery.event.origin_connection.clone(),
+            ends_hold: EndedHold::of(service, delivery),
             head,
             tail,
         })
@@ -155,6 +160,16 @@ pub fn error(reference: Option<&str>, code: ErrorCode, message: &str) -> String 
     )
 }
 
+/// `room_left`: the server took this connection out of `room` (a dialog's
+/// room, in its canonical spelling) for `reason`.
+pub fn room_left(room: &str, reason: LeftReason) -> String {
+    frame(
+        "room_left",
+        None,
+        fields(json!({ "room_id": room, "reason": reason.as_str() })),
+    )
+}
+
 /// `heartbeat_ack`.
 pub fn heartbeat_ack(reference: Option<&str>) -> String {
     frame("heartbeat_ack", reference, Map::new())
@@ -229,5 +244,11 @@ mod tests {
             serde_json::from_str(&connected("g:1", 5, "user", "c", 25, Some(false))).unwrap();
         assert_eq!(connected["recovered"], false);
         assert_eq!(connected["user_id"], 5);
+        let left: Value =
+            serde_json::from_str(&room_left("dialog:9", LeftReason::Reassigned)).unwrap();
+        assert_eq!(left["type"], "room_left");
+        assert_eq!(left["room_id"], "dialog:9");
+        assert_eq!(left["reason"], "reassigned");
+        assert!(left["timestamp"].is_string());
     }
 }

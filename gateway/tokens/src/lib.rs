@@ -1,11 +1,21 @@
-//! The client token: an HS256 JWT carrying `sub` (the numeric id, as a
-//! string or a JSON number), `role` (`user`, `operator` or `admin` — never
-//! `service`, which is for internal callers only), a required `exp` and an
-//! optional `name` (docs/protocol.md, "Tokens").
+//! The client token: a JWT carrying `sub` (the numeric id, as a string or a
+//! JSON number), `role` (`user`, `operator` or `admin` — never `service`,
+//! which is for internal callers only), a required `exp` and an optional
+//! `name` (docs/protocol.md, "Tokens"); `iss` and `aud` too when the
+//! deployment names them ([`Expected`]).
 //!
-//! This crate owns the format: verifying ([`TokenKeys::verify`], the gateway)
-//! and minting ([`TokenKeys::mint`]: the `chatai token` command, the load tool,
-//! tests). Finding a token in a request is the gateway's job.
+//! This crate owns the format and the checks, without any I/O:
+//! - this file: the claims, HS256 with the shared secret — verifying
+//!   ([`TokenKeys::verify`], the gateway) and minting ([`TokenKeys::mint`]:
+//!   the `chatai token` command, the load tool, tests);
+//! - [`jwks`]: RS256 and ES256 tokens of an identity provider, verified with
+//!   the public keys of its JWKS document ([`JwksKeys`]). Fetching and
+//!   refreshing that document is the gateway's job, as is finding a token in
+//!   a request.
+
+pub mod jwks;
+
+pub use jwks::{JwksError, JwksKeys, SkippedKey};
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -68,13 +78,34 @@ pub struct Claims {
     pub max_priority: Option<String>,
 }
 
+/// The `iss` and `aud` a token must carry, when the deployment names them
+/// (`CHATAI_JWT_ISSUER`, `CHATAI_JWT_AUDIENCE`): each, when set, is required
+/// and must match exactly (for `aud`, the value or one of the token's
+/// list). Unset, the claim is not checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expected {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
 /// Why a token was refused (or could not be minted).
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    /// Bad shape, bad signature, wrong algorithm, expired, missing `exp`, or a
-    /// claim of the wrong JSON type.
+    /// Bad shape, bad signature, wrong algorithm, expired, missing `exp`, a
+    /// wrong `iss` or `aud`, or a claim of the wrong JSON type.
     #[error("invalid token: {0}")]
     Jwt(#[from] jsonwebtoken::errors::Error),
+    /// (JWKS) The token's `alg` is not one the identity provider's keys are
+    /// used with (RS256, ES256) — `HS256` included: no public key is ever a
+    /// secret.
+    #[error("token algorithm {0:?} is not accepted")]
+    Algorithm(Algorithm),
+    /// (JWKS) The token names no key (`kid`).
+    #[error("token names no key (`kid`)")]
+    MissingKeyId,
+    /// (JWKS) The token names a key the provider's set does not hold (yet).
+    #[error("token names an unknown key")]
+    UnknownKey(String),
     /// A claim the token must carry (`sub`, `role`) is absent.
     #[error("token has no `{0}` claim")]
     MissingClaim(&'static str),
@@ -107,6 +138,54 @@ struct MintClaims<'a> {
     exp: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+}
+
+/// What every client token is checked for, whatever signed it: `alg` is
+/// `algorithm` only (`alg: none` does not even parse as a header), `exp`
+/// required and not past, `nbf` (RFC 7519 §4.1.5, optional) not ahead —
+/// both with [`LEEWAY_SECS`] — and `iss`/`aud` as `expected` says.
+fn validation(algorithm: Algorithm, expected: &Expected) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp"];
+    if let Some(issuer) = &expected.issuer {
+        validation.set_issuer(&[issuer]);
+        required.push("iss");
+    }
+    match &expected.audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        // No audience named: `aud` is not looked at (`jsonwebtoken` would
+        // otherwise refuse every token that has one).
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    validation
+}
+
+/// Our own checks of verified claims: `sub` and `role`.
+fn claims_from(wire: WireClaims) -> Result<Claims, TokenError> {
+    let sub = parse_subject(wire.sub.as_ref().ok_or(TokenError::MissingClaim("sub"))?)?;
+    let role = parse_client_role(
+        wire.role
+            .as_deref()
+            .ok_or(TokenError::MissingClaim("role"))?,
+    )?;
+    Ok(Claims {
+        sub,
+        role,
+        exp: wire.exp,
+        name: wire.name.map(bounded_name),
+        max_priority: wire.chatai_max_priority,
+    })
 }
 
 /// The HS256 secret, ready to verify and mint client tokens.
@@ -115,6 +194,7 @@ pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    expected: Expected,
 }
 
 impl fmt::Debug for TokenKeys {
@@ -127,42 +207,29 @@ impl fmt::Debug for TokenKeys {
 impl TokenKeys {
     /// Keys for the shared HS256 secret (`CHATAI_JWT_SECRET`).
     pub fn new(secret: &[u8]) -> Self {
-        // `Validation::new` accepts only the algorithm given, requires `exp`
-        // and checks it; `alg: none` does not even parse as a header.
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_exp = true;
-        // RFC 7519 §4.1.5: a token is not accepted before its `nbf`
-        // (optional), with the same leeway.
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
         TokenKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
-            validation,
+            validation: validation(Algorithm::HS256, &Expected::default()),
+            expected: Expected::default(),
         }
     }
 
+    /// The same keys, also requiring the `iss` and `aud` of `expected` (when
+    /// set) — and writing them into the tokens they mint.
+    pub fn expecting(mut self, expected: Expected) -> Self {
+        self.validation = validation(Algorithm::HS256, &expected);
+        self.expected = expected;
+        self
+    }
+
     /// Verifies signature (HS256 only), `exp` (required) and `nbf` (when
-    /// present), each with a leeway of 5 s.
+    /// present), each with a leeway of 5 s, and `iss`/`aud` when expected.
     /// `sub` may be a numeric string or a JSON number and must be > 0; `role`
     /// is one of `user`, `operator`, `admin`.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let data = jsonwebtoken::decode::<WireClaims>(token, &self.decoding, &self.validation)?;
-        let wire = data.claims;
-        let sub = parse_subject(wire.sub.as_ref().ok_or(TokenError::MissingClaim("sub"))?)?;
-        let role = parse_client_role(
-            wire.role
-                .as_deref()
-                .ok_or(TokenError::MissingClaim("role"))?,
-        )?;
-        Ok(Claims {
-            sub,
-            role,
-            exp: wire.exp,
-            name: wire.name.map(bounded_name),
-            max_priority: wire.chatai_max_priority,
-        })
+        claims_from(data.claims)
     }
 
     /// Mints a token (for `chatai token` and tests): `sub` as a string, the
@@ -185,6 +252,8 @@ impl TokenKeys {
             role: role.as_str(),
             exp: unix_now().saturating_add(ttl.as_secs()),
             name,
+            iss: self.expected.issuer.as_deref(),
+            aud: self.expected.audience.as_deref(),
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

@@ -65,8 +65,11 @@ pub struct HandoffRecord {
     pub operator_name: Option<String>,
     /// 1-based place in the queue while queued.
     pub position: Option<u32>,
-    /// The expected wait in the queue (0 when not waiting).
-    pub estimated_wait_seconds: u32,
+    /// The expected wait in the queue (0 when not waiting; `None` while
+    /// queued with nobody online to serve the queue).
+    pub estimated_wait_seconds: Option<u32>,
+    /// Online operators who chose available.
+    pub operators_online: u32,
     pub requested_at_ms: i64,
     pub assigned_at_ms: Option<i64>,
     pub completed_at_ms: Option<i64>,

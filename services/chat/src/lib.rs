@@ -87,8 +87,10 @@ pub async fn run(
         max_message_chars: config.max_message_chars,
         assistant_context: config.assistant_context,
     };
-    let handoff_channel =
-        InterceptedService::new(handoff_addr.channel()?, TokenInterceptor::new(&common.auth));
+    let handoff_channel = InterceptedService::new(
+        handoff_addr.channel(&common.auth)?,
+        TokenInterceptor::new(&common.auth),
+    );
     let handoffs = grpc::GrpcHandoffs::new(handoff_channel.clone());
     let service = ChatService::new(
         store,

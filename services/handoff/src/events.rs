@@ -24,8 +24,10 @@ pub struct HandoffQueued {
     pub dialog_id: i64,
     /// 1-based.
     pub position: u32,
-    /// Seconds.
-    pub estimated_wait_time: u32,
+    /// Seconds; `null` when no operator who could serve the queue is online.
+    pub estimated_wait_time: Option<u32>,
+    /// Online operators who chose available.
+    pub operators_online: u32,
 }
 
 /// `operator_assigned`: to the user and to the operator.
@@ -54,6 +56,23 @@ pub struct HandoffCompleted<'a> {
     pub resolution: &'a str,
     /// Seconds since the operator got it (0 when nobody had).
     pub duration: u32,
+    /// How the handoff ended, in a fixed vocabulary (`resolution` is free
+    /// text from the operator). The gateway takes the operator's connections
+    /// out of the dialog's room on this event, giving this as the reason.
+    pub outcome: Outcome,
+}
+
+/// How a handoff ended, as `handoff_completed`'s `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Completed by its operator (or an admin).
+    Completed,
+    /// Taken back from its operator (no reply, or the operator went
+    /// offline) and queued again.
+    Reassigned,
+    /// Waited too long in the queue; the assistant has the dialog again.
+    ReturnedToAssistant,
 }
 
 /// The resolution sent to an operator whose handoff was taken back because

@@ -54,7 +54,7 @@ pub fn channel(
     addr: &ServiceAddr,
     auth: &InternalAuth,
 ) -> Result<PresenceChannel, tonic::transport::Error> {
-    let channel = addr.channel()?;
+    let channel = addr.channel(auth)?;
     Ok(InterceptedService::new(
         channel,
         TokenInterceptor::new(auth),

@@ -89,23 +89,49 @@ pub fn pick<'a>(
         .or_else(|| eligible.iter().copied().min_by_key(rank))
 }
 
-/// Seats free right now: Σ (max − load) over online operators whose chosen
-/// status is available, at least 1.
-pub fn free_seats<'a>(operators: impl IntoIterator<Item = &'a Operator>, max_handoffs: u32) -> u32 {
-    operators
-        .into_iter()
-        .filter(|op| op.online && op.chosen == ChosenStatus::Available)
-        .map(|op| max_handoffs.saturating_sub(op.load))
-        .fold(0u32, u32::saturating_add)
-        .max(1)
+/// Who serves the queue: the online operators who chose available (at the
+/// cap or not — a full operator frees a seat when a handoff ends), and
+/// their seats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub operators: u32,
+    pub seats: u32,
 }
 
-/// The estimated wait at 1-based `position`: (⌊(position − 1) / free_seats⌋ + 1)
-/// × the average handling time, in whole seconds.
-pub fn estimated_wait(position: u32, free_seats: u32, average_handling: Duration) -> u32 {
-    let rounds = position.saturating_sub(1) / free_seats.max(1) + 1;
-    let seconds = average_handling.as_secs().saturating_mul(u64::from(rounds));
-    u32::try_from(seconds).unwrap_or(u32::MAX)
+/// The [`Capacity`] of `operators`, each with `max_handoffs` seats.
+pub fn capacity<'a>(
+    operators: impl IntoIterator<Item = &'a Operator>,
+    max_handoffs: u32,
+) -> Capacity {
+    let operators = operators
+        .into_iter()
+        .filter(|op| op.online && op.chosen == ChosenStatus::Available)
+        .count();
+    let operators = u32::try_from(operators).unwrap_or(u32::MAX);
+    Capacity {
+        operators,
+        seats: operators.saturating_mul(max_handoffs),
+    }
+}
+
+/// The estimated wait at 1-based `position`: someone is queued only while
+/// every seat is taken, and the seats free up, one handoff at a time, at
+/// `seats` per average handling time — so `position` × average ÷ seats,
+/// rounded up to whole seconds. `None` when nobody could serve the queue
+/// (no seats): no honest number exists then.
+pub fn estimated_wait(
+    position: u32,
+    capacity: Capacity,
+    average_handling: Duration,
+) -> Option<u32> {
+    if capacity.seats == 0 {
+        return None;
+    }
+    let total = average_handling
+        .as_millis()
+        .saturating_mul(u128::from(position.max(1)));
+    let millis = total.div_ceil(u128::from(capacity.seats));
+    Some(u32::try_from(millis.div_ceil(1000)).unwrap_or(u32::MAX))
 }
 
 /// The handling times of the last [`RecentHandling::KEEP`] completed
@@ -257,9 +283,9 @@ mod tests {
         assert_eq!(pick(&ops[..1], 5, Some(1)).map(|o| o.id), Some(1));
     }
 
-    /// Free seats count available online operators only, and never fall below 1.
+    /// Capacity counts online operators who chose available, full or not.
     #[test]
-    fn free_seats_counts_room_of_available_operators() {
+    fn capacity_counts_every_seat_of_available_operators() {
         let ops = [
             operator(1, 1, None),
             operator(2, 5, None),
@@ -273,22 +299,29 @@ mod tests {
             },
             operator(5, 3, None),
         ];
-        assert_eq!(free_seats(&ops, 5), 4 + 2);
-        assert_eq!(free_seats(&ops[1..2], 5), 1);
-        assert_eq!(free_seats(&[], 5), 1);
+        let three = Capacity {
+            operators: 3,
+            seats: 15,
+        };
+        assert_eq!(capacity(&ops, 5), three, "the full one counts too");
+        assert_eq!(capacity(&ops[1..2], 5).seats, 5);
+        assert_eq!(capacity(&[], 5), Capacity::default());
     }
 
-    /// (⌊(p−1)/free⌋+1) × average.
+    /// position × average ÷ seats, rounded up; nothing without seats.
     #[test]
     fn estimate_follows_the_formula() {
         let avg = Duration::from_secs(60);
-        assert_eq!(estimated_wait(1, 1, avg), 60);
-        assert_eq!(estimated_wait(3, 1, avg), 180);
-        assert_eq!(estimated_wait(1, 4, avg), 60);
-        assert_eq!(estimated_wait(4, 4, avg), 60);
-        assert_eq!(estimated_wait(5, 4, avg), 120);
-        assert_eq!(estimated_wait(9, 4, avg), 180);
-        assert_eq!(estimated_wait(2, 0, avg), 120);
+        let seats = |seats| Capacity {
+            operators: 1,
+            seats,
+        };
+        assert_eq!(estimated_wait(1, seats(1), avg), Some(60));
+        assert_eq!(estimated_wait(3, seats(1), avg), Some(180));
+        assert_eq!(estimated_wait(1, seats(15), avg), Some(4));
+        assert_eq!(estimated_wait(15, seats(15), avg), Some(60));
+        assert_eq!(estimated_wait(16, seats(15), avg), Some(64));
+        assert_eq!(estimated_wait(2, Capacity::default(), avg), None);
     }
 
     /// The average covers the last 20 handling times, the default before any.

@@ -34,7 +34,7 @@ use tracing::Instrument;
 use crate::directory::{ChosenStatus, OperatorDirectory, OperatorUpdate, OperatorView};
 use crate::error::HandoffError;
 use crate::events::{
-    DEFAULT_RESOLUTION, HandoffCompleted, HandoffQueued, HandoffRequest, OperatorAssigned,
+    DEFAULT_RESOLUTION, HandoffCompleted, HandoffQueued, HandoffRequest, OperatorAssigned, Outcome,
     REASSIGNED_NO_REPLY, REASSIGNED_OFFLINE,
 };
 use crate::queue::{self, Operator, QueueKey, RecentHandling};
@@ -83,8 +83,11 @@ pub struct HandoffView {
     pub handoff: Handoff,
     /// 1-based position while queued, else 0.
     pub position: u32,
-    /// Queued: the estimated wait; assigned: the wait the user had; else 0.
-    pub wait_secs: u32,
+    /// Queued: the estimated wait (`None` when nobody could serve the
+    /// queue); assigned: the wait the user had; else 0.
+    pub wait_secs: Option<u32>,
+    /// Online operators who chose available (who serve the queue).
+    pub operators_online: u32,
 }
 
 /// A completed handoff and how long its operator had it.
@@ -633,6 +636,7 @@ impl Queue {
             operator_id: holder.unwrap_or(0),
             resolution,
             duration: duration_secs,
+            outcome: Outcome::Completed,
         };
         let about = (dialog_id, done.user_id);
         self.deliver_noted(
@@ -656,7 +660,8 @@ impl Queue {
             view: HandoffView {
                 handoff: done,
                 position: 0,
-                wait_secs: 0,
+                wait_secs: Some(0),
+                operators_online: 0,
             },
             duration_secs,
         })
@@ -901,6 +906,7 @@ impl Queue {
             operator_id,
             resolution,
             duration: secs(Duration::from_millis((at - assigned_at).max(0) as u64)),
+            outcome: Outcome::Reassigned,
         };
         self.deliver_noted(
             (dialog_id, user_id),
@@ -934,6 +940,7 @@ impl Queue {
             operator_id: 0,
             resolution: RETURNED_TO_ASSISTANT,
             duration: 0,
+            outcome: Outcome::ReturnedToAssistant,
         };
         self.deliver_noted(
             (returned.dialog_id, returned.user_id),
@@ -1049,7 +1056,7 @@ impl Queue {
     /// from the one they were told; with `only_new`, only to those not told
     /// since they (re-)entered the queue.
     async fn announce(&mut self, only_new: bool) {
-        let free = queue::free_seats(self.operators.values(), self.policy.max_handoffs);
+        let capacity = queue::capacity(self.operators.values(), self.policy.max_handoffs);
         let average = self.recent.average();
         let changed: Vec<(i64, u32)> = self
             .positions()
@@ -1073,7 +1080,8 @@ impl Queue {
                     handoff_id: id,
                     dialog_id: entry.handoff.dialog_id,
                     position,
-                    estimated_wait_time: queue::estimated_wait(position, free, average),
+                    estimated_wait_time: queue::estimated_wait(position, capacity, average),
+                    operators_online: capacity.operators,
                 },
             );
             self.deliver_noted(about, NotedFor::User(about.1), "handoff_queued", &body)
@@ -1176,24 +1184,25 @@ impl Queue {
     fn view(&self, id: i64) -> Option<HandoffView> {
         let entry = self.handoffs.get(&id)?;
         let handoff = entry.handoff.clone();
+        let capacity = queue::capacity(self.operators.values(), self.policy.max_handoffs);
         let (position, wait_secs) = if entry.is_queued() {
             let position = self
                 .positions()
                 .find(|(queued, _)| *queued == id)
                 .map_or(0, |(_, position)| position);
-            let free = queue::free_seats(self.operators.values(), self.policy.max_handoffs);
-            let wait = queue::estimated_wait(position, free, self.recent.average());
+            let wait = queue::estimated_wait(position, capacity, self.recent.average());
             (position, wait)
         } else {
             let waited = handoff
                 .assigned_at_ms
                 .map_or(0, |assigned| assigned - handoff.queued_since_ms());
-            (0, secs(Duration::from_millis(waited.max(0) as u64)))
+            (0, Some(secs(Duration::from_millis(waited.max(0) as u64))))
         };
         Some(HandoffView {
             handoff,
             position,
             wait_secs,
+            operators_online: capacity.operators,
         })
     }
 

@@ -98,7 +98,8 @@ async fn a_request_waiting_too_long_goes_back_to_the_assistant() {
     assert_eq!(
         returned,
         serde_json::json!({"handoff_id": record.handoff_id, "dialog_id": 1, "operator_id": 0,
-                           "resolution": "returned_to_assistant", "duration": 0})
+                           "resolution": "returned_to_assistant", "duration": 0,
+                           "outcome": "returned_to_assistant"})
     );
     assert!(client.active(1).await.is_none());
     assert!(client.waiting().await.is_empty());

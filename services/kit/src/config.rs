@@ -58,14 +58,27 @@ impl ServiceAddr {
     }
 
     /// A lazily connecting gRPC channel to this address that reconnects by
-    /// itself: `TCP_NODELAY`, HTTP/2 keep-alives, a 2 s connect timeout.
-    pub fn channel(&self) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-        Ok(tonic::transport::Endpoint::from_shared(self.uri())?
+    /// itself: `TCP_NODELAY`, HTTP/2 keep-alives, a 2 s connect timeout;
+    /// over mutual TLS when `auth` configures it (the token, if any, is the
+    /// caller's interceptor's to add).
+    pub fn channel(
+        &self,
+        auth: &InternalAuth,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        let tls = auth.client_tls();
+        let uri = match tls {
+            Some(_) => format!("https://{}", self.0),
+            None => self.uri(),
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(uri)?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect_lazy())
+            .keep_alive_timeout(Duration::from_secs(10));
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        Ok(endpoint.connect_lazy())
     }
 
     /// Listens on this address (a name is resolved first; the first of its
@@ -108,17 +121,122 @@ pub struct ServiceAddrs {
     pub notification: ServiceAddr,
 }
 
-/// The shared secret that closes internal gRPC.
+/// What closes internal gRPC: a shared token, mutual TLS, or both
+/// (`internal_auth` has the rules built on it: the start-up check, the token
+/// file of the all-in-one, the TLS settings of servers and clients).
 #[derive(clap::Args, Clone, Default)]
 pub struct InternalAuth {
-    /// Bearer token every internal gRPC call must carry; unset = not checked
-    /// (fine on loopback, not on a shared network).
+    /// Bearer token every internal gRPC call must carry (health checks
+    /// excepted). The all-in-one generates one when unset (in
+    /// `data/internal-token`); a part started alone refuses to start without
+    /// it or TLS, unless `--insecure-internal`.
     #[arg(
         long = "internal-token",
         env = "CHATAI_INTERNAL_TOKEN",
         hide_env_values = true
     )]
     pub internal_token: Option<String>,
+    /// Development only: run internal gRPC with neither token nor TLS, open
+    /// to any process that can reach the ports (`1`, `true`, `yes`).
+    #[arg(
+        long = "insecure-internal",
+        env = "CHATAI_INSECURE_INTERNAL",
+        default_value_t = false,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub insecure_internal: bool,
+    #[command(flatten)]
+    pub tls: InternalTls,
+}
+
+/// Mutual TLS between the parts: each service serves with `cert`/`key` and
+/// accepts only clients presenting a certificate signed by `ca`; each client
+/// (the gateway, and services calling each other) presents `cert`/`key` and
+/// trusts only servers whose certificate `ca` signed, for the host name (or
+/// IP address) it dials. Set all three or none.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct InternalTls {
+    /// PEM certificate (chain) this part presents, as a server and as a client.
+    #[arg(
+        id = "internal_tls_cert",
+        long = "internal-tls-cert",
+        env = "CHATAI_INTERNAL_TLS_CERT",
+        value_parser = PemFile::read,
+        requires_all = ["internal_tls_key", "internal_tls_ca"]
+    )]
+    pub cert: Option<PemFile>,
+    /// PEM private key of that certificate.
+    #[arg(
+        id = "internal_tls_key",
+        long = "internal-tls-key",
+        env = "CHATAI_INTERNAL_TLS_KEY",
+        value_parser = PemFile::read,
+        requires_all = ["internal_tls_cert", "internal_tls_ca"]
+    )]
+    pub key: Option<PemFile>,
+    /// PEM certificate of the CA that signs every part's certificate.
+    #[arg(
+        id = "internal_tls_ca",
+        long = "internal-tls-ca",
+        env = "CHATAI_INTERNAL_TLS_CA",
+        value_parser = PemFile::read,
+        requires_all = ["internal_tls_cert", "internal_tls_key"]
+    )]
+    pub ca: Option<PemFile>,
+}
+
+/// A PEM file's contents, read once at start-up, and where they came from.
+#[derive(Clone)]
+pub struct PemFile {
+    path: std::path::PathBuf,
+    pem: std::sync::Arc<[u8]>,
+}
+
+/// A PEM file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PemFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not PEM (no \"-----BEGIN\" line)")]
+    NotPem { path: std::path::PathBuf },
+}
+
+impl PemFile {
+    /// Reads `path`, which must hold PEM text.
+    pub fn read(path: &str) -> Result<Self, PemFileError> {
+        let path = std::path::PathBuf::from(path);
+        let pem = std::fs::read(&path).map_err(|source| PemFileError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if !pem.windows(10).any(|window| window == b"-----BEGIN") {
+            return Err(PemFileError::NotPem { path });
+        }
+        Ok(PemFile {
+            path,
+            pem: pem.into(),
+        })
+    }
+
+    /// Where it was read from.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The PEM text.
+    pub fn pem(&self) -> &[u8] {
+        &self.pem
+    }
+}
+
+/// Only the path: a key's contents never reach a log.
+impl std::fmt::Debug for PemFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PemFile").field(&self.path).finish()
+    }
 }
 
 /// How each service keeps its per-recipient event logs.
@@ -209,6 +327,8 @@ impl std::fmt::Debug for InternalAuth {
                 "internal_token",
                 &self.internal_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("insecure_internal", &self.insecure_internal)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -331,6 +451,7 @@ mod tests {
             redis_url: Some("redis://:s3cret@cache:6379".into()),
             auth: InternalAuth {
                 internal_token: Some("t0ken".into()),
+                ..InternalAuth::default()
             },
             ..ServiceCommon::default()
         };
@@ -346,6 +467,60 @@ mod tests {
             redact_url("sqlite://data/chatai.db"),
             "sqlite://data/chatai.db"
         );
+    }
+
+    /// The development flag is a switch (its variable takes `1`, `true`,
+    /// `yes`…: the process tests set it); TLS needs its three files, each
+    /// readable PEM.
+    #[test]
+    fn internal_auth_flags() {
+        let parse = |args: &[&str]| {
+            let matches = Cli::command()
+                .mut_args(|arg| arg.env(None::<&str>))
+                .try_get_matches_from(args)?;
+            <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+        };
+        let flag = |args: &[&str]| parse(args).expect("parses").common.auth.insecure_internal;
+        assert!(!flag(&["x"]));
+        assert!(flag(&["x", "--insecure-internal"]));
+
+        let folder = tempfile::tempdir().expect("a folder");
+        let pem = folder.path().join("a.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").expect("written");
+        let pem = pem.to_str().expect("a UTF-8 path");
+        let alone = parse(&["x", "--internal-tls-cert", pem]);
+        assert!(
+            alone.is_err(),
+            "a certificate without key and CA is refused"
+        );
+        let all = parse(&[
+            "x",
+            "--internal-tls-cert",
+            pem,
+            "--internal-tls-key",
+            pem,
+            "--internal-tls-ca",
+            pem,
+        ])
+        .expect("all three");
+        assert_eq!(
+            all.common.auth.tls.ca.map(|ca| ca.path().to_owned()),
+            Some(std::path::PathBuf::from(pem))
+        );
+        let missing = folder.path().join("missing.pem");
+        let missing = missing.to_str().expect("a UTF-8 path");
+        let error = parse(&[
+            "x",
+            "--internal-tls-cert",
+            missing,
+            "--internal-tls-key",
+            pem,
+            "--internal-tls-ca",
+            pem,
+        ])
+        .err()
+        .expect("an unreadable file is refused");
+        assert!(error.to_string().contains("missing.pem"), "{error}");
     }
 
     /// The defaults are clap's, not the environment's, and flattening the

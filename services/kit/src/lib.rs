@@ -5,6 +5,9 @@
 //! only, no server code).
 //!
 //! Layout:
+//! - [`internal_auth`] — who may call the services: the internal token,
+//!   mutual TLS, the start-up check of a part started alone, the token file
+//!   of the all-in-one.
 //! - [`identity`] — who is calling: the caller a gateway or internal client
 //!   puts in gRPC metadata, read back in one place.
 //! - [`config`] — configuration shared by every process (listen addresses,
@@ -52,6 +55,7 @@ pub mod holders;
 #[cfg(feature = "server")]
 pub mod host;
 pub mod identity;
+pub mod internal_auth;
 #[cfg(feature = "server")]
 pub mod redis_keys;
 pub mod shutdown;

@@ -28,8 +28,10 @@ async fn first_connection_brings_operator_online() {
             "active_handoffs": 0,
             "max_handoffs": MAX_HANDOFFS,
             "name": "Op7",
+            "version": info.version,
         })
     );
+    assert!(info.version > 0, "{info:?}");
     app.stop().await;
 }
 

@@ -98,7 +98,9 @@ impl From<HandoffRecord> for pb::HandoffRecord {
             operator_id: record.operator_id.unwrap_or_default(),
             operator_name: record.operator_name.unwrap_or_default(),
             position: record.position.unwrap_or_default(),
-            estimated_wait_seconds: record.estimated_wait_seconds,
+            estimated_wait_seconds: record.estimated_wait_seconds.unwrap_or_default(),
+            wait_unknown: record.estimated_wait_seconds.is_none(),
+            operators_online: record.operators_online,
             requested_at_ms: record.requested_at_ms,
             assigned_at_ms: record.assigned_at_ms.unwrap_or_default(),
             completed_at_ms: record.completed_at_ms.unwrap_or_default(),
@@ -177,6 +179,8 @@ mod tests {
             assigned_at_ms: 20,
             completed_at_ms: 0,
             resolution: String::new(),
+            wait_unknown: false,
+            operators_online: 2,
         };
         let domain = HandoffRecord::try_from(wire.clone()).expect("a known state");
         assert_eq!(pb::HandoffRecord::from(domain), wire);
@@ -191,5 +195,14 @@ mod tests {
         };
         let domain = HandoffRecord::try_from(queued.clone()).expect("a known state");
         assert_eq!(pb::HandoffRecord::from(domain), queued);
+        let unknown = pb::HandoffRecord {
+            estimated_wait_seconds: 0,
+            wait_unknown: true,
+            operators_online: 0,
+            ..queued
+        };
+        let domain = HandoffRecord::try_from(unknown.clone()).expect("a known state");
+        assert_eq!(domain.estimated_wait_seconds, None);
+        assert_eq!(pb::HandoffRecord::from(domain), unknown);
     }
 }

@@ -454,15 +454,16 @@ fn positions(events: &[Seen]) -> Vec<(Recipient, u64)> {
 // Cases
 // ---------------------------------------------------------------------------
 
-/// A request is announced to operators and queued; with nobody eligible it
-/// waits, told its position and an estimate from the default handling time.
+/// A request is announced to operators and queued; with nobody online to
+/// serve the queue it waits, told its position and that no estimate exists
+/// (`null`, `operators_online: 0`).
 #[tokio::test(start_paused = true)]
 async fn request_is_announced_and_queued() {
     let mut h = Harness::start(policy(1)).await;
     let view = h.request(1, Priority::High).await;
     assert_eq!(view.handoff.state, HandoffState::Queued);
     assert_eq!(view.position, 1);
-    assert_eq!(view.wait_secs, 300);
+    assert_eq!((view.wait_secs, view.operators_online), (None, 0));
     let events = h.events();
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[0].to, Recipient::Role(Role::Operator));
@@ -476,10 +477,10 @@ async fn request_is_announced_and_queued() {
     assert_eq!(
         events[1].body,
         serde_json::json!({"handoff_id": view.handoff.id, "dialog_id": 1, "position": 1,
-                           "estimated_wait_time": 300})
+                           "estimated_wait_time": null, "operators_online": 0})
     );
     let second = h.request(2, Priority::Low).await;
-    assert_eq!((second.position, second.wait_secs), (2, 600));
+    assert_eq!((second.position, second.wait_secs), (2, None));
 }
 
 /// The queue serves urgent > high > normal > low, first come first served
@@ -552,6 +553,7 @@ async fn queue_serves_priority_then_fifo_and_tells_positions() {
     assert_eq!(completed[1].to, Recipient::Operator(7));
     assert_eq!(completed[0].body["resolution"], "done");
     assert_eq!(completed[0].body["operator_id"], 7);
+    assert_eq!(completed[0].body["outcome"], "completed");
 }
 
 /// The next handoff goes to the eligible operator with the fewest, and on a
@@ -646,6 +648,7 @@ async fn no_reply_in_time_reassigns_to_another_operator() {
         ]
     );
     assert_eq!(events[0].body["resolution"], "reassigned: no reply");
+    assert_eq!(events[0].body["outcome"], "reassigned");
     assert_eq!(h.directory.last(1), Some(0));
     assert_eq!(h.directory.last(2), Some(1));
     assert!(h.store.get(1).requeued_at_ms.is_some());
@@ -716,7 +719,8 @@ async fn waiting_too_long_returns_to_the_assistant() {
     assert_eq!(
         events[0].body,
         serde_json::json!({"handoff_id": 1, "dialog_id": 1, "operator_id": 0,
-                           "resolution": "returned_to_assistant", "duration": 0})
+                           "resolution": "returned_to_assistant", "duration": 0,
+                           "outcome": "returned_to_assistant"})
     );
     assert_eq!(positions(&events), vec![(Recipient::User(102), 1)]);
     assert_eq!(h.store.get(1).state, HandoffState::Returned);
@@ -976,7 +980,9 @@ async fn presence_loads_are_corrected() {
     assert_eq!(h.directory.last(2), None, "already right");
 }
 
-/// The estimate uses the average handling time of recent completions.
+/// The estimate is position × the average handling time of recent
+/// completions ÷ the seats of online operators who chose available (full
+/// ones too): with 0, 1 and 3 such operators of 2 seats each.
 #[tokio::test(start_paused = true)]
 async fn estimates_follow_recent_handling_times() {
     let store = Arc::new(MemoryStore::default());
@@ -999,12 +1005,28 @@ async fn estimates_follow_recent_handling_times() {
         });
     }
     let h = Harness::start_on(policy(2), store).await;
+    // Nobody to serve: no estimate.
     let first = h.request(10, Priority::Normal).await;
-    assert_eq!(first.wait_secs, 90);
-    let second = h.request(11, Priority::Normal).await;
+    assert_eq!((first.wait_secs, first.operators_online), (None, 0));
+    // One operator, two seats, both taken by 10 and 11 at once; 12 and 13
+    // wait: 90 s average over 2 seats.
+    h.operators(vec![available(1)]).await;
+    h.request(11, Priority::Normal).await;
     let third = h.request(12, Priority::Normal).await;
-    assert_eq!((second.position, second.wait_secs), (2, 180));
-    assert_eq!((third.position, third.wait_secs), (3, 270));
+    let fourth = h.request(13, Priority::Normal).await;
+    assert_eq!((third.position, third.wait_secs), (1, Some(45)));
+    assert_eq!((fourth.position, fourth.wait_secs), (2, Some(90)));
+    assert_eq!(fourth.operators_online, 1);
+    // Three operators (six seats): 12 and 13 go to the new ones, so do 14
+    // and 15; 16, 17 and 18 wait: 18 is third over six seats.
+    h.operators(vec![available(1), available(2), available(3)])
+        .await;
+    for dialog_id in 14..=17 {
+        h.request(dialog_id, Priority::Normal).await;
+    }
+    let waiting = h.request(18, Priority::Normal).await;
+    assert_eq!(waiting.position, 3);
+    assert_eq!((waiting.wait_secs, waiting.operators_online), (Some(45), 3));
 }
 
 /// A storage outage during an assignment leaves the handoff queued and the

@@ -22,8 +22,7 @@ impl TokenInterceptor {
     pub fn new(auth: &InternalAuth) -> Self {
         TokenInterceptor {
             header: auth
-                .internal_token
-                .as_ref()
+                .token()
                 .and_then(|t| format!("Bearer {t}").parse().ok()),
         }
     }

@@ -1,7 +1,8 @@
 //! The gRPC server every service runs, built in one place: the service's own
 //! routes plus health checking and reflection (so `grpcurl` works), a span per
-//! request that continues the caller's trace, and the internal-token check
-//! (the server-side half of [`TokenInterceptor`](super::TokenInterceptor)).
+//! request that continues the caller's trace, the internal-token check (the
+//! server-side half of [`TokenInterceptor`](super::TokenInterceptor)) and,
+//! when configured, mutual TLS.
 
 use std::net::SocketAddr;
 
@@ -60,13 +61,18 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(chatai_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let expected = auth
-        .internal_token
-        .as_ref()
-        .map(|token| format!("Bearer {token}"));
-    tracing::info!(%addr, services = ?service_names, "gRPC server listening");
+    let expected = auth.token().map(|token| format!("Bearer {token}"));
+    let mut builder = Server::builder();
+    let tls = auth.server_tls();
+    let mutual_tls = tls.is_some();
+    if let Some(tls) = tls {
+        // Mutual TLS: a client without a certificate signed by the
+        // deployment's CA is refused during the handshake.
+        builder = builder.tls_config(tls)?;
+    }
+    tracing::info!(%addr, services = ?service_names, mutual_tls, token = expected.is_some(), "gRPC server listening");
 
-    let server = Server::builder()
+    let server = builder
         // Outermost: one span per call, continuing the trace of the caller
         // (the gateway's span for the client frame) from its metadata.
         .trace_fn(|request: &http::Request<()>| {
