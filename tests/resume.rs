@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use crate::common::{FAQ_QUESTION, RawWs, TestOptions, WAIT, as_caller, spawn_app};
 use chatai_kit::identity::Role;
 use chatai_proto::v1 as pb;
+use chatai_proto::v1::chat_client::ChatClient;
 use serde_json::Value;
+use tonic::transport::Channel;
 
 fn text<'a>(frame: &'a Value, field: &str) -> &'a str {
     frame[field]
@@ -227,6 +229,31 @@ async fn cursor_from_another_run_is_cursor_expired() {
     app.stop().await;
 }
 
+/// Fifty questions of user 1 at once over gRPC, each in a dialog of its
+/// own; their dialogs.
+async fn fifty_questions(chat: &ChatClient<Channel>) -> Vec<i64> {
+    let batch = (0..50).map(|_| {
+        let mut chat = chat.clone();
+        async move {
+            chat.send_message(as_caller(
+                1,
+                Role::User,
+                pb::SendMessageRequest {
+                    dialog_id: None,
+                    text: FAQ_QUESTION.into(),
+                    idempotency_key: String::new(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("SendMessage as the user")
+            .into_inner()
+            .dialog_id
+        }
+    });
+    futures::future::join_all(batch).await
+}
+
 /// A client that stops reading is cut off once its queue is full (4002 if
 /// the close can still be written), and reconnecting with the cursor of the
 /// last frame it got delivers every other answer, once.
@@ -252,26 +279,7 @@ async fn too_slow_client_is_cut_off_and_resumes_losing_nothing() {
     // A liveness bound, not a timing.
     let deadline = tokio::time::Instant::now() + WAIT * 12;
     loop {
-        let batch = (0..50).map(|_| {
-            let mut chat = chat.clone();
-            async move {
-                chat.send_message(as_caller(
-                    1,
-                    Role::User,
-                    pb::SendMessageRequest {
-                        dialog_id: None,
-                        text: FAQ_QUESTION.into(),
-                        idempotency_key: String::new(),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .expect("SendMessage as the user")
-                .into_inner()
-                .dialog_id
-            }
-        });
-        dialogs.extend(futures::future::join_all(batch).await);
+        dialogs.extend(fifty_questions(&chat).await);
         let (_, health) = app.health().await;
         if health["active_connections"] == 0 {
             break;
@@ -377,24 +385,7 @@ async fn a_slow_client_still_reading_gets_4002() {
     // A liveness bound, not a timing.
     let deadline = tokio::time::Instant::now() + WAIT * 12;
     loop {
-        let batch = (0..50).map(|_| {
-            let mut chat = chat.clone();
-            async move {
-                chat.send_message(as_caller(
-                    1,
-                    Role::User,
-                    pb::SendMessageRequest {
-                        dialog_id: None,
-                        text: FAQ_QUESTION.into(),
-                        idempotency_key: String::new(),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .expect("SendMessage as the user")
-            }
-        });
-        futures::future::join_all(batch).await;
+        fifty_questions(&chat).await;
         let (_, health) = app.health().await;
         if health["active_connections"] == 0 {
             break;
