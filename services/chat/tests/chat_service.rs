@@ -139,11 +139,12 @@ async fn answer_is_stored_delivered_and_charged() {
     assert!(tokens > 0);
     f.tasks.close();
     f.tasks.wait().await;
-    let (_, history) = f
+    let history = f
         .service
         .history(&ann, sent.dialog_id, None, 50)
         .await
-        .expect("the owner reads the dialog");
+        .expect("the owner reads the dialog")
+        .messages;
     assert_eq!(history.len(), 2);
     assert_eq!(
         history[1].text,
@@ -254,11 +255,12 @@ async fn retried_message_is_stored_once() {
     assert!(!again.created);
     f.tasks.close();
     f.tasks.wait().await;
-    let (_, history) = f
+    let history = f
         .service
         .history(&ann, first.dialog_id, None, 50)
         .await
-        .expect("readable");
+        .expect("readable")
+        .messages;
     assert_eq!(history.len(), 2, "one user message and one answer");
 }
 
@@ -370,11 +372,12 @@ async fn assistant_failure_is_reported_to_the_user() {
     let error = body(&delivery);
     assert_eq!(error["code"], "assistant_unavailable");
     assert_eq!(error["message_id"], sent.message_id);
-    let (_, history) = f
+    let history = f
         .service
         .history(&ann, sent.dialog_id, None, 10)
         .await
-        .expect("readable");
+        .expect("readable")
+        .messages;
     assert_eq!(history.len(), 1);
 }
 
@@ -549,11 +552,12 @@ async fn a_held_dialog_is_between_user_and_operator() {
     );
     f.tasks.close();
     f.tasks.wait().await;
-    let (_, history) = f
+    let history = f
         .service
         .history(&olga, first.dialog_id, None, 10)
         .await
-        .expect("the holder reads");
+        .expect("the holder reads")
+        .messages;
     assert_eq!(history.len(), 4, "hello, answer, question, reply");
 
     let other = Caller {
@@ -907,6 +911,15 @@ impl ChatStore for HookedStore {
         limit: u32,
     ) -> Result<Vec<store::Message>, store::StoreError> {
         self.inner.history(dialog_id, before, limit).await
+    }
+
+    async fn list_dialogs(
+        &self,
+        user_id: Option<i64>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<store::Dialog>, store::StoreError> {
+        self.inner.list_dialogs(user_id, before, limit).await
     }
 
     async fn charge(
