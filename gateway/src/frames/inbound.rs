@@ -448,6 +448,9 @@ impl Fields<'_> {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
