@@ -16,6 +16,7 @@ mod compose;
 mod connections;
 mod delivery;
 mod fairness;
+mod history;
 mod internal;
 mod isolation;
 mod jwks;

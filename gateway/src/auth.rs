@@ -70,6 +70,17 @@ pub fn presented_token(uri: &Uri, headers: &HeaderMap) -> Option<PresentedToken>
         .map(|token| found(token.to_owned(), TokenSource::Subprotocol))
 }
 
+/// The token of an `Authorization: Bearer …` header, if the request has
+/// one (the HTTP API's only way to present a token: query strings end up in
+/// logs).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(bearer_token)
+}
+
 /// The credentials of an `Authorization` value with scheme `Bearer` (the
 /// scheme is case-insensitive).
 fn bearer_token(value: &str) -> Option<&str> {

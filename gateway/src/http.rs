@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use chatai_kit::events::Recipient;
 use chatai_kit::identity::Role;
 use hyper_util::rt::TokioIo;
@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSo
 use tracing::Instrument;
 
 use crate::accept::ClientSocket;
+use crate::api;
 use crate::auth::{self, Claims};
 use crate::close::CloseReason;
 use crate::connection::{self, Session};
@@ -41,6 +42,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/ws/operator/{operator_id}", get(operator_socket))
         .route("/ws/{user_id}", get(user_socket))
+        .route("/api/dialogs", get(api::list_dialogs))
+        .route(
+            "/api/dialogs/{dialog_id}/messages",
+            get(api::dialog_messages),
+        )
+        .route("/api/users/{user_id}/balance/top-up", post(api::top_up))
         .route("/api/websocket/health", get(health))
         .route("/api/websocket/stats", get(stats))
         .route("/metrics", get(metrics))

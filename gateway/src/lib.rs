@@ -12,6 +12,8 @@
 //! - [`limits`] — socket limits: unfinished and WebSocket connections per
 //!   client address and per node, trusted proxies' `X-Forwarded-For`.
 //! - [`http`] — routes: the WebSocket endpoints, health, metrics.
+//! - [`api`] — the HTTP API (`Authorization: Bearer`): dialogs and their
+//!   history, an admin's balance top-up.
 //! - [`auth`] — finding a client's token in a request (the token itself is
 //!   `chatai_tokens`'s: claims, verifying, minting).
 //! - [`verifier`] — how tokens are checked: the HS256 secret or an identity
@@ -36,6 +38,7 @@
 //! - [`cursor`] — the opaque resume cursor; [`close`] — close codes.
 
 pub mod accept;
+pub mod api;
 pub mod auth;
 pub mod close;
 pub mod config;

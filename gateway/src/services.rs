@@ -86,6 +86,54 @@ pub struct CompletedHandoff {
     pub duration_seconds: u32,
 }
 
+/// A page of a dialog's history, in the JSON shape clients read (the
+/// `get_history` ack and `GET /api/dialogs/{id}/messages`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HistoryPage {
+    pub dialog_id: i64,
+    /// Oldest first.
+    pub messages: Vec<HistoryMessage>,
+    /// Older messages exist: ask with `before_id` = the first one's id.
+    pub has_more: bool,
+}
+
+/// One message of a history page.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HistoryMessage {
+    pub message_id: i64,
+    /// `user`, `assistant` or `operator`.
+    pub sender: &'static str,
+    /// The user's or operator's id; `null` for the assistant.
+    pub sender_id: Option<i64>,
+    pub message: String,
+    /// When it was stored, RFC 3339.
+    pub timestamp: String,
+}
+
+/// A page of the dialogs a caller may read (the `list_dialogs` ack and
+/// `GET /api/dialogs`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DialogPage {
+    /// Newest first.
+    pub dialogs: Vec<DialogItem>,
+    /// Older dialogs exist: ask with `before_id` = the last one's id.
+    pub has_more: bool,
+}
+
+/// One dialog of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DialogItem {
+    pub dialog_id: i64,
+    pub user_id: i64,
+    pub created_at: String,
+    pub last_message_at: String,
+    /// `assistant`, `queued` or `operator`.
+    pub state: &'static str,
+    /// The holding operator, only when `state` is `operator`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_id: Option<i64>,
+}
+
 /// An operator's effective status, the one everyone sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EffectiveStatus {
@@ -283,6 +331,74 @@ impl Services {
         self.deadline(self.presence.clone().connection_closed(request))
             .await
             .map(|_| ())
+    }
+
+    /// A page of a dialog's history (`limit` `None`: the default page).
+    pub async fn get_history(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        before_id: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<HistoryPage, CallError> {
+        let message = pb::GetHistoryRequest {
+            dialog_id,
+            before_message_id: before_id.unwrap_or(0),
+            limit: limit.unwrap_or(0),
+        };
+        let request = self.request(caller, message);
+        self.deadline(self.chat.clone().get_history(request))
+            .await
+            .map(HistoryPage::from)
+    }
+
+    /// A page of the dialogs the caller may read.
+    pub async fn list_dialogs(
+        &self,
+        caller: &Caller,
+        before_id: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<DialogPage, CallError> {
+        let message = pb::ListDialogsRequest {
+            before_dialog_id: before_id.unwrap_or(0),
+            limit: limit.unwrap_or(0),
+        };
+        let request = self.request(caller, message);
+        self.deadline(self.chat.clone().list_dialogs(request))
+            .await
+            .map(DialogPage::from)
+    }
+
+    /// The caller read a dialog up to `message_id`; the other side is told.
+    pub async fn mark_read(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        message_id: i64,
+        handoff_position: u64,
+    ) -> Result<(), CallError> {
+        let message = pb::MarkReadRequest {
+            dialog_id,
+            message_id,
+            handoff_position,
+        };
+        let request = self.request(caller, message);
+        self.deadline(self.chat.clone().mark_read(request))
+            .await
+            .map(|_| ())
+    }
+
+    /// Adds `amount` (units) to a user's balance (admins); the new balance.
+    pub async fn top_up(
+        &self,
+        caller: &Caller,
+        user_id: i64,
+        amount: f64,
+    ) -> Result<f64, CallError> {
+        let request = self.request(caller, pb::TopUpRequest { user_id, amount });
+        self.deadline(self.chat.clone().top_up(request))
+            .await
+            .map(|balance| balance.balance)
     }
 
     /// Relays a typing indicator (not retried: a lost one is soon replaced).

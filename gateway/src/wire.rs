@@ -8,9 +8,13 @@ use chatai_proto::v1 as pb;
 use chatai_proto::v1::connection_event::Kind;
 
 use crate::frames::inbound::{OperatorStatus, Priority};
+use crate::frames::outbound::timestamp_of;
 use crate::registry::{OperatorConnection, ReportOrder};
 use crate::reporting::{ConnectionEvent, ConnectionEventKind};
-use crate::services::{CompletedHandoff, EffectiveStatus, HandoffTicket, SentMessage};
+use crate::services::{
+    CompletedHandoff, DialogItem, DialogPage, EffectiveStatus, HandoffTicket, HistoryMessage,
+    HistoryPage, SentMessage,
+};
 use crate::upstream::{ReplayFrom, ReplayPage};
 
 // To the services.
@@ -122,6 +126,65 @@ impl From<pb::SendMessageResponse> for SentMessage {
         SentMessage {
             dialog_id: sent.dialog_id,
             message_id: sent.message_id,
+        }
+    }
+}
+
+impl From<pb::GetHistoryResponse> for HistoryPage {
+    fn from(history: pb::GetHistoryResponse) -> Self {
+        HistoryPage {
+            dialog_id: history.dialog_id,
+            messages: history
+                .messages
+                .into_iter()
+                .map(HistoryMessage::from)
+                .collect(),
+            has_more: history.has_more,
+        }
+    }
+}
+
+impl From<pb::ChatMessage> for HistoryMessage {
+    fn from(message: pb::ChatMessage) -> Self {
+        let sender = match pb::Sender::try_from(message.sender) {
+            Ok(pb::Sender::Assistant) => "assistant",
+            Ok(pb::Sender::Operator) => "operator",
+            // The chat service stores only these three.
+            Ok(pb::Sender::User | pb::Sender::Unspecified) | Err(_) => "user",
+        };
+        HistoryMessage {
+            message_id: message.message_id,
+            sender,
+            sender_id: Some(message.sender_id).filter(|id| *id != 0),
+            message: message.text,
+            timestamp: timestamp_of(message.created_at_ms),
+        }
+    }
+}
+
+impl From<pb::ListDialogsResponse> for DialogPage {
+    fn from(list: pb::ListDialogsResponse) -> Self {
+        DialogPage {
+            dialogs: list.dialogs.into_iter().map(DialogItem::from).collect(),
+            has_more: list.has_more,
+        }
+    }
+}
+
+impl From<pb::DialogSummary> for DialogItem {
+    fn from(dialog: pb::DialogSummary) -> Self {
+        let state = match pb::DialogState::try_from(dialog.state) {
+            Ok(pb::DialogState::Queued) => "queued",
+            Ok(pb::DialogState::Operator) => "operator",
+            Ok(pb::DialogState::Assistant | pb::DialogState::Unspecified) | Err(_) => "assistant",
+        };
+        DialogItem {
+            dialog_id: dialog.dialog_id,
+            user_id: dialog.user_id,
+            created_at: timestamp_of(dialog.created_at_ms),
+            last_message_at: timestamp_of(dialog.last_message_at_ms),
+            state,
+            operator_id: Some(dialog.operator_id).filter(|id| state == "operator" && *id != 0),
         }
     }
 }

@@ -167,6 +167,46 @@ impl Connection {
                     Err(err) => error_frame(reference, &err),
                 }
             }
+            ClientFrame::GetHistory {
+                dialog_id,
+                before_id,
+                limit,
+            } => match services
+                .get_history(&self.caller, dialog_id, before_id, limit)
+                .await
+            {
+                Ok(page) => outbound::ack(
+                    reference,
+                    json!({
+                        "dialog_id": page.dialog_id,
+                        "messages": page.messages,
+                        "has_more": page.has_more,
+                    }),
+                ),
+                Err(err) => error_frame(reference, &err),
+            },
+            ClientFrame::ListDialogs { before_id, limit } => {
+                match services.list_dialogs(&self.caller, before_id, limit).await {
+                    Ok(page) => outbound::ack(
+                        reference,
+                        json!({ "dialogs": page.dialogs, "has_more": page.has_more }),
+                    ),
+                    Err(err) => error_frame(reference, &err),
+                }
+            }
+            ClientFrame::MarkRead {
+                dialog_id,
+                message_id,
+            } => match services
+                .mark_read(&self.caller, dialog_id, message_id, self.handoff_seen())
+                .await
+            {
+                Ok(()) => outbound::ack(
+                    reference,
+                    json!({ "dialog_id": dialog_id, "message_id": message_id }),
+                ),
+                Err(err) => error_frame(reference, &err),
+            },
             ClientFrame::JoinRoom { room_id } => self.join_room(reference, &room_id).await,
             ClientFrame::LeaveRoom { room_id } => self.leave_room(reference, &room_id).await,
         };

@@ -71,6 +71,24 @@ pub enum ClientFrame {
     RefreshToken {
         token: String,
     },
+    /// A page of a dialog's messages, below `before_id` (none: the newest).
+    GetHistory {
+        dialog_id: i64,
+        before_id: Option<i64>,
+        /// `None`: the default page; a larger one than the service allows
+        /// is read as the largest.
+        limit: Option<u32>,
+    },
+    /// A page of the dialogs the sender may read, below `before_id`.
+    ListDialogs {
+        before_id: Option<i64>,
+        limit: Option<u32>,
+    },
+    /// The sender read the dialog up to `message_id`.
+    MarkRead {
+        dialog_id: i64,
+        message_id: i64,
+    },
 }
 
 impl ClientFrame {
@@ -86,6 +104,9 @@ impl ClientFrame {
             ClientFrame::SetStatus { .. } => "set_status",
             ClientFrame::CompleteHandoff { .. } => "complete_handoff",
             ClientFrame::RefreshToken { .. } => "refresh_token",
+            ClientFrame::GetHistory { .. } => "get_history",
+            ClientFrame::ListDialogs { .. } => "list_dialogs",
+            ClientFrame::MarkRead { .. } => "mark_read",
         }
     }
 }
@@ -292,6 +313,21 @@ fn client_frame(fields: &Fields<'_>) -> Result<ClientFrame, Refusal> {
         "refresh_token" => ClientFrame::RefreshToken {
             token: fields.required_text("token")?,
         },
+        "get_history" => ClientFrame::GetHistory {
+            dialog_id: fields.dialog_id()?,
+            before_id: fields.optional_positive_id("before_id")?,
+            limit: fields.optional_limit()?,
+        },
+        "list_dialogs" => ClientFrame::ListDialogs {
+            before_id: fields.optional_positive_id("before_id")?,
+            limit: fields.optional_limit()?,
+        },
+        "mark_read" => ClientFrame::MarkRead {
+            dialog_id: fields.dialog_id()?,
+            message_id: fields
+                .optional_positive_id("message_id")?
+                .ok_or_else(|| Refusal::missing("message_id"))?,
+        },
         other => {
             let quoted: String = other.chars().take(MAX_QUOTED_TYPE_CHARS).collect();
             return Err(Refusal::new(
@@ -316,9 +352,26 @@ impl Fields<'_> {
             .ok_or_else(|| Refusal::missing("dialog_id"))
     }
 
-    /// A JSON integer or a string of ASCII digits, > 0.
     fn optional_dialog_id(&self) -> Result<Option<i64>, Refusal> {
-        let Some(value) = self.get("dialog_id") else {
+        self.optional_positive_id("dialog_id")
+    }
+
+    /// A page size: a JSON integer > 0; any size above what the service
+    /// allows is read as the largest page (the service clamps).
+    fn optional_limit(&self) -> Result<Option<u32>, Refusal> {
+        match self.get("limit") {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(limit) if limit > 0 => Ok(Some(u32::try_from(limit).unwrap_or(u32::MAX))),
+                _ => Err(Refusal::invalid("limit", "a positive integer")),
+            },
+            Some(_) => Err(Refusal::invalid("limit", "a positive integer")),
+        }
+    }
+
+    /// A JSON integer or a string of ASCII digits, > 0.
+    fn optional_positive_id(&self, name: &str) -> Result<Option<i64>, Refusal> {
+        let Some(value) = self.get(name) else {
             return Ok(None);
         };
         let id = match value {
@@ -330,7 +383,7 @@ impl Fields<'_> {
         };
         match id {
             Some(id) if id > 0 => Ok(Some(id)),
-            _ => Err(Refusal::invalid("dialog_id", "a positive integer")),
+            _ => Err(Refusal::invalid(name, "a positive integer")),
         }
     }
 
@@ -418,6 +471,101 @@ mod tests {
 
     fn err_json(value: Value) -> FrameError {
         err(&value.to_string())
+    }
+
+    /// `get_history`, `list_dialogs` and `mark_read`: optional fields may be
+    /// left out, ids are positive integers (or digit strings), `limit` a
+    /// positive JSON integer (a huge one saturates; the service clamps).
+    #[test]
+    fn history_list_and_read_frames() {
+        assert_eq!(
+            ok(json!({"type": "get_history", "dialog_id": 4})).frame,
+            ClientFrame::GetHistory {
+                dialog_id: 4,
+                before_id: None,
+                limit: None
+            }
+        );
+        assert_eq!(
+            ok(json!({"type": "get_history", "dialog_id": "4", "before_id": 90, "limit": 20}))
+                .frame,
+            ClientFrame::GetHistory {
+                dialog_id: 4,
+                before_id: Some(90),
+                limit: Some(20)
+            }
+        );
+        assert_eq!(
+            ok(json!({"type": "list_dialogs", "limit": 99_999_999_999u64})).frame,
+            ClientFrame::ListDialogs {
+                before_id: None,
+                limit: Some(u32::MAX)
+            }
+        );
+        assert_eq!(
+            ok(json!({"type": "list_dialogs", "before_id": null})).frame,
+            ClientFrame::ListDialogs {
+                before_id: None,
+                limit: None
+            }
+        );
+        assert_eq!(
+            ok(json!({"type": "mark_read", "dialog_id": 2, "message_id": 7})).frame,
+            ClientFrame::MarkRead {
+                dialog_id: 2,
+                message_id: 7
+            }
+        );
+        let invalid = [
+            (json!({"type": "get_history", "dialog_id": 0}), "dialog_id"),
+            (
+                json!({"type": "get_history", "dialog_id": 1, "before_id": -1}),
+                "before_id",
+            ),
+            (
+                json!({"type": "get_history", "dialog_id": 1, "limit": 0}),
+                "limit",
+            ),
+            (
+                json!({"type": "get_history", "dialog_id": 1, "limit": -5}),
+                "limit",
+            ),
+            (
+                json!({"type": "get_history", "dialog_id": 1, "limit": 2.5}),
+                "limit",
+            ),
+            (
+                json!({"type": "get_history", "dialog_id": 1, "limit": "10"}),
+                "limit",
+            ),
+            (
+                json!({"type": "list_dialogs", "before_id": "x"}),
+                "before_id",
+            ),
+            (
+                json!({"type": "mark_read", "dialog_id": 1, "message_id": 0}),
+                "message_id",
+            ),
+            (
+                json!({"type": "mark_read", "dialog_id": 1, "message_id": true}),
+                "message_id",
+            ),
+        ];
+        for (value, field) in invalid {
+            let err = err_json(value.clone());
+            assert_eq!(err.code, ErrorCode::InvalidField, "{value}");
+            assert!(err.message.contains(field), "{value}: {}", err.message);
+        }
+        let missing = [
+            (json!({"type": "get_history"}), "dialog_id"),
+            (json!({"type": "mark_read", "dialog_id": 1}), "message_id"),
+            (json!({"type": "mark_read", "message_id": 1}), "dialog_id"),
+        ];
+        for (value, field) in missing {
+            let err = err_json(value.clone());
+            assert_eq!(err.code, ErrorCode::MissingField, "{value}");
+            assert!(err.message.contains(field), "{value}: {}", err.message);
+        }
     }
 
     /// Every client frame type parses, with defaults where fields may be left out.

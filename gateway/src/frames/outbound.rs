@@ -26,7 +26,8 @@ fn rfc3339_ms(at: OffsetDateTime) -> String {
         .unwrap_or_else(|_| at.unix_timestamp().to_string())
 }
 
-fn timestamp_of(ms: i64) -> String {
+/// A stored time (milliseconds since the Unix epoch) as RFC 3339, UTC.
+pub fn timestamp_of(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .map(rfc3339_ms)
         .unwrap_or_else(|_| now_rfc3339())

@@ -23,6 +23,12 @@ pub enum ChatError {
     Forbidden,
     #[error("dialog_id is required")]
     DialogRequired,
+    #[error("the balance is used up: top it up, or ask for a human operator")]
+    InsufficientBalance,
+    #[error("message {message_id} is not in dialog {dialog_id}")]
+    MessageNotInDialog { dialog_id: i64, message_id: i64 },
+    #[error("a top-up needs a user id above 0 and an amount above 0")]
+    InvalidTopUp,
     #[error(transparent)]
     Handoff(#[from] HandoffError),
     #[error(transparent)]
@@ -61,6 +67,21 @@ impl From<ChatError> for Status {
             ChatError::DialogRequired => with_code(
                 Code::InvalidArgument,
                 ErrorCode::MissingField,
+                err.to_string(),
+            ),
+            ChatError::InsufficientBalance => with_code(
+                Code::FailedPrecondition,
+                ErrorCode::InsufficientBalance,
+                err.to_string(),
+            ),
+            ChatError::MessageNotInDialog { .. } => with_code(
+                Code::InvalidArgument,
+                ErrorCode::InvalidField,
+                err.to_string(),
+            ),
+            ChatError::InvalidTopUp => with_code(
+                Code::InvalidArgument,
+                ErrorCode::InvalidRequest,
                 err.to_string(),
             ),
             // The handoff service's own refusal (handoff_exists, queue_full, …) goes to the client as it is.

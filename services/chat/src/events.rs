@@ -50,6 +50,18 @@ pub struct Typing {
     pub is_typing: bool,
 }
 
+/// `read`: one side of a dialog read it up to `message_id`, to the other
+/// side and the dialog's room (live).
+#[derive(Debug, Serialize)]
+pub struct Read {
+    pub dialog_id: i64,
+    pub message_id: i64,
+    /// `user` or `operator`.
+    pub reader: &'static str,
+    /// The reader's id (the user's or the operator's).
+    pub reader_id: i64,
+}
+
 /// `balance_alert`: a charge took the user's balance below the threshold.
 #[derive(Debug, Serialize)]
 pub struct BalanceAlert {

@@ -203,6 +203,37 @@ impl HolderView {
         }
     }
 
+    /// The dialog's holder as far as the view knows now (the notes applied so
+    /// far); `None` while the view is not synced.
+    pub fn current(&self, dialog_id: i64) -> Option<Option<Holder>> {
+        let state = self.state();
+        state.synced.then(|| {
+            state
+                .dialogs
+                .get(&dialog_id)
+                .and_then(|entry| entry.holder.clone())
+        })
+    }
+
+    /// The dialogs `operator_id` holds as far as the view knows now, highest
+    /// id first; `None` while the view is not synced.
+    pub fn held_by(&self, operator_id: i64) -> Option<Vec<i64>> {
+        let state = self.state();
+        if !state.synced {
+            return None;
+        }
+        let mut held: Vec<i64> = state
+            .dialogs
+            .iter()
+            .filter(|(_, entry)| {
+                matches!(&entry.holder, Some(Holder::Operator { id, .. }) if *id == operator_id)
+            })
+            .map(|(dialog_id, _)| *dialog_id)
+            .collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        Some(held)
+    }
+
     /// The stream to the handoff service broke: ask it until the next snapshot.
     pub fn detached(&self) {
         self.state().synced = false;
@@ -288,6 +319,34 @@ mod tests {
             id: 7,
             name: "Bo".into(),
         })
+    }
+
+    /// `held_by` lists an operator's dialogs (newest first) only while
+    /// synced, and follows the notes: a dialog taken back leaves the list.
+    #[test]
+    fn held_by_follows_the_notes() {
+        let view = HolderView::new();
+        assert_eq!(view.held_by(7), None);
+        assert_eq!(view.current(1), None);
+        view.reset(
+            vec![(
+                3,
+                HeldBy::Operator {
+                    operator_id: 7,
+                    operator_name: "Bo".into(),
+                },
+            )],
+            10,
+        );
+        view.apply(assigned(11, OPERATOR, 1));
+        assert_eq!(view.held_by(7), Some(vec![3, 1]));
+        assert_eq!(view.held_by(8), Some(vec![]));
+        assert_eq!(view.current(1), Some(bo()));
+        view.apply(back_to_assistant(12, OPERATOR, 2));
+        assert_eq!(view.held_by(7), Some(vec![3]));
+        assert_eq!(view.current(1), Some(None));
+        view.detached();
+        assert_eq!(view.held_by(7), None);
     }
 
     /// Before the first snapshot, and after the stream broke, it never answers.

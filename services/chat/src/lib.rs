@@ -48,7 +48,10 @@ use tonic::codegen::InterceptedService;
 
 pub use config::ChatConfig;
 pub use error::ChatError;
-pub use service::{ChatService, Policy, Sent};
+pub use service::{
+    ChatService, DEFAULT_PAGE, DialogList, DialogState, DialogSummary, History, MAX_PAGE, Policy,
+    Sent, page_limit,
+};
 
 /// Why the chat service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

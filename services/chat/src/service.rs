@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::bounded::BoundedMap;
 use crate::error::ChatError;
 use crate::events::{
-    AiResponse, BalanceAlert, ChatMessageCopy, DeferredError, OperatorMessage, Typing,
+    AiResponse, BalanceAlert, ChatMessageCopy, DeferredError, OperatorMessage, Read, Typing,
 };
 use crate::handoffs::{HandoffError, HandoffRecord, Handoffs, Holder, Priority, RefusalKind};
 use crate::holders::HolderView;
@@ -40,6 +40,68 @@ pub struct Sent {
     pub message_id: i64,
     /// False when the idempotency key matched an earlier message.
     pub created: bool,
+}
+
+/// Most messages or dialogs in one page, on every face (WebSocket, HTTP,
+/// gRPC); a larger limit is read as this one.
+pub const MAX_PAGE: u32 = 100;
+/// The page size when a request names none.
+pub const DEFAULT_PAGE: u32 = 50;
+
+/// The page size for a requested limit: none (or 0) is [`DEFAULT_PAGE`],
+/// more than [`MAX_PAGE`] is [`MAX_PAGE`].
+pub fn page_limit(requested: Option<u32>) -> u32 {
+    match requested {
+        None | Some(0) => DEFAULT_PAGE,
+        Some(n) => n.min(MAX_PAGE),
+    }
+}
+
+/// A page of a dialog's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    pub dialog: Dialog,
+    /// Oldest first.
+    pub messages: Vec<Message>,
+    /// Older messages exist (before the first one here).
+    pub has_more: bool,
+}
+
+/// Who answers a dialog now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialogState {
+    /// The AI assistant.
+    Assistant,
+    /// A handoff waits in the queue.
+    Queued,
+    /// This operator holds it.
+    Operator(i64),
+}
+
+impl From<Option<Holder>> for DialogState {
+    fn from(holder: Option<Holder>) -> Self {
+        match holder {
+            None => DialogState::Assistant,
+            Some(Holder::Queued) => DialogState::Queued,
+            Some(Holder::Operator { id, .. }) => DialogState::Operator(id),
+        }
+    }
+}
+
+/// A dialog in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialogSummary {
+    pub dialog: Dialog,
+    pub state: DialogState,
+}
+
+/// A page of the dialogs a caller may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialogList {
+    /// Newest (highest id) first.
+    pub dialogs: Vec<DialogSummary>,
+    /// Older dialogs exist (below the last one here).
+    pub has_more: bool,
 }
 
 /// The chat service. Cheap to clone.
@@ -169,6 +231,10 @@ impl ChatService {
             }
             None => (DialogRef::New { user_id: caller.id }, None),
         };
+        if checked.is_none() {
+            // The assistant would answer: refused before anything is stored.
+            self.ensure_can_pay(caller.id).await?;
+        }
         let (message, created) = self
             .store
             .append_message(NewMessage {
@@ -404,17 +470,148 @@ impl ChatService {
         }
     }
 
-    /// A dialog's messages, oldest first, for its owner or an admin/service.
+    /// A page of a dialog's messages (`limit` of them, at most [`MAX_PAGE`],
+    /// below message `before`), oldest first, for its owner, the operator
+    /// holding it now (asked of the handoff service), an admin or a service.
+    /// Anyone else gets [`ChatError::NotParticipant`], answered like a
+    /// dialog that does not exist.
     pub async fn history(
         &self,
         caller: &Caller,
         dialog_id: i64,
         before: Option<i64>,
         limit: u32,
-    ) -> Result<(Dialog, Vec<Message>), ChatError> {
+    ) -> Result<History, ChatError> {
+        let limit = limit.clamp(1, MAX_PAGE);
         let (dialog, _) = self.check_access(caller, dialog_id).await?;
-        let messages = self.store.history(dialog.id, before, limit).await?;
-        Ok((dialog, messages))
+        // One more than asked: whether it comes back says `has_more`.
+        let mut messages = self.store.history(dialog.id, before, limit + 1).await?;
+        let has_more = messages.len() > limit as usize;
+        if has_more {
+            messages.remove(0);
+        }
+        Ok(History {
+            dialog,
+            messages,
+            has_more,
+        })
+    }
+
+    /// A page of the dialogs `caller` may read, newest (highest id) first,
+    /// `limit` of them (at most [`MAX_PAGE`]) below dialog `before`: a
+    /// user's own; the ones an operator holds now (by the holder view, fed
+    /// by the handoff service's notes); every dialog for admins and
+    /// services. Each with who answers it now.
+    pub async fn list_dialogs(
+        &self,
+        caller: &Caller,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<DialogList, ChatError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let wanted = limit as usize + 1;
+        let mut dialogs = match caller.role {
+            Role::User => {
+                self.store
+                    .list_dialogs(Some(caller.id), before, limit + 1)
+                    .await?
+            }
+            Role::Admin | Role::Service => self.store.list_dialogs(None, before, limit + 1).await?,
+            Role::Operator => {
+                let held =
+                    self.holders
+                        .held_by(caller.id)
+                        .ok_or_else(|| HandoffError::Unavailable {
+                            cause: "not following the handoff service's holders".into(),
+                        })?;
+                let mut dialogs = Vec::with_capacity(held.len().min(wanted));
+                // An operator holds a handful (the handoff cap): one read each.
+                for id in held
+                    .into_iter()
+                    .filter(|id| before.is_none_or(|before| *id < before))
+                    .take(wanted)
+                {
+                    if let Some(dialog) = self.store.dialog(id).await? {
+                        dialogs.push(dialog);
+                    }
+                }
+                dialogs
+            }
+        };
+        let has_more = dialogs.len() > limit as usize;
+        dialogs.truncate(limit as usize);
+        let mut summaries = Vec::with_capacity(dialogs.len());
+        for dialog in dialogs {
+            let holder = match self.holders.current(dialog.id) {
+                Some(holder) => holder,
+                // Not following the handoff service just now: ask it.
+                None => self.handoffs.holding(dialog.id).await?.holder,
+            };
+            summaries.push(DialogSummary {
+                dialog,
+                state: holder.into(),
+            });
+        }
+        Ok(DialogList {
+            dialogs: summaries,
+            has_more,
+        })
+    }
+
+    /// A participant read the dialog up to `message_id`: the dialog's owner,
+    /// or the operator holding it (by a view reflecting `seen`, as for
+    /// messages). The other side — the holding operator for the user, the
+    /// user for the operator — and the dialog's room get a live `read`;
+    /// nothing is stored. The message must be one of the dialog's.
+    pub async fn mark_read(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        message_id: i64,
+        seen: u64,
+    ) -> Result<(), ChatError> {
+        let (dialog, reader, other_side) = if caller.role == Role::Operator {
+            let dialog = self.dialog_owner(dialog_id).await?;
+            if !self.holds(caller, &dialog, seen).await? {
+                return Err(ChatError::NotParticipant(dialog_id));
+            }
+            (dialog, "operator", Some(Recipient::User(dialog.user_id)))
+        } else {
+            let dialog = self.owned_dialog(caller, dialog_id).await?;
+            let other_side = match self
+                .holder(dialog.id, NotedFor::User(caller.id), seen)
+                .await?
+            {
+                Some(Holder::Operator { id, .. }) => Some(Recipient::Operator(id)),
+                _ => None,
+            };
+            (dialog, "user", other_side)
+        };
+        // The newest message at or below `message_id` must be that one.
+        let found = self
+            .store
+            .history(dialog.id, message_id.checked_add(1), 1)
+            .await?;
+        if found.first().map(|message| message.id) != Some(message_id) {
+            return Err(ChatError::MessageNotInDialog {
+                dialog_id,
+                message_id,
+            });
+        }
+        let body = Read {
+            dialog_id: dialog.id,
+            message_id,
+            reader,
+            reader_id: caller.id,
+        };
+        let event = Arc::new(Event::new("read", &body)?.with_origin(caller.connection_id.clone()));
+        if let Some(other_side) = other_side {
+            self.log.publish(other_side, event.clone()).await?;
+        }
+        self.log
+            .publish(Recipient::dialog_room(dialog.id), event)
+            .await?;
+        Ok(())
     }
 
     /// Relays a typing indicator, live only: to the dialog's room, and to
@@ -473,6 +670,45 @@ impl ChatService {
             .balance(user_id)
             .await?
             .unwrap_or(self.policy.starting_balance))
+    }
+
+    /// Adds `amount` to a user's balance (admins and services only; a user
+    /// not seen yet starts from the starting balance); the new balance.
+    pub async fn top_up(
+        &self,
+        caller: &Caller,
+        user_id: i64,
+        amount: Money,
+    ) -> Result<Money, ChatError> {
+        if !caller.role.is_privileged() {
+            return Err(ChatError::Forbidden);
+        }
+        if user_id <= 0 || amount <= Money::ZERO {
+            return Err(ChatError::InvalidTopUp);
+        }
+        self.store
+            .ensure_user(user_id, None, self.policy.starting_balance)
+            .await?;
+        let charge = self.store.charge(user_id, -amount).await?;
+        tracing::info!(user_id, amount = %amount, balance = %charge.after, "balance topped up");
+        Ok(charge.after)
+    }
+
+    /// Refuses a message the assistant would answer when the user's balance
+    /// is used up (0 or below). Free assistants (price 0) never refuse.
+    async fn ensure_can_pay(&self, user_id: i64) -> Result<(), ChatError> {
+        if self.policy.price_per_1k_tokens <= Money::ZERO {
+            return Ok(());
+        }
+        let balance = self
+            .store
+            .balance(user_id)
+            .await?
+            .unwrap_or(self.policy.starting_balance);
+        if balance <= Money::ZERO {
+            return Err(ChatError::InsufficientBalance);
+        }
+        Ok(())
     }
 
     /// The dialog, when `caller` is its owner (a user or an admin).

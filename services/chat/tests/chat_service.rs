@@ -10,7 +10,7 @@ use chatai_chat::handoffs::{
     HandoffError, HandoffRecord, Handoffs, Holder, Holding, NoHandoffs, Priority,
 };
 use chatai_chat::store::{self, ChatStore, Money, Sender};
-use chatai_chat::{ChatError, ChatService, Policy};
+use chatai_chat::{ChatError, ChatService, DialogState, Policy};
 use chatai_kit::config::EventLogConfig;
 use chatai_kit::events::memory::MemoryLog;
 use chatai_kit::events::{Delivery, EventLog, Recipient};
@@ -139,11 +139,12 @@ async fn answer_is_stored_delivered_and_charged() {
     assert!(tokens > 0);
     f.tasks.close();
     f.tasks.wait().await;
-    let (_, history) = f
+    let history = f
         .service
         .history(&ann, sent.dialog_id, None, 50)
         .await
-        .expect("the owner reads the dialog");
+        .expect("the owner reads the dialog")
+        .messages;
     assert_eq!(history.len(), 2);
     assert_eq!(
         history[1].text,
@@ -254,11 +255,12 @@ async fn retried_message_is_stored_once() {
     assert!(!again.created);
     f.tasks.close();
     f.tasks.wait().await;
-    let (_, history) = f
+    let history = f
         .service
         .history(&ann, first.dialog_id, None, 50)
         .await
-        .expect("readable");
+        .expect("readable")
+        .messages;
     assert_eq!(history.len(), 2, "one user message and one answer");
 }
 
@@ -370,11 +372,12 @@ async fn assistant_failure_is_reported_to_the_user() {
     let error = body(&delivery);
     assert_eq!(error["code"], "assistant_unavailable");
     assert_eq!(error["message_id"], sent.message_id);
-    let (_, history) = f
+    let history = f
         .service
         .history(&ann, sent.dialog_id, None, 10)
         .await
-        .expect("readable");
+        .expect("readable")
+        .messages;
     assert_eq!(history.len(), 1);
 }
 
@@ -549,11 +552,12 @@ async fn a_held_dialog_is_between_user_and_operator() {
     );
     f.tasks.close();
     f.tasks.wait().await;
-    let (_, history) = f
+    let history = f
         .service
         .history(&olga, first.dialog_id, None, 10)
         .await
-        .expect("the holder reads");
+        .expect("the holder reads")
+        .messages;
     assert_eq!(history.len(), 4, "hello, answer, question, reply");
 
     let other = Caller {
@@ -909,6 +913,15 @@ impl ChatStore for HookedStore {
         self.inner.history(dialog_id, before, limit).await
     }
 
+    async fn list_dialogs(
+        &self,
+        user_id: Option<i64>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<store::Dialog>, store::StoreError> {
+        self.inner.list_dialogs(user_id, before, limit).await
+    }
+
     async fn charge(
         &self,
         user_id: i64,
@@ -1096,4 +1109,147 @@ async fn an_operators_ack_does_not_wait_for_the_handoff_service() {
     assert!(sent.created);
     let to_user = next_for(&mut f.live, &Recipient::User(1)).await;
     assert_eq!(body(&to_user)["message"], "one moment");
+}
+
+/// A used-up balance refuses what the assistant would answer before storing
+/// it (no dialog opened either); a free assistant never refuses; a top-up
+/// (admins and services only, a positive amount) lets the user talk again.
+#[tokio::test]
+async fn used_up_balance_refuses_until_topped_up() {
+    let f = fixture(
+        Arc::new(KnowledgeBase::bundled("Helper")),
+        policy(0.0, 1.0, 0.0),
+    )
+    .await;
+    let ann = caller(456, Role::User);
+    assert!(matches!(
+        f.service.send_message(&ann, None, "hello", None, 0).await,
+        Err(ChatError::InsufficientBalance)
+    ));
+    assert!(
+        f.store
+            .list_dialogs(Some(456), None, 10)
+            .await
+            .expect("readable")
+            .is_empty(),
+        "nothing stored"
+    );
+    assert!(matches!(
+        f.service.top_up(&ann, 456, Money::from_units(1.0)).await,
+        Err(ChatError::Forbidden)
+    ));
+    let admin = caller(9, Role::Admin);
+    for (user, amount) in [(456, 0.0), (456, -1.0), (0, 1.0)] {
+        assert!(matches!(
+            f.service
+                .top_up(&admin, user, Money::from_units(amount))
+                .await,
+            Err(ChatError::InvalidTopUp)
+        ));
+    }
+    let balance = f
+        .service
+        .top_up(&admin, 456, Money::from_units(1.5))
+        .await
+        .expect("an admin tops up");
+    assert_eq!(balance, Money::from_units(1.5));
+    let topped = f
+        .service
+        .top_up(&Caller::service(), 456, Money::from_units(0.5))
+        .await
+        .expect("a service tops up");
+    assert_eq!(topped, Money::from_units(2.0));
+    f.service
+        .send_message(&ann, None, "hello", None, 0)
+        .await
+        .expect("accepted after the top-up");
+
+    let free = fixture(
+        Arc::new(KnowledgeBase::bundled("Helper")),
+        policy(0.0, 0.0, 0.0),
+    )
+    .await;
+    free.service
+        .send_message(&ann, None, "hello", None, 0)
+        .await
+        .expect("a free assistant answers whatever the balance");
+}
+
+/// History pages say whether older messages exist; list_dialogs gives a
+/// user their own dialogs, newest first, an admin everyone's, each with who
+/// answers it.
+#[tokio::test]
+async fn history_and_dialog_pages() {
+    let f = fixture(
+        Arc::new(KnowledgeBase::bundled("Helper")),
+        policy(10.0, 0.0, 0.0),
+    )
+    .await;
+    let ann = caller(456, Role::User);
+    let first = f
+        .service
+        .send_message(&ann, None, "one", None, 0)
+        .await
+        .expect("accepted");
+    for text in ["two", "three"] {
+        f.service
+            .send_message(&ann, Some(first.dialog_id), text, None, 0)
+            .await
+            .expect("accepted");
+    }
+    f.tasks.close();
+    f.tasks.wait().await;
+    // Three questions, three answers.
+    let page = f
+        .service
+        .history(&ann, first.dialog_id, None, 4)
+        .await
+        .expect("readable");
+    assert_eq!(page.messages.len(), 4);
+    assert!(page.has_more);
+    let rest = f
+        .service
+        .history(&ann, first.dialog_id, Some(page.messages[0].id), 4)
+        .await
+        .expect("readable");
+    assert_eq!(rest.messages.len(), 2);
+    assert!(!rest.has_more);
+    let all = f
+        .service
+        .history(&ann, first.dialog_id, None, 6)
+        .await
+        .expect("readable");
+    assert_eq!(all.messages.len(), 6);
+    assert!(!all.has_more, "exactly the page: nothing older");
+
+    let bob = caller(7, Role::User);
+    let second = f
+        .service
+        .send_message(&bob, None, "bob's", None, 0)
+        .await
+        .expect("accepted");
+    let own = f
+        .service
+        .list_dialogs(&ann, None, 50)
+        .await
+        .expect("listed");
+    assert_eq!(
+        own.dialogs.iter().map(|d| d.dialog.id).collect::<Vec<_>>(),
+        [first.dialog_id]
+    );
+    assert_eq!(own.dialogs[0].state, DialogState::Assistant);
+    let every = f
+        .service
+        .list_dialogs(&caller(9, Role::Admin), None, 1)
+        .await
+        .expect("listed");
+    assert_eq!(
+        every
+            .dialogs
+            .iter()
+            .map(|d| d.dialog.id)
+            .collect::<Vec<_>>(),
+        [second.dialog_id]
+    );
+    assert!(every.has_more);
 }

@@ -313,6 +313,55 @@ async fn concurrent_charges_all_apply(store: Arc<dyn ChatStore>) -> CaseResult {
     Ok(())
 }
 
+/// Dialog listing: newest first, `before` pages backwards, `limit` bounds
+/// the page, a user sees only their own and `None` lists everyone's.
+async fn dialogs_are_listed_newest_first_with_paging(store: Arc<dyn ChatStore>) -> CaseResult {
+    store.ensure_user(21, None, Money::ZERO).await?;
+    store.ensure_user(22, None, Money::ZERO).await?;
+    let mut own = Vec::new();
+    let mut every = Vec::new();
+    for i in 0..5 {
+        let mine = store.create_dialog(21).await?;
+        own.push(mine.id);
+        every.push(mine.id);
+        if i % 2 == 0 {
+            every.push(store.create_dialog(22).await?.id);
+        }
+    }
+    own.reverse();
+    every.reverse();
+    let ids = |dialogs: Vec<store::Dialog>| dialogs.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_dialogs(Some(21), None, 10).await?), own);
+    assert_eq!(ids(store.list_dialogs(Some(21), None, 2).await?), own[..2]);
+    assert_eq!(
+        ids(store.list_dialogs(Some(21), Some(own[1]), 2).await?),
+        own[2..4]
+    );
+    assert_eq!(
+        ids(store.list_dialogs(Some(21), Some(own[4]), 2).await?),
+        Vec::<i64>::new()
+    );
+    assert_eq!(ids(store.list_dialogs(None, None, 100).await?), every);
+    assert_eq!(
+        ids(store.list_dialogs(None, Some(every[2]), 3).await?),
+        every[3..6]
+    );
+    assert!(store.list_dialogs(Some(23), None, 10).await?.is_empty());
+    let listed = store.list_dialogs(Some(21), None, 1).await?;
+    assert_eq!(listed.first(), store.dialog(own[0]).await?.as_ref());
+    Ok(())
+}
+
+/// A negative charge is a top-up: it adds, atomically, and says the new balance.
+async fn a_negative_charge_tops_up(store: Arc<dyn ChatStore>) -> CaseResult {
+    store.ensure_user(31, None, Money::ZERO).await?;
+    let topped = store.charge(31, -Money::from_units(2.5)).await?;
+    assert_eq!(topped.before, Money::ZERO);
+    assert_eq!(topped.after, Money::from_units(2.5));
+    assert_eq!(store.balance(31).await?, Some(Money::from_units(2.5)));
+    Ok(())
+}
+
 /// The foreign key holds: a message into an unknown dialog is
 /// `NotFound { what: "dialog" }` and nothing is stored.
 async fn message_into_unknown_dialog_is_not_found(store: Arc<dyn ChatStore>) -> CaseResult {
@@ -752,6 +801,8 @@ chatai_testkit::on_both_databases! {
         a_bad_request_fails_alone,
         duplicate_keys_return_the_first,
         answer_and_charge_are_stored_together,
+        dialogs_are_listed_newest_first_with_paging,
+        a_negative_charge_tops_up,
     ],
     urls: [
         migrations_apply_twice,

@@ -58,6 +58,9 @@ pub enum ErrorCode {
     HandoffNotFound,
     /// The presence service does not know the operator.
     OperatorNotFound,
+    /// The user's balance is used up: the assistant does not answer (a
+    /// human operator can still be asked for).
+    InsufficientBalance,
     /// A service said something was missing without a code of its own.
     NotFound,
     /// A service refused the request's values.
@@ -91,6 +94,7 @@ impl ErrorCode {
         ErrorCode::TooManyHandoffs,
         ErrorCode::HandoffNotFound,
         ErrorCode::OperatorNotFound,
+        ErrorCode::InsufficientBalance,
         ErrorCode::NotFound,
         ErrorCode::InvalidRequest,
         ErrorCode::InternalError,
@@ -120,6 +124,7 @@ impl ErrorCode {
             ErrorCode::TooManyHandoffs => "too_many_handoffs",
             ErrorCode::HandoffNotFound => "handoff_not_found",
             ErrorCode::OperatorNotFound => "operator_not_found",
+            ErrorCode::InsufficientBalance => "insufficient_balance",
             ErrorCode::NotFound => "not_found",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::InternalError => "internal_error",

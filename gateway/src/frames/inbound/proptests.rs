@@ -33,7 +33,7 @@ const PARSER_CODES: [ErrorCode; 7] = [
 ];
 
 /// Every `type` a client may send.
-const TYPES: [&str; 9] = [
+const TYPES: [&str; 12] = [
     "chat_message",
     "typing",
     "handoff_request",
@@ -43,10 +43,13 @@ const TYPES: [&str; 9] = [
     "set_status",
     "complete_handoff",
     "refresh_token",
+    "get_history",
+    "list_dialogs",
+    "mark_read",
 ];
 
 /// Every field some client frame reads.
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 13] = [
     "dialog_id",
     "message",
     "is_typing",
@@ -57,6 +60,9 @@ const FIELDS: [&str; 10] = [
     "resolution",
     "token",
     "id",
+    "before_id",
+    "message_id",
+    "limit",
 ];
 
 /// 256 cases per property unless `PROPTEST_CASES` says otherwise (proptest
@@ -161,7 +167,7 @@ fn key() -> BoxedStrategy<String> {
 /// `null` or anything else.
 fn field(name: &str) -> BoxedStrategy<Option<Value>> {
     let wanted = match name {
-        "dialog_id" => prop_oneof![
+        "dialog_id" | "before_id" | "message_id" => prop_oneof![
             (1..=i64::MAX).prop_map(Value::from),
             (0..1000i64).prop_map(Value::from),
             "0{0,2}[0-9]{1,20}".prop_map(Value::String),
@@ -176,6 +182,21 @@ fn field(name: &str) -> BoxedStrategy<Option<Value>> {
                 Value::from("00"),
                 Value::from("9223372036854775807"),
                 Value::from("9223372036854775808"),
+            ]),
+        ]
+        .boxed(),
+        "limit" => prop_oneof![
+            (0..150u64).prop_map(Value::from),
+            prop::sample::select(vec![
+                Value::from(0),
+                Value::from(-1),
+                Value::from(1),
+                Value::from(100),
+                Value::from(101),
+                Value::from(u64::from(u32::MAX) + 1),
+                Value::from(u64::MAX),
+                Value::from(2.0),
+                Value::from("10"),
             ]),
         ]
         .boxed(),
@@ -297,7 +318,12 @@ fn present<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> 
 
 /// `dialog_id`: a JSON integer or a string of ASCII digits, 1 ..= `i64::MAX`.
 fn dialog_id(object: &Map<String, Value>) -> Verdict<Option<i64>> {
-    let Some(value) = present(object, "dialog_id") else {
+    positive_id(object, "dialog_id")
+}
+
+/// An id field (`dialog_id`, `before_id`, `message_id`): as `dialog_id`.
+fn positive_id(object: &Map<String, Value>, name: &str) -> Verdict<Option<i64>> {
+    let Some(value) = present(object, name) else {
         return Valid(None);
     };
     let number: Option<i128> = match value {
@@ -323,6 +349,18 @@ fn required_dialog_id(object: &Map<String, Value>) -> Verdict<i64> {
         Valid(Some(id)) => Valid(id),
         Valid(None) => Missing,
         _ => Invalid,
+    }
+}
+
+/// `limit`: a JSON integer above 0 (one past `u32::MAX` reads as it).
+fn limit(object: &Map<String, Value>) -> Verdict<Option<u32>> {
+    match present(object, "limit") {
+        None => Valid(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(limit) if limit > 0 => Valid(Some(u32::try_from(limit).unwrap_or(u32::MAX))),
+            _ => Invalid,
+        },
+        Some(_) => Invalid,
     }
 }
 
@@ -467,6 +505,43 @@ fn expected(object: &Map<String, Value>) -> Result<ClientFrame, Vec<(&'static st
         }
         "refresh_token" => take!("token", text(object, "token", usize::MAX))
             .map(|token| ClientFrame::RefreshToken { token }),
+        "get_history" => {
+            let dialog_id = take!("dialog_id", required_dialog_id(object));
+            let before_id = take!("before_id", positive_id(object, "before_id"));
+            let limit = take!("limit", limit(object));
+            match (dialog_id, before_id, limit) {
+                (Some(dialog_id), Some(before_id), Some(limit)) => Some(ClientFrame::GetHistory {
+                    dialog_id,
+                    before_id,
+                    limit,
+                }),
+                _ => None,
+            }
+        }
+        "list_dialogs" => {
+            let before_id = take!("before_id", positive_id(object, "before_id"));
+            let limit = take!("limit", limit(object));
+            before_id
+                .zip(limit)
+                .map(|(before_id, limit)| ClientFrame::ListDialogs { before_id, limit })
+        }
+        "mark_read" => {
+            let dialog_id = take!("dialog_id", required_dialog_id(object));
+            let message_id = take!(
+                "message_id",
+                match positive_id(object, "message_id") {
+                    Valid(Some(id)) => Valid(id),
+                    Valid(None) => Missing,
+                    _ => Invalid,
+                }
+            );
+            dialog_id
+                .zip(message_id)
+                .map(|(dialog_id, message_id)| ClientFrame::MarkRead {
+                    dialog_id,
+                    message_id,
+                })
+        }
         other => panic!("not a client type: {other}"),
     };
     frame.ok_or(bad)

@@ -9,7 +9,7 @@ use chatai_proto::v1 as pb;
 use chatai_proto::v1::chat_server::Chat;
 use tonic::{Request, Response, Status};
 
-use super::from_proto::{self, HistoryPage};
+use super::from_proto::{self, Page};
 use super::to_proto;
 use crate::service::ChatService;
 
@@ -57,12 +57,64 @@ impl Chat for ChatApi {
         let request = request.into_inner();
         tracing::Span::current().record("caller", caller.id);
         tracing::Span::current().record("dialog_id", request.dialog_id);
-        let page = HistoryPage::from(&request);
-        let (dialog, messages) = self
+        let page = Page::from(&request);
+        let history = self
             .service
             .history(&caller, request.dialog_id, page.before, page.limit)
             .await?;
-        Ok(Response::new(to_proto::history(dialog, messages)))
+        Ok(Response::new(history.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller, role))]
+    async fn list_dialogs(
+        &self,
+        request: Request<pb::ListDialogsRequest>,
+    ) -> Result<Response<pb::ListDialogsResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        tracing::Span::current().record("caller", caller.id);
+        tracing::Span::current().record("role", caller.role.as_str());
+        let page = Page::from(request.get_ref());
+        let list = self
+            .service
+            .list_dialogs(&caller, page.before, page.limit)
+            .await?;
+        Ok(Response::new(list.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller, dialog_id))]
+    async fn mark_read(
+        &self,
+        request: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        tracing::Span::current().record("caller", caller.id);
+        tracing::Span::current().record("dialog_id", request.dialog_id);
+        self.service
+            .mark_read(
+                &caller,
+                request.dialog_id,
+                request.message_id,
+                request.handoff_position,
+            )
+            .await?;
+        Ok(Response::new(pb::MarkReadResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller, user_id))]
+    async fn top_up(
+        &self,
+        request: Request<pb::TopUpRequest>,
+    ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        tracing::Span::current().record("caller", caller.id);
+        tracing::Span::current().record("user_id", request.user_id);
+        let balance = self
+            .service
+            .top_up(&caller, request.user_id, from_proto::amount(request.amount))
+            .await?;
+        Ok(Response::new(to_proto::balance(request.user_id, balance)))
     }
 
     #[tracing::instrument(skip_all, fields(caller))]

@@ -11,29 +11,45 @@ use tonic::{Code, Status};
 use crate::handoffs::{
     HandoffError, HandoffRecord, HandoffState, Holder, Holding, Priority, Refusal, RefusalKind,
 };
+use crate::store::Money;
 
-/// Largest history page.
-const MAX_HISTORY: u32 = 200;
-/// History page when the request names none.
-const DEFAULT_HISTORY: u32 = 50;
-
-/// The page of a dialog's history a request asks for.
+/// The page a history or dialog-listing request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryPage {
-    /// Only messages before this one (none: the newest).
+pub struct Page {
+    /// Only items with an id below this one (none: the newest).
     pub before: Option<i64>,
+    /// 0 is the default page, more than the largest page is the largest
+    /// ([`crate::page_limit`]).
     pub limit: u32,
 }
 
-impl From<&pb::GetHistoryRequest> for HistoryPage {
-    fn from(request: &pb::GetHistoryRequest) -> Self {
-        HistoryPage {
-            before: Some(request.before_message_id).filter(|id| *id > 0),
-            limit: match request.limit {
-                0 => DEFAULT_HISTORY,
-                n => n.min(MAX_HISTORY),
-            },
+impl Page {
+    fn new(before: i64, limit: u32) -> Self {
+        Page {
+            before: Some(before).filter(|id| *id > 0),
+            limit: crate::page_limit(Some(limit)),
         }
+    }
+}
+
+impl From<&pb::GetHistoryRequest> for Page {
+    fn from(request: &pb::GetHistoryRequest) -> Self {
+        Page::new(request.before_message_id, request.limit)
+    }
+}
+
+impl From<&pb::ListDialogsRequest> for Page {
+    fn from(request: &pb::ListDialogsRequest) -> Self {
+        Page::new(request.before_dialog_id, request.limit)
+    }
+}
+
+/// A top-up's amount: anything but a finite number is no amount (refused).
+pub fn amount(units: f64) -> Money {
+    if units.is_finite() {
+        Money::from_units(units)
+    } else {
+        Money::ZERO
     }
 }
 

@@ -7,7 +7,7 @@ use chatai_proto::v1 as pb;
 use tonic::{Code, Status};
 
 use crate::handoffs::{HandoffRecord, HandoffState, Priority, Refusal, RefusalKind};
-use crate::service::Sent;
+use crate::service::{DialogList, DialogState, DialogSummary, History, Sent};
 use crate::store::{Dialog, Message, Money, Sender};
 
 impl From<Sent> for pb::SendMessageResponse {
@@ -38,12 +38,49 @@ impl From<Message> for pb::ChatMessage {
     }
 }
 
-/// A page of a dialog's history.
-pub fn history(dialog: Dialog, messages: Vec<Message>) -> pb::GetHistoryResponse {
-    pb::GetHistoryResponse {
-        dialog_id: dialog.id,
-        user_id: dialog.user_id,
-        messages: messages.into_iter().map(pb::ChatMessage::from).collect(),
+impl From<History> for pb::GetHistoryResponse {
+    fn from(history: History) -> Self {
+        pb::GetHistoryResponse {
+            dialog_id: history.dialog.id,
+            user_id: history.dialog.user_id,
+            messages: history
+                .messages
+                .into_iter()
+                .map(pb::ChatMessage::from)
+                .collect(),
+            has_more: history.has_more,
+        }
+    }
+}
+
+impl From<DialogSummary> for pb::DialogSummary {
+    fn from(summary: DialogSummary) -> Self {
+        let (state, operator_id) = match summary.state {
+            DialogState::Assistant => (pb::DialogState::Assistant, 0),
+            DialogState::Queued => (pb::DialogState::Queued, 0),
+            DialogState::Operator(id) => (pb::DialogState::Operator, id),
+        };
+        pb::DialogSummary {
+            dialog_id: summary.dialog.id,
+            user_id: summary.dialog.user_id,
+            created_at_ms: summary.dialog.created_at_ms,
+            last_message_at_ms: summary.dialog.updated_at_ms,
+            state: state as i32,
+            operator_id,
+        }
+    }
+}
+
+impl From<DialogList> for pb::ListDialogsResponse {
+    fn from(list: DialogList) -> Self {
+        pb::ListDialogsResponse {
+            dialogs: list
+                .dialogs
+                .into_iter()
+                .map(pb::DialogSummary::from)
+                .collect(),
+            has_more: list.has_more,
+        }
     }
 }
 

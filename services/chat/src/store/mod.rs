@@ -105,8 +105,18 @@ pub trait ChatStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Message>, StoreError>;
 
+    /// Up to `limit` dialogs with id < `before` (None = newest), newest
+    /// first: those of `user_id`, or every dialog for `None`.
+    async fn list_dialogs(
+        &self,
+        user_id: Option<i64>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Dialog>, StoreError>;
+
     /// Subtracts `amount` from the balance atomically (may go negative) and
-    /// returns before/after. NotFound for an unknown user.
+    /// returns before/after; a negative amount adds (a top-up). NotFound for
+    /// an unknown user.
     async fn charge(&self, user_id: i64, amount: Money) -> Result<Charge, StoreError>;
 
     /// The user's balance, `None` for an unknown user.

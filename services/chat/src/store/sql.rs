@@ -35,6 +35,19 @@ pub(super) const HISTORY: &str = concat!(
     " FROM messages WHERE dialog_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
 );
 
+/// A user's dialogs below id `$2`, newest first (index `dialogs_user_id`,
+/// which on SQLite also orders by id — the rowid; on PostgreSQL the few
+/// dialogs of one user are sorted after the index lookup).
+pub(super) const USER_DIALOGS: &str = "\
+    SELECT id, user_id, created_at, updated_at FROM dialogs \
+    WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3";
+
+/// Every dialog below id `$1`, newest first (the primary key, bounded by
+/// the LIMIT).
+pub(super) const ALL_DIALOGS: &str = "\
+    SELECT id, user_id, created_at, updated_at FROM dialogs \
+    WHERE id < $1 ORDER BY id DESC LIMIT $2";
+
 pub(super) const BALANCE: &str = "SELECT balance_micros FROM users WHERE id = $1";
 
 pub(super) const PING: &str = "SELECT 1";
@@ -239,6 +252,34 @@ macro_rules! impl_chat_store {
                     .fetch_all(&self.pool)
                     .await?;
                 rows.into_iter().rev().map(TryInto::try_into).collect()
+            }
+
+            async fn list_dialogs(
+                &self,
+                user_id: Option<i64>,
+                before: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::Dialog>, $crate::store::StoreError> {
+                use $crate::store::sql;
+                let before = before.unwrap_or(i64::MAX);
+                let rows: Vec<sql::DialogRow> = match user_id {
+                    Some(user_id) => {
+                        sqlx::query_as(sql::USER_DIALOGS)
+                            .bind(user_id)
+                            .bind(before)
+                            .bind(i64::from(limit))
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                    None => {
+                        sqlx::query_as(sql::ALL_DIALOGS)
+                            .bind(before)
+                            .bind(i64::from(limit))
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                };
+                Ok(rows.into_iter().map(Into::into).collect())
             }
 
             async fn charge(
