@@ -58,6 +58,12 @@ pub enum ErrorCode {
     HandoffNotFound,
     /// The presence service does not know the operator.
     OperatorNotFound,
+    /// The operator a transfer names is offline or at their cap, or the
+    /// claiming operator is at their cap.
+    OperatorUnavailable,
+    /// The dialog's handoff is not waiting in the queue (an operator holds
+    /// it): it cannot be claimed or cancelled.
+    HandoffNotQueued,
     /// A service said something was missing without a code of its own.
     NotFound,
     /// A service refused the request's values.
@@ -91,6 +97,8 @@ impl ErrorCode {
         ErrorCode::TooManyHandoffs,
         ErrorCode::HandoffNotFound,
         ErrorCode::OperatorNotFound,
+        ErrorCode::OperatorUnavailable,
+        ErrorCode::HandoffNotQueued,
         ErrorCode::NotFound,
         ErrorCode::InvalidRequest,
         ErrorCode::InternalError,
@@ -120,6 +128,8 @@ impl ErrorCode {
             ErrorCode::TooManyHandoffs => "too_many_handoffs",
             ErrorCode::HandoffNotFound => "handoff_not_found",
             ErrorCode::OperatorNotFound => "operator_not_found",
+            ErrorCode::OperatorUnavailable => "operator_unavailable",
+            ErrorCode::HandoffNotQueued => "handoff_not_queued",
             ErrorCode::NotFound => "not_found",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::InternalError => "internal_error",
