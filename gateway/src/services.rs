@@ -86,6 +86,52 @@ pub struct CompletedHandoff {
     pub duration_seconds: u32,
 }
 
+/// The queue as of a version, for an operator's `queue_snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    /// The queue version: live `handoff_request` / `handoff_dequeued` at or
+    /// below it are already reflected.
+    pub version: u64,
+    /// In queue order.
+    pub waiting: Vec<WaitingHandoff>,
+}
+
+/// One handoff waiting in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingHandoff {
+    pub handoff_id: i64,
+    pub dialog_id: i64,
+    pub user_id: i64,
+    pub reason: String,
+    pub priority: Priority,
+    /// 1-based.
+    pub position: u32,
+    /// Since it (re-)entered the queue.
+    pub waiting_secs: u32,
+}
+
+/// Every operator presence knows, as of a version, for `operators_snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorsSnapshot {
+    /// The presence version: `operator_status_change` at or below it is
+    /// already reflected.
+    pub version: u64,
+    pub operators: Vec<OperatorSummary>,
+}
+
+/// One operator in an [`OperatorsSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorSummary {
+    pub operator_id: i64,
+    pub name: String,
+    pub status: EffectiveStatus,
+    /// `None` when presence has none on record.
+    pub chosen_status: Option<OperatorStatus>,
+    pub online: bool,
+    pub active_handoffs: u32,
+    pub max_handoffs: u32,
+}
+
 /// An operator's effective status, the one everyone sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EffectiveStatus {
@@ -245,6 +291,69 @@ impl Services {
         self.deadline(self.handoff.clone().complete_handoff(request))
             .await
             .map(CompletedHandoff::from)
+    }
+
+    /// The holding operator hands the dialog to `to_operator_id`, or back to
+    /// the queue without one.
+    pub async fn transfer_handoff(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        to_operator_id: Option<i64>,
+        reason: String,
+    ) -> Result<HandoffTicket, CallError> {
+        let message = pb::TransferHandoffRequest {
+            dialog_id,
+            to_operator_id: to_operator_id.unwrap_or(0),
+            reason,
+        };
+        let request = self.request(caller, message);
+        self.deadline(self.handoff.clone().transfer_handoff(request))
+            .await
+            .map(HandoffTicket::from)
+    }
+
+    /// An operator takes a queued dialog out of order.
+    pub async fn claim_handoff(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+    ) -> Result<HandoffTicket, CallError> {
+        let request = self.request(caller, pb::ClaimHandoffRequest { dialog_id });
+        self.deadline(self.handoff.clone().claim_handoff(request))
+            .await
+            .map(HandoffTicket::from)
+    }
+
+    /// The dialog's owner withdraws its handoff while it waits.
+    pub async fn cancel_handoff(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+    ) -> Result<HandoffTicket, CallError> {
+        let request = self.request(caller, pb::CancelHandoffRequest { dialog_id });
+        self.deadline(self.handoff.clone().cancel_handoff(request))
+            .await
+            .map(HandoffTicket::from)
+    }
+
+    /// The waiting handoffs as of a queue version.
+    pub async fn queue_snapshot(&self, caller: &Caller) -> Result<QueueSnapshot, CallError> {
+        let request = self.request(caller, pb::ListQueueRequest {});
+        self.deadline(self.handoff.clone().list_queue(request))
+            .await
+            .map(QueueSnapshot::from)
+    }
+
+    /// Every operator presence knows, as of a presence version.
+    pub async fn operators_snapshot(
+        &self,
+        caller: &Caller,
+    ) -> Result<OperatorsSnapshot, CallError> {
+        let request = self.request(caller, pb::ListOperatorsRequest {});
+        self.deadline(self.presence.clone().list_operators(request))
+            .await
+            .map(OperatorsSnapshot::from)
     }
 
     /// Tells the presence service an operator connection opened.

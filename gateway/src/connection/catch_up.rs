@@ -7,6 +7,7 @@
 
 use chatai_kit::error_code::ErrorCode;
 use chatai_kit::events::generation_start;
+use chatai_kit::identity::Role;
 
 use super::{Connection, Gone};
 use crate::cursor::Cursor;
@@ -140,9 +141,41 @@ impl Connection {
         if resuming && !complete {
             self.send_cursor_expired().await?;
         }
+        self.send_snapshots().await?;
         for (service, page) in first_pages.into_iter().flatten() {
             self.positions.set(service, page.start_after);
             self.deliver_pages(service, page).await?;
+        }
+        Ok(())
+    }
+
+    /// An operator's connection: the queue and the operators as they are now
+    /// (`queue_snapshot`, `operators_snapshot`), each with the version it is
+    /// as of. The connection already receives the live `handoff_request`,
+    /// `handoff_dequeued` and `operator_status_change` (it joined its role
+    /// before the start); those that were read into a snapshot carry a
+    /// version at or below it and the client drops them. A snapshot that
+    /// cannot be read is left out, with a warning: the live events go on.
+    async fn send_snapshots(&mut self) -> Result<(), Gone> {
+        if self.caller.role != Role::Operator {
+            return Ok(());
+        }
+        let services = self.gateway.services.clone();
+        let (queue, operators) = futures::future::join(
+            services.queue_snapshot(&self.caller),
+            services.operators_snapshot(&self.caller),
+        )
+        .await;
+        match queue {
+            Ok(queue) => self.send_text(outbound::queue_snapshot(&queue)).await?,
+            Err(err) => tracing::warn!(cause = %err, "no queue snapshot for an operator"),
+        }
+        match operators {
+            Ok(operators) => {
+                self.send_text(outbound::operators_snapshot(&operators))
+                    .await?
+            }
+            Err(err) => tracing::warn!(cause = %err, "no operators snapshot for an operator"),
         }
         Ok(())
     }
