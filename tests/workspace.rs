@@ -379,3 +379,35 @@ async fn a_user_cancels_while_queued() {
     assert_eq!(again["code"], "handoff_not_found", "{again}");
     app.stop().await;
 }
+
+/// An admin's connection gets, right after `connected`, every analytics
+/// metric's current value; operators and users do not.
+#[tokio::test]
+async fn an_admin_gets_the_analytics_snapshot() {
+    let app = spawn_app(options()).await;
+    let (mut admin, _) = app.connect_as(5801, Role::Admin, "").await;
+    let snapshot = admin.recv_type("analytics_snapshot").await;
+    let metrics = snapshot["metrics"].as_object().expect("metrics by name");
+    for name in [
+        "active_connections",
+        "active_users",
+        "online_operators",
+        "messages_per_minute",
+    ] {
+        assert!(
+            metrics.get(name).is_some_and(Value::is_number),
+            "{name} in {snapshot}"
+        );
+    }
+    let (mut olga, _) = app.connect_as(5802, Role::Operator, "").await;
+    let first = olga.recv().await;
+    assert_eq!(first["type"], "queue_snapshot", "{first}");
+    let second = olga.recv().await;
+    assert_eq!(second["type"], "operators_snapshot", "{second}");
+    let before = olga.heartbeat("no analytics").await;
+    assert!(
+        before.iter().all(|f| f["type"] != "analytics_snapshot"),
+        "{before:?}"
+    );
+    app.stop().await;
+}

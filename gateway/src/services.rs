@@ -16,6 +16,7 @@ use chatai_kit::status::error_code;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::chat_client::ChatClient;
 use chatai_proto::v1::handoff_client::HandoffClient;
+use chatai_proto::v1::notification_client::NotificationClient;
 use chatai_proto::v1::presence_client::PresenceClient;
 use tonic::{Code, Status};
 
@@ -132,6 +133,14 @@ pub struct OperatorSummary {
     pub max_handoffs: u32,
 }
 
+/// One analytics metric's current value, for an admin's `analytics_snapshot`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    /// As `analytics_update`'s `metric`.
+    pub name: String,
+    pub value: f64,
+}
+
 /// An operator's effective status, the one everyone sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EffectiveStatus {
@@ -159,6 +168,7 @@ pub struct Services {
     chat: ChatClient<ServiceChannel>,
     handoff: HandoffClient<ServiceChannel>,
     presence: PresenceClient<ServiceChannel>,
+    notification: NotificationClient<ServiceChannel>,
     timeout: Duration,
 }
 
@@ -167,12 +177,14 @@ impl Services {
         chat: ServiceChannel,
         handoff: ServiceChannel,
         presence: ServiceChannel,
+        notification: ServiceChannel,
         timeout: Duration,
     ) -> Self {
         Services {
             chat: ChatClient::new(chat),
             handoff: HandoffClient::new(handoff),
             presence: PresenceClient::new(presence),
+            notification: NotificationClient::new(notification),
             timeout,
         }
     }
@@ -354,6 +366,14 @@ impl Services {
         self.deadline(self.presence.clone().list_operators(request))
             .await
             .map(OperatorsSnapshot::from)
+    }
+
+    /// Every analytics metric's current value (admins).
+    pub async fn analytics_snapshot(&self, caller: &Caller) -> Result<Vec<Metric>, CallError> {
+        let request = self.request(caller, pb::GetAnalyticsRequest {});
+        self.deadline(self.notification.clone().get_analytics(request))
+            .await
+            .map(|response| response.metrics.into_iter().map(Metric::from).collect())
     }
 
     /// Tells the presence service an operator connection opened.

@@ -11,7 +11,7 @@ use crate::frames::inbound::{OperatorStatus, Priority};
 use crate::registry::{OperatorConnection, ReportOrder};
 use crate::reporting::{ConnectionEvent, ConnectionEventKind};
 use crate::services::{
-    CompletedHandoff, EffectiveStatus, HandoffTicket, OperatorSummary, OperatorsSnapshot,
+    CompletedHandoff, EffectiveStatus, HandoffTicket, Metric, OperatorSummary, OperatorsSnapshot,
     QueueSnapshot, SentMessage, WaitingHandoff,
 };
 use crate::upstream::{ReplayFrom, ReplayPage};
@@ -218,6 +218,15 @@ impl From<pb::ListOperatorsResponse> for OperatorsSnapshot {
         OperatorsSnapshot {
             version: listing.version,
             operators,
+        }
+    }
+}
+
+impl From<pb::Metric> for Metric {
+    fn from(metric: pb::Metric) -> Self {
+        Metric {
+            name: metric.name,
+            value: metric.value,
         }
     }
 }

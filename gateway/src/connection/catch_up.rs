@@ -157,6 +157,9 @@ impl Connection {
     /// version at or below it and the client drops them. A snapshot that
     /// cannot be read is left out, with a warning: the live events go on.
     async fn send_snapshots(&mut self) -> Result<(), Gone> {
+        if self.caller.role == Role::Admin {
+            return self.send_analytics_snapshot().await;
+        }
         if self.caller.role != Role::Operator {
             return Ok(());
         }
@@ -178,6 +181,18 @@ impl Connection {
             Err(err) => tracing::warn!(cause = %err, "no operators snapshot for an operator"),
         }
         Ok(())
+    }
+
+    /// An admin's connection: every metric's current value
+    /// (`analytics_snapshot`), before the `analytics_update`s of changes.
+    async fn send_analytics_snapshot(&mut self) -> Result<(), Gone> {
+        match self.gateway.services.analytics_snapshot(&self.caller).await {
+            Ok(metrics) => self.send_text(outbound::analytics_snapshot(&metrics)).await,
+            Err(err) => {
+                tracing::warn!(cause = %err, "no analytics snapshot for an admin");
+                Ok(())
+            }
+        }
     }
 
     /// Writes a replay page and the pages after it. An incomplete page

@@ -11,7 +11,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::frames::rooms::{EndedHold, LeftReason};
 use crate::service_id::ServiceId;
-use crate::services::{OperatorsSnapshot, QueueSnapshot};
+use crate::services::{Metric, OperatorsSnapshot, QueueSnapshot};
 
 /// Now, as RFC 3339 in UTC.
 pub fn now_rfc3339() -> String {
@@ -217,6 +217,28 @@ pub fn operators_snapshot(snapshot: &OperatorsSnapshot) -> String {
         "operators_snapshot",
         None,
         fields(json!({ "operators": operators, "version": snapshot.version })),
+    )
+}
+
+/// `analytics_snapshot`: every metric's current value, by name (an admin's
+/// connection gets it right after `connected`, before `analytics_update`s).
+/// Whole values are written as integers, as `analytics_update` writes them.
+pub fn analytics_snapshot(metrics: &[Metric]) -> String {
+    let values: Map<String, Value> = metrics
+        .iter()
+        .map(|metric| {
+            let value = if metric.value.fract() == 0.0 && metric.value.abs() < 9.0e15 {
+                json!(metric.value as i64)
+            } else {
+                json!(metric.value)
+            };
+            (metric.name.clone(), value)
+        })
+        .collect();
+    frame(
+        "analytics_snapshot",
+        None,
+        fields(json!({ "metrics": values })),
     )
 }
 
