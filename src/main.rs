@@ -146,6 +146,12 @@ struct TokenArgs {
     /// the development secret.
     #[arg(long = "jwt-secret", env = "CHATAI_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// `iss` to write, as the gateway expects it (`CHATAI_JWT_ISSUER`).
+    #[arg(long = "issuer", env = "CHATAI_JWT_ISSUER")]
+    issuer: Option<String>,
+    /// `aud` to write, as the gateway expects it (`CHATAI_JWT_AUDIENCE`).
+    #[arg(long = "audience", env = "CHATAI_JWT_AUDIENCE")]
+    audience: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -168,7 +174,12 @@ fn print_token(args: &TokenArgs) -> anyhow::Result<()> {
     );
     let secret = chatai_tokens::configured_secret(args.jwt_secret.as_deref())?
         .unwrap_or(chatai_tokens::DEVELOPMENT_SECRET);
-    let token = TokenKeys::new(secret.as_bytes()).mint(
+    let non_empty = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+    let expected = chatai_tokens::Expected {
+        issuer: non_empty(&args.issuer),
+        audience: non_empty(&args.audience),
+    };
+    let token = TokenKeys::new(secret.as_bytes()).expecting(expected).mint(
         args.sub,
         role,
         args.name.as_deref(),
@@ -215,6 +226,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // Refused here, before anything starts, when set but too short.
             let uses_dev_secret =
                 chatai_tokens::configured_secret(gateway.jwt_secret.as_deref())?.is_none();
+            let (ws, http) = if matches!(gateway.tls_files(), Ok(Some(_))) {
+                ("wss", "https")
+            } else {
+                ("ws", "http")
+            };
             let config = chatai::SystemConfig {
                 gateway,
                 chat,
@@ -243,7 +259,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 " (with CHATAI_JWT_SECRET set)"
             };
             eprintln!(
-                "\nChatAI Realtime is running.\n  WebSocket: ws://{gateway_addr}/ws/{{user_id}}?token=…   operators: ws://{gateway_addr}/ws/operator/{{id}}?token=…\n  Health:    http://{gateway_addr}/api/websocket/health   Metrics: http://{gateway_addr}/metrics\n  A token:   cargo run --release -- token --sub 456 --role user{secret_hint}\n{internal_hint}"
+                "\nChatAI Realtime is running.\n  WebSocket: {ws}://{gateway_addr}/ws/{{user_id}}?token=…   operators: {ws}://{gateway_addr}/ws/operator/{{id}}?token=…\n  Health:    {http}://{gateway_addr}/api/websocket/health   Metrics: {http}://{gateway_addr}/metrics\n  A token:   cargo run --release -- token --sub 456 --role user{secret_hint}\n{internal_hint}"
             );
         }
         Some(Command::Gateway {

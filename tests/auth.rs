@@ -118,6 +118,26 @@ fn chatai_token_follows_the_secret_rule() {
         .verify(&minted)
         .expect("signed with the development secret");
     assert_eq!(claims.sub, 5);
+
+    // With the gateway's expected `iss` and `aud` set, the token carries them.
+    let expecting = std::process::Command::new(env!("CARGO_BIN_EXE_chatai"))
+        .args(["token", "--sub", "6"])
+        .env("CHATAI_JWT_SECRET", "")
+        .env("CHATAI_JWT_ISSUER", "https://idp.example")
+        .env("CHATAI_JWT_AUDIENCE", "chatai")
+        .output()
+        .expect("the chatai binary runs");
+    assert!(expecting.status.success(), "{expecting:?}");
+    let minted = String::from_utf8_lossy(&expecting.stdout).trim().to_owned();
+    let expected = chatai_tokens::Expected {
+        issuer: Some("https://idp.example".into()),
+        audience: Some("chatai".into()),
+    };
+    let claims = TokenKeys::new(chatai_tokens::DEVELOPMENT_SECRET.as_bytes())
+        .expecting(expected)
+        .verify(&minted)
+        .expect("carries the iss and aud a gateway expecting them checks");
+    assert_eq!(claims.sub, 6);
 }
 
 /// A token past its `exp` (beyond the clock-skew leeway): close 1008 `Invalid token`.

@@ -341,3 +341,72 @@ async fn too_slow_client_is_cut_off_and_resumes_losing_nothing() {
     back.close().await;
     app.stop().await;
 }
+
+/// A client too slow for its events but still reading gets the 4002 close
+/// frame when it is cut (issue 10, finding 7). It reads one frame every
+/// 10 ms: bursts of answers overflow its small queue while its socket can
+/// still take a close frame (or soon can, as it keeps reading), so the close
+/// is written behind what was already sent, which the client reads at full
+/// speed once it is cut. (When the client reads nothing at all, the close
+/// may not fit: `too_slow_client_is_cut_off_and_resumes_losing_nothing`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_still_reading_gets_4002() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mut options = TestOptions::default().outbound_queue(4);
+    // It answers no ping (it only reads): only the full queue may cut it.
+    options.gateway.idle_timeout_secs = 3600;
+    let app = spawn_app(options).await;
+    let token = app.token(1, Role::User);
+    let mut slow =
+        RawWs::connect_with_receive_buffer(app.gateway_addr, &format!("/ws/1?token={token}"), 4096)
+            .await;
+    let connected = slow.recv_json().await;
+    assert_eq!(connected["type"], "connected", "{connected}");
+    let slowly = Arc::new(AtomicBool::new(true));
+    let reader = tokio::spawn({
+        let slowly = slowly.clone();
+        async move {
+            slow.read_slowly_until_end(std::time::Duration::from_millis(10), &slowly)
+                .await
+        }
+    });
+
+    let chat = app.chat_client().await;
+    // A liveness bound, not a timing.
+    let deadline = tokio::time::Instant::now() + WAIT * 12;
+    loop {
+        let batch = (0..50).map(|_| {
+            let mut chat = chat.clone();
+            async move {
+                chat.send_message(as_caller(
+                    1,
+                    Role::User,
+                    pb::SendMessageRequest {
+                        dialog_id: None,
+                        text: FAQ_QUESTION.into(),
+                        idempotency_key: String::new(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("SendMessage as the user")
+            }
+        });
+        futures::future::join_all(batch).await;
+        let (_, health) = app.health().await;
+        if health["active_connections"] == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow connection was never cut off"
+        );
+    }
+    slowly.store(false, Ordering::SeqCst);
+    let closed = reader.await.expect("the reader ends");
+    let closed = closed.expect("a close frame, not just the end of the stream");
+    assert_eq!((closed.code, closed.reason.as_str()), (4002, "Too slow"));
+    app.stop().await;
+}

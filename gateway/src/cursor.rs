@@ -165,6 +165,9 @@ fn read_varint(bytes: &[u8]) -> Result<(u64, &[u8]), CursorError> {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 

@@ -174,6 +174,36 @@ impl RawWs {
         }
     }
 
+    /// Reads frame by frame, pausing `pause` after each while `slow` is set
+    /// (as a client on a poor link), at full speed once it is cleared, until
+    /// the server's close frame or the end of the stream; returns the close,
+    /// if one came.
+    pub async fn read_slowly_until_end(
+        &mut self,
+        pause: std::time::Duration,
+        slow: &std::sync::atomic::AtomicBool,
+    ) -> Option<Closed> {
+        loop {
+            while let Some((frame, used)) = parse_frame(&self.buffer) {
+                self.buffer.drain(..used);
+                if frame.opcode == OP_CLOSE {
+                    return parse_close(&frame);
+                }
+                if slow.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            let mut chunk = [0u8; 4 * 1024];
+            let read = tokio::time::timeout(WAIT * 6, self.stream.read(&mut chunk))
+                .await
+                .expect("the server sends or closes in time");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
     /// Reads until the server's close frame; asserts its code and reason and
     /// returns how many pings came before it.
     pub async fn expect_close(&mut self, code: u16, reason: &str) -> usize {

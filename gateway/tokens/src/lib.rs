@@ -291,6 +291,9 @@ fn parse_client_role(role: &str) -> Result<Role, TokenError> {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
