@@ -33,7 +33,7 @@ const PARSER_CODES: [ErrorCode; 7] = [
 ];
 
 /// Every `type` a client may send.
-const TYPES: [&str; 9] = [
+const TYPES: [&str; 12] = [
     "chat_message",
     "typing",
     "handoff_request",
@@ -43,10 +43,13 @@ const TYPES: [&str; 9] = [
     "set_status",
     "complete_handoff",
     "refresh_token",
+    "transfer_handoff",
+    "claim_handoff",
+    "cancel_handoff",
 ];
 
 /// Every field some client frame reads.
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 11] = [
     "dialog_id",
     "message",
     "is_typing",
@@ -56,6 +59,7 @@ const FIELDS: [&str; 10] = [
     "status",
     "resolution",
     "token",
+    "to_operator_id",
     "id",
 ];
 
@@ -161,7 +165,7 @@ fn key() -> BoxedStrategy<String> {
 /// `null` or anything else.
 fn field(name: &str) -> BoxedStrategy<Option<Value>> {
     let wanted = match name {
-        "dialog_id" => prop_oneof![
+        "dialog_id" | "to_operator_id" => prop_oneof![
             (1..=i64::MAX).prop_map(Value::from),
             (0..1000i64).prop_map(Value::from),
             "0{0,2}[0-9]{1,20}".prop_map(Value::String),
@@ -297,7 +301,12 @@ fn present<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> 
 
 /// `dialog_id`: a JSON integer or a string of ASCII digits, 1 ..= `i64::MAX`.
 fn dialog_id(object: &Map<String, Value>) -> Verdict<Option<i64>> {
-    let Some(value) = present(object, "dialog_id") else {
+    positive_id(object, "dialog_id")
+}
+
+/// An optional id field read with `dialog_id`'s rules (`to_operator_id`).
+fn positive_id(object: &Map<String, Value>, name: &str) -> Verdict<Option<i64>> {
+    let Some(value) = present(object, name) else {
         return Valid(None);
     };
     let number: Option<i128> = match value {
@@ -467,6 +476,25 @@ fn expected(object: &Map<String, Value>) -> Result<ClientFrame, Vec<(&'static st
         }
         "refresh_token" => take!("token", text(object, "token", usize::MAX))
             .map(|token| ClientFrame::RefreshToken { token }),
+        "transfer_handoff" => {
+            let dialog_id = take!("dialog_id", required_dialog_id(object));
+            let to_operator_id = take!("to_operator_id", positive_id(object, "to_operator_id"));
+            let reason = take!("reason", optional_string(object, "reason"));
+            match (dialog_id, to_operator_id, reason) {
+                (Some(dialog_id), Some(to_operator_id), Some(reason)) => {
+                    Some(ClientFrame::TransferHandoff {
+                        dialog_id,
+                        to_operator_id,
+                        reason,
+                    })
+                }
+                _ => None,
+            }
+        }
+        "claim_handoff" => take!("dialog_id", required_dialog_id(object))
+            .map(|dialog_id| ClientFrame::ClaimHandoff { dialog_id }),
+        "cancel_handoff" => take!("dialog_id", required_dialog_id(object))
+            .map(|dialog_id| ClientFrame::CancelHandoff { dialog_id }),
         other => panic!("not a client type: {other}"),
     };
     frame.ok_or(bad)
