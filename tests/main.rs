@@ -27,6 +27,7 @@ mod restarts;
 mod resume;
 mod tls;
 mod waiting;
+mod workspace;
 
 /// Every `tests/*.rs` file is a module of this binary: with `autotests =
 /// false`, a file not declared above would be compiled by nobody.

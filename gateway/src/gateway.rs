@@ -118,13 +118,19 @@ impl Gateway {
             })
             .collect();
         let (reporter, reporting) = Reporter::start(
-            notification,
+            notification.clone(),
             presence.clone(),
             registry.clone(),
             background.stop.clone(),
         );
         background.supervisor.spawn("reporting", reporting);
-        let services = Services::new(chat, handoff, presence, config.request_timeout());
+        let services = Services::new(
+            chat,
+            handoff,
+            presence,
+            notification,
+            config.request_timeout(),
+        );
         let nofile = Budget::nofile();
         let limits = Arc::new(Limits::new(&config, nofile));
         let budget = limits.budget();

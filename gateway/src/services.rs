@@ -16,6 +16,7 @@ use chatai_kit::status::error_code;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::chat_client::ChatClient;
 use chatai_proto::v1::handoff_client::HandoffClient;
+use chatai_proto::v1::notification_client::NotificationClient;
 use chatai_proto::v1::presence_client::PresenceClient;
 use tonic::{Code, Status};
 
@@ -134,6 +135,60 @@ pub struct DialogItem {
     pub operator_id: Option<i64>,
 }
 
+/// The queue as of a version, for an operator's `queue_snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    /// The queue version: live `handoff_request` / `handoff_dequeued` at or
+    /// below it are already reflected.
+    pub version: u64,
+    /// In queue order.
+    pub waiting: Vec<WaitingHandoff>,
+}
+
+/// One handoff waiting in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingHandoff {
+    pub handoff_id: i64,
+    pub dialog_id: i64,
+    pub user_id: i64,
+    pub reason: String,
+    pub priority: Priority,
+    /// 1-based.
+    pub position: u32,
+    /// Since it (re-)entered the queue.
+    pub waiting_secs: u32,
+}
+
+/// Every operator presence knows, as of a version, for `operators_snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorsSnapshot {
+    /// The presence version: `operator_status_change` at or below it is
+    /// already reflected.
+    pub version: u64,
+    pub operators: Vec<OperatorSummary>,
+}
+
+/// One operator in an [`OperatorsSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorSummary {
+    pub operator_id: i64,
+    pub name: String,
+    pub status: EffectiveStatus,
+    /// `None` when presence has none on record.
+    pub chosen_status: Option<OperatorStatus>,
+    pub online: bool,
+    pub active_handoffs: u32,
+    pub max_handoffs: u32,
+}
+
+/// One analytics metric's current value, for an admin's `analytics_snapshot`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    /// As `analytics_update`'s `metric`.
+    pub name: String,
+    pub value: f64,
+}
+
 /// An operator's effective status, the one everyone sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EffectiveStatus {
@@ -161,6 +216,7 @@ pub struct Services {
     chat: ChatClient<ServiceChannel>,
     handoff: HandoffClient<ServiceChannel>,
     presence: PresenceClient<ServiceChannel>,
+    notification: NotificationClient<ServiceChannel>,
     timeout: Duration,
 }
 
@@ -169,12 +225,14 @@ impl Services {
         chat: ServiceChannel,
         handoff: ServiceChannel,
         presence: ServiceChannel,
+        notification: ServiceChannel,
         timeout: Duration,
     ) -> Self {
         Services {
             chat: ChatClient::new(chat),
             handoff: HandoffClient::new(handoff),
             presence: PresenceClient::new(presence),
+            notification: NotificationClient::new(notification),
             timeout,
         }
     }
@@ -293,6 +351,77 @@ impl Services {
         self.deadline(self.handoff.clone().complete_handoff(request))
             .await
             .map(CompletedHandoff::from)
+    }
+
+    /// The holding operator hands the dialog to `to_operator_id`, or back to
+    /// the queue without one.
+    pub async fn transfer_handoff(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        to_operator_id: Option<i64>,
+        reason: String,
+    ) -> Result<HandoffTicket, CallError> {
+        let message = pb::TransferHandoffRequest {
+            dialog_id,
+            to_operator_id: to_operator_id.unwrap_or(0),
+            reason,
+        };
+        let request = self.request(caller, message);
+        self.deadline(self.handoff.clone().transfer_handoff(request))
+            .await
+            .map(HandoffTicket::from)
+    }
+
+    /// An operator takes a queued dialog out of order.
+    pub async fn claim_handoff(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+    ) -> Result<HandoffTicket, CallError> {
+        let request = self.request(caller, pb::ClaimHandoffRequest { dialog_id });
+        self.deadline(self.handoff.clone().claim_handoff(request))
+            .await
+            .map(HandoffTicket::from)
+    }
+
+    /// The dialog's owner withdraws its handoff while it waits.
+    pub async fn cancel_handoff(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+    ) -> Result<HandoffTicket, CallError> {
+        let request = self.request(caller, pb::CancelHandoffRequest { dialog_id });
+        self.deadline(self.handoff.clone().cancel_handoff(request))
+            .await
+            .map(HandoffTicket::from)
+    }
+
+    /// The waiting handoffs as of a queue version.
+    pub async fn queue_snapshot(&self, caller: &Caller) -> Result<QueueSnapshot, CallError> {
+        let request = self.request(caller, pb::ListQueueRequest {});
+        self.deadline(self.handoff.clone().list_queue(request))
+            .await
+            .map(QueueSnapshot::from)
+    }
+
+    /// Every operator presence knows, as of a presence version.
+    pub async fn operators_snapshot(
+        &self,
+        caller: &Caller,
+    ) -> Result<OperatorsSnapshot, CallError> {
+        let request = self.request(caller, pb::ListOperatorsRequest {});
+        self.deadline(self.presence.clone().list_operators(request))
+            .await
+            .map(OperatorsSnapshot::from)
+    }
+
+    /// Every analytics metric's current value (admins).
+    pub async fn analytics_snapshot(&self, caller: &Caller) -> Result<Vec<Metric>, CallError> {
+        let request = self.request(caller, pb::GetAnalyticsRequest {});
+        self.deadline(self.notification.clone().get_analytics(request))
+            .await
+            .map(|response| response.metrics.into_iter().map(Metric::from).collect())
     }
 
     /// Tells the presence service an operator connection opened.

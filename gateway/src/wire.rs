@@ -13,7 +13,8 @@ use crate::registry::{OperatorConnection, ReportOrder};
 use crate::reporting::{ConnectionEvent, ConnectionEventKind};
 use crate::services::{
     CompletedHandoff, DialogItem, DialogPage, EffectiveStatus, HandoffTicket, HistoryMessage,
-    HistoryPage, SentMessage,
+    HistoryPage, Metric, OperatorSummary, OperatorsSnapshot, QueueSnapshot, SentMessage,
+    WaitingHandoff,
 };
 use crate::upstream::{ReplayFrom, ReplayPage};
 
@@ -218,6 +219,75 @@ impl From<&pb::OperatorInfo> for EffectiveStatus {
             Ok(pb::OperatorStatus::Busy) => EffectiveStatus::Busy,
             Ok(pb::OperatorStatus::Away) => EffectiveStatus::Away,
             _ => EffectiveStatus::Offline,
+        }
+    }
+}
+
+/// The waiting handoffs of a listing, in queue order (the assigned ones are
+/// not part of the snapshot). An unknown priority reads as `normal`.
+impl From<pb::ListQueueResponse> for QueueSnapshot {
+    fn from(listing: pb::ListQueueResponse) -> Self {
+        let waiting = listing
+            .queued
+            .into_iter()
+            .map(|record| WaitingHandoff {
+                priority: priority_from_wire(record.priority),
+                handoff_id: record.handoff_id,
+                dialog_id: record.dialog_id,
+                user_id: record.user_id,
+                reason: record.reason,
+                position: record.position,
+                waiting_secs: record.waiting_seconds,
+            })
+            .collect();
+        QueueSnapshot {
+            version: listing.version,
+            waiting,
+        }
+    }
+}
+
+fn priority_from_wire(priority: i32) -> Priority {
+    match pb::Priority::try_from(priority) {
+        Ok(pb::Priority::Low) => Priority::Low,
+        Ok(pb::Priority::High) => Priority::High,
+        Ok(pb::Priority::Urgent) => Priority::Urgent,
+        _ => Priority::Normal,
+    }
+}
+
+impl From<pb::ListOperatorsResponse> for OperatorsSnapshot {
+    fn from(listing: pb::ListOperatorsResponse) -> Self {
+        let operators = listing
+            .operators
+            .into_iter()
+            .map(|info| OperatorSummary {
+                status: EffectiveStatus::from(&info),
+                chosen_status: match pb::OperatorStatus::try_from(info.chosen_status) {
+                    Ok(pb::OperatorStatus::Available) => Some(OperatorStatus::Available),
+                    Ok(pb::OperatorStatus::Busy) => Some(OperatorStatus::Busy),
+                    Ok(pb::OperatorStatus::Away) => Some(OperatorStatus::Away),
+                    _ => None,
+                },
+                operator_id: info.operator_id,
+                name: info.name,
+                online: info.online,
+                active_handoffs: info.active_handoffs,
+                max_handoffs: info.max_handoffs,
+            })
+            .collect();
+        OperatorsSnapshot {
+            version: listing.version,
+            operators,
+        }
+    }
+}
+
+impl From<pb::Metric> for Metric {
+    fn from(metric: pb::Metric) -> Self {
+        Metric {
+            name: metric.name,
+            value: metric.value,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use chatai_kit::error_code::ErrorCode;
 use chatai_kit::events::generation_start;
+use chatai_kit::identity::Role;
 
 use super::{Connection, Gone};
 use crate::cursor::Cursor;
@@ -140,11 +141,58 @@ impl Connection {
         if resuming && !complete {
             self.send_cursor_expired().await?;
         }
+        self.send_snapshots().await?;
         for (service, page) in first_pages.into_iter().flatten() {
             self.positions.set(service, page.start_after);
             self.deliver_pages(service, page).await?;
         }
         Ok(())
+    }
+
+    /// An operator's connection: the queue and the operators as they are now
+    /// (`queue_snapshot`, `operators_snapshot`), each with the version it is
+    /// as of. The connection already receives the live `handoff_request`,
+    /// `handoff_dequeued` and `operator_status_change` (it joined its role
+    /// before the start); those that were read into a snapshot carry a
+    /// version at or below it and the client drops them. A snapshot that
+    /// cannot be read is left out, with a warning: the live events go on.
+    async fn send_snapshots(&mut self) -> Result<(), Gone> {
+        if self.caller.role == Role::Admin {
+            return self.send_analytics_snapshot().await;
+        }
+        if self.caller.role != Role::Operator {
+            return Ok(());
+        }
+        let services = self.gateway.services.clone();
+        let (queue, operators) = futures::future::join(
+            services.queue_snapshot(&self.caller),
+            services.operators_snapshot(&self.caller),
+        )
+        .await;
+        match queue {
+            Ok(queue) => self.send_text(outbound::queue_snapshot(&queue)).await?,
+            Err(err) => tracing::warn!(cause = %err, "no queue snapshot for an operator"),
+        }
+        match operators {
+            Ok(operators) => {
+                self.send_text(outbound::operators_snapshot(&operators))
+                    .await?
+            }
+            Err(err) => tracing::warn!(cause = %err, "no operators snapshot for an operator"),
+        }
+        Ok(())
+    }
+
+    /// An admin's connection: every metric's current value
+    /// (`analytics_snapshot`), before the `analytics_update`s of changes.
+    async fn send_analytics_snapshot(&mut self) -> Result<(), Gone> {
+        match self.gateway.services.analytics_snapshot(&self.caller).await {
+            Ok(metrics) => self.send_text(outbound::analytics_snapshot(&metrics)).await,
+            Err(err) => {
+                tracing::warn!(cause = %err, "no analytics snapshot for an admin");
+                Ok(())
+            }
+        }
     }
 
     /// Writes a replay page and the pages after it. An incomplete page

@@ -167,6 +167,65 @@ impl Connection {
                     Err(err) => error_frame(reference, &err),
                 }
             }
+            ClientFrame::TransferHandoff { .. } | ClientFrame::ClaimHandoff { .. }
+                if self.caller.role != Role::Operator =>
+            {
+                outbound::error(
+                    reference,
+                    ErrorCode::Forbidden,
+                    "Only operators may do that",
+                )
+            }
+            ClientFrame::TransferHandoff {
+                dialog_id,
+                to_operator_id,
+                reason,
+            } => {
+                match services
+                    .transfer_handoff(&self.caller, dialog_id, to_operator_id, reason)
+                    .await
+                {
+                    Ok(handoff) => outbound::ack(
+                        reference,
+                        json!({
+                            "dialog_id": dialog_id,
+                            "handoff_id": handoff.handoff_id,
+                            "operator_id": handoff.operator_id,
+                            "position": handoff.position,
+                        }),
+                    ),
+                    Err(err) => error_frame(reference, &err),
+                }
+            }
+            ClientFrame::ClaimHandoff { dialog_id } => {
+                match services.claim_handoff(&self.caller, dialog_id).await {
+                    Ok(handoff) => outbound::ack(
+                        reference,
+                        json!({
+                            "dialog_id": dialog_id,
+                            "handoff_id": handoff.handoff_id,
+                            "operator_id": handoff.operator_id,
+                        }),
+                    ),
+                    Err(err) => error_frame(reference, &err),
+                }
+            }
+            ClientFrame::CancelHandoff { .. } if self.caller.role == Role::Operator => {
+                outbound::error(
+                    reference,
+                    ErrorCode::Forbidden,
+                    "Operators transfer or complete handoffs; users cancel them",
+                )
+            }
+            ClientFrame::CancelHandoff { dialog_id } => {
+                match services.cancel_handoff(&self.caller, dialog_id).await {
+                    Ok(handoff) => outbound::ack(
+                        reference,
+                        json!({ "dialog_id": dialog_id, "handoff_id": handoff.handoff_id }),
+                    ),
+                    Err(err) => error_frame(reference, &err),
+                }
+            }
             ClientFrame::GetHistory {
                 dialog_id,
                 before_id,

@@ -89,6 +89,22 @@ pub enum ClientFrame {
         dialog_id: i64,
         message_id: i64,
     },
+    /// The holding operator hands the dialog on (operators only).
+    TransferHandoff {
+        dialog_id: i64,
+        /// `None`: back to the queue.
+        to_operator_id: Option<i64>,
+        /// `""` when absent.
+        reason: String,
+    },
+    /// An operator takes a queued dialog out of order (operators only).
+    ClaimHandoff {
+        dialog_id: i64,
+    },
+    /// The user withdraws their handoff while it waits (not operators).
+    CancelHandoff {
+        dialog_id: i64,
+    },
 }
 
 impl ClientFrame {
@@ -104,6 +120,9 @@ impl ClientFrame {
             ClientFrame::SetStatus { .. } => "set_status",
             ClientFrame::CompleteHandoff { .. } => "complete_handoff",
             ClientFrame::RefreshToken { .. } => "refresh_token",
+            ClientFrame::TransferHandoff { .. } => "transfer_handoff",
+            ClientFrame::ClaimHandoff { .. } => "claim_handoff",
+            ClientFrame::CancelHandoff { .. } => "cancel_handoff",
             ClientFrame::GetHistory { .. } => "get_history",
             ClientFrame::ListDialogs { .. } => "list_dialogs",
             ClientFrame::MarkRead { .. } => "mark_read",
@@ -328,6 +347,17 @@ fn client_frame(fields: &Fields<'_>) -> Result<ClientFrame, Refusal> {
                 .optional_positive_id("message_id")?
                 .ok_or_else(|| Refusal::missing("message_id"))?,
         },
+        "transfer_handoff" => ClientFrame::TransferHandoff {
+            dialog_id: fields.dialog_id()?,
+            to_operator_id: fields.optional_operator_id("to_operator_id")?,
+            reason: fields.optional_string("reason")?,
+        },
+        "claim_handoff" => ClientFrame::ClaimHandoff {
+            dialog_id: fields.dialog_id()?,
+        },
+        "cancel_handoff" => ClientFrame::CancelHandoff {
+            dialog_id: fields.dialog_id()?,
+        },
         other => {
             let quoted: String = other.chars().take(MAX_QUOTED_TYPE_CHARS).collect();
             return Err(Refusal::new(
@@ -371,6 +401,25 @@ impl Fields<'_> {
 
     /// A JSON integer or a string of ASCII digits, > 0.
     fn optional_positive_id(&self, name: &str) -> Result<Option<i64>, Refusal> {
+        let Some(value) = self.get(name) else {
+            return Ok(None);
+        };
+        let id = match value {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse().ok()
+            }
+            _ => None,
+        };
+        match id {
+            Some(id) if id > 0 => Ok(Some(id)),
+            _ => Err(Refusal::invalid(name, "a positive integer")),
+        }
+    }
+
+    /// An operator id: a JSON integer or a string of ASCII digits, > 0 (the
+    /// rules of `dialog_id`).
+    fn optional_operator_id(&self, name: &str) -> Result<Option<i64>, Refusal> {
         let Some(value) = self.get(name) else {
             return Ok(None);
         };
@@ -987,5 +1036,54 @@ mod tests {
         }
         // Deep nesting is refused as not JSON, not overflowed.
         assert_eq!(err(&"[".repeat(1000)).code, ErrorCode::InvalidJson);
+    }
+
+    /// The workspace's handoff frames (issue 11) parse with the same strict
+    /// checks as the others: `to_operator_id` optional, a positive integer
+    /// when given; a `dialog_id` always.
+    #[test]
+    fn transfer_claim_and_cancel_parse_strictly() {
+        assert_eq!(
+            ok(json!({"type": "transfer_handoff", "dialog_id": 3, "to_operator_id": "8", "reason": "billing"})).frame,
+            ClientFrame::TransferHandoff {
+                dialog_id: 3,
+                to_operator_id: Some(8),
+                reason: "billing".into(),
+            }
+        );
+        assert_eq!(
+            ok(json!({"type": "transfer_handoff", "dialog_id": 3, "to_operator_id": null})).frame,
+            ClientFrame::TransferHandoff {
+                dialog_id: 3,
+                to_operator_id: None,
+                reason: String::new(),
+            }
+        );
+        assert_eq!(
+            ok(json!({"type": "claim_handoff", "dialog_id": "4"})).frame,
+            ClientFrame::ClaimHandoff { dialog_id: 4 }
+        );
+        assert_eq!(
+            ok(json!({"type": "cancel_handoff", "dialog_id": 5})).frame,
+            ClientFrame::CancelHandoff { dialog_id: 5 }
+        );
+        for bad in [json!(0), json!(-2), json!("x"), json!(1.5), json!(true)] {
+            let refused = err_json(
+                json!({"type": "transfer_handoff", "id": "t", "dialog_id": 3, "to_operator_id": bad}),
+            );
+            assert_eq!(refused.code, ErrorCode::InvalidField, "{bad}");
+            assert_eq!(refused.ref_id.as_deref(), Some("t"));
+        }
+        for kind in ["transfer_handoff", "claim_handoff", "cancel_handoff"] {
+            assert_eq!(
+                err_json(json!({"type": kind})).code,
+                ErrorCode::MissingField,
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            err_json(json!({"type": "transfer_handoff", "dialog_id": 3, "reason": 7})).code,
+            ErrorCode::InvalidField
+        );
     }
 }

@@ -11,6 +11,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::frames::rooms::{EndedHold, LeftReason};
 use crate::service_id::ServiceId;
+use crate::services::{Metric, OperatorsSnapshot, QueueSnapshot};
 
 /// Now, as RFC 3339 in UTC.
 pub fn now_rfc3339() -> String {
@@ -168,6 +169,77 @@ pub fn room_left(room: &str, reason: LeftReason) -> String {
         "room_left",
         None,
         fields(json!({ "room_id": room, "reason": reason.as_str() })),
+    )
+}
+
+/// `queue_snapshot`: every waiting handoff, in queue order, as of `version`
+/// (an operator's connection gets it right after `connected`).
+pub fn queue_snapshot(snapshot: &QueueSnapshot) -> String {
+    let handoffs: Vec<Value> = snapshot
+        .waiting
+        .iter()
+        .map(|waiting| {
+            json!({
+                "handoff_id": waiting.handoff_id,
+                "dialog_id": waiting.dialog_id,
+                "user_id": waiting.user_id,
+                "reason": waiting.reason,
+                "priority": waiting.priority.as_str(),
+                "position": waiting.position,
+                "waiting_secs": waiting.waiting_secs,
+            })
+        })
+        .collect();
+    frame(
+        "queue_snapshot",
+        None,
+        fields(json!({ "handoffs": handoffs, "version": snapshot.version })),
+    )
+}
+
+/// `operators_snapshot`: every operator presence knows, as of `version`.
+pub fn operators_snapshot(snapshot: &OperatorsSnapshot) -> String {
+    let operators: Vec<Value> = snapshot
+        .operators
+        .iter()
+        .map(|operator| {
+            json!({
+                "operator_id": operator.operator_id,
+                "name": operator.name,
+                "status": operator.status.as_str(),
+                "chosen_status": operator.chosen_status.map(|chosen| chosen.as_str()),
+                "online": operator.online,
+                "active_handoffs": operator.active_handoffs,
+                "max_handoffs": operator.max_handoffs,
+            })
+        })
+        .collect();
+    frame(
+        "operators_snapshot",
+        None,
+        fields(json!({ "operators": operators, "version": snapshot.version })),
+    )
+}
+
+/// `analytics_snapshot`: every metric's current value, by name (an admin's
+/// connection gets it right after `connected`, before `analytics_update`s).
+/// Whole values are written as integers, as `analytics_update` writes them.
+pub fn analytics_snapshot(metrics: &[Metric]) -> String {
+    let values: Map<String, Value> = metrics
+        .iter()
+        .map(|metric| {
+            let value = if metric.value.fract() == 0.0 && metric.value.abs() < 9.0e15 {
+                json!(metric.value as i64)
+            } else {
+                json!(metric.value)
+            };
+            (metric.name.clone(), value)
+        })
+        .collect();
+    frame(
+        "analytics_snapshot",
+        None,
+        fields(json!({ "metrics": values })),
     )
 }
 

@@ -28,6 +28,8 @@ pub enum LeftReason {
     Reassigned,
     /// The dialog went back to the assistant.
     ReturnedToAssistant,
+    /// The operator handed the dialog on (`transfer_handoff`).
+    Transferred,
 }
 
 impl LeftReason {
@@ -36,6 +38,7 @@ impl LeftReason {
             LeftReason::HandoffCompleted => "handoff_completed",
             LeftReason::Reassigned => "reassigned",
             LeftReason::ReturnedToAssistant => "returned_to_assistant",
+            LeftReason::Transferred => "transferred",
         }
     }
 
@@ -45,6 +48,7 @@ impl LeftReason {
         match outcome {
             Some("reassigned") => LeftReason::Reassigned,
             Some("returned_to_assistant") => LeftReason::ReturnedToAssistant,
+            Some("transferred") => LeftReason::Transferred,
             _ => LeftReason::HandoffCompleted,
         }
     }
@@ -171,6 +175,15 @@ mod tests {
             &delivery(Recipient::Operator(7), "handoff_completed", completed),
         );
         assert_eq!(ended.map(|e| e.reason), Some(LeftReason::HandoffCompleted));
+        // A transfer ends the former holder's hold, with its own reason.
+        let transferred =
+            r#"{"dialog_id":9,"operator_id":7,"resolution":"transferred","outcome":"transferred"}"#;
+        let ended = EndedHold::of(
+            ServiceId::Handoff,
+            &delivery(Recipient::Operator(7), "handoff_completed", transferred),
+        );
+        assert_eq!(ended.map(|e| e.reason), Some(LeftReason::Transferred));
+        assert_eq!(LeftReason::Transferred.as_str(), "transferred");
         let older = r#"{"dialog_id":9,"operator_id":7,"resolution":"done"}"#;
         let ended = EndedHold::of(
             ServiceId::Handoff,

@@ -27,6 +27,12 @@ pub enum HandoffError {
     TooManyForUser(i64),
     #[error("dialog {0} has no active handoff")]
     NotFound(i64),
+    #[error("operator {0} is offline or holds as many handoffs as they may")]
+    OperatorUnavailable(i64),
+    #[error("the handoff of dialog {0} is not waiting in the queue")]
+    NotQueued(i64),
+    #[error("a handoff cannot be transferred to the operator who holds it")]
+    TransferToSelf,
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The queue is not running (the service is stopping).
@@ -39,7 +45,8 @@ impl From<HandoffError> for Status {
         match &err {
             HandoffError::Missing(_)
             | HandoffError::ReasonTooLong { .. }
-            | HandoffError::UnknownPriority(_) => with_code(
+            | HandoffError::UnknownPriority(_)
+            | HandoffError::TransferToSelf => with_code(
                 Code::InvalidArgument,
                 ErrorCode::InvalidRequest,
                 err.to_string(),
@@ -69,6 +76,16 @@ impl From<HandoffError> for Status {
             HandoffError::NotFound(_) => {
                 with_code(Code::NotFound, ErrorCode::HandoffNotFound, err.to_string())
             }
+            HandoffError::OperatorUnavailable(_) => with_code(
+                Code::FailedPrecondition,
+                ErrorCode::OperatorUnavailable,
+                "That operator is offline or cannot take another dialog right now.",
+            ),
+            HandoffError::NotQueued(_) => with_code(
+                Code::FailedPrecondition,
+                ErrorCode::HandoffNotQueued,
+                "An operator already has this dialog; it is no longer waiting.",
+            ),
             HandoffError::Store(cause) => {
                 tracing::error!(%cause, "handoff storage failed");
                 with_code(
@@ -116,6 +133,21 @@ mod tests {
                 "handoff_not_found",
             ),
             (HandoffError::Forbidden, Code::PermissionDenied, "forbidden"),
+            (
+                HandoffError::OperatorUnavailable(7),
+                Code::FailedPrecondition,
+                "operator_unavailable",
+            ),
+            (
+                HandoffError::NotQueued(1),
+                Code::FailedPrecondition,
+                "handoff_not_queued",
+            ),
+            (
+                HandoffError::TransferToSelf,
+                Code::InvalidArgument,
+                "invalid_request",
+            ),
             (
                 HandoffError::Missing("user_id"),
                 Code::InvalidArgument,

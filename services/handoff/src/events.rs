@@ -14,6 +14,36 @@ pub struct HandoffRequest<'a> {
     pub reason: &'a str,
     /// `low`, `normal`, `high` or `urgent`.
     pub priority: &'static str,
+    /// The queue version this arrival is as of (`ListQueue.version`): a
+    /// client holding a `queue_snapshot` of version `V` drops events at or
+    /// below `V`.
+    pub version: u64,
+}
+
+/// `handoff_dequeued`: a handoff left the queue, to every operator
+/// (`Recipient::Role(Operator)`, live only), so a `queue_snapshot` stays
+/// current.
+#[derive(Debug, Serialize)]
+pub struct HandoffDequeued {
+    pub handoff_id: i64,
+    pub dialog_id: i64,
+    pub reason: DequeuedReason,
+    /// As `HandoffRequest::version`.
+    pub version: u64,
+}
+
+/// Why a handoff left the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DequeuedReason {
+    /// An operator got it (assigned or claimed).
+    Assigned,
+    /// Its user withdrew it.
+    Cancelled,
+    /// It waited too long; the assistant has the dialog again.
+    ReturnedToAssistant,
+    /// An admin or service completed it while it waited.
+    Completed,
 }
 
 /// `handoff_queued`: to the user, on request, whenever their position
@@ -42,6 +72,12 @@ pub struct OperatorAssigned<'a> {
     pub user_id: i64,
     pub reason: &'a str,
     pub priority: &'static str,
+    /// The operator who handed the dialog on, when it came by a transfer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transferred_from: Option<i64>,
+    /// The transferring operator's words, when it came by a transfer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_reason: Option<&'a str>,
 }
 
 /// `handoff_completed`: to the user and the operator when a handoff ends; to
@@ -73,6 +109,12 @@ pub enum Outcome {
     Reassigned,
     /// Waited too long in the queue; the assistant has the dialog again.
     ReturnedToAssistant,
+    /// Its operator handed it on (`transfer_handoff`): to another operator,
+    /// or back to the queue.
+    Transferred,
+    /// Its user withdrew it while it waited (`cancel_handoff`); the
+    /// assistant has the dialog again.
+    Cancelled,
 }
 
 /// The resolution sent to an operator whose handoff was taken back because
@@ -83,3 +125,5 @@ pub const REASSIGNED_NO_REPLY: &str = "reassigned: no reply";
 pub const REASSIGNED_OFFLINE: &str = "reassigned: operator offline";
 /// The resolution of a completion that named none.
 pub const DEFAULT_RESOLUTION: &str = "resolved";
+/// The resolution sent to an operator who transferred a handoff.
+pub const TRANSFERRED: &str = "transferred";

@@ -112,6 +112,49 @@ impl Handoff for HandoffApi {
             version: listing.version,
         }))
     }
+
+    #[tracing::instrument(skip_all, fields(caller, dialog_id))]
+    async fn transfer_handoff(
+        &self,
+        request: Request<pb::TransferHandoffRequest>,
+    ) -> Result<Response<pb::HandoffRecord>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        tracing::Span::current().record("caller", caller.id);
+        tracing::Span::current().record("dialog_id", request.dialog_id);
+        let to = (request.to_operator_id > 0).then_some(request.to_operator_id);
+        let view = self
+            .service
+            .transfer(&caller, request.dialog_id, to, &request.reason)
+            .await?;
+        Ok(Response::new(view.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller, dialog_id))]
+    async fn claim_handoff(
+        &self,
+        request: Request<pb::ClaimHandoffRequest>,
+    ) -> Result<Response<pb::HandoffRecord>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let dialog_id = request.into_inner().dialog_id;
+        tracing::Span::current().record("caller", caller.id);
+        tracing::Span::current().record("dialog_id", dialog_id);
+        let view = self.service.claim(&caller, dialog_id).await?;
+        Ok(Response::new(view.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller, dialog_id))]
+    async fn cancel_handoff(
+        &self,
+        request: Request<pb::CancelHandoffRequest>,
+    ) -> Result<Response<pb::HandoffRecord>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let dialog_id = request.into_inner().dialog_id;
+        tracing::Span::current().record("caller", caller.id);
+        tracing::Span::current().record("dialog_id", dialog_id);
+        let view = self.service.cancel(&caller, dialog_id).await?;
+        Ok(Response::new(view.into()))
+    }
 }
 
 /// Unspecified means normal; numbers the API does not know are refused.
@@ -164,6 +207,7 @@ impl From<HandoffView> for pb::HandoffRecord {
             estimated_wait_seconds: view.wait_secs.unwrap_or_default(),
             wait_unknown: view.wait_secs.is_none(),
             operators_online: view.operators_online,
+            waiting_seconds: view.waiting_secs,
             requested_at_ms: handoff.requested_at_ms,
             assigned_at_ms: handoff.assigned_at_ms.unwrap_or_default(),
             completed_at_ms: handoff.completed_at_ms.unwrap_or_default(),

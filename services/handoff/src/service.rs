@@ -34,12 +34,14 @@ use tracing::Instrument;
 use crate::directory::{ChosenStatus, OperatorDirectory, OperatorUpdate, OperatorView};
 use crate::error::HandoffError;
 use crate::events::{
-    DEFAULT_RESOLUTION, HandoffCompleted, HandoffQueued, HandoffRequest, OperatorAssigned, Outcome,
-    REASSIGNED_NO_REPLY, REASSIGNED_OFFLINE,
+    DEFAULT_RESOLUTION, DequeuedReason, HandoffCompleted, HandoffDequeued, HandoffQueued,
+    HandoffRequest, OperatorAssigned, Outcome, REASSIGNED_NO_REPLY, REASSIGNED_OFFLINE,
+    TRANSFERRED,
 };
 use crate::queue::{self, Operator, QueueKey, RecentHandling};
 use crate::store::{
-    Handoff, HandoffState, HandoffStore, NewHandoff, Priority, RETURNED_TO_ASSISTANT, StoreError,
+    CANCELLED, Handoff, HandoffState, HandoffStore, NewHandoff, Priority, RETURNED_TO_ASSISTANT,
+    StoreError,
 };
 
 /// Commands buffered for the actor before callers wait. Each is handled in
@@ -88,6 +90,8 @@ pub struct HandoffView {
     pub wait_secs: Option<u32>,
     /// Online operators who chose available (who serve the queue).
     pub operators_online: u32,
+    /// Queued: seconds since it (re-)entered the queue; else 0.
+    pub waiting_secs: u32,
 }
 
 /// A completed handoff and how long its operator had it.
@@ -138,6 +142,23 @@ enum Command {
     },
     List {
         reply: Reply<Listing>,
+    },
+    Transfer {
+        caller: Caller,
+        dialog_id: i64,
+        to: Option<i64>,
+        reason: String,
+        reply: Reply<HandoffView>,
+    },
+    Claim {
+        caller: Caller,
+        dialog_id: i64,
+        reply: Reply<HandoffView>,
+    },
+    Cancel {
+        caller: Caller,
+        dialog_id: i64,
+        reply: Reply<HandoffView>,
     },
 }
 
@@ -307,6 +328,77 @@ impl HandoffService {
             return Err(HandoffError::Forbidden);
         }
         self.call(|reply| Command::List { reply }).await
+    }
+
+    /// The holding operator (or an admin / service) hands the dialog on: to
+    /// operator `to` if they are online and under the cap
+    /// ([`HandoffError::OperatorUnavailable`] otherwise), or, without `to`,
+    /// back to the queue at the front of its priority.
+    pub async fn transfer(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+        to: Option<i64>,
+        reason: &str,
+    ) -> Result<HandoffView, HandoffError> {
+        if !matches!(caller.role, Role::Operator) && !caller.role.is_privileged() {
+            return Err(HandoffError::Forbidden);
+        }
+        let reason = reason.trim();
+        if reason.chars().count() > MAX_TEXT_CHARS {
+            return Err(HandoffError::ReasonTooLong {
+                max: MAX_TEXT_CHARS,
+            });
+        }
+        let (caller, reason) = (caller.clone(), reason.to_owned());
+        let to = to.filter(|id| *id > 0);
+        self.call(|reply| Command::Transfer {
+            caller,
+            dialog_id,
+            to,
+            reason,
+            reply,
+        })
+        .await
+    }
+
+    /// An operator under the cap takes a queued dialog out of order, whatever
+    /// status they chose. Operators only.
+    pub async fn claim(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+    ) -> Result<HandoffView, HandoffError> {
+        if caller.role != Role::Operator {
+            return Err(HandoffError::Forbidden);
+        }
+        let caller = caller.clone();
+        self.call(|reply| Command::Claim {
+            caller,
+            dialog_id,
+            reply,
+        })
+        .await
+    }
+
+    /// The dialog's owner (or an admin / service) withdraws a handoff while
+    /// it waits; the assistant has the dialog again. Someone else's dialog
+    /// gets the answer a dialog without a handoff gets.
+    pub async fn cancel(
+        &self,
+        caller: &Caller,
+        dialog_id: i64,
+    ) -> Result<HandoffView, HandoffError> {
+        if caller.role == Role::Operator {
+            return Err(HandoffError::Forbidden);
+        }
+        let caller = caller.clone();
+        self.call(|reply| Command::Cancel {
+            caller,
+            dialog_id,
+            reply,
+        })
+        .await
     }
 
     async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, HandoffError> {
@@ -524,6 +616,32 @@ impl Queue {
             Command::List { reply } => {
                 let _ = reply.send(Ok(self.listing()));
             }
+            Command::Transfer {
+                caller,
+                dialog_id,
+                to,
+                reason,
+                reply,
+            } => {
+                let result = self.transfer(&caller, dialog_id, to, &reason).await;
+                let _ = reply.send(result);
+            }
+            Command::Claim {
+                caller,
+                dialog_id,
+                reply,
+            } => {
+                let result = self.claim(&caller, dialog_id).await;
+                let _ = reply.send(result);
+            }
+            Command::Cancel {
+                caller,
+                dialog_id,
+                reply,
+            } => {
+                let result = self.cancel(&caller, dialog_id).await;
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -564,18 +682,7 @@ impl Queue {
             "handoff requested"
         );
         self.insert_queued(Entry::new(handoff, Instant::now()));
-        if let Some(entry) = self.handoffs.get(&id) {
-            let handoff = &entry.handoff;
-            let body = HandoffRequest {
-                handoff_id: handoff.id,
-                dialog_id: handoff.dialog_id,
-                user_id: handoff.user_id,
-                reason: &handoff.reason,
-                priority: handoff.priority.as_str(),
-            };
-            self.deliver(Recipient::Role(Role::Operator), "handoff_request", &body)
-                .await;
-        }
+        self.announce_request(id).await;
         self.settle().await;
         self.view(id)
             .ok_or(HandoffError::NotFound(request.dialog_id))
@@ -596,6 +703,7 @@ impl Queue {
             .get(&id)
             .ok_or(HandoffError::NotFound(dialog_id))?;
         let holder = entry.handoff.operator_id;
+        let was_queued = entry.is_queued();
         if !caller.role.is_privileged()
             && (caller.role != Role::Operator || holder != Some(caller.id))
         {
@@ -613,6 +721,10 @@ impl Queue {
             Err(err) => return Err(err.into()),
         };
         self.remove(id);
+        if was_queued {
+            self.announce_dequeued(id, dialog_id, DequeuedReason::Completed)
+                .await;
+        }
         let duration_secs = match (done.assigned_at_ms, done.completed_at_ms) {
             (Some(assigned), Some(completed)) => {
                 let took = Duration::from_millis((completed - assigned).max(0) as u64);
@@ -662,6 +774,7 @@ impl Queue {
                 position: 0,
                 wait_secs: Some(0),
                 operators_online: 0,
+                waiting_secs: 0,
             },
             duration_secs,
         })
@@ -725,6 +838,214 @@ impl Queue {
             None => self.resync(id).await,
         }
         Ok(())
+    }
+
+    async fn transfer(
+        &mut self,
+        caller: &Caller,
+        dialog_id: i64,
+        to: Option<i64>,
+        reason: &str,
+    ) -> Result<HandoffView, HandoffError> {
+        let id = *self
+            .by_dialog
+            .get(&dialog_id)
+            .ok_or(HandoffError::NotFound(dialog_id))?;
+        let entry = self
+            .handoffs
+            .get(&id)
+            .ok_or(HandoffError::NotFound(dialog_id))?;
+        let from = match (entry.handoff.state, entry.handoff.operator_id) {
+            (HandoffState::Assigned, Some(from))
+                if caller.role.is_privileged() || caller.id == from =>
+            {
+                from
+            }
+            _ => {
+                return Err(HandoffError::NotHolder {
+                    dialog_id,
+                    operator_id: caller.id,
+                });
+            }
+        };
+        let Some(to) = to else {
+            // Back to the queue, at the front of its priority, as any
+            // handoff that goes back; the next settle tells the user.
+            self.take_back(id, TRANSFERRED, Outcome::Transferred)
+                .await?;
+            self.settle().await;
+            return self.view(id).ok_or(HandoffError::NotFound(dialog_id));
+        };
+        if to == from {
+            return Err(HandoffError::TransferToSelf);
+        }
+        let to_name = match self.operators.get(&to) {
+            Some(operator) if operator.online && operator.load < self.policy.max_handoffs => {
+                operator.display_name()
+            }
+            _ => return Err(HandoffError::OperatorUnavailable(to)),
+        };
+        let assigned_at = entry.handoff.assigned_at_ms.unwrap_or_default();
+        let at = now_ms();
+        let moved = match self.store.transfer(id, from, to, &to_name, at).await {
+            Ok(moved) => moved,
+            Err(err @ StoreError::NotInState { .. }) => {
+                self.resync(id).await;
+                return Err(err.into());
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if let Some(entry) = self.handoffs.get_mut(&id) {
+            entry.handoff = moved.clone();
+            entry.reply_deadline = Some(Instant::now() + self.policy.reply_timeout);
+            entry.hold_until = None;
+            entry.holder_offline = false;
+            entry.avoid = None;
+        }
+        self.versions.tick();
+        self.release(from);
+        self.gain(to);
+        tracing::info!(handoff_id = id, dialog_id, from, to, "handoff transferred");
+        let about = (dialog_id, moved.user_id);
+        let completed = HandoffCompleted {
+            handoff_id: id,
+            dialog_id,
+            operator_id: from,
+            resolution: TRANSFERRED,
+            duration: secs(Duration::from_millis((at - assigned_at).max(0) as u64)),
+            outcome: Outcome::Transferred,
+        };
+        self.deliver_noted(
+            about,
+            NotedFor::Operator(from),
+            "handoff_completed",
+            &completed,
+        )
+        .await;
+        // The wait the user had before the first operator got it.
+        let waited = assigned_at - moved.queued_since_ms();
+        let body = OperatorAssigned {
+            handoff_id: id,
+            dialog_id,
+            operator_id: to,
+            operator_name: &to_name,
+            estimated_wait_time: secs(Duration::from_millis(waited.max(0) as u64)),
+            user_id: moved.user_id,
+            reason: &moved.reason,
+            priority: moved.priority.as_str(),
+            transferred_from: Some(from),
+            transfer_reason: (!reason.is_empty()).then_some(reason),
+        };
+        self.deliver_noted(about, NotedFor::Operator(to), "operator_assigned", &body)
+            .await;
+        self.deliver_noted(
+            about,
+            NotedFor::User(moved.user_id),
+            "operator_assigned",
+            &body,
+        )
+        .await;
+        self.settle().await;
+        self.view(id).ok_or(HandoffError::NotFound(dialog_id))
+    }
+
+    async fn claim(
+        &mut self,
+        caller: &Caller,
+        dialog_id: i64,
+    ) -> Result<HandoffView, HandoffError> {
+        let id = *self
+            .by_dialog
+            .get(&dialog_id)
+            .ok_or(HandoffError::NotFound(dialog_id))?;
+        let entry = self
+            .handoffs
+            .get(&id)
+            .ok_or(HandoffError::NotFound(dialog_id))?;
+        if !entry.is_queued() {
+            return Err(HandoffError::NotQueued(dialog_id));
+        }
+        let key = QueueKey::of(&entry.handoff);
+        let max = self.policy.max_handoffs;
+        let operator = self.operator_entry(caller.id, caller.name.as_deref().unwrap_or_default());
+        if operator.load >= max {
+            return Err(HandoffError::OperatorUnavailable(caller.id));
+        }
+        let name = operator.display_name();
+        let assigned = match self.store.assign(id, caller.id, &name, now_ms()).await {
+            Ok(assigned) => assigned,
+            Err(err @ StoreError::NotInState { .. }) => {
+                self.resync(id).await;
+                return Err(err.into());
+            }
+            Err(err) => return Err(err.into()),
+        };
+        tracing::info!(
+            handoff_id = id,
+            dialog_id,
+            operator_id = caller.id,
+            "handoff claimed"
+        );
+        self.assigned(key, caller.id, &name, assigned).await;
+        self.settle().await;
+        self.view(id).ok_or(HandoffError::NotFound(dialog_id))
+    }
+
+    async fn cancel(
+        &mut self,
+        caller: &Caller,
+        dialog_id: i64,
+    ) -> Result<HandoffView, HandoffError> {
+        let entry = self
+            .by_dialog
+            .get(&dialog_id)
+            .and_then(|id| self.handoffs.get(id))
+            // Someone else's dialog reads as one without a handoff.
+            .filter(|entry| {
+                caller.role.is_privileged()
+                    || (caller.role == Role::User && entry.handoff.user_id == caller.id)
+            })
+            .ok_or(HandoffError::NotFound(dialog_id))?;
+        if !entry.is_queued() {
+            return Err(HandoffError::NotQueued(dialog_id));
+        }
+        let id = entry.handoff.id;
+        let cancelled = match self.store.cancel(id, now_ms()).await {
+            Ok(cancelled) => cancelled,
+            Err(err @ StoreError::NotInState { .. }) => {
+                self.resync(id).await;
+                return Err(err.into());
+            }
+            Err(err) => return Err(err.into()),
+        };
+        self.remove(id);
+        tracing::info!(handoff_id = id, dialog_id, "handoff cancelled by its user");
+        self.announce_dequeued(id, dialog_id, DequeuedReason::Cancelled)
+            .await;
+        let body = HandoffCompleted {
+            handoff_id: id,
+            dialog_id,
+            operator_id: 0,
+            resolution: CANCELLED,
+            duration: 0,
+            outcome: Outcome::Cancelled,
+        };
+        let user_id = cancelled.user_id;
+        self.deliver_noted(
+            (dialog_id, user_id),
+            NotedFor::User(user_id),
+            "handoff_completed",
+            &body,
+        )
+        .await;
+        self.settle().await;
+        Ok(HandoffView {
+            handoff: cancelled,
+            position: 0,
+            wait_secs: Some(0),
+            operators_online: 0,
+            waiting_secs: 0,
+        })
     }
 
     fn listing(&self) -> Listing {
@@ -807,7 +1128,10 @@ impl Queue {
                 .map(|e| e.handoff.id)
                 .collect();
             for id in held {
-                if let Err(cause) = self.take_back(id, REASSIGNED_OFFLINE).await {
+                if let Err(cause) = self
+                    .take_back(id, REASSIGNED_OFFLINE, Outcome::Reassigned)
+                    .await
+                {
                     // Retried by the timers until it goes through.
                     tracing::error!(%cause, handoff_id = id, "could not take a handoff back from an offline operator; retrying");
                     if let Some(entry) = self.handoffs.get_mut(&id) {
@@ -845,9 +1169,13 @@ impl Queue {
         for (id, state, holder_offline) in due {
             let done = match state {
                 HandoffState::Assigned if holder_offline => {
-                    self.take_back(id, REASSIGNED_OFFLINE).await
+                    self.take_back(id, REASSIGNED_OFFLINE, Outcome::Reassigned)
+                        .await
                 }
-                HandoffState::Assigned => self.take_back(id, REASSIGNED_NO_REPLY).await,
+                HandoffState::Assigned => {
+                    self.take_back(id, REASSIGNED_NO_REPLY, Outcome::Reassigned)
+                        .await
+                }
                 HandoffState::Queued => self.return_to_assistant(id).await,
                 _ => Ok(()),
             };
@@ -868,7 +1196,12 @@ impl Queue {
     /// Assigned → queued again, at the front of its priority: the operator is
     /// told (`handoff_completed` with `resolution`), the user is told their
     /// place by the next [`settle`](Self::settle).
-    async fn take_back(&mut self, id: i64, resolution: &str) -> Result<(), StoreError> {
+    async fn take_back(
+        &mut self,
+        id: i64,
+        resolution: &str,
+        outcome: Outcome,
+    ) -> Result<(), StoreError> {
         let Some(entry) = self.handoffs.get(&id) else {
             return Ok(());
         };
@@ -906,7 +1239,7 @@ impl Queue {
             operator_id,
             resolution,
             duration: secs(Duration::from_millis((at - assigned_at).max(0) as u64)),
-            outcome: Outcome::Reassigned,
+            outcome,
         };
         self.deliver_noted(
             (dialog_id, user_id),
@@ -915,6 +1248,7 @@ impl Queue {
             &body,
         )
         .await;
+        self.announce_request(id).await;
         Ok(())
     }
 
@@ -929,6 +1263,8 @@ impl Queue {
             Err(err) => return Err(err),
         };
         self.remove(id);
+        self.announce_dequeued(id, returned.dialog_id, DequeuedReason::ReturnedToAssistant)
+            .await;
         tracing::info!(
             handoff_id = id,
             dialog_id = returned.dialog_id,
@@ -996,60 +1332,75 @@ impl Queue {
                     return;
                 }
             };
-            self.waiting.remove(&key);
-            let waited = match self.handoffs.get_mut(&id) {
-                Some(entry) => {
-                    entry.reply_deadline = Some(Instant::now() + self.policy.reply_timeout);
-                    entry.told_position = None;
-                    entry.avoid = None;
-                    entry.hold_until = None;
-                    let waited = entry.queued_at.elapsed();
-                    entry.handoff = assigned;
-                    self.versions.tick();
-                    waited
-                }
-                None => Duration::ZERO,
-            };
-            if let Some(operator) = self.operators.get_mut(&operator_id) {
-                operator.load += 1;
-                operator.last_active = Some(Instant::now());
-                self.directory.set_load(operator_id, operator.load);
-            }
-            let Some(handoff) = self.handoffs.get(&id).map(|e| e.handoff.clone()) else {
-                continue;
-            };
-            tracing::info!(
-                handoff_id = id,
-                dialog_id = handoff.dialog_id,
-                operator_id,
-                "handoff assigned"
-            );
-            let body = OperatorAssigned {
-                handoff_id: id,
-                dialog_id: handoff.dialog_id,
-                operator_id,
-                operator_name: &operator_name,
-                estimated_wait_time: secs(waited),
-                user_id: handoff.user_id,
-                reason: &handoff.reason,
-                priority: handoff.priority.as_str(),
-            };
-            let about = (handoff.dialog_id, handoff.user_id);
-            self.deliver_noted(
-                about,
-                NotedFor::User(handoff.user_id),
-                "operator_assigned",
-                &body,
-            )
-            .await;
-            self.deliver_noted(
-                about,
-                NotedFor::Operator(operator_id),
-                "operator_assigned",
-                &body,
-            )
-            .await;
+            self.assigned(key, operator_id, &operator_name, assigned)
+                .await;
         }
+    }
+
+    /// A queued handoff was stored as assigned to `operator_id` (by the
+    /// drain or a claim): it leaves the queue, the operator's load grows, and
+    /// operators, the user and the operator are told.
+    async fn assigned(
+        &mut self,
+        key: QueueKey,
+        operator_id: i64,
+        operator_name: &str,
+        assigned: Handoff,
+    ) {
+        let id = key.id();
+        self.waiting.remove(&key);
+        let waited = match self.handoffs.get_mut(&id) {
+            Some(entry) => {
+                entry.reply_deadline = Some(Instant::now() + self.policy.reply_timeout);
+                entry.told_position = None;
+                entry.avoid = None;
+                entry.hold_until = None;
+                let waited = entry.queued_at.elapsed();
+                entry.handoff = assigned;
+                self.versions.tick();
+                waited
+            }
+            None => return,
+        };
+        self.gain(operator_id);
+        let Some(handoff) = self.handoffs.get(&id).map(|e| e.handoff.clone()) else {
+            return;
+        };
+        tracing::info!(
+            handoff_id = id,
+            dialog_id = handoff.dialog_id,
+            operator_id,
+            "handoff assigned"
+        );
+        self.announce_dequeued(id, handoff.dialog_id, DequeuedReason::Assigned)
+            .await;
+        let body = OperatorAssigned {
+            handoff_id: id,
+            dialog_id: handoff.dialog_id,
+            operator_id,
+            operator_name,
+            estimated_wait_time: secs(waited),
+            user_id: handoff.user_id,
+            reason: &handoff.reason,
+            priority: handoff.priority.as_str(),
+            transferred_from: None,
+            transfer_reason: None,
+        };
+        let about = (handoff.dialog_id, handoff.user_id);
+        self.deliver_noted(
+            about,
+            NotedFor::User(handoff.user_id),
+            "operator_assigned",
+            &body,
+        )
+        .await;
+        self.deliver_noted(
+            about,
+            NotedFor::Operator(operator_id),
+            "operator_assigned",
+            &body,
+        )
+        .await;
     }
 
     /// Sends `handoff_queued` to each waiting user whose position differs
@@ -1110,6 +1461,47 @@ impl Queue {
                 self.by_dialog.remove(&entry.handoff.dialog_id);
             }
         }
+    }
+
+    /// The operator took a handoff: one more, and active now.
+    fn gain(&mut self, operator_id: i64) {
+        if let Some(operator) = self.operators.get_mut(&operator_id) {
+            operator.load += 1;
+            operator.last_active = Some(Instant::now());
+            self.directory.set_load(operator_id, operator.load);
+        }
+    }
+
+    /// Tells every operator (live) that a handoff (re-)entered the queue,
+    /// with the queue version it is as of.
+    async fn announce_request(&self, id: i64) {
+        let Some(entry) = self.handoffs.get(&id) else {
+            return;
+        };
+        let handoff = &entry.handoff;
+        let body = HandoffRequest {
+            handoff_id: handoff.id,
+            dialog_id: handoff.dialog_id,
+            user_id: handoff.user_id,
+            reason: &handoff.reason,
+            priority: handoff.priority.as_str(),
+            version: self.versions.current(),
+        };
+        self.deliver(Recipient::Role(Role::Operator), "handoff_request", &body)
+            .await;
+    }
+
+    /// Tells every operator (live) that a handoff left the queue, with the
+    /// queue version it is as of.
+    async fn announce_dequeued(&self, handoff_id: i64, dialog_id: i64, reason: DequeuedReason) {
+        let body = HandoffDequeued {
+            handoff_id,
+            dialog_id,
+            reason,
+            version: self.versions.current(),
+        };
+        self.deliver(Recipient::Role(Role::Operator), "handoff_dequeued", &body)
+            .await;
     }
 
     /// The operator let go of a handoff: one less, and idle from now.
@@ -1198,11 +1590,17 @@ impl Queue {
                 .map_or(0, |assigned| assigned - handoff.queued_since_ms());
             (0, Some(secs(Duration::from_millis(waited.max(0) as u64))))
         };
+        let waiting_secs = if entry.is_queued() {
+            secs(entry.queued_at.elapsed())
+        } else {
+            0
+        };
         Some(HandoffView {
             handoff,
             position,
             wait_secs,
             operators_online: capacity.operators,
+            waiting_secs,
         })
     }
 

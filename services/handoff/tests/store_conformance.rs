@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use chatai_handoff::store::{
-    self, Handoff, HandoffState, HandoffStore, NewHandoff, Priority, RETURNED_TO_ASSISTANT,
-    StoreError,
+    self, CANCELLED, Handoff, HandoffState, HandoffStore, NewHandoff, Priority,
+    RETURNED_TO_ASSISTANT, StoreError,
 };
 use tokio::task::JoinSet;
 
@@ -191,6 +191,33 @@ async fn queued_handoffs_return_or_complete(store: Arc<dyn HandoffStore>) -> Cas
     Ok(())
 }
 
+/// A transfer moves an assigned handoff from its holder only, clearing the
+/// reply; a cancel takes a queued one back to the assistant, never a held one.
+async fn transfers_and_cancels_follow_the_states(store: Arc<dyn HandoffStore>) -> CaseResult {
+    let held = store.create(new(1, Priority::Normal, 1)).await?;
+    assert_not_in_state(store.transfer(held.id, 7, 8, "Eve", 2).await);
+    store.assign(held.id, 7, "Olga", 3).await?;
+    store.record_first_reply(held.id, 7, 4).await?;
+    assert_not_in_state(store.transfer(held.id, 9, 8, "Eve", 5).await);
+    let moved = store.transfer(held.id, 7, 8, "Eve", 6).await?;
+    assert_eq!(moved.state, HandoffState::Assigned);
+    assert_eq!(moved.operator_id, Some(8));
+    assert_eq!(moved.operator_name.as_deref(), Some("Eve"));
+    assert_eq!(
+        (moved.assigned_at_ms, moved.first_reply_at_ms),
+        (Some(6), None)
+    );
+    assert_not_in_state(store.cancel(held.id, 7).await);
+
+    let waiting = store.create(new(2, Priority::Normal, 1)).await?;
+    let cancelled = store.cancel(waiting.id, 8).await?;
+    assert_eq!(cancelled.state, HandoffState::Returned);
+    assert_eq!(cancelled.resolution.as_deref(), Some(CANCELLED));
+    assert_eq!(cancelled.completed_at_ms, Some(8));
+    assert_not_in_state(store.cancel(waiting.id, 9).await);
+    Ok(())
+}
+
 /// `active` lists every queued and assigned handoff by id, nothing finished.
 async fn active_lists_queued_and_assigned(store: Arc<dyn HandoffStore>) -> CaseResult {
     let a = store.create(new(1, Priority::Low, 1)).await?;
@@ -271,6 +298,7 @@ chatai_testkit::on_both_databases! {
         concurrent_requests_create_one,
         transitions_follow_the_states,
         queued_handoffs_return_or_complete,
+        transfers_and_cancels_follow_the_states,
         active_lists_queued_and_assigned,
         recent_handling_is_newest_first,
         ping_answers,

@@ -58,6 +58,12 @@ pub enum ErrorCode {
     HandoffNotFound,
     /// The presence service does not know the operator.
     OperatorNotFound,
+    /// The operator a transfer names is offline or at their cap, or the
+    /// claiming operator is at their cap.
+    OperatorUnavailable,
+    /// The dialog's handoff is not waiting in the queue (an operator holds
+    /// it): it cannot be claimed or cancelled.
+    HandoffNotQueued,
     /// The user's balance is used up: the assistant does not answer (a
     /// human operator can still be asked for).
     InsufficientBalance,
@@ -94,6 +100,8 @@ impl ErrorCode {
         ErrorCode::TooManyHandoffs,
         ErrorCode::HandoffNotFound,
         ErrorCode::OperatorNotFound,
+        ErrorCode::OperatorUnavailable,
+        ErrorCode::HandoffNotQueued,
         ErrorCode::InsufficientBalance,
         ErrorCode::NotFound,
         ErrorCode::InvalidRequest,
@@ -120,6 +128,8 @@ impl ErrorCode {
             ErrorCode::AssistantUnavailable => "assistant_unavailable",
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::HandoffExists => "handoff_exists",
+            ErrorCode::OperatorUnavailable => "operator_unavailable",
+            ErrorCode::HandoffNotQueued => "handoff_not_queued",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::TooManyHandoffs => "too_many_handoffs",
             ErrorCode::HandoffNotFound => "handoff_not_found",

@@ -33,7 +33,7 @@ const PARSER_CODES: [ErrorCode; 7] = [
 ];
 
 /// Every `type` a client may send.
-const TYPES: [&str; 12] = [
+const TYPES: [&str; 15] = [
     "chat_message",
     "typing",
     "handoff_request",
@@ -46,10 +46,13 @@ const TYPES: [&str; 12] = [
     "get_history",
     "list_dialogs",
     "mark_read",
+    "transfer_handoff",
+    "claim_handoff",
+    "cancel_handoff",
 ];
 
 /// Every field some client frame reads.
-const FIELDS: [&str; 13] = [
+const FIELDS: [&str; 14] = [
     "dialog_id",
     "message",
     "is_typing",
@@ -63,6 +66,7 @@ const FIELDS: [&str; 13] = [
     "before_id",
     "message_id",
     "limit",
+    "to_operator_id",
 ];
 
 /// 256 cases per property unless `PROPTEST_CASES` says otherwise (proptest
@@ -167,7 +171,7 @@ fn key() -> BoxedStrategy<String> {
 /// `null` or anything else.
 fn field(name: &str) -> BoxedStrategy<Option<Value>> {
     let wanted = match name {
-        "dialog_id" | "before_id" | "message_id" => prop_oneof![
+        "dialog_id" | "before_id" | "message_id" | "to_operator_id" => prop_oneof![
             (1..=i64::MAX).prop_map(Value::from),
             (0..1000i64).prop_map(Value::from),
             "0{0,2}[0-9]{1,20}".prop_map(Value::String),
@@ -542,6 +546,25 @@ fn expected(object: &Map<String, Value>) -> Result<ClientFrame, Vec<(&'static st
                     message_id,
                 })
         }
+        "transfer_handoff" => {
+            let dialog_id = take!("dialog_id", required_dialog_id(object));
+            let to_operator_id = take!("to_operator_id", positive_id(object, "to_operator_id"));
+            let reason = take!("reason", optional_string(object, "reason"));
+            match (dialog_id, to_operator_id, reason) {
+                (Some(dialog_id), Some(to_operator_id), Some(reason)) => {
+                    Some(ClientFrame::TransferHandoff {
+                        dialog_id,
+                        to_operator_id,
+                        reason,
+                    })
+                }
+                _ => None,
+            }
+        }
+        "claim_handoff" => take!("dialog_id", required_dialog_id(object))
+            .map(|dialog_id| ClientFrame::ClaimHandoff { dialog_id }),
+        "cancel_handoff" => take!("dialog_id", required_dialog_id(object))
+            .map(|dialog_id| ClientFrame::CancelHandoff { dialog_id }),
         other => panic!("not a client type: {other}"),
     };
     frame.ok_or(bad)

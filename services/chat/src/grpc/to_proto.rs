@@ -142,6 +142,8 @@ impl From<HandoffRecord> for pb::HandoffRecord {
             assigned_at_ms: record.assigned_at_ms.unwrap_or_default(),
             completed_at_ms: record.completed_at_ms.unwrap_or_default(),
             resolution: record.resolution.unwrap_or_default(),
+            // Only the queue listing (ListQueue) reports it; chat never does.
+            waiting_seconds: 0,
         }
     }
 }
@@ -218,6 +220,7 @@ mod tests {
             resolution: String::new(),
             wait_unknown: false,
             operators_online: 2,
+            waiting_seconds: 0,
         };
         let domain = HandoffRecord::try_from(wire.clone()).expect("a known state");
         assert_eq!(pb::HandoffRecord::from(domain), wire);

@@ -171,6 +171,42 @@ impl HandoffStore for MemoryStore {
         })
     }
 
+    async fn transfer(
+        &self,
+        id: i64,
+        from_operator: i64,
+        to_operator: i64,
+        to_name: &str,
+        at_ms: i64,
+    ) -> Result<Handoff, StoreError> {
+        self.check()?;
+        let mut rows = self.rows();
+        let row = rows
+            .iter_mut()
+            .find(|h| {
+                h.id == id
+                    && h.state == HandoffState::Assigned
+                    && h.operator_id == Some(from_operator)
+            })
+            .ok_or(StoreError::NotInState {
+                id,
+                expected: "assigned to the transferring operator",
+            })?;
+        row.operator_id = Some(to_operator);
+        row.operator_name = Some(to_name.to_owned());
+        row.assigned_at_ms = Some(at_ms);
+        row.first_reply_at_ms = None;
+        Ok(row.clone())
+    }
+
+    async fn cancel(&self, id: i64, at_ms: i64) -> Result<Handoff, StoreError> {
+        self.update(id, "queued", &[HandoffState::Queued], |h| {
+            h.state = HandoffState::Returned;
+            h.completed_at_ms = Some(at_ms);
+            h.resolution = Some(CANCELLED.to_owned());
+        })
+    }
+
     async fn handoff(&self, id: i64) -> Result<Option<Handoff>, StoreError> {
         self.check()?;
         Ok(self.rows().iter().find(|h| h.id == id).cloned())
@@ -465,13 +501,14 @@ async fn request_is_announced_and_queued() {
     assert_eq!(view.position, 1);
     assert_eq!((view.wait_secs, view.operators_online), (None, 0));
     let events = h.events();
+    let version = h.list().await.version;
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[0].to, Recipient::Role(Role::Operator));
     assert_eq!(events[0].kind, "handoff_request");
     assert_eq!(
         events[0].body,
         serde_json::json!({"handoff_id": view.handoff.id, "dialog_id": 1, "user_id": 101,
-                           "reason": "help with 1", "priority": "high"})
+                           "reason": "help with 1", "priority": "high", "version": version})
     );
     assert_eq!(events[1].to, Recipient::User(101));
     assert_eq!(
@@ -642,7 +679,10 @@ async fn no_reply_in_time_reassigns_to_another_operator() {
         kinds,
         vec![
             (&Recipient::Operator(1), "handoff_completed"),
+            // Back in the queue, then out of it: the operators' queue feed.
+            (&Recipient::Role(Role::Operator), "handoff_request"),
             (&Recipient::User(101), "handoff_queued"),
+            (&Recipient::Role(Role::Operator), "handoff_dequeued"),
             (&Recipient::User(101), "operator_assigned"),
             (&Recipient::Operator(2), "operator_assigned"),
         ]
@@ -714,7 +754,10 @@ async fn waiting_too_long_returns_to_the_assistant() {
     tokio::time::sleep(Duration::from_secs(301)).await;
     h.settled().await;
     let events = h.events();
-    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0].to, Recipient::Role(Role::Operator));
+    assert_eq!(events[0].body["reason"], "returned_to_assistant");
+    let events = &events[1..];
     assert_eq!(events[0].to, Recipient::User(101));
     assert_eq!(
         events[0].body,
@@ -722,7 +765,7 @@ async fn waiting_too_long_returns_to_the_assistant() {
                            "resolution": "returned_to_assistant", "duration": 0,
                            "outcome": "returned_to_assistant"})
     );
-    assert_eq!(positions(&events), vec![(Recipient::User(102), 1)]);
+    assert_eq!(positions(events), vec![(Recipient::User(102), 1)]);
     assert_eq!(h.store.get(1).state, HandoffState::Returned);
     assert_eq!(h.holder(1).await, None);
     assert!(
@@ -1259,4 +1302,286 @@ async fn one_user_cannot_fill_the_queue() {
     h.operators(vec![available(1)]).await;
     assert_eq!(h.holder(1).await, Some(1));
     ask(4, 7).await.expect("one waits less now");
+}
+
+// ---------------------------------------------------------------------------
+// The operator workspace: transfer, claim, cancel, versions (issue 11)
+// ---------------------------------------------------------------------------
+
+fn chose(operator_id: i64, chosen: ChosenStatus) -> OperatorView {
+    OperatorView {
+        chosen,
+        ..available(operator_id)
+    }
+}
+
+/// The one event of `kind` sent to `to`.
+fn the<'a>(events: &'a [Seen], to: &Recipient, kind: &str) -> &'a Seen {
+    let found: Vec<&Seen> = events
+        .iter()
+        .filter(|e| &e.to == to && e.kind == kind)
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind} to {to}: {events:?}");
+    found[0]
+}
+
+/// A transfer to a named operator moves the hold at once: the former holder
+/// gets `handoff_completed` (`transferred`), the new one and the user
+/// `operator_assigned` naming where it came from, and both loads follow.
+#[tokio::test(start_paused = true)]
+async fn transfer_to_a_named_operator_moves_the_hold() {
+    let mut h = Harness::start(policy(2)).await;
+    h.operators(vec![available(1)]).await;
+    h.request(1, Priority::Normal).await;
+    assert_eq!(h.holder(1).await, Some(1));
+    h.update(OperatorUpdate::Changed(available(2))).await;
+    h.events();
+
+    let view = h
+        .service
+        .transfer(&caller(1, Role::Operator), 1, Some(2), "billing question")
+        .await
+        .expect("the holder transfers");
+    assert_eq!(view.handoff.operator_id, Some(2));
+    assert_eq!(h.holder(1).await, Some(2));
+    assert_eq!(h.store.get(view.handoff.id).operator_id, Some(2));
+    let events = h.events();
+    let completed = the(&events, &Recipient::Operator(1), "handoff_completed");
+    assert_eq!(completed.body["resolution"], "transferred");
+    assert_eq!(completed.body["outcome"], "transferred");
+    assert_eq!(completed.body["operator_id"], 1);
+    for to in [Recipient::Operator(2), Recipient::User(101)] {
+        let assigned = the(&events, &to, "operator_assigned");
+        assert_eq!(assigned.body["operator_id"], 2);
+        assert_eq!(assigned.body["transferred_from"], 1);
+        assert_eq!(assigned.body["transfer_reason"], "billing question");
+    }
+    assert_eq!(
+        (h.directory.last(1), h.directory.last(2)),
+        (Some(0), Some(1))
+    );
+    // The new holder's no-reply timer runs; the former holder cannot finish it.
+    assert!(matches!(
+        h.service.complete(&caller(1, Role::Operator), 1, "x").await,
+        Err(HandoffError::NotHolder { .. })
+    ));
+    h.complete_by(2, 1).await;
+}
+
+/// A transfer is refused to an operator who is full, offline or unknown,
+/// to the holder themself, and from anyone but the holder; the hold stays.
+#[tokio::test(start_paused = true)]
+async fn a_transfer_is_refused_when_the_target_is_full_or_offline() {
+    let h = Harness::start(policy(1)).await;
+    h.operators(vec![available(1), available(2)]).await;
+    h.request(1, Priority::Normal).await;
+    h.request(2, Priority::Normal).await;
+    let first = h.holder(1).await.expect("dialog 1 is held");
+    let second = h.holder(2).await.expect("dialog 2 is held");
+    h.update(OperatorUpdate::Changed(OperatorView {
+        online: false,
+        ..available(3)
+    }))
+    .await;
+    let by_holder = caller(first, Role::Operator);
+    for target in [second, 3, 99] {
+        let refused = h.service.transfer(&by_holder, 1, Some(target), "").await;
+        assert!(
+            matches!(refused, Err(HandoffError::OperatorUnavailable(t)) if t == target),
+            "{target}: {refused:?}"
+        );
+    }
+    assert!(matches!(
+        h.service.transfer(&by_holder, 1, Some(first), "").await,
+        Err(HandoffError::TransferToSelf)
+    ));
+    assert!(matches!(
+        h.service
+            .transfer(&caller(second, Role::Operator), 1, None, "")
+            .await,
+        Err(HandoffError::NotHolder { .. })
+    ));
+    assert!(matches!(
+        h.service
+            .transfer(&caller(101, Role::User), 1, None, "")
+            .await,
+        Err(HandoffError::Forbidden)
+    ));
+    assert_eq!(h.holder(1).await, Some(first));
+    assert_eq!(h.holder(2).await, Some(second));
+}
+
+/// A transfer without a target puts the dialog back in the queue at the
+/// front of its priority, like any handoff that goes back: the operator is
+/// told `transferred`, operators see it arrive again, the user their place.
+#[tokio::test(start_paused = true)]
+async fn a_transfer_to_the_queue_goes_to_the_front() {
+    let mut h = Harness::start(policy(1)).await;
+    h.operators(vec![available(1)]).await;
+    h.request(1, Priority::Normal).await;
+    assert_eq!(h.holder(1).await, Some(1));
+    // Away: the operator keeps the dialog and gets no new one.
+    h.update(OperatorUpdate::Changed(chose(1, ChosenStatus::Away)))
+        .await;
+    h.request(2, Priority::Normal).await;
+    h.request(3, Priority::Normal).await;
+    h.events();
+
+    let view = h
+        .service
+        .transfer(&caller(1, Role::Operator), 1, None, "")
+        .await
+        .expect("the holder transfers to the queue");
+    assert_eq!(
+        (view.handoff.state, view.position),
+        (HandoffState::Queued, 1)
+    );
+    assert_eq!(h.waiting().await, vec![1, 2, 3]);
+    let events = h.events();
+    let completed = the(&events, &Recipient::Operator(1), "handoff_completed");
+    assert_eq!(completed.body["outcome"], "transferred");
+    assert_eq!(
+        the(&events, &Recipient::Role(Role::Operator), "handoff_request").body["dialog_id"],
+        1
+    );
+    assert!(positions(&events).contains(&(Recipient::User(101), 1)));
+    assert_eq!(h.directory.last(1), Some(0));
+}
+
+/// An operator under the cap claims a queued dialog out of order even while
+/// away; at the cap, or for a dialog already held, the claim is refused.
+#[tokio::test(start_paused = true)]
+async fn a_claim_takes_a_queued_dialog_out_of_order_below_the_cap() {
+    let mut h = Harness::start(policy(1)).await;
+    h.operators(vec![chose(5, ChosenStatus::Away)]).await;
+    h.request(1, Priority::Urgent).await;
+    h.request(2, Priority::Low).await;
+    h.events();
+
+    let view = h
+        .service
+        .claim(&caller(5, Role::Operator), 2)
+        .await
+        .expect("an away operator under the cap claims");
+    assert_eq!(view.handoff.operator_id, Some(5));
+    assert_eq!(h.waiting().await, vec![1]);
+    let events = h.events();
+    let dequeued = the(
+        &events,
+        &Recipient::Role(Role::Operator),
+        "handoff_dequeued",
+    );
+    assert_eq!(dequeued.body["dialog_id"], 2);
+    assert_eq!(dequeued.body["reason"], "assigned");
+    the(&events, &Recipient::Operator(5), "operator_assigned");
+    the(&events, &Recipient::User(102), "operator_assigned");
+    assert_eq!(h.directory.last(5), Some(1));
+
+    assert!(matches!(
+        h.service.claim(&caller(5, Role::Operator), 1).await,
+        Err(HandoffError::OperatorUnavailable(5))
+    ));
+    assert!(matches!(
+        h.service.claim(&caller(6, Role::Operator), 2).await,
+        Err(HandoffError::NotQueued(2))
+    ));
+    assert!(matches!(
+        h.service.claim(&caller(6, Role::Operator), 9).await,
+        Err(HandoffError::NotFound(9))
+    ));
+    assert!(matches!(
+        h.service.claim(&caller(101, Role::User), 1).await,
+        Err(HandoffError::Forbidden)
+    ));
+    assert_eq!(h.waiting().await, vec![1]);
+}
+
+/// Only the owner cancels, and only while the handoff waits: the dialog goes
+/// back to the assistant, operators see it leave the queue, the user gets
+/// `handoff_completed` (`cancelled`). Someone else's dialog reads as one
+/// without a handoff.
+#[tokio::test(start_paused = true)]
+async fn a_cancel_is_the_owners_and_only_while_queued() {
+    let mut h = Harness::start(policy(1)).await;
+    let queued = h.request(1, Priority::Normal).await;
+    h.request(2, Priority::Normal).await;
+    h.events();
+    assert!(matches!(
+        h.service.cancel(&caller(999, Role::User), 1).await,
+        Err(HandoffError::NotFound(1))
+    ));
+    assert!(matches!(
+        h.service.cancel(&caller(7, Role::Operator), 1).await,
+        Err(HandoffError::Forbidden)
+    ));
+    assert_eq!(h.waiting().await, vec![1, 2]);
+
+    let view = h
+        .service
+        .cancel(&caller(101, Role::User), 1)
+        .await
+        .expect("the owner cancels");
+    assert_eq!(view.handoff.state, HandoffState::Returned);
+    assert_eq!(
+        h.store.get(queued.handoff.id).resolution.as_deref(),
+        Some("cancelled")
+    );
+    assert_eq!(h.waiting().await, vec![2]);
+    assert_eq!(h.holder(1).await, None);
+    let events = h.events();
+    let dequeued = the(
+        &events,
+        &Recipient::Role(Role::Operator),
+        "handoff_dequeued",
+    );
+    assert_eq!(dequeued.body["reason"], "cancelled");
+    let completed = the(&events, &Recipient::User(101), "handoff_completed");
+    assert_eq!(completed.body["outcome"], "cancelled");
+    assert!(positions(&events).contains(&(Recipient::User(102), 1)));
+    assert!(matches!(
+        h.service.cancel(&caller(101, Role::User), 1).await,
+        Err(HandoffError::NotFound(1))
+    ));
+
+    h.operators(vec![available(3)]).await;
+    assert_eq!(h.holder(2).await, Some(3));
+    assert!(matches!(
+        h.service.cancel(&caller(102, Role::User), 2).await,
+        Err(HandoffError::NotQueued(2))
+    ));
+    assert_eq!(h.holder(2).await, Some(3));
+}
+
+/// `handoff_request` and `handoff_dequeued` carry the queue version they are
+/// as of: above any listing read before them, at or below one read after.
+#[tokio::test(start_paused = true)]
+async fn queue_events_carry_the_listing_version() {
+    let mut h = Harness::start(policy(1)).await;
+    let before = h.list().await.version;
+    h.request(1, Priority::Normal).await;
+    let after_request = h.list().await.version;
+    let events = h.events();
+    let arrived = the(&events, &Recipient::Role(Role::Operator), "handoff_request").body["version"]
+        .as_u64()
+        .expect("a version");
+    assert!(
+        before < arrived && arrived <= after_request,
+        "{before} {arrived} {after_request}"
+    );
+
+    h.operators(vec![available(1)]).await;
+    let after_assignment = h.list().await.version;
+    let events = h.events();
+    let left = the(
+        &events,
+        &Recipient::Role(Role::Operator),
+        "handoff_dequeued",
+    )
+    .body["version"]
+        .as_u64()
+        .expect("a version");
+    assert!(
+        after_request < left && left <= after_assignment,
+        "{after_request} {left} {after_assignment}"
+    );
 }

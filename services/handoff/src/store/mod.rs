@@ -31,7 +31,7 @@ use chatai_kit::db::{self, Database};
 pub use error::StoreError;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use types::{Handoff, HandoffState, NewHandoff, Priority, RETURNED_TO_ASSISTANT};
+pub use types::{CANCELLED, Handoff, HandoffState, NewHandoff, Priority, RETURNED_TO_ASSISTANT};
 
 /// The handoff service's storage. Cheap to share: implementations hold a pool.
 #[async_trait::async_trait]
@@ -69,6 +69,21 @@ pub trait HandoffStore: Send + Sync + 'static {
     /// Queued → returned to the assistant (resolution
     /// [`RETURNED_TO_ASSISTANT`]).
     async fn return_to_assistant(&self, id: i64, at_ms: i64) -> Result<Handoff, StoreError>;
+
+    /// Assigned to `from_operator` → assigned to `to_operator` at `at_ms`
+    /// (a transfer): the reply is cleared, the new operator's timer starts.
+    async fn transfer(
+        &self,
+        id: i64,
+        from_operator: i64,
+        to_operator: i64,
+        to_name: &str,
+        at_ms: i64,
+    ) -> Result<Handoff, StoreError>;
+
+    /// Queued → returned to the assistant because its user withdrew it
+    /// (resolution [`CANCELLED`]).
+    async fn cancel(&self, id: i64, at_ms: i64) -> Result<Handoff, StoreError>;
 
     /// The handoff with this id, if any.
     async fn handoff(&self, id: i64) -> Result<Option<Handoff>, StoreError>;

@@ -60,6 +60,22 @@ pub(super) const RETURN_TO_ASSISTANT: &str = concat!(
     columns!()
 );
 
+/// Only from the operator who holds it: a transfer that crossed a take-back
+/// or a completion changes nothing.
+pub(super) const TRANSFER: &str = concat!(
+    "UPDATE handoffs SET operator_id = $3, operator_name = $4, assigned_at = $5, \
+     first_reply_at = NULL \
+     WHERE id = $1 AND state = 'assigned' AND operator_id = $2 RETURNING ",
+    columns!()
+);
+
+/// The user withdrew the request while it waited: back to the assistant.
+pub(super) const CANCEL: &str = concat!(
+    "UPDATE handoffs SET state = 'returned', completed_at = $2, resolution = $3 \
+     WHERE id = $1 AND state = 'queued' RETURNING ",
+    columns!()
+);
+
 pub(super) const HANDOFF: &str = concat!("SELECT ", columns!(), " FROM handoffs WHERE id = $1");
 
 /// Spelled like the partial index `handoffs_one_active_per_dialog`, so it applies.
@@ -259,6 +275,41 @@ macro_rules! impl_handoff_store {
                     .bind(id)
                     .bind(at_ms)
                     .bind($crate::store::RETURNED_TO_ASSISTANT)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                sql::transition(row, id, "queued")
+            }
+
+            async fn transfer(
+                &self,
+                id: i64,
+                from_operator: i64,
+                to_operator: i64,
+                to_name: &str,
+                at_ms: i64,
+            ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
+                use $crate::store::sql;
+                let row: Option<sql::HandoffRow> = sqlx::query_as(sql::TRANSFER)
+                    .bind(id)
+                    .bind(from_operator)
+                    .bind(to_operator)
+                    .bind(to_name)
+                    .bind(at_ms)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                sql::transition(row, id, "assigned to the transferring operator")
+            }
+
+            async fn cancel(
+                &self,
+                id: i64,
+                at_ms: i64,
+            ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
+                use $crate::store::sql;
+                let row: Option<sql::HandoffRow> = sqlx::query_as(sql::CANCEL)
+                    .bind(id)
+                    .bind(at_ms)
+                    .bind($crate::store::CANCELLED)
                     .fetch_optional(&self.pool)
                     .await?;
                 sql::transition(row, id, "queued")

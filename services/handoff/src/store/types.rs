@@ -52,7 +52,8 @@ pub enum HandoffState {
     Assigned,
     /// Ended by its operator (or an admin / service).
     Completed,
-    /// Waited too long and went back to the assistant.
+    /// Went back to the assistant: waited too long, or its user cancelled it
+    /// (the resolution says which).
     Returned,
 }
 
@@ -87,6 +88,9 @@ impl HandoffState {
 
 /// The resolution written when a handoff waited too long in the queue.
 pub const RETURNED_TO_ASSISTANT: &str = "returned_to_assistant";
+/// The resolution of a handoff its user cancelled while it waited (state
+/// [`HandoffState::Returned`]: the assistant has the dialog again).
+pub const CANCELLED: &str = "cancelled";
 
 /// A handoff as stored. Times are milliseconds since the Unix epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
