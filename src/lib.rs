@@ -126,6 +126,7 @@ pub fn spawn_all(
             handoff_listener,
             handoff,
             addrs.presence.clone(),
+            Some(addrs.chat.clone()),
             common.clone(),
             shutdown.clone(),
         ),

@@ -286,6 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listener,
                 handoff,
                 args.addrs.presence,
+                Some(args.addrs.chat),
                 args.common,
                 shutdown.clone(),
             );

@@ -294,6 +294,7 @@ async fn chat_service_restart(lose_the_log: bool) {
             handoff_l,
             handoff,
             addrs.presence.clone(),
+            Some(addrs.chat.clone()),
             common.clone(),
             others.clone(),
         )

@@ -411,3 +411,54 @@ async fn an_admin_gets_the_analytics_snapshot() {
     );
     app.stop().await;
 }
+
+/// The operator who gets a dialog gets its last messages with it (issue 11,
+/// item 2): `operator_assigned.transcript`, oldest first in the history
+/// shape, including what the user wrote while waiting; the user's own
+/// `operator_assigned` carries none.
+#[tokio::test]
+async fn the_assigned_operator_gets_the_transcript() {
+    let app = spawn_app(options()).await;
+    let (mut user, dialog_id) = dialog(&app, 2601).await;
+    ask_for_operator(&mut user, dialog_id).await;
+    user.next_of("handoff_queued").await;
+    for (n, text) in ["Is anyone there?", "My order 42 never came."]
+        .into_iter()
+        .enumerate()
+    {
+        let sent = user
+            .request(json!({"type": "chat_message", "id": format!("w{n}"), "dialog_id": dialog_id, "message": text}))
+            .await;
+        assert_eq!(sent["type"], "ack", "{sent}");
+    }
+    let (mut operator, _) = app.connect_as(2651, Role::Operator, "").await;
+    let assigned = next_for(&mut operator, "operator_assigned", dialog_id).await;
+    let transcript = assigned["transcript"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a transcript: {assigned}"));
+    let said: Vec<(&str, &str)> = transcript
+        .iter()
+        .map(|m| {
+            (
+                m["sender"].as_str().unwrap_or_default(),
+                m["message"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(said.len(), 4, "{assigned}");
+    assert_eq!(said[0], ("user", "hello"));
+    assert_eq!(said[1].0, "assistant");
+    assert_eq!(
+        &said[2..],
+        &[
+            ("user", "Is anyone there?"),
+            ("user", "My order 42 never came.")
+        ]
+    );
+    assert_eq!(transcript[0]["sender_id"], 2601);
+    assert!(transcript[1]["sender_id"].is_null());
+    assert!(transcript.iter().all(|m| m["timestamp"].is_string()));
+    let to_user = next_for(&mut user, "operator_assigned", dialog_id).await;
+    assert!(to_user.get("transcript").is_none(), "{to_user}");
+    app.stop().await;
+}

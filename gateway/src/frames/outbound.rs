@@ -6,33 +6,12 @@
 use chatai_kit::error_code::ErrorCode;
 use chatai_kit::events::Delivery;
 use serde_json::{Map, Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::frames::rooms::{EndedHold, LeftReason};
 use crate::service_id::ServiceId;
 use crate::services::{Metric, OperatorsSnapshot, QueueSnapshot};
 
-/// Now, as RFC 3339 in UTC.
-pub fn now_rfc3339() -> String {
-    rfc3339_ms(OffsetDateTime::now_utc())
-}
-
-/// RFC 3339 with millisecond precision, the same for every frame.
-fn rfc3339_ms(at: OffsetDateTime) -> String {
-    let at = at
-        .replace_nanosecond(at.nanosecond() / 1_000_000 * 1_000_000)
-        .unwrap_or(at);
-    at.format(&Rfc3339)
-        .unwrap_or_else(|_| at.unix_timestamp().to_string())
-}
-
-/// A stored time (milliseconds since the Unix epoch) as RFC 3339, UTC.
-pub fn timestamp_of(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .map(rfc3339_ms)
-        .unwrap_or_else(|_| now_rfc3339())
-}
+pub use chatai_kit::timestamps::{now_rfc3339, timestamp_of};
 
 /// A service event made ready for the wire once: `head` holds `type`,
 /// `timestamp` and `event_id`, `tail` the event's own fields and the closing

@@ -483,7 +483,17 @@ impl ChatService {
         limit: u32,
     ) -> Result<History, ChatError> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let (dialog, _) = self.check_access(caller, dialog_id).await?;
+        let dialog = if caller.role == Role::Service {
+            // Services read every dialog, without asking who holds it: the
+            // handoff service reads a transcript while it assigns, and must
+            // not wait on itself.
+            self.store
+                .dialog(dialog_id)
+                .await?
+                .ok_or(ChatError::DialogNotFound(dialog_id))?
+        } else {
+            self.check_access(caller, dialog_id).await?.0
+        };
         // One more than asked: whether it comes back says `has_more`.
         let mut messages = self.store.history(dialog.id, before, limit + 1).await?;
         let has_more = messages.len() > limit as usize;

@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use crate::transcripts::TranscriptMessage;
+
 /// `handoff_request`: a dialog asks for a human, to every operator
 /// (`Recipient::Role(Operator)`, live only).
 #[derive(Debug, Serialize)]
@@ -78,6 +80,10 @@ pub struct OperatorAssigned<'a> {
     /// The transferring operator's words, when it came by a transfer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfer_reason: Option<&'a str>,
+    /// To the operator only: the dialog's last messages (see
+    /// `transcripts`), when they could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<&'a [TranscriptMessage]>,
 }
 
 /// `handoff_completed`: to the user and the operator when a handoff ends; to

@@ -19,6 +19,8 @@
 //!   [`directory::OperatorDirectory`]), so the queue is tested without it.
 //! - [`presence`] — that seam over gRPC: follows presence's `EventStream`,
 //!   calls `ListOperators` and `SetLoad`.
+//! - [`transcripts`] — the last messages an assigned operator gets, read
+//!   from the chat service.
 //! - `grpc` — the tonic adapter; `error` — [`HandoffError`] and its one
 //!   mapping to a gRPC status; `events` — the bodies of the events sent.
 //!
@@ -33,6 +35,9 @@ pub mod presence;
 mod queue;
 pub mod service;
 pub mod store;
+pub mod transcripts;
+
+use std::sync::Arc;
 
 use chatai_kit::config::{ServiceAddr, ServiceCommon};
 use chatai_kit::host::ServiceHost;
@@ -44,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::HandoffConfig;
 pub use error::HandoffError;
 pub use service::HandoffService;
+use transcripts::{ChatTranscripts, NoTranscripts, Transcripts};
 
 /// Operator updates buffered from the presence follower to the queue. The
 /// follower waits when it is full (presence's stream then backs up, and cuts
@@ -57,19 +63,21 @@ pub enum RunError {
     Store(#[from] store::StoreError),
     #[error("event log: {0}")]
     Events(#[from] chatai_kit::events::EventLogError),
-    #[error("presence address: {0}")]
-    Presence(#[from] tonic::transport::Error),
+    #[error("presence or chat address: {0}")]
+    Address(#[from] tonic::transport::Error),
     #[error(transparent)]
     Serve(#[from] chatai_kit::grpc::ServeError),
 }
 
 /// Runs the handoff service on `listener` until `shutdown` is cancelled,
-/// following the presence service at `presence_addr`; then drains in-flight
-/// calls and waits for its tasks.
+/// following the presence service at `presence_addr` and reading
+/// transcripts from the chat service at `chat_addr` (none without it); then
+/// drains in-flight calls and waits for its tasks.
 pub async fn run(
     listener: TcpListener,
     config: HandoffConfig,
     presence_addr: ServiceAddr,
+    chat_addr: Option<ServiceAddr>,
     common: ServiceCommon,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
@@ -102,7 +110,12 @@ pub async fn run(
         host.shutdown().clone(),
     )
     .await?;
-    host.supervisor.spawn("handoff queue", queue.run());
+    let transcripts: Arc<dyn Transcripts> = match &chat_addr {
+        Some(addr) => Arc::new(ChatTranscripts::new(addr, &common.auth)?),
+        None => Arc::new(NoTranscripts),
+    };
+    host.supervisor
+        .spawn("handoff queue", queue.with_transcripts(transcripts).run());
 
     let routes = tonic::service::Routes::new(HandoffServer::new(grpc::HandoffApi::new(service)));
     host.serve(listener, Some(routes), &["chatai.v1.Handoff"])

@@ -43,6 +43,7 @@ use crate::store::{
     CANCELLED, Handoff, HandoffState, HandoffStore, NewHandoff, Priority, RETURNED_TO_ASSISTANT,
     StoreError,
 };
+use crate::transcripts::{NoTranscripts, Transcripts};
 
 /// Commands buffered for the actor before callers wait. Each is handled in
 /// well under a millisecond plus one storage write, so 1024 absorbs bursts of
@@ -201,6 +202,7 @@ impl HandoffService {
             store,
             log,
             directory,
+            transcripts: Arc::new(NoTranscripts),
             recent: RecentHandling::new(recent, policy.default_handling),
             policy,
             commands,
@@ -469,6 +471,8 @@ pub struct Queue {
     store: Arc<dyn HandoffStore>,
     log: Arc<dyn EventLog>,
     directory: Arc<dyn OperatorDirectory>,
+    /// Where the transcript of an assigned dialog comes from.
+    transcripts: Arc<dyn Transcripts>,
     policy: Policy,
     commands: mpsc::Receiver<Envelope>,
     /// `None` once the presence follower has stopped.
@@ -490,6 +494,13 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// Reads the transcript an assigned operator gets from `transcripts`
+    /// (none by default).
+    pub fn with_transcripts(mut self, transcripts: Arc<dyn Transcripts>) -> Self {
+        self.transcripts = transcripts;
+        self
+    }
+
     /// Handles commands, operator updates and timers until shutdown (or
     /// until every handle is gone).
     pub async fn run(mut self) {
@@ -924,6 +935,7 @@ impl Queue {
         .await;
         // The wait the user had before the first operator got it.
         let waited = assigned_at - moved.queued_since_ms();
+        let transcript = self.transcripts.last_messages(dialog_id).await;
         let body = OperatorAssigned {
             handoff_id: id,
             dialog_id,
@@ -935,9 +947,19 @@ impl Queue {
             priority: moved.priority.as_str(),
             transferred_from: Some(from),
             transfer_reason: (!reason.is_empty()).then_some(reason),
+            transcript: None,
         };
-        self.deliver_noted(about, NotedFor::Operator(to), "operator_assigned", &body)
-            .await;
+        let to_operator = OperatorAssigned {
+            transcript: transcript.as_deref(),
+            ..body
+        };
+        self.deliver_noted(
+            about,
+            NotedFor::Operator(to),
+            "operator_assigned",
+            &to_operator,
+        )
+        .await;
         self.deliver_noted(
             about,
             NotedFor::User(moved.user_id),
@@ -1374,6 +1396,7 @@ impl Queue {
         );
         self.announce_dequeued(id, handoff.dialog_id, DequeuedReason::Assigned)
             .await;
+        let transcript = self.transcripts.last_messages(handoff.dialog_id).await;
         let body = OperatorAssigned {
             handoff_id: id,
             dialog_id: handoff.dialog_id,
@@ -1385,6 +1408,7 @@ impl Queue {
             priority: handoff.priority.as_str(),
             transferred_from: None,
             transfer_reason: None,
+            transcript: None,
         };
         let about = (handoff.dialog_id, handoff.user_id);
         self.deliver_noted(
@@ -1394,11 +1418,15 @@ impl Queue {
             &body,
         )
         .await;
+        let to_operator = OperatorAssigned {
+            transcript: transcript.as_deref(),
+            ..body
+        };
         self.deliver_noted(
             about,
             NotedFor::Operator(operator_id),
             "operator_assigned",
-            &body,
+            &to_operator,
         )
         .await;
     }

@@ -31,6 +31,7 @@
 //! - `redis_keys` (feature `server`) — every Redis key and channel name, by
 //!   the deployment's namespace (its prefix and its id), so deployments
 //!   sharing a Redis server stay apart.
+//! - [`timestamps`] — times as clients read them (RFC 3339, UTC, ms).
 //! - [`holders`] — who holds a dialog: the notes the handoff service
 //!   publishes for the chat service, and their versions.
 //! - [`versioned`] — versions that only grow (also across restarts) and the
@@ -62,6 +63,7 @@ pub mod shutdown;
 pub mod status;
 pub mod supervisor;
 pub mod telemetry;
+pub mod timestamps;
 pub mod versioned;
 
 /// Milliseconds since the Unix epoch, now.

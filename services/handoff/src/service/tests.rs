@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::*;
+use crate::transcripts::TranscriptMessage;
 
 // ---------------------------------------------------------------------------
 // Fakes
@@ -249,6 +250,23 @@ impl HandoffStore for MemoryStore {
     }
 }
 
+/// Transcripts the test sets per dialog; none for the others.
+#[derive(Default)]
+struct FakeTranscripts {
+    by_dialog: Mutex<HashMap<i64, Vec<TranscriptMessage>>>,
+}
+
+#[async_trait::async_trait]
+impl Transcripts for FakeTranscripts {
+    async fn last_messages(&self, dialog_id: i64) -> Option<Vec<TranscriptMessage>> {
+        self.by_dialog
+            .lock()
+            .expect("transcripts lock")
+            .get(&dialog_id)
+            .cloned()
+    }
+}
+
 /// Records every load the queue reports.
 #[derive(Default)]
 struct FakeDirectory {
@@ -326,6 +344,7 @@ struct Harness {
     service: HandoffService,
     store: Arc<MemoryStore>,
     directory: Arc<FakeDirectory>,
+    transcripts: Arc<FakeTranscripts>,
     updates: mpsc::Sender<OperatorUpdate>,
     live: broadcast::Receiver<Delivery>,
     /// Every delivery read by [`Harness::events`], holder notes included.
@@ -355,11 +374,13 @@ impl Harness {
         )
         .await
         .expect("the queue loads");
-        let actor = tokio::spawn(queue.run());
+        let transcripts = Arc::new(FakeTranscripts::default());
+        let actor = tokio::spawn(queue.with_transcripts(transcripts.clone()).run());
         Harness {
             service,
             store,
             directory,
+            transcripts,
             updates,
             live,
             trail: Vec::new(),
@@ -1584,4 +1605,54 @@ async fn queue_events_carry_the_listing_version() {
         after_request < left && left <= after_assignment,
         "{after_request} {left} {after_assignment}"
     );
+}
+
+/// The operator a dialog is assigned to gets its transcript in
+/// `operator_assigned` (issue 11, item 2); the user's copy has none, and
+/// without a transcript the field is left out.
+#[tokio::test(start_paused = true)]
+async fn the_assigned_operator_gets_the_transcript() {
+    let mut h = Harness::start(policy(2)).await;
+    let said = TranscriptMessage {
+        message_id: 3,
+        sender: "user",
+        sender_id: Some(101),
+        message: "still waiting".into(),
+        timestamp: "2026-11-29T12:00:00Z".into(),
+    };
+    h.transcripts
+        .by_dialog
+        .lock()
+        .expect("transcripts lock")
+        .insert(1, vec![said]);
+    h.request(1, Priority::Normal).await;
+    h.request(2, Priority::Normal).await;
+    h.events();
+    h.operators(vec![available(1)]).await;
+    let events = h.events();
+    let assigned = of_kind(&events, "operator_assigned");
+    let to_operator: Vec<_> = assigned
+        .iter()
+        .filter(|e| e.to == Recipient::Operator(1))
+        .collect();
+    let to_users: Vec<_> = assigned
+        .iter()
+        .filter(|e| matches!(e.to, Recipient::User(_)))
+        .collect();
+    assert_eq!((to_operator.len(), to_users.len()), (2, 2), "{events:?}");
+    let first = to_operator
+        .iter()
+        .find(|e| e.body["dialog_id"] == 1)
+        .expect("dialog 1");
+    assert_eq!(
+        first.body["transcript"],
+        serde_json::json!([{"message_id": 3, "sender": "user", "sender_id": 101,
+                            "message": "still waiting", "timestamp": "2026-11-29T12:00:00Z"}])
+    );
+    let second = to_operator
+        .iter()
+        .find(|e| e.body["dialog_id"] == 2)
+        .expect("dialog 2");
+    assert!(second.body.get("transcript").is_none(), "{second:?}");
+    assert!(to_users.iter().all(|e| e.body.get("transcript").is_none()));
 }

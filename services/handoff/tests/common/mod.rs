@@ -460,6 +460,7 @@ impl App {
             listener,
             config,
             presence.addr.into(),
+            None,
             ServiceCommon {
                 database_url: database.url(),
                 ..ServiceCommon::default()
