@@ -3,8 +3,8 @@
 //! the operator's `ack` wait for it.
 //!
 //! The send path drops each report into [`ReplyReporter`] (a map, one entry
-//! per dialog, never waiting) and one task, [`ReplyReporter::run`], sends
-//! them: a report the handoff service could not take (unreachable,
+//! per dialog, never waiting: `chatai_kit::pending`) and one task,
+//! [`ReplyReporter::run`], sends them: a report the handoff service could not take (unreachable,
 //! overloaded, stopping) is put back and sent again after a backoff, until
 //! it is accepted — then the holder view remembers it, so later replies are
 //! not reported again — or refused (the operator no longer holds the
@@ -15,12 +15,9 @@
 //! dropped and logged (that handoff's timer may then fire). Reports still
 //! waiting at shutdown are dropped with it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
-use backon::BackoffBuilder;
-use tokio::sync::Notify;
+use chatai_kit::pending::{Pending, Sent};
 use tokio_util::sync::CancellationToken;
 
 use crate::handoffs::Handoffs;
@@ -32,10 +29,17 @@ pub const MAX_PENDING: usize = 65_536;
 
 /// Operator replies waiting to be reported: dialog → the operator who
 /// replied (a later report for the same dialog replaces an earlier one).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReplyReporter {
-    pending: Mutex<HashMap<i64, i64>>,
-    wake: Notify,
+    pending: Pending<i64, i64>,
+}
+
+impl Default for ReplyReporter {
+    fn default() -> Self {
+        ReplyReporter {
+            pending: Pending::new(MAX_PENDING, "operator replies"),
+        }
+    }
 }
 
 impl ReplyReporter {
@@ -43,46 +47,9 @@ impl ReplyReporter {
         Self::default()
     }
 
-    fn pending(&self) -> MutexGuard<'_, HashMap<i64, i64>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// `operator_id`, holding `dialog_id`, replied: report it. Never waits.
     pub fn report(&self, dialog_id: i64, operator_id: i64) {
-        {
-            let mut pending = self.pending();
-            if pending.len() >= MAX_PENDING && !pending.contains_key(&dialog_id) {
-                tracing::warn!(
-                    dialog_id,
-                    operator_id,
-                    "too many operator replies wait to be reported; dropping one"
-                );
-                return;
-            }
-            pending.insert(dialog_id, operator_id);
-        }
-        self.wake.notify_one();
-    }
-
-    fn take(&self) -> HashMap<i64, i64> {
-        std::mem::take(&mut *self.pending())
-    }
-
-    /// Puts back reports that could not be sent, unless a newer report for
-    /// the same dialog came meanwhile.
-    fn put_back(&self, reports: impl IntoIterator<Item = (i64, i64)>) {
-        let mut pending = self.pending();
-        for (dialog_id, operator_id) in reports {
-            if pending.len() >= MAX_PENDING && !pending.contains_key(&dialog_id) {
-                tracing::warn!(
-                    dialog_id,
-                    operator_id,
-                    "too many operator replies wait to be reported; dropping one"
-                );
-                continue;
-            }
-            pending.entry(dialog_id).or_insert(operator_id);
-        }
+        self.pending.put(dialog_id, operator_id);
     }
 
     /// Sends the reports to `handoffs` until `shutdown`, and tells `view`
@@ -93,59 +60,38 @@ impl ReplyReporter {
         view: Arc<HolderView>,
         shutdown: CancellationToken,
     ) {
-        let mut delays = chatai_kit::follow::backoff().build();
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.wake.notified() => {}
-            }
-            loop {
-                let mut batch = self.take().into_iter();
-                let mut failed = false;
-                for (dialog_id, operator_id) in batch.by_ref() {
-                    let sent = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        sent = handoffs.operator_replied(dialog_id, operator_id) => sent,
-                    };
-                    match sent {
-                        Ok(()) => view.reply_recorded(dialog_id, operator_id),
+        self.pending
+            .run(shutdown, |dialog_id, operator_id| {
+                let handoffs = handoffs.clone();
+                let view = view.clone();
+                async move {
+                    match handoffs.operator_replied(dialog_id, operator_id).await {
+                        Ok(()) => {
+                            view.reply_recorded(dialog_id, operator_id);
+                            Sent::Done
+                        }
                         Err(cause) if cause.is_retryable() => {
-                            if !failing {
-                                tracing::warn!(%cause, dialog_id, operator_id, "cannot tell the handoff service an operator replied; retrying");
-                            }
-                            self.put_back([(dialog_id, operator_id)]);
-                            failed = true;
-                            // The rest waits for the handoff service too.
-                            break;
+                            tracing::debug!(%cause, dialog_id, operator_id, "the handoff service did not take a reply");
+                            Sent::Retry
                         }
                         Err(cause) => {
                             tracing::warn!(%cause, dialog_id, operator_id, "the handoff service refused an operator's reply");
+                            Sent::Done
                         }
                     }
                 }
-                self.put_back(batch);
-                failing = failed;
-                if failed {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                } else {
-                    delays = chatai_kit::follow::backoff().build();
-                    if self.pending().is_empty() {
-                        break;
-                    }
-                }
-            }
-        }
+            })
+            .await;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
 
     use chatai_kit::holders::{HeldBy, HolderNote, NotedFor};
 
@@ -310,17 +256,14 @@ mod tests {
         let reporter = ReplyReporter::new();
         reporter.report(1, 7);
         reporter.report(1, 8);
-        reporter.put_back([(1, 7), (2, 9)]);
-        assert_eq!(reporter.take(), HashMap::from([(1, 8), (2, 9)]));
+        reporter.pending.put_back([(1, 7), (2, 9)]);
+        assert_eq!(reporter.pending.take(), HashMap::from([(1, 8), (2, 9)]));
         for dialog_id in 0..(MAX_PENDING as i64 + 10) {
             reporter.report(dialog_id, 7);
         }
-        assert_eq!(reporter.pending().len(), MAX_PENDING);
         reporter.report(0, 8);
-        assert_eq!(
-            reporter.pending().get(&0),
-            Some(&8),
-            "a waiting dialog is updated"
-        );
+        let waiting = reporter.pending.take();
+        assert_eq!(waiting.len(), MAX_PENDING);
+        assert_eq!(waiting.get(&0), Some(&8), "a waiting dialog is updated");
     }
 }

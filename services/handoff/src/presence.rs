@@ -16,20 +16,19 @@
 //!   the latest load per operator into a map (never blocking), one task
 //!   sends them, retrying those that failed while presence is unreachable.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use chatai_kit::config::{InternalAuth, ServiceAddr};
 use chatai_kit::events::Recipient;
-use chatai_kit::follow::{Followed, Follower, backoff};
+use chatai_kit::follow::{Followed, Follower};
 use chatai_kit::grpc::TokenInterceptor;
 use chatai_kit::identity::{Role, service_request};
+use chatai_kit::pending::{Pending, Sent};
 use chatai_kit::versioned::SnapshotGate;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::presence_client::PresenceClient;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::InterceptedService;
 use tonic::{Code, Status};
@@ -166,95 +165,59 @@ impl From<&pb::OperatorInfo> for OperatorView {
 }
 
 /// Reports loads to presence with `SetLoad`: the latest value per operator
-/// waits in a map until the sender task takes it.
-#[derive(Debug, Default)]
+/// waits ([`Pending`]) until the sender task takes it; a load presence could
+/// not take now is sent again after a backoff.
+#[derive(Debug)]
 pub struct LoadReporter {
-    pending: Mutex<HashMap<i64, u32>>,
-    wake: Notify,
+    pending: Pending<i64, u32>,
 }
+
+/// Operators whose load waits to be reported, at most (one entry each).
+const MAX_PENDING_LOADS: usize = 65_536;
 
 impl OperatorDirectory for LoadReporter {
     fn set_load(&self, operator_id: i64, active_handoffs: u32) {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(operator_id, active_handoffs);
-        self.wake.notify_one();
+        self.pending.put(operator_id, active_handoffs);
     }
 }
 
 impl LoadReporter {
     pub fn new() -> Arc<Self> {
-        Arc::new(LoadReporter::default())
-    }
-
-    fn take(&self) -> HashMap<i64, u32> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// Puts back a value that could not be sent, unless a newer one came.
-    fn put_back(&self, operator_id: i64, active_handoffs: u32) {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(operator_id)
-            .or_insert(active_handoffs);
+        Arc::new(LoadReporter {
+            pending: Pending::new(MAX_PENDING_LOADS, "operator loads"),
+        })
     }
 
     /// Sends pending loads until `shutdown`.
     pub async fn run(self: Arc<Self>, channel: PresenceChannel, shutdown: CancellationToken) {
-        let mut client = PresenceClient::new(channel);
-        let mut delays = backoff().build();
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.wake.notified() => {}
-            }
-            loop {
-                let batch = self.take();
-                if batch.is_empty() {
-                    break;
-                }
-                let mut failed = false;
-                for (operator_id, active_handoffs) in batch {
-                    let call = client.set_load(service_request(
-                        pb::SetLoadRequest {
-                            operator_id,
-                            active_handoffs,
-                        },
-                        Some(CALL_TIMEOUT),
-                    ));
-                    let sent = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        sent = call => sent,
-                    };
+        let client = PresenceClient::new(channel);
+        self.pending
+            .run(shutdown, |operator_id, active_handoffs| {
+                let mut client = client.clone();
+                async move {
+                    let sent = client
+                        .set_load(service_request(
+                            pb::SetLoadRequest {
+                                operator_id,
+                                active_handoffs,
+                            },
+                            Some(CALL_TIMEOUT),
+                        ))
+                        .await;
                     match sent {
-                        Ok(_) => {}
+                        Ok(_) => Sent::Done,
                         Err(status) if retryable(&status) => {
-                            if !failing {
-                                tracing::warn!(cause = %status, operator_id, "cannot tell presence an operator's load; retrying");
-                            }
-                            failed = true;
-                            self.put_back(operator_id, active_handoffs);
+                            tracing::debug!(cause = %status, operator_id, "presence did not take a load");
+                            Sent::Retry
                         }
                         Err(status) => {
                             tracing::warn!(cause = %status, operator_id, active_handoffs, "presence refused an operator's load");
+                            Sent::Done
                         }
                     }
                 }
-                failing = failed;
-                if failed {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                } else {
-                    delays = backoff().build();
-                }
-            }
-        }
+            })
+            .await;
     }
 }
 
@@ -268,19 +231,22 @@ fn retryable(status: &Status) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
-    /// The latest load per operator wins while it waits to be sent.
+    /// The latest load per operator wins while it waits to be sent; one
+    /// put back does not replace a newer one.
     #[test]
     fn reporter_keeps_the_latest_load() {
         let reporter = LoadReporter::new();
         reporter.set_load(1, 1);
         reporter.set_load(1, 2);
         reporter.set_load(2, 0);
-        reporter.put_back(2, 5);
-        let batch = reporter.take();
+        reporter.pending.put_back([(2, 5)]);
+        let batch = reporter.pending.take();
         assert_eq!(batch, HashMap::from([(1, 2), (2, 0)]));
-        assert!(reporter.take().is_empty());
+        assert!(reporter.pending.take().is_empty());
     }
 
     /// ListOperators entries read as views; the chosen status wins over the

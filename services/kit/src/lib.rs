@@ -40,6 +40,8 @@
 //!   (`db::connect`) and applying its migrations, embedded here once.
 //! - `host` (feature `server`) — what every service process does around its
 //!   own API: the event log, the tasks, readiness checks, serving, draining.
+//! - `pending` (feature `server`) — reports another service must get,
+//!   sent in the background, the latest per key, retried with backoff.
 //! - `follow` (feature `server`) — following another service's `EventStream`
 //!   as a client (a snapshot after each attach, then its events, re-attaching
 //!   forever).
@@ -57,6 +59,8 @@ pub mod holders;
 pub mod host;
 pub mod identity;
 pub mod internal_auth;
+#[cfg(feature = "server")]
+pub mod pending;
 #[cfg(feature = "server")]
 pub mod redis_keys;
 pub mod shutdown;
