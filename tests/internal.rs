@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{FAQ_QUESTION, TestOptions, WAIT, as_caller, connect_at, spawn_app};
+use crate::common::{FAQ_QUESTION, TestOptions, WAIT, as_caller, connect_at, free_addr, spawn_app};
 use chatai_kit::config::{InternalAuth, InternalTls, PemFile};
 use chatai_kit::identity::Role;
 use chatai_proto::v1 as pb;
@@ -26,19 +26,6 @@ const JWT_SECRET: &str = "internal-test-secret-internal-test-secret";
 
 /// How long a freshly started process may take to become healthy.
 const START: Duration = Duration::from_secs(30);
-
-/// A port nobody uses right now, below the ephemeral range (see
-/// `processes::free_addr`).
-fn free_addr() -> SocketAddr {
-    loop {
-        let random = uuid::Uuid::new_v4().as_u128();
-        let port = 20_000 + (random % 12_000) as u16;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        if std::net::TcpListener::bind(addr).is_ok() {
-            return addr;
-        }
-    }
-}
 
 /// The addresses of one system started as processes.
 struct Addrs {

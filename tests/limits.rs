@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{TestApp, TestOptions, WAIT, WsClient, spawn_app};
+use crate::common::{TestApp, TestOptions, WAIT, WsClient, free_addr, spawn_app};
 use chatai_kit::identity::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -223,19 +223,6 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
     let mut spoofed = ws_from(addr, &token(&app, 3205), 5, 3205, Some("198.51.100.4")).await;
     spoofed.expect_close(1013, "Try again later").await;
     app.stop().await;
-}
-
-/// A port nobody uses right now, below the ephemeral range (see
-/// `processes.rs`).
-fn free_addr() -> SocketAddr {
-    loop {
-        let random = uuid::Uuid::new_v4().as_u128();
-        let port = 20_000 + (random % 12_000) as u16;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        if std::net::TcpListener::bind(addr).is_ok() {
-            return addr;
-        }
-    }
 }
 
 /// A gateway in its own process with 256 descriptors (`ulimit -n`), the

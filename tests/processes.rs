@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{self, WAIT, WsClient, connect_at};
+use crate::common::{self, WAIT, WsClient, connect_at, free_addr};
 use chatai_kit::identity::Role;
 use chatai_testkit::TestDatabase;
 use chatai_tokens::TokenKeys;
@@ -36,22 +36,6 @@ const INTERNAL_TOKEN: &str = "processes-internal-token";
 /// How long a freshly started process may take to become healthy (it
 /// connects to PostgreSQL and Redis and applies migrations first).
 const START: Duration = Duration::from_secs(30);
-
-/// A port nobody uses right now, for a process to listen on later.
-///
-/// Picked below the kernel's ephemeral range (32768–60999 by default): a
-/// port taken from that range and released could be handed to one of the
-/// many outgoing connections the tests make before the process binds it.
-fn free_addr() -> SocketAddr {
-    loop {
-        let random = uuid::Uuid::new_v4().as_u128();
-        let port = 20_000 + (random % 12_000) as u16;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        if std::net::TcpListener::bind(addr).is_ok() {
-            return addr;
-        }
-    }
-}
 
 /// A `redis-server` of the test's own, so the test can kill it.
 struct Redis {

@@ -19,6 +19,7 @@ pub mod idp;
 pub mod raw;
 pub mod ws;
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chatai_kit::identity::{Caller, Role};
@@ -36,6 +37,22 @@ pub const FAQ_QUESTION: &str = "How do I reset my password?";
 
 /// What `assistant_name` the default assistant signs with.
 pub const ASSISTANT_NAME: &str = "Support Assistant";
+
+/// A port nobody uses right now, for a process to listen on later.
+///
+/// Picked below the kernel's ephemeral range (32768–60999 by default): a
+/// port taken from that range and released could be handed to one of the
+/// many outgoing connections the tests make before the process binds it.
+pub fn free_addr() -> SocketAddr {
+    loop {
+        let random = uuid::Uuid::new_v4().as_u128();
+        let port = 20_000 + (random % 12_000) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+}
 
 /// A gRPC request carrying `id` in `role` as the caller.
 pub fn as_caller<T>(id: i64, role: Role, message: T) -> tonic::Request<T> {

@@ -349,7 +349,7 @@ fn client_frame(fields: &Fields<'_>) -> Result<ClientFrame, Refusal> {
         },
         "transfer_handoff" => ClientFrame::TransferHandoff {
             dialog_id: fields.dialog_id()?,
-            to_operator_id: fields.optional_operator_id("to_operator_id")?,
+            to_operator_id: fields.optional_positive_id("to_operator_id")?,
             reason: fields.optional_string("reason")?,
         },
         "claim_handoff" => ClientFrame::ClaimHandoff {
@@ -401,25 +401,6 @@ impl Fields<'_> {
 
     /// A JSON integer or a string of ASCII digits, > 0.
     fn optional_positive_id(&self, name: &str) -> Result<Option<i64>, Refusal> {
-        let Some(value) = self.get(name) else {
-            return Ok(None);
-        };
-        let id = match value {
-            Value::Number(n) => n.as_i64(),
-            Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-                s.parse().ok()
-            }
-            _ => None,
-        };
-        match id {
-            Some(id) if id > 0 => Ok(Some(id)),
-            _ => Err(Refusal::invalid(name, "a positive integer")),
-        }
-    }
-
-    /// An operator id: a JSON integer or a string of ASCII digits, > 0 (the
-    /// rules of `dialog_id`).
-    fn optional_operator_id(&self, name: &str) -> Result<Option<i64>, Refusal> {
         let Some(value) = self.get(name) else {
             return Ok(None);
         };
