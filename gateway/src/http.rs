@@ -115,6 +115,8 @@ enum Refusal {
     /// The node or the client's address holds as many connections as it
     /// may (1013 `Try again later`).
     Capacity(limits::Refused),
+    /// The gateway is stopping (1001): connect elsewhere.
+    Draining,
 }
 
 impl Refusal {
@@ -122,6 +124,7 @@ impl Refusal {
         match self {
             Refusal::Token(reason) => reason.frame(),
             Refusal::Capacity(_) => limits::try_again_later(),
+            Refusal::Draining => CloseReason::Shutdown.frame(),
         }
     }
 
@@ -130,6 +133,7 @@ impl Refusal {
         match self {
             Refusal::Token(reason) => reason.reason().to_owned(),
             Refusal::Capacity(cause) => cause.to_string(),
+            Refusal::Draining => "the gateway is draining".to_owned(),
         }
     }
 }
@@ -187,6 +191,13 @@ async fn upgrade(
     let verdict = authorize(&gateway, endpoint, path_id, presented)
         .await
         .map_err(Refusal::Token)
+        .and_then(|claims| {
+            if gateway.draining.is_cancelled() {
+                Err(Refusal::Draining)
+            } else {
+                Ok(claims)
+            }
+        })
         .and_then(|claims| match client {
             Some(client) => gateway
                 .limits
@@ -279,8 +290,18 @@ async fn upgrade(
 }
 
 /// `GET /api/websocket/health`: 200 when every service can do its work, 503
-/// naming the ones that cannot.
+/// naming the ones that cannot; 503 `draining` once the gateway is stopping
+/// (so a load balancer sends it no new clients).
 async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
+    if gateway.draining.is_cancelled() {
+        let body = json!({
+            "status": "draining",
+            "active_connections": gateway.registry.connection_count(),
+            "outbound_queued": gateway.registry.queued_frames(),
+            "timestamp": now_rfc3339(),
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
     let timeout = Duration::from_secs(1).min(gateway.config.request_timeout());
     let checks = futures::future::join_all(gateway.upstreams.iter().map(|u| async move {
         let problem = u

@@ -171,6 +171,10 @@ async fn watch_readiness(
             }
         }
         let now_serving = failures.is_empty();
+        // Once stopping, the server's NOT_SERVING stands.
+        if shutdown.is_cancelled() {
+            return;
+        }
         if now_serving != serving {
             serving = now_serving;
             if serving {
