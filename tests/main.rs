@@ -23,6 +23,7 @@ mod jwks;
 mod limits;
 mod operators;
 mod processes;
+mod replicas;
 mod restarts;
 mod resume;
 mod tls;
