@@ -390,14 +390,14 @@ mod tests {
 
     /// A part that does not stop after shutdown is abandoned when the bound
     /// is up, and the exit says so; parts that stop end it cleanly.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_shutdown_is_bounded() {
         let shutdown = CancellationToken::new();
         let mut parts = chatai::Parts::new();
         let stuck = std::future::pending::<anyhow::Result<()>>();
         chatai::spawn_part(&mut parts, "stuck", stuck);
         shutdown.cancel();
-        let stopped = supervise(parts, shutdown, Duration::from_secs(30)).await;
+        let stopped = supervise(parts, shutdown, Duration::from_millis(10)).await;
         assert!(stopped.is_err(), "a part still running is an error");
 
         let shutdown = CancellationToken::new();
