@@ -68,7 +68,12 @@ async fn health(addr: SocketAddr, service: &str) -> Option<ServingStatus> {
 }
 
 /// Waits until `service`'s health at `addr` is `wanted`.
-async fn wait_for_health(deployment: &Deployment, addr: SocketAddr, service: &str, wanted: ServingStatus) {
+async fn wait_for_health(
+    deployment: &Deployment,
+    addr: SocketAddr,
+    service: &str,
+    wanted: ServingStatus,
+) {
     let deadline = tokio::time::Instant::now() + START;
     loop {
         let now = health(addr, service).await;
@@ -138,7 +143,10 @@ async fn request_handoff(replicas: &[SocketAddr], dialog_id: i64) {
             Ok(Ok(_)) => return,
             Ok(Err(status)) if status.code() == Code::AlreadyExists && tries > 1 => return,
             Ok(Err(status)) => assert!(
-                matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled),
+                matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled
+                ),
                 "dialog {dialog_id}: {status:?}"
             ),
             Err(_) => {}
@@ -204,10 +212,11 @@ async fn stored(database: &TestDatabase) -> Vec<(i64, String, Option<i64>)> {
         .connect(database.url())
         .await
         .expect("the test database");
-    let rows = sqlx::query_as("SELECT dialog_id, state, operator_id FROM handoffs ORDER BY dialog_id")
-        .fetch_all(&pool)
-        .await
-        .expect("the handoffs");
+    let rows =
+        sqlx::query_as("SELECT dialog_id, state, operator_id FROM handoffs ORDER BY dialog_id")
+            .fetch_all(&pool)
+            .await
+            .expect("the handoffs");
     pool.close().await;
     rows
 }
@@ -222,13 +231,20 @@ async fn assert_each_assigned_once(
     let twice: Vec<_> = counts.iter().filter(|(_, ops)| ops.len() != 1).collect();
     assert!(twice.is_empty(), "assigned more than once: {twice:?}");
     let rows = stored(database).await;
-    assert_eq!(rows.len(), dialogs.clone().count(), "one row per dialog: {rows:?}");
+    assert_eq!(
+        rows.len(),
+        dialogs.clone().count(),
+        "one row per dialog: {rows:?}"
+    );
     let mut loads: HashMap<i64, usize> = HashMap::new();
     for (dialog, state, operator) in &rows {
         assert!(dialogs.contains(dialog), "{rows:?}");
         assert_eq!(state, "assigned", "dialog {dialog}: {rows:?}");
         let told = counts.get(dialog).map(|ops| ops[0]);
-        assert_eq!(*operator, told, "dialog {dialog}'s stored operator is the one told");
+        assert_eq!(
+            *operator, told,
+            "dialog {dialog}'s stored operator is the one told"
+        );
         *loads.entry(operator.unwrap_or_default()).or_default() += 1;
     }
     assert!(loads.values().all(|load| *load <= 5), "{loads:?}");
@@ -245,7 +261,10 @@ async fn two_handoff_replicas_assign_each_dialog_once() {
     let redis = Redis::start(free_addr().port()).await;
     let (mut deployment, replicas) = two_handoff_replicas(&database, &redis).await;
 
-    assert_eq!(health(replicas.b, HANDOFF).await, Some(ServingStatus::NotServing));
+    assert_eq!(
+        health(replicas.b, HANDOFF).await,
+        Some(ServingStatus::NotServing)
+    );
     assert_eq!(health(replicas.b, "").await, Some(ServingStatus::Serving));
     for call in 0..2 {
         let mut standby = HandoffClient::new(channel(replicas.b));
@@ -296,7 +315,14 @@ async fn two_handoff_replicas_assign_each_dialog_once() {
     for reader in readers {
         reader.abort();
     }
-    for part in ["gateway", "chat", "handoff-a", "handoff-b", "presence", "notification"] {
+    for part in [
+        "gateway",
+        "chat",
+        "handoff-a",
+        "handoff-b",
+        "presence",
+        "notification",
+    ] {
         deployment.terminate(part).await;
     }
     drop(redis);
@@ -394,7 +420,9 @@ async fn a_drained_gateway_hands_its_clients_to_another() {
     );
     deployment.wait_healthy().await;
     deployment
-        .wait_for_health_of(second, "the second gateway is healthy", |status, _| status == 200)
+        .wait_for_health_of(second, "the second gateway is healthy", |status, _| {
+            status == 200
+        })
         .await;
 
     let mut user = deployment.connect(1981, Role::User).await;

@@ -231,11 +231,7 @@ impl Deployment {
     }
 
     /// Polls health until `wanted` says yes; fails with every log otherwise.
-    pub async fn wait_for_health(
-        &self,
-        what: &str,
-        wanted: impl Fn(u16, &Value) -> bool,
-    ) -> Value {
+    pub async fn wait_for_health(&self, what: &str, wanted: impl Fn(u16, &Value) -> bool) -> Value {
         self.wait_for_health_of(self.gateway, what, wanted).await
     }
 
@@ -311,4 +307,3 @@ pub async fn until(client: &mut WsClient, last: impl Fn(&Value) -> bool) -> Vec<
         }
     }
 }
-

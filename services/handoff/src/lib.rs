@@ -52,9 +52,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::HandoffConfig;
 pub use error::HandoffError;
-pub use service::HandoffService;
 use leader::Lease;
 use replica::Replica;
+pub use service::HandoffService;
 use transcripts::{ChatTranscripts, NoTranscripts, Transcripts};
 
 /// Why the handoff service could not start or stopped with an error.

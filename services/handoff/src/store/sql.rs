@@ -362,8 +362,7 @@ macro_rules! impl_statements {
                 &self,
             ) -> Result<Vec<$crate::store::Handoff>, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let rows: Vec<sql::HandoffRow> =
-                    sqlx::query_as(sql::ACTIVE)
+                let rows: Vec<sql::HandoffRow> = sqlx::query_as(sql::ACTIVE)
                     .fetch_all(&mut *self.connection().await?)
                     .await?;
                 rows.into_iter().map(TryInto::try_into).collect()

@@ -119,7 +119,10 @@ fn not_serving_then_stop(
     service_names: &[&str],
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + use<> {
-    let names: Vec<String> = service_names.iter().map(|name| (*name).to_owned()).collect();
+    let names: Vec<String> = service_names
+        .iter()
+        .map(|name| (*name).to_owned())
+        .collect();
     async move {
         shutdown.cancelled().await;
         reporter
@@ -202,9 +205,8 @@ mod tests {
             .await
             .expect("watching")
             .into_inner();
-        let status = |message: Option<tonic_health::pb::HealthCheckResponse>| {
-            message.map(|m| m.status)
-        };
+        let status =
+            |message: Option<tonic_health::pb::HealthCheckResponse>| message.map(|m| m.status);
         let first = watch.message().await.expect("a status");
         assert_eq!(status(first), Some(Status::Serving as i32));
         shutdown.cancel();
