@@ -155,7 +155,7 @@ async fn request_handoff(replicas: &[SocketAddr], dialog_id: i64) {
             tokio::time::Instant::now() < deadline,
             "no replica accepted dialog {dialog_id}"
         );
-        if tries % replicas.len() == 0 {
+        if tries.is_multiple_of(replicas.len()) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
