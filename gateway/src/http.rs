@@ -1,6 +1,7 @@
 //! The gateway's HTTP side: the WebSocket endpoints (authentication before
 //! the upgrade, the upgrade itself onto tokio-tungstenite), health and
-//! Prometheus metrics.
+//! Prometheus metrics; the routes of the HTTP API ([`api`]) and of the
+//! browser assets ([`web`]).
 //!
 //! A browser cannot read the HTTP status of a failed upgrade, so refused
 //! clients are upgraded and then closed with the code docs/protocol.md names
@@ -36,6 +37,7 @@ use crate::cursor::Cursor;
 use crate::frames::outbound::now_rfc3339;
 use crate::gateway::Gateway;
 use crate::limits;
+use crate::web;
 
 /// The routes, one line each.
 pub fn router(gateway: Arc<Gateway>) -> Router {
@@ -51,6 +53,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/api/websocket/health", get(health))
         .route("/api/websocket/stats", get(stats))
         .route("/metrics", get(metrics))
+        .route("/web/{*path}", get(web::asset))
+        .route("/console", get(web::console))
+        .route("/widget", get(web::widget))
+        .route("/demo", get(web::demo))
         .with_state(gateway)
 }
 

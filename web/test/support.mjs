@@ -151,3 +151,12 @@ export async function rawUser(sub) {
     close: () => socket.close(),
   };
 }
+
+/** `promise`, or a failure naming `what` once WAIT_MS has passed. */
+export function bounded(promise, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${WAIT_MS} ms`)), WAIT_MS);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}

@@ -4,7 +4,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { client, controlledWebSocket, FAQ, freshId, mint, once, rawUser, recorder } from './support.mjs';
+import { bounded, client, controlledWebSocket, FAQ, freshId, mint, once, rawUser, recorder, WAIT_MS } from './support.mjs';
 
 test('connects with the token in the subprotocol, gets the ack of a chat_message and the ai_response', async (t) => {
   const sub = freshId();
@@ -14,7 +14,7 @@ test('connects with the token in the subprotocol, gets the ack of a chat_message
   const states = [];
   chat.on('state', (state) => states.push(state));
 
-  const connected = await chat.connect();
+  const connected = await bounded(chat.connect(), 'connect');
   assert.equal(connected.type, 'connected');
   assert.equal(connected.user_id, sub);
   assert.equal(chat.connectionId, connected.connection_id);
@@ -36,7 +36,7 @@ test('connects with the token in the subprotocol, gets the ack of a chat_message
 test('a refused request rejects with the error frame and its code; the connection stays open', async (t) => {
   const chat = client({ token: mint(freshId()), transport: 'websocket' });
   t.after(() => chat.close());
-  await chat.connect();
+  await bounded(chat.connect(), 'connect');
 
   const refused = { type: 'chat_message', id: 'not-mine-1', dialog_id: 1_999_999_999, message: 'hello?' };
   await assert.rejects(chat.request(refused), (err) => {
@@ -75,7 +75,7 @@ test('after a dropped connection it reconnects with the last cursor and gets wha
   const frames = recorder(chat);
   const states = [];
   chat.on('state', (state) => states.push(state));
-  await chat.connect();
+  await bounded(chat.connect(), 'connect');
   const first = await chat.request({ type: 'chat_message', message: FAQ });
   const firstAnswer = await frames.waitFor((f) => f.type === 'ai_response' && f.dialog_id === first.dialog_id);
   const cursorBeforeDrop = chat.cursor;
@@ -113,7 +113,7 @@ test('a request pending when the connection drops is sent again after the reconn
   const chat = client({ token: mint(sub), transport: 'websocket', WebSocket: control.WebSocket });
   t.after(() => chat.close());
   const frames = recorder(chat);
-  await chat.connect();
+  await bounded(chat.connect(), 'connect');
   const firstConnection = chat.connectionId;
 
   const text = `pending across a drop ${freshId()}`;
@@ -143,13 +143,18 @@ test('refresh_token goes out before the token expires: the connection outlives i
   const disconnects = [];
   chat.on('disconnect', (d) => disconnects.push(d));
   const refreshed = [];
-  const twice = new Promise((resolve) =>
+  const twice = new Promise((resolve, reject) => {
+    // Two 5 s tokens, refreshed ~1 s before `exp`: well within the bound.
+    const timer = setTimeout(() => reject(new Error(`refreshed ${refreshed.length} times; disconnects: ${JSON.stringify(disconnects)}`)), 4 * WAIT_MS);
     chat.on('token_refreshed', (ack) => {
       refreshed.push(ack);
-      if (refreshed.length === 2) resolve();
-    }),
-  );
-  await chat.connect();
+      if (refreshed.length === 2) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  await bounded(chat.connect(), 'connect');
   const connectionId = chat.connectionId;
   await twice; // by now the first token's `exp` is past
 
