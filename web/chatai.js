@@ -199,7 +199,7 @@ export function sseParser(onEvent, onComment = () => {}) {
  * `fetch`; client frames go by `POST /api/frames` and their answer (the
  * `ack` or `error` frame) comes back in the response body.
  */
-function openSse(fetchImpl, baseUrl, token, cursor, handlers) {
+function openSse(fetchImpl, baseUrl, token, currentToken, cursor, handlers) {
   const abort = new AbortController();
   let opened = false;
   let done = false;
@@ -262,7 +262,8 @@ function openSse(fetchImpl, baseUrl, token, cursor, handlers) {
       frame.connection_id = connectionId;
       fetchImpl(`${baseUrl}/api/frames`, {
         method: 'POST',
-        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
+        // The newest token: after a `refresh_token` the first one expires.
+        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${currentToken()}` },
         body: JSON.stringify(frame),
       })
         .then(async (response) => {
@@ -457,7 +458,7 @@ export class ChatClient {
       const url = baseUrl.replace(/^http/, 'ws') + path + query;
       this.#transport = openWebSocket(this.#options.WebSocket, url, this.#token, handlers);
     } else {
-      this.#transport = openSse(this.#options.fetch, baseUrl, this.#token, this.cursor, handlers);
+      this.#transport = openSse(this.#options.fetch, baseUrl, this.#token, () => this.#token, this.cursor, handlers);
     }
   }
 
