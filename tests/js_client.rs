@@ -73,9 +73,18 @@ async fn node_tests_of_the_javascript_client_pass() {
         "node --test failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
+    // Shown with `--nocapture`: each test's line and the counts.
+    for line in stdout
+        .lines()
+        .filter(|line| line.starts_with("ok ") || line.starts_with("# "))
+    {
+        println!("{line}");
+    }
     // Every file ran tests and none was skipped or left to do.
     assert!(
-        stdout.contains("# fail 0") && stdout.contains("# skipped 0") && stdout.contains("# todo 0"),
+        stdout.contains("# fail 0")
+            && stdout.contains("# skipped 0")
+            && stdout.contains("# todo 0"),
         "{stdout}"
     );
     app.stop().await;

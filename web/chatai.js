@@ -339,13 +339,22 @@ export class ChatClient {
     if (!['auto', 'websocket', 'sse'].includes(transport)) {
       throw new ChatError('invalid_options', `unknown transport ${transport}`);
     }
-    if (transport !== 'sse' && typeof this.#options.WebSocket !== 'function') {
+    const haveWebSocket = typeof this.#options.WebSocket === 'function';
+    const haveFetch = typeof this.#options.fetch === 'function';
+    if (transport === 'websocket' && !haveWebSocket) {
       throw new ChatError('invalid_options', 'no WebSocket implementation: pass one (e.g. the `ws` package)');
     }
-    if (transport !== 'websocket' && typeof this.#options.fetch !== 'function') {
+    if (transport === 'sse' && !haveFetch) {
       throw new ChatError('invalid_options', 'no fetch implementation: pass one (e.g. `undici`)');
     }
-    this.#kind = transport === 'sse' ? 'sse' : 'websocket';
+    if (!haveWebSocket && !haveFetch) {
+      throw new ChatError('invalid_options', 'neither WebSocket nor fetch: pass one (the `ws` package, `undici`)');
+    }
+    // `auto` without a WebSocket (Node before 22, say) uses SSE; without
+    // fetch, WebSocket only.
+    if (transport === 'auto' && !haveWebSocket) this.#options.transport = 'sse';
+    if (transport === 'auto' && !haveFetch) this.#options.transport = 'websocket';
+    this.#kind = this.#options.transport === 'sse' ? 'sse' : 'websocket';
     this.#storage = options.storage === undefined ? defaultStorage() : options.storage;
   }
 

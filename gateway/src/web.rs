@@ -69,7 +69,10 @@ fn serve(path: &str, request: &HeaderMap) -> Response {
     let Some(file) = Assets::get(path) else {
         return not_found();
     };
-    let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(file.metadata.sha256_hash()));
+    let etag = format!(
+        "\"{}\"",
+        URL_SAFE_NO_PAD.encode(file.metadata.sha256_hash())
+    );
     let mut headers = HeaderMap::new();
     if let Ok(value) = HeaderValue::from_str(&etag) {
         headers.insert(header::ETAG, value);

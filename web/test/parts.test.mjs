@@ -47,6 +47,7 @@ test('options: a token is required, and a transport the runtime cannot provide i
     { code: 'invalid_options' },
   );
   assert.throws(() => new ChatClient({ baseUrl: 'http://x', token: 't', transport: 'carrier-pigeon' }), { code: 'invalid_options' });
+  assert.throws(() => new ChatClient({ baseUrl: 'http://x', token: 't', WebSocket: undefined, fetch: undefined }), { code: 'invalid_options' });
 });
 
 test('a request on a client that is not connecting rejects with `closed`', async () => {

@@ -1,6 +1,6 @@
-// The client over WebSocket against a real gateway: requests and acks,
+// The client against a real gateway, over WebSocket: requests and acks,
 // errors, refused tokens, resume after a drop, re-sent requests, token
-// refresh.
+// refresh (over SSE too).
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -129,39 +129,42 @@ test('a request pending when the connection drops is sent again after the reconn
   assert.equal(frames.of('ack').filter((f) => f.ref === ack.ref && f.message_id !== ack.message_id).length, 0);
 });
 
-test('refresh_token goes out before the token expires: the connection outlives its first tokens', async (t) => {
-  const sub = freshId();
-  let minted = 0;
-  const chat = client({
-    getToken: async () => {
-      minted += 1;
-      return mint(sub, 'user', 5);
-    },
-    transport: 'websocket',
-  });
-  t.after(() => chat.close());
-  const disconnects = [];
-  chat.on('disconnect', (d) => disconnects.push(d));
-  const refreshed = [];
-  const twice = new Promise((resolve, reject) => {
-    // Two 5 s tokens, refreshed ~1 s before `exp`: well within the bound.
-    const timer = setTimeout(() => reject(new Error(`refreshed ${refreshed.length} times; disconnects: ${JSON.stringify(disconnects)}`)), 4 * WAIT_MS);
-    chat.on('token_refreshed', (ack) => {
-      refreshed.push(ack);
-      if (refreshed.length === 2) {
-        clearTimeout(timer);
-        resolve();
-      }
+// Over SSE the refresh goes by POST /api/frames, naming the stream.
+for (const transport of ['websocket', 'sse']) {
+  test(`${transport}: refresh_token goes out before the token expires: the connection outlives its first tokens`, async (t) => {
+    const sub = freshId();
+    let minted = 0;
+    const chat = client({
+      getToken: async () => {
+        minted += 1;
+        return mint(sub, 'user', 5);
+      },
+      transport,
     });
-  });
-  await bounded(chat.connect(), 'connect');
-  const connectionId = chat.connectionId;
-  await twice; // by now the first token's `exp` is past
+    t.after(() => chat.close());
+    const disconnects = [];
+    chat.on('disconnect', (d) => disconnects.push(d));
+    const refreshed = [];
+    const twice = new Promise((resolve, reject) => {
+      // Two 5 s tokens, refreshed ~1 s before `exp`: well within the bound.
+      const timer = setTimeout(() => reject(new Error(`refreshed ${refreshed.length} times; disconnects: ${JSON.stringify(disconnects)}`)), 4 * WAIT_MS);
+      chat.on('token_refreshed', (ack) => {
+        refreshed.push(ack);
+        if (refreshed.length === 2) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+    await bounded(chat.connect(), 'connect');
+    const connectionId = chat.connectionId;
+    await twice; // by now the first token's `exp` is past
 
-  assert.ok(refreshed.every((ack) => ack.type === 'ack' && ack.expires_at), JSON.stringify(refreshed));
-  assert.equal(minted, 3);
-  const ack = await chat.request({ type: 'chat_message', message: FAQ });
-  assert.equal(ack.type, 'ack');
-  assert.equal(chat.connectionId, connectionId, 'the same connection all along');
-  assert.deepEqual(disconnects, []);
-});
+    assert.ok(refreshed.every((ack) => ack.type === 'ack' && ack.expires_at), JSON.stringify(refreshed));
+    assert.equal(minted, 3);
+    const ack = await chat.request({ type: 'chat_message', message: FAQ });
+    assert.equal(ack.type, 'ack');
+    assert.equal(chat.connectionId, connectionId, 'the same connection all along');
+    assert.deepEqual(disconnects, []);
+  });
+}
