@@ -19,6 +19,7 @@ mod fairness;
 mod history;
 mod internal;
 mod isolation;
+mod js_client;
 mod jwks;
 mod limits;
 mod operators;

@@ -1,7 +1,8 @@
 //! The gateway's HTTP side: the routes (the WebSocket endpoints, with
 //! authentication before the upgrade and the upgrade itself onto
 //! tokio-tungstenite; health and Prometheus metrics here, the rest in their
-//! modules), and the CORS and origin rules of the browser-facing routes.
+//! modules: the HTTP API, SSE, the browser assets of [`web`]), and the CORS
+//! and origin rules of the browser-facing routes.
 //!
 //! A browser cannot read the HTTP status of a failed upgrade, so refused
 //! clients are upgraded and then closed with the code docs/protocol.md names
@@ -40,6 +41,7 @@ use crate::cursor::Cursor;
 use crate::frames::outbound::now_rfc3339;
 use crate::gateway::Gateway;
 use crate::limits;
+use crate::web;
 use crate::{alerts, api, dev_token, http_frames, sse};
 
 /// The routes, one line each.
@@ -70,6 +72,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/ws/operator/{operator_id}", get(operator_socket))
         .route("/ws/{user_id}", get(user_socket))
         .route("/metrics", get(metrics))
+        // Public files with their own headers (`web.rs`): outside the CORS
+        // allow-list, which is for the APIs.
+        .route("/web/{*path}", get(web::asset))
+        .route("/console", get(web::console))
+        .route("/widget", get(web::widget))
+        .route("/demo", get(web::demo))
         .merge(browser)
         .with_state(gateway)
 }

@@ -12,6 +12,8 @@
 //! - [`limits`] — socket limits: unfinished and WebSocket connections per
 //!   client address and per node, trusted proxies' `X-Forwarded-For`.
 //! - [`http`] — routes: the WebSocket endpoints, health, metrics.
+//! - [`web`] — the browser assets (`web/`: the JavaScript client, console,
+//!   widget), embedded in the binary, at `/web/*`, `/console`, `/widget`, `/demo`.
 //! - [`api`] — the HTTP API (`Authorization: Bearer`): dialogs and their
 //!   history, an admin's balance top-up.
 //! - [`sse`] — `GET /sse`: a connection as Server-Sent Events (the same
@@ -66,6 +68,7 @@ pub mod sse;
 pub mod tls;
 pub mod upstream;
 pub mod verifier;
+pub mod web;
 pub mod wire;
 
 use chatai_kit::config::{InternalAuth, ServiceAddrs};
