@@ -197,7 +197,11 @@ async fn wait_messages(browser: &Client, list: &str, expected: &[&str]) {
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids.len(), expected.len(), "a message id shows twice: {value}");
+    assert_eq!(
+        ids.len(),
+        expected.len(),
+        "a message id shows twice: {value}"
+    );
 }
 
 /// Types `text` into the element at `css`.
@@ -228,6 +232,13 @@ async fn screenshot(browser: &Client, name: &str) {
     std::fs::create_dir_all(&folder).expect("creating target/screenshots");
     let png = browser.screenshot().await.expect("a screenshot");
     std::fs::write(folder.join(format!("{name}.png")), png).expect("writing the screenshot");
+}
+
+/// A token for `id` in `role` named `name`, valid for an hour.
+fn token(app: &TestApp, id: i64, role: Role, name: &str) -> String {
+    app.keys
+        .mint(id, role, Some(name), Duration::from_secs(3600))
+        .expect("minting a token")
 }
 
 /// Signs in to the console at `app` with `token`, through the sign-in form,
@@ -269,19 +280,10 @@ async fn a_handoff_between_the_widget_and_the_console() {
     let olga = 7101;
     let oscar = 7102;
     let ann = 7111;
-    let olga_token = app
-        .keys
-        .mint(olga, Role::Operator, Some("Olga"), Duration::from_secs(3600))
-        .expect("a token");
-    let ann_token = app
-        .keys
-        .mint(ann, Role::User, Some("Ann"), Duration::from_secs(3600))
-        .expect("a token");
+    let olga_token = token(&app, olga, Role::Operator, "Olga");
+    let ann_token = token(&app, ann, Role::User, "Ann");
     // A second operator, busy: no handoff goes to him by itself.
-    let oscar_token = app
-        .keys
-        .mint(oscar, Role::Operator, Some("Oscar"), Duration::from_secs(3600))
-        .expect("a token");
+    let oscar_token = token(&app, oscar, Role::Operator, "Oscar");
     let (mut oscar_ws, _) =
         common::connect_at(app.gateway_addr, &oscar_token, oscar, Role::Operator, "").await;
     choose(&mut oscar_ws, "busy").await;
@@ -444,8 +446,18 @@ async fn handoff_scenario(
         &format!(" I am Olga. Let me look at your account.{ENTER}"),
     )
     .await;
-    wait_messages(widget, "#messages", &[question, &answer, from_ann, from_olga]).await;
-    wait_messages(console, "#messages", &[question, &answer, from_ann, from_olga]).await;
+    wait_messages(
+        widget,
+        "#messages",
+        &[question, &answer, from_ann, from_olga],
+    )
+    .await;
+    wait_messages(
+        console,
+        "#messages",
+        &[question, &answer, from_ann, from_olga],
+    )
+    .await;
     wait_true(
         console,
         "the console shows the reply read",
@@ -480,7 +492,9 @@ async fn handoff_scenario(
     )
     .await;
     type_into(console, "#reply", &format!("{last}{ENTER}")).await;
-    let all = [question, &answer, from_ann, from_olga, while_away, after, last];
+    let all = [
+        question, &answer, from_ann, from_olga, while_away, after, last,
+    ];
     wait_messages(widget, "#messages", &all).await;
     wait_messages(console, "#messages", &all).await;
     screenshot(widget, "widget").await;
@@ -527,10 +541,7 @@ async fn the_admin_console_charts_the_analytics_and_sends_an_alert() {
     options.notification.analytics_interval_secs = 1;
     let app = spawn_app(options).await;
     let (mut user, _) = app.connect_user(7211).await;
-    let admin_token = app
-        .keys
-        .mint(7201, Role::Admin, Some("Ada"), Duration::from_secs(3600))
-        .expect("a token");
+    let admin_token = token(&app, 7201, Role::Admin, "Ada");
     let driver = Chromedriver::start().await;
     let console = driver.session(1366, 820).await;
     with_browsers(&[&console], async {
@@ -607,7 +618,12 @@ async fn the_demo_page_and_the_development_sign_in() {
              document.getElementById('title').textContent === 'Acme support'",
         )
         .await;
-        type_into(&browser, "#input", &format!("{}{ENTER}", common::FAQ_QUESTION)).await;
+        type_into(
+            &browser,
+            "#input",
+            &format!("{}{ENTER}", common::FAQ_QUESTION),
+        )
+        .await;
         wait_for(
             &browser,
             "the assistant's answer in the embedded widget",
@@ -619,7 +635,10 @@ async fn the_demo_page_and_the_development_sign_in() {
             },
         )
         .await;
-        browser.enter_parent_frame().await.expect("back to the page");
+        browser
+            .enter_parent_frame()
+            .await
+            .expect("back to the page");
         screenshot(&browser, "demo").await;
 
         browser
