@@ -743,9 +743,8 @@ function sparkline(series, now, label) {
   line.setAttribute('points', points.join(' '));
   line.setAttribute('class', 'line');
   const top = document.createElementNS(NS, 'text');
-  top.setAttribute('x', W - PAD);
-  top.setAttribute('y', 12);
-  top.setAttribute('text-anchor', 'end');
+  top.setAttribute('x', PAD);
+  top.setAttribute('y', 10);
   top.setAttribute('class', 'scale');
   top.textContent = `max ${max}`;
   svg.append(line, top);
