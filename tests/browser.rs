@@ -372,6 +372,7 @@ async fn handoff_scenario(
          document.getElementById('waiting').textContent.includes('number 1 in the queue')",
     )
     .await;
+    screenshot(widget, "widget-queued").await;
 
     // The console's queue shows the dialog; the operator claims it.
     let dialog_id = wait_for(
