@@ -70,10 +70,6 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/ws/operator/{operator_id}", get(operator_socket))
         .route("/ws/{user_id}", get(user_socket))
         .route("/metrics", get(metrics))
-        .route("/web/{*path}", get(scratch_asset))
-        .route("/console", get(|| scratch_file("console/index.html")))
-        .route("/widget", get(|| scratch_file("widget/index.html")))
-        .route("/demo", get(|| scratch_file("demo.html")))
         .merge(browser)
         .with_state(gateway)
 }
@@ -431,27 +427,4 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
         gateway.metrics.render(),
     )
         .into_response()
-}
-
-// SCRATCH (wt-console, reverted before merging): serves web/ from disk until
-// the static-asset serving lands on main.
-async fn scratch_asset(Path(path): Path<String>) -> Response {
-    scratch_file(&path).await
-}
-
-async fn scratch_file(path: &str) -> Response {
-    if path.contains("..") {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    let full = format!("{}/../web/{path}", env!("CARGO_MANIFEST_DIR"));
-    let kind = match path.rsplit('.').next() {
-        Some("html") => "text/html; charset=utf-8",
-        Some("js") => "text/javascript; charset=utf-8",
-        Some("css") => "text/css; charset=utf-8",
-        _ => "application/octet-stream",
-    };
-    match tokio::fs::read(full).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, kind)], bytes).into_response(),
-        Err(_) => StatusCode::NOT_FOUND.into_response(),
-    }
 }
