@@ -11,6 +11,7 @@ mod common;
 
 mod auth;
 mod bad_input;
+mod browser;
 mod chat;
 mod compose;
 mod connections;
