@@ -116,12 +116,19 @@ impl Metrics {
             ("active_connections", Value::whole(self.active_connections)),
             ("active_users", Value::whole(self.active_users)),
             ("online_operators", Value::whole(self.online_operators)),
-            ("messages_per_minute", Value::whole(self.messages_per_minute)),
+            (
+                "messages_per_minute",
+                Value::whole(self.messages_per_minute),
+            ),
             ("total_connections", Value::whole(connections.opened)),
             (
                 "average_connection_duration",
                 // ms / count, in seconds to three decimals.
-                Value::ratio(connections.duration_ms, connections.timed.saturating_mul(1000), 3),
+                Value::ratio(
+                    connections.duration_ms,
+                    connections.timed.saturating_mul(1000),
+                    3,
+                ),
             ),
             (
                 "error_rate",

@@ -235,8 +235,8 @@ async fn connection_metrics_come_from_the_stored_events() {
     admins.subscribe(1, &Recipient::Role(Role::Admin)).await;
     let mut client = service.client().await;
     let now = chatai_kit::now_ms();
-    let event = |id: &str, kind: Kind, at_ms: i64, duration_ms: i64, close_code: u32| {
-        pb::ConnectionEvent {
+    let event =
+        |id: &str, kind: Kind, at_ms: i64, duration_ms: i64, close_code: u32| pb::ConnectionEvent {
             connection_id: id.to_owned(),
             gateway_id: "gw-a".to_owned(),
             role: "user".to_owned(),
@@ -245,8 +245,7 @@ async fn connection_metrics_come_from_the_stored_events() {
             at_ms,
             duration_ms,
             close_code,
-        }
-    };
+        };
     let two_hours_ago = now - 7_200_000;
     let events = vec![
         event("gw-a:0", Kind::Connect, two_hours_ago, 0, 0),
@@ -278,7 +277,10 @@ async fn connection_metrics_come_from_the_stored_events() {
     {
         let delivery = admins.next_delivery().await;
         let update = body(&delivery);
-        let metric = update["metric"].as_str().expect("metric is text").to_owned();
+        let metric = update["metric"]
+            .as_str()
+            .expect("metric is text")
+            .to_owned();
         latest.insert(metric, update["value"].clone());
     }
     let now = call(client.get_analytics(as_caller(pb::GetAnalyticsRequest {}, Role::Admin)))

@@ -55,8 +55,7 @@ pub trait NotificationStore: Send + Sync + 'static {
     /// Deletes up to `limit` of the oldest events that happened before
     /// `before_ms`; returns how many it deleted (fewer than `limit`: none
     /// older is left).
-    async fn trim_connection_events(&self, before_ms: i64, limit: u32)
-    -> Result<u64, StoreError>;
+    async fn trim_connection_events(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError>;
 
     /// Cheap liveness check for health checking.
     async fn ping(&self) -> Result<(), StoreError>;
