@@ -99,8 +99,9 @@ impl Value {
 
     /// As a JSON number: an integer when whole (as counts always were).
     pub fn to_json(self) -> serde_json::Value {
-        if self.decimals == 0 || self.units % 10u64.pow(u32::from(self.decimals)) == 0 {
-            let whole = self.units / 10u64.pow(u32::from(self.decimals));
+        let scale = 10u64.pow(u32::from(self.decimals));
+        if self.units.is_multiple_of(scale) {
+            let whole = self.units / scale;
             serde_json::Value::from(whole)
         } else {
             serde_json::Value::from(self.as_f64())
