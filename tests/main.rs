@@ -9,6 +9,7 @@
 
 mod common;
 
+mod analytics;
 mod auth;
 mod bad_input;
 mod browser;

@@ -471,10 +471,31 @@ fn attribute<'a>(span: &'a otlp::Span, key: &str) -> Option<&'a str> {
         })
 }
 
+/// The spans of the trace `trace_id`, each with its process and parent.
+fn in_trace<'a>(
+    spans: &'a [(String, otlp::Span)],
+    trace_id: &[u8],
+) -> Vec<&'a (String, otlp::Span)> {
+    spans
+        .iter()
+        .filter(|(_, span)| span.trace_id == trace_id)
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 /// What an operator sees in Jaeger: one client frame is one trace, from the
 /// gateway's span for the frame, through the chat service's call and the
 /// assistant's answer, to the gateway delivering that answer — four
-/// processes' spans under one trace id, the frame's span its root.
+/// processes' spans under one trace id, the frame's span its root, each
+/// part's spans named after it; the database write inside `send_message`,
+/// and the group-committed batch that carried it linked to it. And nothing
+/// else: the periodic background work of the same seconds (gateway reports
+/// and lease refreshes, connection records, analytics pushes, trims, the
+/// presence actor) exports no trace. And the JSON log lines of a request
+/// carry the trace id the collector received.
 #[tokio::test]
 async fn one_client_frame_is_one_trace_across_processes() {
     let collector = Collector::default();
@@ -482,14 +503,39 @@ async fn one_client_frame_is_one_trace_across_processes() {
     let database = TestDatabase::postgres().await;
     let mut deployment = Deployment::new(database.url(), None);
     deployment.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_addr}"));
-    deployment.set_env("RUST_LOG", "info".to_owned());
+    // The chat service's debug lines include the refusal logged below.
+    deployment.set_env("RUST_LOG", "info,chatai_chat=debug".to_owned());
+    deployment.set_env("CHATAI_LOG_JSON", "true".to_owned());
+    // Analytics pushes (and with them their store reads) every second.
+    deployment.set_env("CHATAI_ANALYTICS_INTERVAL_SECS", "1".to_owned());
     for part in ["presence", "handoff", "chat", "notification", "gateway"] {
         deployment.start(part);
     }
     deployment.wait_healthy().await;
+    let window_start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos() as u64;
     let mut user = deployment.connect(1903, Role::User).await;
-    user.chat_and_answer("traced", None, common::FAQ_QUESTION)
+    let (ack, _) = user
+        .chat_and_answer("traced", None, common::FAQ_QUESTION)
         .await;
+    // Someone else writing into that dialog: refused, with a debug line in
+    // the chat service's log, inside the frame's trace.
+    let mut other = deployment.connect(1904, Role::User).await;
+    let refused = other
+        .request(json!({
+            "type": "chat_message",
+            "id": "foreign",
+            "dialog_id": ack["dialog_id"],
+            "message": "hello",
+        }))
+        .await;
+    assert_eq!(refused["code"], "dialog_not_found", "{refused}");
+    // Long enough for every periodic task to run at least once: gateway
+    // reports and lease refreshes (5 s), connection records (1 s),
+    // analytics pushes (1 s here). Waiting, not timing anything.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     // Stopping flushes every process's buffered spans to the collector.
     deployment.terminate("gateway").await;
     for part in ["chat", "handoff", "presence", "notification"] {
@@ -497,22 +543,25 @@ async fn one_client_frame_is_one_trace_across_processes() {
     }
 
     let spans = collector.spans();
-    let frame = spans
-        .iter()
-        .find(|(service, span)| {
-            service == "chatai-gateway"
-                && span.name == "frame"
-                && attribute(span, "id") == Some("traced")
-        })
-        .map(|(_, span)| span.clone())
-        .unwrap_or_else(|| panic!("the gateway's span for the frame: {spans:#?}"));
+    let frame_span = |id: &str| {
+        spans
+            .iter()
+            .find(|(service, span)| {
+                service == "chatai-gateway"
+                    && span.name == "gateway.frame"
+                    && attribute(span, "id") == Some(id)
+            })
+            .map(|(_, span)| span.clone())
+            .unwrap_or_else(|| panic!("the gateway's span for the frame {id}: {spans:#?}"))
+    };
+    let frame = frame_span("traced");
     assert!(
         frame.parent_span_id.is_empty(),
         "the frame's span is a root"
     );
-    let in_trace: Vec<(&str, &str, Option<&str>)> = spans
+    let trace = in_trace(&spans, &frame.trace_id);
+    let summary: Vec<(&str, &str, Option<&str>)> = trace
         .iter()
-        .filter(|(_, span)| span.trace_id == frame.trace_id)
         .map(|(service, span)| {
             (
                 service.as_str(),
@@ -522,16 +571,107 @@ async fn one_client_frame_is_one_trace_across_processes() {
         })
         .collect();
     for (service, name, detail) in [
-        ("chatai-chat", "grpc", Some("/chatai.v1.Chat/SendMessage")),
+        (
+            "chatai-chat",
+            "chat.SendMessage",
+            Some("/chatai.v1.Chat/SendMessage"),
+        ),
         ("chatai-chat", "assistant_answer", None),
-        ("chatai-gateway", "deliver", Some("ai_response")),
+        ("chatai-gateway", "gateway.deliver", Some("ai_response")),
     ] {
         assert!(
-            in_trace
+            summary
                 .iter()
                 .any(|(s, n, d)| *s == service && *n == name && (detail.is_none() || *d == detail)),
-            "{service} {name} {detail:?} is in the frame's trace: {in_trace:#?}"
+            "{service} {name} {detail:?} is in the frame's trace: {summary:#?}"
         );
     }
+    // Each part's entry spans say which part they are.
+    for (service, span) in &trace {
+        if let Some(part) = attribute(span, "chatai.part") {
+            assert_eq!(format!("chatai-{part}"), *service, "{}", span.name);
+        }
+    }
+
+    // The database write is a child of `send_message`; the batch that
+    // committed it is a root of its own, linked to it.
+    let by_id = |id: &[u8]| trace.iter().find(|(_, span)| span.span_id == id);
+    let write = trace
+        .iter()
+        .map(|(_, span)| span)
+        .find(|span| {
+            span.name == "db.write"
+                && by_id(&span.parent_span_id)
+                    .is_some_and(|(_, parent)| parent.name == "send_message")
+        })
+        .unwrap_or_else(|| panic!("a db.write under send_message: {summary:#?}"));
+    let batch = spans
+        .iter()
+        .find(|(service, span)| {
+            service == "chatai-chat"
+                && span.name == "db.batch"
+                && span
+                    .links
+                    .iter()
+                    .any(|link| link.trace_id == write.trace_id && link.span_id == write.span_id)
+        })
+        .map(|(_, span)| span)
+        .unwrap_or_else(|| panic!("a db.batch linked to the db.write: {spans:#?}"));
+    assert!(batch.parent_span_id.is_empty(), "the batch is a root");
+
+    // In the window, every trace is a client's: a frame, its connection, or
+    // a batch of the database writes they caused — judged by the root of
+    // each trace any span of the window belongs to (a long-lived root that
+    // began earlier counts too).
+    let foreign = frame_span("foreign");
+    let client_root = |service: &str, name: &str| {
+        matches!(
+            (service, name),
+            ("chatai-gateway", "gateway.frame" | "client" | "connection")
+                | ("chatai-chat", "db.batch")
+        )
+    };
+    let mut traces: Vec<&[u8]> = spans
+        .iter()
+        .filter(|(_, span)| span.start_time_unix_nano >= window_start)
+        .map(|(_, span)| span.trace_id.as_slice())
+        .collect();
+    traces.sort();
+    traces.dedup();
+    let background: Vec<(&str, &str)> = traces
+        .iter()
+        .map(|trace_id| {
+            spans
+                .iter()
+                .find(|(_, span)| span.trace_id == *trace_id && span.parent_span_id.is_empty())
+                .map(|(service, span)| (service.as_str(), span.name.as_str()))
+                .unwrap_or(("no root exported", "?"))
+        })
+        .filter(|(service, name)| !client_root(service, name))
+        .collect();
+    assert!(
+        background.is_empty(),
+        "only clients' traces in the window ({} in all), not {background:#?}",
+        traces.len()
+    );
+
+    // A log line of the refused request carries the trace id the collector
+    // received (and the span id of a span of that trace).
+    let chat_log =
+        std::fs::read_to_string(deployment.log_path("chat")).expect("the chat service's log");
+    let foreign_trace = hex(&foreign.trace_id);
+    let line: Value = chat_log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "refused: someone else's dialog")
+        .unwrap_or_else(|| panic!("the refusal is logged as JSON: {chat_log}"));
+    assert_eq!(line["trace_id"], foreign_trace.as_str(), "{line}");
+    let span_id = line["span_id"].as_str().expect("a span id");
+    assert!(
+        in_trace(&spans, &foreign.trace_id)
+            .iter()
+            .any(|(_, span)| hex(&span.span_id) == span_id),
+        "the line's span is one the collector received: {line}"
+    );
     database.remove().await;
 }

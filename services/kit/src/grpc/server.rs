@@ -44,6 +44,7 @@ const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 /// (the empty name) is the service's own to set through `reporter`.
 pub async fn serve(
     listener: TcpListener,
+    part: &str,
     routes: Routes,
     reporter: HealthReporter,
     service_names: &[&str],
@@ -62,6 +63,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let expected = auth.token().map(|token| format!("Bearer {token}"));
+    let part: std::sync::Arc<str> = part.into();
     let mut builder = Server::builder();
     let tls = auth.server_tls();
     let mutual_tls = tls.is_some();
@@ -74,9 +76,21 @@ pub async fn serve(
 
     let server = builder
         // Outermost: one span per call, continuing the trace of the caller
-        // (the gateway's span for the client frame) from its metadata.
-        .trace_fn(|request: &http::Request<()>| {
-            let span = tracing::info_span!("grpc", path = %request.uri().path());
+        // (the gateway's span for the client frame) from its metadata; named
+        // `{part}.{method}` (`chat.SendMessage`) so that a trace of the
+        // all-in-one process tells the parts apart.
+        .trace_fn(move |request: &http::Request<()>| {
+            let path = request.uri().path();
+            let method = path.rsplit('/').next().unwrap_or(path);
+            let name = format!("{part}.{method}");
+            let span = tracing::info_span!(
+                "grpc",
+                otel.name = name.as_str(),
+                otel.kind = "server",
+                chatai.part = &*part,
+                rpc.system = "grpc",
+                path = %path
+            );
             let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
             telemetry::adopt_parent(&span, &metadata);
             span
