@@ -413,10 +413,7 @@ impl Actor {
                 self.next_due_ms = None;
             }
         }
-        self.next_poll = self
-            .state
-            .shared()
-            .then(|| Instant::now() + POLL_TIMERS);
+        self.next_poll = self.state.shared().then(|| Instant::now() + POLL_TIMERS);
     }
 
     /// Applies one command, announces what it changed, then answers it.
@@ -516,11 +513,7 @@ impl Actor {
                 .operators(gateway.as_ref().and_then(|(_, read)| read.record.as_ref()))
                 .into_iter()
                 .collect();
-            let read = self
-                .state
-                .operators(&ids)
-                .instrument(span.clone())
-                .await?;
+            let read = self.state.operators(&ids).instrument(span.clone()).await?;
             let mut working = Working::new(
                 self.settings,
                 self.clock.now_ms(),
@@ -565,7 +558,12 @@ impl Actor {
 
     /// One `operator_status_change` per changed operator, for every
     /// operator connection.
-    fn events(&self, changes: &[OperatorView], origin: &Option<String>, span: &Span) -> Vec<Arc<Event>> {
+    fn events(
+        &self,
+        changes: &[OperatorView],
+        origin: &Option<String>,
+        span: &Span,
+    ) -> Vec<Arc<Event>> {
         changes
             .iter()
             .filter_map(|view| {

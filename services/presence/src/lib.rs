@@ -117,7 +117,11 @@ pub async fn run(
     tracing::info!(
         grace_period_secs = config.grace_period_secs,
         max_handoffs = config.max_handoffs,
-        state = if common.redis_url.is_some() { "Redis" } else { "memory" },
+        state = if common.redis_url.is_some() {
+            "Redis"
+        } else {
+            "memory"
+        },
         "presence service starting"
     );
     host.serve(listener, Some(routes), &["chatai.v1.Presence"])

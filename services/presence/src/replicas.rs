@@ -135,7 +135,12 @@ async fn what_one_replica_is_told_the_other_answers() {
         .map(|op| (op.operator_id, op.status, op.connections))
         .collect();
     assert_eq!(statuses, vec![(7, Status::Away, 1), (8, Status::Busy, 1)]);
-    assert!(from_a.operators.iter().all(|op| op.version <= from_a.version));
+    assert!(
+        from_a
+            .operators
+            .iter()
+            .all(|op| op.version <= from_a.version)
+    );
     let seven = a.handle.get(7).await.expect("answers").expect("known");
     assert_eq!(seven.chosen_status, ChosenStatus::Away);
     a.stop().await;
@@ -299,7 +304,15 @@ async fn deployments_do_not_share_presence() {
         .connection_opened("gw1".into(), conn(7, "c1"), None)
         .await
         .expect("answers");
-    assert!(other.handle.list().await.expect("lists").operators.is_empty());
+    assert!(
+        other
+            .handle
+            .list()
+            .await
+            .expect("lists")
+            .operators
+            .is_empty()
+    );
     a.stop().await;
     other.stop().await;
 }

@@ -31,9 +31,7 @@ use chatai_kit::events::Event;
 use chatai_kit::versioned::VersionClock;
 
 use crate::model::{ChosenStatus, Connection, OperatorView, ReportOrder, Status};
-use crate::state::{
-    Commit, GatewayRecord, OperatorRecord, OperatorsRead, Timer, Versioned,
-};
+use crate::state::{Commit, GatewayRecord, OperatorRecord, OperatorsRead, Timer, Versioned};
 
 /// The settings the rules follow (the same on every replica).
 #[derive(Debug, Clone, Copy)]
@@ -108,9 +106,8 @@ impl Op {
     /// The operators whose records the change reads, given its gateway's
     /// record (as read).
     pub fn operators(&self, gateway: Option<&GatewayRecord>) -> BTreeSet<i64> {
-        let owner = |connection_id: &str| {
-            gateway.and_then(|g| g.connections.get(connection_id).copied())
-        };
+        let owner =
+            |connection_id: &str| gateway.and_then(|g| g.connections.get(connection_id).copied());
         let held = || {
             gateway
                 .map(|g| g.connections.values().copied().collect::<Vec<_>>())
@@ -315,7 +312,11 @@ impl<'a> Working<'a> {
         commit
     }
 
-    fn connection_opened(&mut self, connection: &Connection, order: Option<ReportOrder>) -> Outcome {
+    fn connection_opened(
+        &mut self,
+        connection: &Connection,
+        order: Option<ReportOrder>,
+    ) -> Outcome {
         let id = connection.operator_id;
         if self.order_report(&connection.connection_id, order) == Ordered::Stale {
             return Outcome {
@@ -377,10 +378,7 @@ impl<'a> Working<'a> {
             .map(|c| (c.connection_id.as_str(), c.operator_id))
             .collect();
         let known: Vec<i64> = entry.connections.values().copied().collect();
-        let affected: Vec<i64> = known
-            .into_iter()
-            .chain(listed.values().copied())
-            .collect();
+        let affected: Vec<i64> = known.into_iter().chain(listed.values().copied()).collect();
         let changes = self.tracked(affected, |state| {
             if !stale_run {
                 // Attach first, then drop what is no longer listed: an
@@ -838,7 +836,10 @@ mod tests {
             &[(7, Some(online))],
             1_000,
         );
-        assert!(work.apply(&op).changes.is_empty(), "online through the grace");
+        assert!(
+            work.apply(&op).changes.is_empty(),
+            "online through the grace"
+        );
         let commit = work.into_commit(None, Vec::new());
         assert_eq!(commit.gateways, vec![("gw1".to_owned(), None)]);
         assert_eq!(commit.timers, vec![(Timer::Grace(7), Some(31_000))]);
@@ -899,7 +900,10 @@ mod tests {
             &[(7, Some(online))],
             50_000,
         );
-        assert!(work.apply(&expire).changes.is_empty(), "online through the grace");
+        assert!(
+            work.apply(&expire).changes.is_empty(),
+            "online through the grace"
+        );
         let commit = work.into_commit(Some(&Timer::Lease("gw1".into())), Vec::new());
         assert_eq!(commit.gateways, vec![("gw1".to_owned(), None)]);
         assert_eq!(commit.operators[0].1.connections, 0);

@@ -171,8 +171,7 @@ impl Subject {
 
 fn event() -> Arc<Event> {
     Arc::new(
-        Event::new("operator_status_change", &serde_json::json!({"test": true}))
-            .expect("an event"),
+        Event::new("operator_status_change", &serde_json::json!({"test": true})).expect("an event"),
     )
 }
 
@@ -211,10 +210,17 @@ async fn commits_create_and_update_records_with_revisions() {
     for subject in Subject::all().await {
         let store = subject.store.as_ref();
         let name = subject.name;
-        assert_eq!(store.gateway("gw1").await.expect("reads"), Versioned::absent());
+        assert_eq!(
+            store.gateway("gw1").await.expect("reads"),
+            Versioned::absent()
+        );
         let read = store.operators(&[7, 8]).await.expect("reads");
         assert_eq!(read.clock, 0, "{name}");
-        assert!(read.operators.values().all(|read| *read == Versioned::absent()));
+        assert!(
+            read.operators
+                .values()
+                .all(|read| *read == Versioned::absent())
+        );
 
         let seven = operator(ChosenStatus::Away, 1);
         let gw = gateway(&[("c1", 7)], Some(5_000));
@@ -262,7 +268,11 @@ async fn commits_create_and_update_records_with_revisions() {
         .await;
         let read = store.operators(&[7]).await.expect("reads");
         assert_eq!(read.operators[&7].revision, 2, "{name}");
-        assert_eq!(store.operator(7).await.expect("reads"), Some(busy), "{name}");
+        assert_eq!(
+            store.operator(7).await.expect("reads"),
+            Some(busy),
+            "{name}"
+        );
         assert_eq!(store.operator(8).await.expect("reads"), None, "{name}");
     }
 }
@@ -314,13 +324,23 @@ async fn a_commit_on_moved_records_conflicts_and_changes_nothing() {
             assert!(matches!(committed, Committed::Conflict), "{name}");
             let marker = subject.marker().await;
             assert!(
-                subject.announced(committed, marker.as_deref()).await.is_empty(),
+                subject
+                    .announced(committed, marker.as_deref())
+                    .await
+                    .is_empty(),
                 "{name}: a conflict announces nothing"
             );
         }
         let read = store.operators(&[7]).await.expect("reads");
-        assert_eq!(read.operators[&7].record, Some(operator(ChosenStatus::Available, 1)));
-        assert_eq!(store.gateway("gw1").await.expect("reads").revision, 1, "{name}");
+        assert_eq!(
+            read.operators[&7].record,
+            Some(operator(ChosenStatus::Available, 1))
+        );
+        assert_eq!(
+            store.gateway("gw1").await.expect("reads").revision,
+            1,
+            "{name}"
+        );
         assert_eq!(store.next_due().await.expect("reads"), None, "{name}");
 
         let announced = event();
@@ -364,8 +384,15 @@ async fn timers_come_due_in_order() {
             },
         )
         .await;
-        assert_eq!(store.next_due().await.expect("reads"), Some(1_000), "{name}");
-        assert!(store.due(999, 10).await.expect("reads").is_empty(), "{name}");
+        assert_eq!(
+            store.next_due().await.expect("reads"),
+            Some(1_000),
+            "{name}"
+        );
+        assert!(
+            store.due(999, 10).await.expect("reads").is_empty(),
+            "{name}"
+        );
         assert_eq!(
             store.due(2_000, 10).await.expect("reads"),
             vec![Timer::Lease("gw1".into()), Timer::Grace(8)],
@@ -392,7 +419,11 @@ async fn timers_come_due_in_order() {
             vec![Timer::Grace(7), Timer::Lease("gw1".into())],
             "{name}"
         );
-        assert_eq!(store.next_due().await.expect("reads"), Some(3_000), "{name}");
+        assert_eq!(
+            store.next_due().await.expect("reads"),
+            Some(3_000),
+            "{name}"
+        );
     }
 }
 
@@ -438,7 +469,11 @@ async fn listing_and_deleting() {
             },
         )
         .await;
-        assert_eq!(store.gateway("gw1").await.expect("reads"), Versioned::absent(), "{name}");
+        assert_eq!(
+            store.gateway("gw1").await.expect("reads"),
+            Versioned::absent(),
+            "{name}"
+        );
         store.ping().await.expect("answers");
     }
 }

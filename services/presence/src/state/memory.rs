@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    Commit, Committed, GatewayRecord, OperatorRecord, OperatorsRead, StateError, StateStore,
-    Timer, Versioned,
+    Commit, Committed, GatewayRecord, OperatorRecord, OperatorsRead, StateError, StateStore, Timer,
+    Versioned,
 };
 
 #[derive(Debug, Default)]

@@ -30,8 +30,8 @@ use chatai_kit::redis_keys::{Namespace, PresenceKey};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{
-    Commit, Committed, GatewayRecord, OperatorRecord, OperatorsRead, StateError, StateStore,
-    Timer, Versioned, decode,
+    Commit, Committed, GatewayRecord, OperatorRecord, OperatorsRead, StateError, StateStore, Timer,
+    Versioned, decode,
 };
 
 /// Applies a change if nothing it read has changed. KEYS: revisions,
