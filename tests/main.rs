@@ -22,6 +22,7 @@ mod isolation;
 mod jwks;
 mod limits;
 mod operators;
+mod presence_replicas;
 mod processes;
 mod restarts;
 mod resume;

@@ -30,21 +30,21 @@ use opentelemetry_proto::tonic::trace::v1 as otlp;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-const JWT_SECRET: &str = "processes-test-secret-of-32-bytes-or-more";
-const INTERNAL_TOKEN: &str = "processes-internal-token";
+pub(crate) const JWT_SECRET: &str = "processes-test-secret-of-32-bytes-or-more";
+pub(crate) const INTERNAL_TOKEN: &str = "processes-internal-token";
 
 /// How long a freshly started process may take to become healthy (it
 /// connects to PostgreSQL and Redis and applies migrations first).
-const START: Duration = Duration::from_secs(30);
+pub(crate) const START: Duration = Duration::from_secs(30);
 
 /// A `redis-server` of the test's own, so the test can kill it.
-struct Redis {
-    port: u16,
+pub(crate) struct Redis {
+    pub(crate) port: u16,
     child: Child,
 }
 
 impl Redis {
-    async fn start(port: u16) -> Redis {
+    pub(crate) async fn start(port: u16) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -56,7 +56,7 @@ impl Redis {
         Redis { port, child }
     }
 
-    async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         self.child.kill().await.expect("Redis is killed");
     }
 }
@@ -76,7 +76,7 @@ async fn wait_for_port(port: u16) {
 }
 
 /// The five processes, their shared environment and their logs.
-struct Deployment {
+pub(crate) struct Deployment {
     env: Vec<(&'static str, String)>,
     gateway: SocketAddr,
     logs: tempfile::TempDir,
@@ -88,7 +88,7 @@ struct Deployment {
 impl Deployment {
     /// The environment of a deployment on `database_url`, with the event
     /// logs in the Redis on `redis_port`, or in each service's memory.
-    fn new(database_url: &str, redis_port: Option<u16>) -> Deployment {
+    pub(crate) fn new(database_url: &str, redis_port: Option<u16>) -> Deployment {
         let gateway = free_addr();
         let mut env = vec![
             ("CHATAI_DATABASE_URL", database_url.to_owned()),
@@ -132,6 +132,14 @@ impl Deployment {
         self.logs.path().join(format!("{part}.log"))
     }
 
+    /// The value of a variable every part is started with.
+    pub(crate) fn env_value(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(existing, _)| *existing == name)
+            .map(|(_, value)| value.as_str())
+    }
+
     /// Adds a variable to every part started from now on.
     fn set_env(&mut self, name: &'static str, value: String) {
         self.env.retain(|(existing, _)| *existing != name);
@@ -140,11 +148,25 @@ impl Deployment {
 
     /// Starts `chatai {part}` with the deployment's environment only (none
     /// of the test machine's `CHATAI_*` settings leak in).
-    fn start(&mut self, part: &'static str) {
+    pub(crate) fn start(&mut self, part: &'static str) {
+        self.start_named(part, part, &[]);
+    }
+
+    /// Starts another copy of `part`, known as `name` (for [`kill`] and the
+    /// logs), with `env` on top of the deployment's (its own listen
+    /// address, say).
+    ///
+    /// [`kill`]: Self::kill
+    pub(crate) fn start_named(
+        &mut self,
+        name: &'static str,
+        part: &'static str,
+        env: &[(&'static str, String)],
+    ) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_path(part))
+            .open(self.log_path(name))
             .expect("a log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_chatai"));
         for (name, _) in std::env::vars() {
@@ -155,16 +177,17 @@ impl Deployment {
         let child = command
             .arg(part)
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .expect("the chatai binary starts");
-        self.children.insert(part, child);
+        self.children.insert(name, child);
     }
 
     /// Every part's log, for a failure message.
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut all = String::new();
         for part in self.children.keys() {
             let text = std::fs::read_to_string(self.log_path(part)).unwrap_or_default();
@@ -174,13 +197,13 @@ impl Deployment {
     }
 
     /// SIGKILL: the part gets no chance to say goodbye.
-    async fn kill(&mut self, part: &str) {
+    pub(crate) async fn kill(&mut self, part: &str) {
         let mut child = self.children.remove(part).expect("a running part");
         child.kill().await.expect("the part is killed");
     }
 
     /// SIGTERM, then waits for the process; it must exit 0 in time.
-    async fn terminate(&mut self, part: &str) {
+    pub(crate) async fn terminate(&mut self, part: &str) {
         let mut child = self.children.remove(part).expect("a running part");
         let pid = child.id().expect("a live process");
         let sent = Command::new("kill")
@@ -229,12 +252,12 @@ impl Deployment {
         }
     }
 
-    async fn wait_healthy(&self) {
+    pub(crate) async fn wait_healthy(&self) {
         self.wait_for_health("the deployment becomes healthy", |status, _| status == 200)
             .await;
     }
 
-    async fn connect(&self, id: i64, role: Role) -> WsClient {
+    pub(crate) async fn connect(&self, id: i64, role: Role) -> WsClient {
         let token = self
             .keys
             .mint(id, role, None, Duration::from_secs(600))
