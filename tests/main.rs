@@ -25,6 +25,7 @@ mod js_client;
 mod jwks;
 mod limits;
 mod operators;
+mod presence_replicas;
 mod processes;
 mod replicas;
 mod restarts;

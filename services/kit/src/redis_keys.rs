@@ -20,7 +20,11 @@
 //! - `p:svc:seq:r`, `p:svc:base:r`, `p:svc:log:r`, `p:svc:seen:r` — the
 //!   recipient's event log at that service ([`Namespace::log_key`]);
 //! - channel `p:d:svc:live` — the service's live deliveries
-//!   ([`Namespace::live_channel`]).
+//!   ([`Namespace::live_channel`]);
+//! - `p:presence:operators`, `p:presence:gateways`, `p:presence:revisions`,
+//!   `p:presence:timers`, `p:presence:version` — the presence state every
+//!   presence replica shares ([`Namespace::presence_key`], described in
+//!   the presence crate's `state::redis`).
 //!
 //! Other parts add their own names as methods here, built with
 //! [`Namespace::key`] and [`Namespace::channel`], never by formatting the
@@ -65,6 +69,33 @@ impl LogKey {
             LogKey::Base => "base",
             LogKey::Log => "log",
             LogKey::Seen => "seen",
+        }
+    }
+}
+
+/// The keys of the presence state (see the presence crate's `state::redis`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceKey {
+    /// Hash: operator id → the operator's record.
+    Operators,
+    /// Hash: gateway id → the operator connections it reported.
+    Gateways,
+    /// Hash: `o:{operator}` / `g:{gateway}` → the record's revision.
+    Revisions,
+    /// Sorted set: grace periods and leases, scored by when they end.
+    Timers,
+    /// The last version handed to an announced change.
+    Version,
+}
+
+impl PresenceKey {
+    fn as_str(self) -> &'static str {
+        match self {
+            PresenceKey::Operators => "operators",
+            PresenceKey::Gateways => "gateways",
+            PresenceKey::Revisions => "revisions",
+            PresenceKey::Timers => "timers",
+            PresenceKey::Version => "version",
         }
     }
 }
@@ -181,6 +212,11 @@ impl Namespace {
         )
     }
 
+    /// A key of the presence state.
+    pub fn presence_key(&self, kind: PresenceKey) -> String {
+        self.key(&["presence", kind.as_str()])
+    }
+
     /// The channel of `service`'s live deliveries.
     pub fn live_channel(&self, service: &str) -> String {
         self.channel(&[service, "live"])
@@ -239,6 +275,14 @@ mod tests {
             "chatai:handoff:seen:operator:7"
         );
         assert_eq!(names.live_channel("chat"), "chatai:d1:chat:live");
+        assert_eq!(
+            names.presence_key(PresenceKey::Operators),
+            "chatai:presence:operators"
+        );
+        assert_eq!(
+            names.presence_key(PresenceKey::Version),
+            "chatai:presence:version"
+        );
         assert_eq!(names.log_pattern("chat"), "chatai:chat:log:*");
         assert_eq!(
             Namespace::new("a*[b]", "d").log_pattern("chat"),

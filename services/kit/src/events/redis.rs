@@ -273,6 +273,24 @@ impl RedisLog {
     }
 }
 
+/// The channel and the message that publish `event` live to `recipient`
+/// on `service`'s log, as [`EventLog::publish`] would: for a caller that
+/// publishes in a script of its own, in the same atomic step as the change
+/// the event announces (presence, so that replicas announce each change once
+/// and in the order the changes were made). Every replica's relay passes it
+/// on like any other live delivery.
+pub fn live_message(
+    names: &Namespace,
+    service: &str,
+    recipient: &Recipient,
+    event: &Event,
+) -> (String, Vec<u8>) {
+    (
+        names.live_channel(service),
+        frame(names.deployment(), 0, recipient, event),
+    )
+}
+
 /// `{deployment} {position} {recipient-length} {recipient}{event}`.
 fn frame(deployment: &str, position: u64, recipient: &Recipient, event: &Event) -> Vec<u8> {
     let recipient = pb::Recipient::from(recipient).encode_to_vec();
