@@ -117,7 +117,7 @@ impl Deployment {
         }
     }
 
-    fn log_path(&self, part: &str) -> PathBuf {
+    pub fn log_path(&self, part: &str) -> PathBuf {
         self.logs.path().join(format!("{part}.log"))
     }
 
