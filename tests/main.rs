@@ -25,6 +25,7 @@ mod operators;
 mod processes;
 mod restarts;
 mod resume;
+mod sse;
 mod tls;
 mod waiting;
 mod workspace;

@@ -53,7 +53,11 @@ pub fn read_body(body: &[u8]) -> Result<AlertBody, (StatusCode, ErrorCode, Strin
 
 /// `POST /api/alerts` (see the module docs).
 #[tracing::instrument(skip_all, fields(caller))]
-pub async fn send(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn send(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let claims = match auth::bearer(&headers) {
         Some(token) => gateway.verifier.verify(token).await.ok(),
         None => None,

@@ -68,6 +68,10 @@ pub async fn mint(State(gateway): State<Arc<Gateway>>, uri: Uri) -> Response {
         Ok(token) => {
             axum::Json(json!({ "token": token, "expires_at": expires_at })).into_response()
         }
-        Err(err) => error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, &err.to_string()),
+        Err(err) => error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidField,
+            &err.to_string(),
+        ),
     }
 }

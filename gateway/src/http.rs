@@ -32,15 +32,15 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
 use crate::accept::ClientSocket;
-use crate::config::AllowedOrigins;
-use crate::{alerts, api, dev_token, http_frames, sse};
 use crate::auth::{self, Claims};
 use crate::close::CloseReason;
+use crate::config::AllowedOrigins;
 use crate::connection::{self, Session};
 use crate::cursor::Cursor;
 use crate::frames::outbound::now_rfc3339;
 use crate::gateway::Gateway;
 use crate::limits;
+use crate::{alerts, api, dev_token, http_frames, sse};
 
 /// The routes, one line each.
 pub fn router(gateway: Arc<Gateway>) -> Router {

@@ -56,6 +56,8 @@ pub mod frames;
 pub mod gateway;
 pub mod http;
 pub mod http_frames;
+#[cfg(test)]
+mod http_proptests;
 pub mod jwks;
 pub mod limits;
 pub mod registry;
@@ -123,20 +125,27 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, gateway = %gateway_id, tls = tls.is_some(), "gateway listening");
 
-    accept::serve(
-        listener,
-        http::router(gateway.clone()),
-        gateway.limits.clone(),
-        tls,
-        shutdown.clone(),
-    )
-    .await;
-    tracing::info!(
-        connections = registry.connection_count(),
-        "gateway draining connections"
+    // On shutdown the connections are stopped (1001) while the accept loop
+    // drains: an SSE stream is an HTTP response, which that loop waits for.
+    let stop_connections = async {
+        shutdown.cancelled().await;
+        tracing::info!(
+            connections = registry.connection_count(),
+            "gateway draining connections"
+        );
+        registry.stop_all(CloseReason::Shutdown);
+        gateway.connections_stop.cancel();
+    };
+    tokio::join!(
+        accept::serve(
+            listener,
+            http::router(gateway.clone()),
+            gateway.limits.clone(),
+            tls,
+            shutdown.clone(),
+        ),
+        stop_connections
     );
-    registry.stop_all(CloseReason::Shutdown);
-    gateway.connections_stop.cancel();
     gateway.tasks.close();
     gateway.tasks.wait().await;
     background.stop.cancel();

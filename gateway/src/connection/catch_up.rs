@@ -143,8 +143,7 @@ impl<T: Transport> Connection<T> {
         );
         // With its cursor: a client that resumes before any durable event
         // arrived resumes from here.
-        self.send(Utf8Bytes::from(connected), Some(&cursor))
-            .await?;
+        self.send(Utf8Bytes::from(connected), Some(&cursor)).await?;
         if resuming && !complete {
             self.send_cursor_expired().await?;
         }

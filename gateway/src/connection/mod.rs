@@ -31,8 +31,8 @@ use tracing::Instrument;
 
 use self::catch_up::Positions;
 use self::requests::Answer;
-pub use self::transport::{Socket, Transport, WebSocket};
 use self::transport::{Closed, Incoming};
+pub use self::transport::{Socket, Transport, WebSocket};
 use crate::auth::Claims;
 use crate::close::CloseReason;
 use crate::cursor::Cursor;
