@@ -118,13 +118,21 @@ fn service_kinds() -> BTreeSet<String> {
     sources(&root().join("services"), &mut files);
     let mut kinds = BTreeSet::new();
     for (_, code) in &files {
-        for marker in ["Event::new(", "deliver("] {
+        for marker in ["Event::new", "deliver"] {
             for (at, _) in code.match_indices(marker) {
-                let open = at + marker.len() - 1;
-                let arguments = call_arguments(code, open);
+                // `deliver(`, `deliver_noted(`…: the helpers that make the event.
+                let name_end = at
+                    + marker.len()
+                    + code[at + marker.len()..]
+                        .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                        .unwrap_or(0);
+                if !code[name_end..].starts_with('(') || code[..at].ends_with("fn ") {
+                    continue;
+                }
+                let arguments = call_arguments(code, name_end);
                 if let Some(kind) = first_kind_literal(arguments) {
                     kinds.insert(kind.to_owned());
-                } else if marker == "Event::new(" {
+                } else if marker == "Event::new" {
                     let first = arguments.split(',').next().unwrap_or("").trim();
                     let name = first.rsplit("::").next().unwrap_or(first);
                     if name.chars().all(|c| c.is_ascii_uppercase() || c == '_') && !name.is_empty()
