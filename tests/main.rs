@@ -9,8 +9,10 @@
 
 mod common;
 
+mod analytics;
 mod auth;
 mod bad_input;
+mod browser;
 mod chat;
 mod compose;
 mod connections;
@@ -19,10 +21,12 @@ mod fairness;
 mod history;
 mod internal;
 mod isolation;
+mod js_client;
 mod jwks;
 mod limits;
 mod operators;
 mod processes;
+mod replicas;
 mod restarts;
 mod resume;
 mod sse;

@@ -56,6 +56,9 @@ pub struct Gateway {
     pub services: Services,
     /// Parent of every connection's stop token.
     pub connections_stop: CancellationToken,
+    /// Cancelled when the gateway starts to stop: health answers `503
+    /// draining` and new WebSockets are closed 1001 from then on.
+    pub draining: CancellationToken,
     /// Owns every connection task.
     pub tasks: TaskTracker,
     pub metrics: PrometheusHandle,
@@ -162,6 +165,7 @@ impl Gateway {
             upstreams,
             services,
             connections_stop: CancellationToken::new(),
+            draining: CancellationToken::new(),
             tasks: TaskTracker::new(),
             metrics: metrics_handle(),
             reporter,

@@ -214,6 +214,8 @@ async fn on_its_own(gateway: &Gateway, claims: &Claims, text: &str) -> String {
     let span = tracing::info_span!(
         parent: None,
         "frame",
+        otel.name = "gateway.frame",
+        chatai.part = "gateway",
         r#type = frame.type_name(),
         id = id.as_deref(),
         caller = claims.sub,

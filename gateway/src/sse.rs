@@ -238,6 +238,14 @@ pub async fn stream(State(gateway): State<Arc<Gateway>>, mut request: Request) -
         Role::Operator => Recipient::Operator(claims.sub),
         _ => Recipient::User(claims.sub),
     };
+    // A draining gateway takes no new streams: the client goes elsewhere.
+    if gateway.draining.is_cancelled() {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServiceUnavailable,
+            "Server shutting down",
+        );
+    }
     let resume = resume_point(request.uri(), request.headers());
     let socket = request.extensions_mut().remove::<ClientSocket>();
     let admitted = match &socket {

@@ -570,6 +570,8 @@ fn delivery_span(service: &'static str, delivery: &Delivery) -> Option<tracing::
     }
     let span = tracing::info_span!(
         "deliver",
+        otel.name = "gateway.deliver",
+        chatai.part = "gateway",
         service,
         kind = %delivery.event.kind,
         recipient = %delivery.recipient,

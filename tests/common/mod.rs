@@ -1,6 +1,8 @@
 //! What every end-to-end test shares, one module per concern:
 //! - [`app`]: the whole system started in-process on port 0 ([`spawn_app`],
 //!   [`TestApp`], [`TestOptions`]);
+//! - [`deployment`]: each part in a process of its own, replicas too
+//!   ([`deployment::Deployment`], [`deployment::Redis`]);
 //! - [`ws`]: the WebSocket client on tokio-tungstenite ([`WsClient`],
 //!   [`connect_at`]);
 //! - [`raw`]: a WebSocket client written by hand over TCP ([`RawWs`]), for
@@ -16,6 +18,7 @@
 //! a test waits; no test asserts how long anything took.
 
 pub mod app;
+pub mod deployment;
 pub mod frame;
 pub mod idp;
 pub mod raw;

@@ -288,6 +288,22 @@ pub struct TelemetryConfig {
     /// OTLP/gRPC endpoint for traces (Jaeger's 4317); unset = no export.
     #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Share (0 to 1) of traces started by requests — a client frame, a
+    /// connection, an internal caller's call — that are exported.
+    #[arg(
+        long = "trace-sample-ratio",
+        env = "CHATAI_TRACE_SAMPLE_RATIO",
+        default_value_t = 1.0
+    )]
+    pub trace_sample_ratio: f64,
+    /// Share (0 to 1) of traces started by periodic background work
+    /// (reports, lease refreshes, analytics pushes, trims) that are exported.
+    #[arg(
+        long = "trace-background-ratio",
+        env = "CHATAI_TRACE_BACKGROUND_RATIO",
+        default_value_t = 0.0
+    )]
+    pub trace_background_ratio: f64,
 }
 
 /// What every service process needs besides its own settings.

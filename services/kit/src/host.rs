@@ -42,6 +42,8 @@ pub struct ServiceHost {
     pub health: HealthReporter,
     checks: Vec<(&'static str, Check)>,
     auth: InternalAuth,
+    /// The service's name (`chat`, …): its spans are named after it.
+    part: String,
 }
 
 impl ServiceHost {
@@ -64,6 +66,7 @@ impl ServiceHost {
             health: HealthReporter::new(),
             checks: Vec::new(),
             auth: common.auth.clone(),
+            part: service.to_owned(),
         };
         host.check_ping("event log", log, |log| async move { log.ping().await });
         Ok(host)
@@ -134,6 +137,7 @@ impl ServiceHost {
         );
         let served = grpc::serve(
             listener,
+            &self.part,
             routes,
             self.health.clone(),
             &names,
@@ -171,6 +175,10 @@ async fn watch_readiness(
             }
         }
         let now_serving = failures.is_empty();
+        // Once stopping, the server's NOT_SERVING stands.
+        if shutdown.is_cancelled() {
+            return;
+        }
         if now_serving != serving {
             serving = now_serving;
             if serving {

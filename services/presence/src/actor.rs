@@ -123,7 +123,14 @@ impl PresenceHandle {
             "presence actor",
             actor
                 .run()
-                .instrument(tracing::info_span!("presence_actor")),
+                // Background work for the trace sampler: the actor's life is
+                // no trace worth exporting (`chatai_kit::telemetry`).
+                .instrument(tracing::info_span!(
+                    parent: None,
+                    "presence_actor",
+                    otel.name = "presence.actor",
+                    chatai.background = true
+                )),
         );
         PresenceHandle { commands }
     }

@@ -407,10 +407,12 @@ fn entry_position(id: &str) -> Option<u64> {
 
 #[async_trait::async_trait]
 impl EventLog for RedisLog {
+    #[tracing::instrument(name = "redis.publish", skip_all)]
     async fn publish(&self, recipient: Recipient, event: Arc<Event>) -> Result<(), EventLogError> {
         self.publish_live(&recipient, &event).await
     }
 
+    #[tracing::instrument(name = "redis.deliver", skip_all)]
     async fn deliver(&self, recipient: Recipient, event: Arc<Event>) -> Result<u64, EventLogError> {
         if !recipient.is_durable() {
             self.publish_live(&recipient, &event).await?;
@@ -440,6 +442,7 @@ impl EventLog for RedisLog {
         Ok(position)
     }
 
+    #[tracing::instrument(name = "redis.deliver_many", skip_all)]
     async fn deliver_many(
         &self,
         batch: Vec<(Recipient, Arc<Event>)>,
@@ -499,6 +502,7 @@ impl EventLog for RedisLog {
         Ok(positions)
     }
 
+    #[tracing::instrument(name = "redis.read", skip_all)]
     async fn read(
         &self,
         recipient: &Recipient,
@@ -574,6 +578,7 @@ impl EventLog for RedisLog {
         Ok(paging::page_of(start, last, deliveries))
     }
 
+    #[tracing::instrument(name = "redis.mark_seen", skip_all)]
     async fn mark_seen(&self, recipient: &Recipient, position: u64) -> Result<(), EventLogError> {
         let mut connection = self.connection.clone();
         let _: i64 = self
