@@ -30,6 +30,7 @@ mod processes;
 mod replicas;
 mod restarts;
 mod resume;
+mod sse;
 mod tls;
 mod waiting;
 mod workspace;

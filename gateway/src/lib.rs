@@ -58,6 +58,8 @@ pub mod frames;
 pub mod gateway;
 pub mod http;
 pub mod http_frames;
+#[cfg(test)]
+mod http_proptests;
 pub mod jwks;
 pub mod limits;
 pub mod registry;

@@ -209,8 +209,8 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Res
 pub fn resume_point(uri: &axum::http::Uri, headers: &HeaderMap) -> Option<Cursor> {
     headers
         .get("last-event-id")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
+        // Not text at all: unreadable, so expired (not a fresh start).
+        .map(|value| value.to_str().unwrap_or_default().to_owned())
         .or_else(|| auth::query_param(uri, "cursor"))
         .or_else(|| auth::query_param(uri, "last_seq"))
         .map(|text| Cursor::decode(text.trim()).unwrap_or(Cursor::UNREADABLE))

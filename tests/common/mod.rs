@@ -8,6 +8,8 @@
 //! - [`raw`]: a WebSocket client written by hand over TCP ([`RawWs`]), for
 //!   frames tungstenite refuses to write;
 //! - [`frame`]: the frame codec [`RawWs`] reads and writes with;
+//! - [`sse`]: an SSE client (`GET /sse` read as it streams) and
+//!   `POST /api/frames`;
 //! - [`idp`]: a test identity provider serving a JWKS ([`idp::TestIdp`]);
 //! - here: the constants, the gRPC caller identity and the assertions on
 //!   frames every module and test uses.
@@ -20,6 +22,7 @@ pub mod deployment;
 pub mod frame;
 pub mod idp;
 pub mod raw;
+pub mod sse;
 pub mod ws;
 
 use std::net::SocketAddr;
