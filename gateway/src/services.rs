@@ -9,7 +9,6 @@
 
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use chatai_kit::error_code::ErrorCode;
 use chatai_kit::identity::Caller;
 use chatai_kit::status::error_code;
@@ -244,6 +243,25 @@ impl Services {
         request
     }
 
+    /// A call made again on `UNAVAILABLE` (the replica could not be
+    /// reached, or it is a handoff standby: "not the leader"), each attempt
+    /// under the deadline, through `chatai_kit::grpc::retry_unavailable`,
+    /// which the replica set steers to another replica. For calls a repeat
+    /// cannot apply twice: reads, the idempotency key of `send_message`,
+    /// and changes conditional on the state they change (a repeated
+    /// `complete_handoff` finds nothing left to complete).
+    async fn retried<T, F, Fut>(&self, call: F) -> Result<T, CallError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        chatai_kit::grpc::retry_unavailable(|| async {
+            self.deadline(call()).await.map_err(|CallError(status)| status)
+        })
+        .await
+        .map_err(CallError)
+    }
+
     async fn deadline<T>(
         &self,
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
@@ -280,12 +298,11 @@ impl Services {
             idempotency_key,
             handoff_position,
         };
-        (|| async {
-            let request = self.request(caller, message.clone());
-            self.deadline(self.chat.clone().send_message(request)).await
+        self.retried(|| {
+            self.chat
+                .clone()
+                .send_message(self.request(caller, message.clone()))
         })
-        .retry(retry_policy())
-        .when(|CallError(status)| status.code() == Code::Unavailable)
         .await
         .map(SentMessage::from)
     }
@@ -304,16 +321,24 @@ impl Services {
             reason,
             priority: pb::Priority::from(priority) as i32,
         };
-        let request = self.request(caller, message);
-        self.deadline(self.chat.clone().request_handoff(request))
+        let message = message;
+        self.retried(|| {
+            self.chat
+                .clone()
+                .request_handoff(self.request(caller, message.clone()))
+        })
             .await
             .map(HandoffTicket::from)
     }
 
     /// Whether the caller may see the dialog (for `dialog:{id}` rooms).
     pub async fn check_access(&self, caller: &Caller, dialog_id: i64) -> Result<(), CallError> {
-        let request = self.request(caller, pb::CheckAccessRequest { dialog_id });
-        self.deadline(self.chat.clone().check_access(request))
+        let message = pb::CheckAccessRequest { dialog_id };
+        self.retried(|| {
+            self.chat
+                .clone()
+                .check_access(self.request(caller, message.clone()))
+        })
             .await
             .map(|_| ())
     }
@@ -328,8 +353,12 @@ impl Services {
             operator_id: caller.id,
             status: pb::OperatorStatus::from(status) as i32,
         };
-        let request = self.request(caller, message);
-        self.deadline(self.presence.clone().set_status(request))
+        let message = message;
+        self.retried(|| {
+            self.presence
+                .clone()
+                .set_status(self.request(caller, message.clone()))
+        })
             .await
             .map(|info| EffectiveStatus::from(&info))
     }
@@ -341,15 +370,16 @@ impl Services {
         dialog_id: i64,
         resolution: String,
     ) -> Result<CompletedHandoff, CallError> {
-        let request = self.request(
-            caller,
-            pb::CompleteHandoffRequest {
-                dialog_id,
-                resolution,
-            },
-        );
-        self.deadline(self.handoff.clone().complete_handoff(request))
-            .await
+        let message = pb::CompleteHandoffRequest {
+            dialog_id,
+            resolution,
+        };
+        self.retried(|| {
+            self.handoff
+                .clone()
+                .complete_handoff(self.request(caller, message.clone()))
+        })
+        .await
             .map(CompletedHandoff::from)
     }
 
@@ -367,8 +397,12 @@ impl Services {
             to_operator_id: to_operator_id.unwrap_or(0),
             reason,
         };
-        let request = self.request(caller, message);
-        self.deadline(self.handoff.clone().transfer_handoff(request))
+        let message = message;
+        self.retried(|| {
+            self.handoff
+                .clone()
+                .transfer_handoff(self.request(caller, message.clone()))
+        })
             .await
             .map(HandoffTicket::from)
     }
@@ -379,8 +413,12 @@ impl Services {
         caller: &Caller,
         dialog_id: i64,
     ) -> Result<HandoffTicket, CallError> {
-        let request = self.request(caller, pb::ClaimHandoffRequest { dialog_id });
-        self.deadline(self.handoff.clone().claim_handoff(request))
+        let message = pb::ClaimHandoffRequest { dialog_id };
+        self.retried(|| {
+            self.handoff
+                .clone()
+                .claim_handoff(self.request(caller, message.clone()))
+        })
             .await
             .map(HandoffTicket::from)
     }
@@ -391,16 +429,24 @@ impl Services {
         caller: &Caller,
         dialog_id: i64,
     ) -> Result<HandoffTicket, CallError> {
-        let request = self.request(caller, pb::CancelHandoffRequest { dialog_id });
-        self.deadline(self.handoff.clone().cancel_handoff(request))
+        let message = pb::CancelHandoffRequest { dialog_id };
+        self.retried(|| {
+            self.handoff
+                .clone()
+                .cancel_handoff(self.request(caller, message.clone()))
+        })
             .await
             .map(HandoffTicket::from)
     }
 
     /// The waiting handoffs as of a queue version.
     pub async fn queue_snapshot(&self, caller: &Caller) -> Result<QueueSnapshot, CallError> {
-        let request = self.request(caller, pb::ListQueueRequest {});
-        self.deadline(self.handoff.clone().list_queue(request))
+        let message = pb::ListQueueRequest {};
+        self.retried(|| {
+            self.handoff
+                .clone()
+                .list_queue(self.request(caller, message.clone()))
+        })
             .await
             .map(QueueSnapshot::from)
     }
@@ -410,16 +456,24 @@ impl Services {
         &self,
         caller: &Caller,
     ) -> Result<OperatorsSnapshot, CallError> {
-        let request = self.request(caller, pb::ListOperatorsRequest {});
-        self.deadline(self.presence.clone().list_operators(request))
+        let message = pb::ListOperatorsRequest {};
+        self.retried(|| {
+            self.presence
+                .clone()
+                .list_operators(self.request(caller, message.clone()))
+        })
             .await
             .map(OperatorsSnapshot::from)
     }
 
     /// Every analytics metric's current value (admins).
     pub async fn analytics_snapshot(&self, caller: &Caller) -> Result<Vec<Metric>, CallError> {
-        let request = self.request(caller, pb::GetAnalyticsRequest {});
-        self.deadline(self.notification.clone().get_analytics(request))
+        let message = pb::GetAnalyticsRequest {};
+        self.retried(|| {
+            self.notification
+                .clone()
+                .get_analytics(self.request(caller, message.clone()))
+        })
             .await
             .map(|response| response.metrics.into_iter().map(Metric::from).collect())
     }
@@ -436,8 +490,12 @@ impl Services {
             connection: Some(connection.into()),
             order: Some(order.into()),
         };
-        let request = self.request(&Caller::service(), message);
-        self.deadline(self.presence.clone().connection_opened(request))
+        let message = message;
+        self.retried(|| {
+            self.presence
+                .clone()
+                .connection_opened(self.request(&Caller::service(), message.clone()))
+        })
             .await
             .map(|_| ())
     }
@@ -456,8 +514,12 @@ impl Services {
             connection_id: connection_id.to_owned(),
             order: Some(order.into()),
         };
-        let request = self.request(&Caller::service(), message);
-        self.deadline(self.presence.clone().connection_closed(request))
+        let message = message;
+        self.retried(|| {
+            self.presence
+                .clone()
+                .connection_closed(self.request(&Caller::service(), message.clone()))
+        })
             .await
             .map(|_| ())
     }
@@ -475,8 +537,12 @@ impl Services {
             before_message_id: before_id.unwrap_or(0),
             limit: limit.unwrap_or(0),
         };
-        let request = self.request(caller, message);
-        self.deadline(self.chat.clone().get_history(request))
+        let message = message;
+        self.retried(|| {
+            self.chat
+                .clone()
+                .get_history(self.request(caller, message.clone()))
+        })
             .await
             .map(HistoryPage::from)
     }
@@ -492,8 +558,12 @@ impl Services {
             before_dialog_id: before_id.unwrap_or(0),
             limit: limit.unwrap_or(0),
         };
-        let request = self.request(caller, message);
-        self.deadline(self.chat.clone().list_dialogs(request))
+        let message = message;
+        self.retried(|| {
+            self.chat
+                .clone()
+                .list_dialogs(self.request(caller, message.clone()))
+        })
             .await
             .map(DialogPage::from)
     }
@@ -511,13 +581,18 @@ impl Services {
             message_id,
             handoff_position,
         };
-        let request = self.request(caller, message);
-        self.deadline(self.chat.clone().mark_read(request))
+        let message = message;
+        self.retried(|| {
+            self.chat
+                .clone()
+                .mark_read(self.request(caller, message.clone()))
+        })
             .await
             .map(|_| ())
     }
 
     /// Adds `amount` (units) to a user's balance (admins); the new balance.
+    /// Not retried: a repeat would add it twice.
     pub async fn top_up(
         &self,
         caller: &Caller,
@@ -574,14 +649,6 @@ fn frame_key(id: &str, dialog_id: Option<i64>, text: &str) -> String {
         .map(|byte| format!("{byte:02x}"))
         .collect();
     format!("frame:{hex}")
-}
-
-fn retry_policy() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_millis(500))
-        .with_max_times(3)
-        .with_jitter()
 }
 
 #[cfg(test)]

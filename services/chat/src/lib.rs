@@ -38,7 +38,7 @@ pub mod store;
 
 use std::sync::Arc;
 
-use chatai_kit::config::{ServiceAddr, ServiceCommon};
+use chatai_kit::config::{ServiceCommon, ServiceTarget};
 use chatai_kit::grpc::TokenInterceptor;
 use chatai_kit::host::ServiceHost;
 use chatai_proto::v1::chat_server::ChatServer;
@@ -73,7 +73,7 @@ pub enum RunError {
 pub async fn run(
     listener: TcpListener,
     config: ChatConfig,
-    handoff_addr: ServiceAddr,
+    handoff_addr: ServiceTarget,
     common: ServiceCommon,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
@@ -90,10 +90,7 @@ pub async fn run(
         max_message_chars: config.max_message_chars,
         assistant_context: config.assistant_context,
     };
-    let handoff_channel = InterceptedService::new(
-        handoff_addr.channel(&common.auth)?,
-        TokenInterceptor::new(&common.auth),
-    );
+    let handoff_channel = chatai_kit::grpc::service_channel(&handoff_addr, &common.auth)?;
     let handoffs = grpc::GrpcHandoffs::new(handoff_channel.clone());
     let service = ChatService::new(
         store,

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatai_kit::config::{InternalAuth, ServiceAddr};
+use chatai_kit::config::{InternalAuth, ServiceTarget};
 use chatai_kit::events::Recipient;
 use chatai_kit::follow::{Followed, Follower};
 use chatai_kit::grpc::TokenInterceptor;
@@ -50,14 +50,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A lazily connecting channel to presence at `addr` that reconnects by
 /// itself, with the internal token on every call.
 pub fn channel(
-    addr: &ServiceAddr,
+    addr: &ServiceTarget,
     auth: &InternalAuth,
 ) -> Result<PresenceChannel, tonic::transport::Error> {
-    let channel = addr.channel(auth)?;
-    Ok(InterceptedService::new(
-        channel,
-        TokenInterceptor::new(auth),
-    ))
+    chatai_kit::grpc::service_channel(addr, auth)
 }
 
 /// Follows presence until `shutdown`, sending the queue a snapshot after each

@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-use chatai_kit::config::{InternalAuth, ServiceAddr};
+use chatai_kit::config::{InternalAuth, ServiceTarget};
+use chatai_kit::grpc::ServiceChannel;
 use chatai_kit::grpc::TokenInterceptor;
 use chatai_kit::identity::service_request;
 use chatai_kit::timestamps::timestamp_of;
@@ -64,18 +65,14 @@ impl Transcripts for NoTranscripts {
 /// Transcripts read from the chat service.
 #[derive(Debug, Clone)]
 pub struct ChatTranscripts {
-    chat: ChatClient<InterceptedService<Channel, TokenInterceptor>>,
+    chat: ChatClient<ServiceChannel>,
 }
 
 impl ChatTranscripts {
     /// A lazily connecting client of the chat service at `addr`.
-    pub fn new(addr: &ServiceAddr, auth: &InternalAuth) -> Result<Self, tonic::transport::Error> {
-        let channel = addr.channel(auth)?;
+    pub fn new(addr: &ServiceTarget, auth: &InternalAuth) -> Result<Self, tonic::transport::Error> {
         Ok(ChatTranscripts {
-            chat: ChatClient::new(InterceptedService::new(
-                channel,
-                TokenInterceptor::new(auth),
-            )),
+            chat: ChatClient::new(chatai_kit::grpc::service_channel(addr, auth)?),
         })
     }
 }

@@ -20,7 +20,13 @@
 //! - `p:svc:seq:r`, `p:svc:base:r`, `p:svc:log:r`, `p:svc:seen:r` — the
 //!   recipient's event log at that service ([`Namespace::log_key`]);
 //! - channel `p:d:svc:live` — the service's live deliveries
-//!   ([`Namespace::live_channel`]).
+//!   ([`Namespace::live_channel`]);
+//! - `p:gateway:connections:r` — a user's or operator's open connections on
+//!   every gateway, a sorted set by opening time
+//!   ([`Namespace::connections_key`]); `p:gateway:leases` — each gateway's
+//!   lease, a hash ([`Namespace::gateway_leases_key`]); channel
+//!   `p:d:gateway:evict` — connections to close for the limit
+//!   ([`Namespace::evict_channel`]).
 //!
 //! Other parts add their own names as methods here, built with
 //! [`Namespace::key`] and [`Namespace::channel`], never by formatting the
@@ -185,6 +191,21 @@ impl Namespace {
     pub fn live_channel(&self, service: &str) -> String {
         self.channel(&[service, "live"])
     }
+
+    /// `principal`'s open connections on every gateway (the per-user limit).
+    pub fn connections_key(&self, principal: &Recipient) -> String {
+        self.key(&["gateway", "connections", &principal.to_string()])
+    }
+
+    /// Every gateway's lease: until when its connections count.
+    pub fn gateway_leases_key(&self) -> String {
+        self.key(&["gateway", "leases"])
+    }
+
+    /// The channel naming connections their gateway must close (the limit).
+    pub fn evict_channel(&self) -> String {
+        self.channel(&["gateway", "evict"])
+    }
 }
 
 impl fmt::Debug for Namespace {
@@ -239,6 +260,12 @@ mod tests {
             "chatai:handoff:seen:operator:7"
         );
         assert_eq!(names.live_channel("chat"), "chatai:d1:chat:live");
+        assert_eq!(
+            names.connections_key(&Recipient::User(42)),
+            "chatai:gateway:connections:user:42"
+        );
+        assert_eq!(names.gateway_leases_key(), "chatai:gateway:leases");
+        assert_eq!(names.evict_channel(), "chatai:d1:gateway:evict");
         assert_eq!(names.log_pattern("chat"), "chatai:chat:log:*");
         assert_eq!(
             Namespace::new("a*[b]", "d").log_pattern("chat"),
