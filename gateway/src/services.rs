@@ -299,9 +299,9 @@ impl Services {
             handoff_position,
         };
         self.retried(|| {
-            self.chat
-                .clone()
-                .send_message(self.request(caller, message.clone()))
+            let mut client = self.chat.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.send_message(request).await }
         })
         .await
         .map(SentMessage::from)
@@ -323,9 +323,9 @@ impl Services {
         };
         let message = message;
         self.retried(|| {
-            self.chat
-                .clone()
-                .request_handoff(self.request(caller, message.clone()))
+            let mut client = self.chat.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.request_handoff(request).await }
         })
             .await
             .map(HandoffTicket::from)
@@ -335,9 +335,9 @@ impl Services {
     pub async fn check_access(&self, caller: &Caller, dialog_id: i64) -> Result<(), CallError> {
         let message = pb::CheckAccessRequest { dialog_id };
         self.retried(|| {
-            self.chat
-                .clone()
-                .check_access(self.request(caller, message.clone()))
+            let mut client = self.chat.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.check_access(request).await }
         })
             .await
             .map(|_| ())
@@ -355,9 +355,9 @@ impl Services {
         };
         let message = message;
         self.retried(|| {
-            self.presence
-                .clone()
-                .set_status(self.request(caller, message.clone()))
+            let mut client = self.presence.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.set_status(request).await }
         })
             .await
             .map(|info| EffectiveStatus::from(&info))
@@ -375,9 +375,9 @@ impl Services {
             resolution,
         };
         self.retried(|| {
-            self.handoff
-                .clone()
-                .complete_handoff(self.request(caller, message.clone()))
+            let mut client = self.handoff.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.complete_handoff(request).await }
         })
         .await
             .map(CompletedHandoff::from)
@@ -399,9 +399,9 @@ impl Services {
         };
         let message = message;
         self.retried(|| {
-            self.handoff
-                .clone()
-                .transfer_handoff(self.request(caller, message.clone()))
+            let mut client = self.handoff.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.transfer_handoff(request).await }
         })
             .await
             .map(HandoffTicket::from)
@@ -415,9 +415,9 @@ impl Services {
     ) -> Result<HandoffTicket, CallError> {
         let message = pb::ClaimHandoffRequest { dialog_id };
         self.retried(|| {
-            self.handoff
-                .clone()
-                .claim_handoff(self.request(caller, message.clone()))
+            let mut client = self.handoff.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.claim_handoff(request).await }
         })
             .await
             .map(HandoffTicket::from)
@@ -431,9 +431,9 @@ impl Services {
     ) -> Result<HandoffTicket, CallError> {
         let message = pb::CancelHandoffRequest { dialog_id };
         self.retried(|| {
-            self.handoff
-                .clone()
-                .cancel_handoff(self.request(caller, message.clone()))
+            let mut client = self.handoff.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.cancel_handoff(request).await }
         })
             .await
             .map(HandoffTicket::from)
@@ -443,9 +443,9 @@ impl Services {
     pub async fn queue_snapshot(&self, caller: &Caller) -> Result<QueueSnapshot, CallError> {
         let message = pb::ListQueueRequest {};
         self.retried(|| {
-            self.handoff
-                .clone()
-                .list_queue(self.request(caller, message.clone()))
+            let mut client = self.handoff.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.list_queue(request).await }
         })
             .await
             .map(QueueSnapshot::from)
@@ -458,9 +458,9 @@ impl Services {
     ) -> Result<OperatorsSnapshot, CallError> {
         let message = pb::ListOperatorsRequest {};
         self.retried(|| {
-            self.presence
-                .clone()
-                .list_operators(self.request(caller, message.clone()))
+            let mut client = self.presence.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.list_operators(request).await }
         })
             .await
             .map(OperatorsSnapshot::from)
@@ -470,9 +470,9 @@ impl Services {
     pub async fn analytics_snapshot(&self, caller: &Caller) -> Result<Vec<Metric>, CallError> {
         let message = pb::GetAnalyticsRequest {};
         self.retried(|| {
-            self.notification
-                .clone()
-                .get_analytics(self.request(caller, message.clone()))
+            let mut client = self.notification.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.get_analytics(request).await }
         })
             .await
             .map(|response| response.metrics.into_iter().map(Metric::from).collect())
@@ -492,9 +492,9 @@ impl Services {
         };
         let message = message;
         self.retried(|| {
-            self.presence
-                .clone()
-                .connection_opened(self.request(&Caller::service(), message.clone()))
+            let mut client = self.presence.clone();
+            let request = self.request(&Caller::service(), message.clone());
+            async move { client.connection_opened(request).await }
         })
             .await
             .map(|_| ())
@@ -516,9 +516,9 @@ impl Services {
         };
         let message = message;
         self.retried(|| {
-            self.presence
-                .clone()
-                .connection_closed(self.request(&Caller::service(), message.clone()))
+            let mut client = self.presence.clone();
+            let request = self.request(&Caller::service(), message.clone());
+            async move { client.connection_closed(request).await }
         })
             .await
             .map(|_| ())
@@ -539,9 +539,9 @@ impl Services {
         };
         let message = message;
         self.retried(|| {
-            self.chat
-                .clone()
-                .get_history(self.request(caller, message.clone()))
+            let mut client = self.chat.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.get_history(request).await }
         })
             .await
             .map(HistoryPage::from)
@@ -560,9 +560,9 @@ impl Services {
         };
         let message = message;
         self.retried(|| {
-            self.chat
-                .clone()
-                .list_dialogs(self.request(caller, message.clone()))
+            let mut client = self.chat.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.list_dialogs(request).await }
         })
             .await
             .map(DialogPage::from)
@@ -583,9 +583,9 @@ impl Services {
         };
         let message = message;
         self.retried(|| {
-            self.chat
-                .clone()
-                .mark_read(self.request(caller, message.clone()))
+            let mut client = self.chat.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.mark_read(request).await }
         })
             .await
             .map(|_| ())

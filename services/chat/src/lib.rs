@@ -39,12 +39,10 @@ pub mod store;
 use std::sync::Arc;
 
 use chatai_kit::config::{ServiceCommon, ServiceTarget};
-use chatai_kit::grpc::TokenInterceptor;
 use chatai_kit::host::ServiceHost;
 use chatai_proto::v1::chat_server::ChatServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::InterceptedService;
 
 pub use config::ChatConfig;
 pub use error::ChatError;

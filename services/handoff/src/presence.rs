@@ -22,7 +22,6 @@ use std::time::Duration;
 use chatai_kit::config::{InternalAuth, ServiceTarget};
 use chatai_kit::events::Recipient;
 use chatai_kit::follow::{Followed, Follower};
-use chatai_kit::grpc::TokenInterceptor;
 use chatai_kit::identity::{Role, service_request};
 use chatai_kit::pending::{Pending, Sent};
 use chatai_kit::versioned::SnapshotGate;
@@ -30,7 +29,6 @@ use chatai_proto::v1 as pb;
 use chatai_proto::v1::presence_client::PresenceClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::InterceptedService;
 use tonic::{Code, Status};
 
 use crate::directory::{

@@ -13,14 +13,11 @@ use std::time::Duration;
 
 use chatai_kit::config::{InternalAuth, ServiceTarget};
 use chatai_kit::grpc::ServiceChannel;
-use chatai_kit::grpc::TokenInterceptor;
 use chatai_kit::identity::service_request;
 use chatai_kit::timestamps::timestamp_of;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::chat_client::ChatClient;
 use serde::Serialize;
-use tonic::codegen::InterceptedService;
-use tonic::transport::Channel;
 
 /// Messages in a transcript, at most.
 pub const MAX_MESSAGES: u32 = 20;

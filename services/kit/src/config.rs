@@ -219,6 +219,20 @@ impl ServiceTarget {
     }
 }
 
+/// One replica at `addr` (tests; named "service" in logs).
+impl From<ServiceAddr> for ServiceTarget {
+    fn from(addr: ServiceAddr) -> Self {
+        ServiceTarget::single("service", addr)
+    }
+}
+
+/// One replica at `addr` (tests; named "service" in logs).
+impl From<SocketAddr> for ServiceTarget {
+    fn from(addr: SocketAddr) -> Self {
+        ServiceTarget::single("service", addr.into())
+    }
+}
+
 /// Where each service listens (`CHATAI_<PART>_ADDR`) and where the others
 /// connect to it (`CHATAI_<PART>_ADDRS`, its replicas; unset = the one
 /// `_ADDR`).

@@ -50,9 +50,9 @@ impl GrpcHandoffs {
 impl Handoffs for GrpcHandoffs {
     async fn holding(&self, dialog_id: i64) -> Result<Holding, HandoffError> {
         let response = retry_unavailable(|| {
-            self.client
-                .clone()
-                .get_active_handoff(self.request(pb::GetActiveHandoffRequest { dialog_id }))
+            let mut client = self.client.clone();
+            let request = self.request(pb::GetActiveHandoffRequest { dialog_id });
+            async move { client.get_active_handoff(request).await }
         })
         .await?
         .into_inner();
@@ -75,9 +75,9 @@ impl Handoffs for GrpcHandoffs {
         // A repeat of one that went through is refused (the dialog has
         // one): never two handoffs.
         retry_unavailable(|| {
-            self.client
-                .clone()
-                .request_handoff(self.request(message.clone()))
+            let mut client = self.client.clone();
+            let request = self.request(message.clone());
+            async move { client.request_handoff(request).await }
         })
         .await?
         .into_inner()
@@ -90,9 +90,9 @@ impl Handoffs for GrpcHandoffs {
             operator_id,
         };
         retry_unavailable(|| {
-            self.client
-                .clone()
-                .operator_replied(self.request(message.clone()))
+            let mut client = self.client.clone();
+            let request = self.request(message.clone());
+            async move { client.operator_replied(request).await }
         })
         .await?;
         Ok(())
