@@ -123,7 +123,7 @@ fn service_addresses_have_the_accepted_shape() {
 #[test]
 fn two_of_each_part() {
     assert_eq!(
-        COMPOSE.matches("replicas: 2").count(),
+        COMPOSE.matches("\n      replicas: 2\n").count(),
         4,
         "chat, handoff, presence and notification run twice"
     );

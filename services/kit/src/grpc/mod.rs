@@ -64,11 +64,12 @@ impl tonic::service::Interceptor for TokenInterceptor {
 }
 
 /// Runs `call`, and again (up to 3 more times, 50–500 ms apart, with jitter)
-/// while it fails with `UNAVAILABLE`: the one code that says the call was
-/// not taken in (the replica could not be reached, or it is a standby that
-/// is not the leader). [`replicas::Replicas`] passes over the replica that
-/// refused, so the next attempt goes to another. Only for calls a repeat
-/// cannot apply twice (reads, idempotency keys, conditional changes).
+/// while it fails with `UNAVAILABLE`: the call was not taken in (the
+/// replica could not be reached, or it is a standby that is not the
+/// leader), or its replica died before answering (so it may have been
+/// applied). [`replicas::Replicas`] passes over the replica that failed, so
+/// the next attempt goes to another. Only for calls a repeat cannot apply
+/// twice (reads, idempotency keys, changes conditional on the state).
 pub async fn retry_unavailable<T, F, Fut>(call: F) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Fut,

@@ -20,7 +20,8 @@
 //!   its replica, or that the replica answers `UNAVAILABLE` (refused, or a
 //!   standby's "not the leader"), marks that replica *failed* for a few
 //!   seconds, so a retry by the caller (which only retries `UNAVAILABLE`)
-//!   goes to another one.
+//!   goes to another one. A call that got no answer at all (refused, or its
+//!   connection broke mid-call) fails with `UNAVAILABLE`.
 //!
 //! A stream (`EventStream/Attach`) is one call: it stays on the replica it
 //! was opened on, and its owner opens a new one, on a replica picked again,
@@ -261,17 +262,27 @@ impl tower::Service<http::Request<tonic::body::Body>> for Replicas {
                 Ok(mut channel) => tower::Service::call(&mut channel, request).await,
                 Err(err) => Err(err),
             };
-            match &result {
+            match result {
+                // No answer: the replica could not be reached, or its
+                // connection broke before it answered (killed mid-call).
+                // Both are UNAVAILABLE, as in grpc-go and grpc-java (tonic
+                // would say UNKNOWN for the second), so callers retry them
+                // where a repeat is safe.
                 Err(err) => {
                     shared.failed(&replica, &err.to_string());
                     shared.resolve_now.notify_one();
+                    Err(Box::new(tonic::Status::unavailable(format!(
+                        "{} replica {}: {err}",
+                        shared.service, replica.addr
+                    ))) as BoxError)
                 }
-                Ok(response) if is_unavailable(response) => {
-                    shared.failed(&replica, "UNAVAILABLE");
+                Ok(response) => {
+                    if is_unavailable(&response) {
+                        shared.failed(&replica, "UNAVAILABLE");
+                    }
+                    Ok(response)
                 }
-                Ok(_) => {}
             }
-            result.map_err(Into::into)
         })
     }
 }
