@@ -195,7 +195,9 @@ impl Cluster {
             .keys
             .mint(id, role, None, Duration::from_secs(600))
             .expect("a token");
-        connect_at(self.gateways[gateway], &token, id, role, "").await.0
+        connect_at(self.gateways[gateway], &token, id, role, "")
+            .await
+            .0
     }
 }
 
@@ -219,7 +221,9 @@ async fn send(client: &mut WsClient, reference: &str, dialog_id: i64, text: &str
 /// The ids of the messages of `dialog_id`'s history (its latest 100).
 async fn stored(client: &mut WsClient, dialog_id: i64) -> Vec<i64> {
     let page = client
-        .request(json!({"type": "get_history", "id": "history", "dialog_id": dialog_id, "limit": 100}))
+        .request(
+            json!({"type": "get_history", "id": "history", "dialog_id": dialog_id, "limit": 100}),
+        )
         .await;
     assert_eq!(page["type"], "ack", "{page}");
     page["messages"]
@@ -270,15 +274,31 @@ async fn a_chat_replica_killed_while_clients_send_loses_nothing_acknowledged() {
 
     let mut first = cluster.connect(0, 2301, Role::User).await;
     let mut second = cluster.connect(1, 2302, Role::User).await;
-    let (ack, _) = first.chat_and_answer("open", None, common::FAQ_QUESTION).await;
+    let (ack, _) = first
+        .chat_and_answer("open", None, common::FAQ_QUESTION)
+        .await;
     let first_dialog = ack["dialog_id"].as_i64().expect("a dialog");
-    let (ack, _) = second.chat_and_answer("open", None, common::FAQ_QUESTION).await;
+    let (ack, _) = second
+        .chat_and_answer("open", None, common::FAQ_QUESTION)
+        .await;
     let second_dialog = ack["dialog_id"].as_i64().expect("a dialog");
 
     const EACH: usize = 40;
     let (progress, mut sent) = tokio::sync::mpsc::channel(2 * EACH);
-    let first_task = tokio::spawn(keep_sending(first, "first", first_dialog, EACH, progress.clone()));
-    let second_task = tokio::spawn(keep_sending(second, "second", second_dialog, EACH, progress));
+    let first_task = tokio::spawn(keep_sending(
+        first,
+        "first",
+        first_dialog,
+        EACH,
+        progress.clone(),
+    ));
+    let second_task = tokio::spawn(keep_sending(
+        second,
+        "second",
+        second_dialog,
+        EACH,
+        progress,
+    ));
     // A quarter of the way in, with both clients mid-stream, one replica
     // goes without a goodbye.
     for _ in 0..EACH / 2 {
@@ -361,13 +381,9 @@ async fn a_sixth_connection_on_another_gateway_closes_the_oldest() {
         on_first.push(cluster.connect(0, 2321, Role::User).await);
     }
     let mut sixth = cluster.connect(1, 2321, Role::User).await;
-    on_first[0]
-        .expect_close(4004, "Too many connections")
-        .await;
+    on_first[0].expect_close(4004, "Too many connections").await;
     let mut seventh = cluster.connect(1, 2321, Role::User).await;
-    on_first[1]
-        .expect_close(4004, "Too many connections")
-        .await;
+    on_first[1].expect_close(4004, "Too many connections").await;
     // The newest of them all still answer.
     sixth.assert_quiet_and_open("six").await;
     seventh.assert_quiet_and_open("seven").await;

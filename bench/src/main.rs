@@ -108,7 +108,10 @@ fn main() -> anyhow::Result<()> {
         cli.target.gateway
     );
     anyhow::ensure!(
-        cli.target.also_gateways.iter().all(|g| g.ip().is_loopback()),
+        cli.target
+            .also_gateways
+            .iter()
+            .all(|g| g.ip().is_loopback()),
         "chatai-load only talks to gateways on this machine (loopback addresses)"
     );
     let nofile = raise_nofile_limit();

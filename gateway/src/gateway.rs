@@ -70,6 +70,10 @@ pub struct Gateway {
     pub limit: SharedLimit,
     /// When this gateway started.
     pub started: std::time::Instant,
+    /// The live SSE streams, for `POST /api/frames` to reach.
+    pub streams: crate::sse::Streams,
+    /// The rate limit of frames posted without a stream, per caller.
+    pub caller_limits: crate::http_frames::CallerLimits,
 }
 
 /// The tasks that talk to the services in the background (event streams,
@@ -95,7 +99,10 @@ impl Gateway {
         let registry = Arc::new(Registry::new(gateway_id));
         // Each service's replicas (`CHATAI_<PART>_ADDRS`, else `_ADDR`).
         let channel = |part: Part| -> Result<ServiceChannel, GatewayError> {
-            Ok(chatai_kit::grpc::service_channel(&addrs.target(part), auth)?)
+            Ok(chatai_kit::grpc::service_channel(
+                &addrs.target(part),
+                auth,
+            )?)
         };
         let chat = channel(Part::Chat)?;
         let handoff = channel(Part::Handoff)?;
@@ -165,8 +172,11 @@ impl Gateway {
                 "CHATAI_MAX_CONNECTIONS and CHATAI_MAX_UNFINISHED exceed the descriptor limit: a full gateway may stop answering health checks"
             );
         }
+        let caller_limits = crate::http_frames::CallerLimits::new(&config);
         Ok(Arc::new(Gateway {
             verifier,
+            caller_limits,
+            streams: Default::default(),
             config,
             registry,
             upstreams,

@@ -256,7 +256,9 @@ impl Services {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         chatai_kit::grpc::retry_unavailable(|| async {
-            self.deadline(call()).await.map_err(|CallError(status)| status)
+            self.deadline(call())
+                .await
+                .map_err(|CallError(status)| status)
         })
         .await
         .map_err(CallError)
@@ -327,8 +329,8 @@ impl Services {
             let request = self.request(caller, message.clone());
             async move { client.request_handoff(request).await }
         })
-            .await
-            .map(HandoffTicket::from)
+        .await
+        .map(HandoffTicket::from)
     }
 
     /// Whether the caller may see the dialog (for `dialog:{id}` rooms).
@@ -339,8 +341,8 @@ impl Services {
             let request = self.request(caller, message.clone());
             async move { client.check_access(request).await }
         })
-            .await
-            .map(|_| ())
+        .await
+        .map(|_| ())
     }
 
     /// An operator's chosen status; returns their effective status.
@@ -359,8 +361,8 @@ impl Services {
             let request = self.request(caller, message.clone());
             async move { client.set_status(request).await }
         })
-            .await
-            .map(|info| EffectiveStatus::from(&info))
+        .await
+        .map(|info| EffectiveStatus::from(&info))
     }
 
     /// The holding operator ends a handoff.
@@ -380,7 +382,7 @@ impl Services {
             async move { client.complete_handoff(request).await }
         })
         .await
-            .map(CompletedHandoff::from)
+        .map(CompletedHandoff::from)
     }
 
     /// The holding operator hands the dialog to `to_operator_id`, or back to
@@ -403,8 +405,8 @@ impl Services {
             let request = self.request(caller, message.clone());
             async move { client.transfer_handoff(request).await }
         })
-            .await
-            .map(HandoffTicket::from)
+        .await
+        .map(HandoffTicket::from)
     }
 
     /// An operator takes a queued dialog out of order.
@@ -419,8 +421,8 @@ impl Services {
             let request = self.request(caller, message.clone());
             async move { client.claim_handoff(request).await }
         })
-            .await
-            .map(HandoffTicket::from)
+        .await
+        .map(HandoffTicket::from)
     }
 
     /// The dialog's owner withdraws its handoff while it waits.
@@ -435,8 +437,8 @@ impl Services {
             let request = self.request(caller, message.clone());
             async move { client.cancel_handoff(request).await }
         })
-            .await
-            .map(HandoffTicket::from)
+        .await
+        .map(HandoffTicket::from)
     }
 
     /// The waiting handoffs as of a queue version.
@@ -447,8 +449,8 @@ impl Services {
             let request = self.request(caller, message.clone());
             async move { client.list_queue(request).await }
         })
-            .await
-            .map(QueueSnapshot::from)
+        .await
+        .map(QueueSnapshot::from)
     }
 
     /// Every operator presence knows, as of a presence version.
@@ -462,8 +464,8 @@ impl Services {
             let request = self.request(caller, message.clone());
             async move { client.list_operators(request).await }
         })
-            .await
-            .map(OperatorsSnapshot::from)
+        .await
+        .map(OperatorsSnapshot::from)
     }
 
     /// Every analytics metric's current value (admins).
@@ -474,8 +476,29 @@ impl Services {
             let request = self.request(caller, message.clone());
             async move { client.get_analytics(request).await }
         })
+        .await
+        .map(|response| response.metrics.into_iter().map(Metric::from).collect())
+    }
+
+    /// Sends a `system_alert` to every connected client (admins); its event id.
+    pub async fn system_alert(
+        &self,
+        caller: &Caller,
+        severity: &str,
+        message: &str,
+        affected_services: &[String],
+    ) -> Result<String, CallError> {
+        let request = self.request(
+            caller,
+            pb::SystemAlertRequest {
+                severity: severity.to_owned(),
+                message: message.to_owned(),
+                affected_services: affected_services.to_vec(),
+            },
+        );
+        self.deadline(self.notification.clone().system_alert(request))
             .await
-            .map(|response| response.metrics.into_iter().map(Metric::from).collect())
+            .map(|response| response.event_id)
     }
 
     /// Tells the presence service an operator connection opened.
@@ -496,8 +519,8 @@ impl Services {
             let request = self.request(&Caller::service(), message.clone());
             async move { client.connection_opened(request).await }
         })
-            .await
-            .map(|_| ())
+        .await
+        .map(|_| ())
     }
 
     /// Tells the presence service an operator connection closed.
@@ -520,8 +543,8 @@ impl Services {
             let request = self.request(&Caller::service(), message.clone());
             async move { client.connection_closed(request).await }
         })
-            .await
-            .map(|_| ())
+        .await
+        .map(|_| ())
     }
 
     /// A page of a dialog's history (`limit` `None`: the default page).
@@ -543,8 +566,8 @@ impl Services {
             let request = self.request(caller, message.clone());
             async move { client.get_history(request).await }
         })
-            .await
-            .map(HistoryPage::from)
+        .await
+        .map(HistoryPage::from)
     }
 
     /// A page of the dialogs the caller may read.
@@ -564,8 +587,8 @@ impl Services {
             let request = self.request(caller, message.clone());
             async move { client.list_dialogs(request).await }
         })
-            .await
-            .map(DialogPage::from)
+        .await
+        .map(DialogPage::from)
     }
 
     /// The caller read a dialog up to `message_id`; the other side is told.
@@ -587,8 +610,8 @@ impl Services {
             let request = self.request(caller, message.clone());
             async move { client.mark_read(request).await }
         })
-            .await
-            .map(|_| ())
+        .await
+        .map(|_| ())
     }
 
     /// Adds `amount` (units) to a user's balance (admins); the new balance.

@@ -274,7 +274,8 @@ impl Task {
             .set_max_delay(Duration::from_millis(500))
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(3)));
-        let mut connection = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        let mut connection =
+            ConnectionManager::new_with_config(self.client.clone(), config).await?;
         let names = Namespace::resolve(&mut connection, &self.prefix)
             .await
             .map_err(|err| match err {

@@ -64,7 +64,9 @@ impl ServiceAddr {
 
     /// The host: a name, or an IP address (`[::1]` with its brackets).
     pub fn host(&self) -> &str {
-        self.0.rsplit_once(':').map_or(self.0.as_str(), |(host, _)| host)
+        self.0
+            .rsplit_once(':')
+            .map_or(self.0.as_str(), |(host, _)| host)
     }
 
     /// The `http://` URI a gRPC client connects to.

@@ -17,8 +17,7 @@ pub use server::{ServeError, serve};
 
 /// A channel to a service's replicas with the internal token on every call:
 /// what every client of a service is built on.
-pub type ServiceChannel =
-    tonic::codegen::InterceptedService<replicas::Replicas, TokenInterceptor>;
+pub type ServiceChannel = tonic::codegen::InterceptedService<replicas::Replicas, TokenInterceptor>;
 
 /// Connects to `target`'s replicas with `auth`'s token and TLS.
 pub fn service_channel(

@@ -138,7 +138,10 @@ impl Replicas {
     /// Starts resolving `target` and watching its replicas' health (on the
     /// current tokio runtime). Entries that are IP addresses are replicas at
     /// once; names are resolved by the resolver task.
-    pub fn start(target: &ServiceTarget, auth: &InternalAuth) -> Result<Self, tonic::transport::Error> {
+    pub fn start(
+        target: &ServiceTarget,
+        auth: &InternalAuth,
+    ) -> Result<Self, tonic::transport::Error> {
         // Fails now, not at the first call, on a setting that cannot work.
         for entry in target.targets.entries() {
             crate::config::endpoint(entry.as_str(), None, auth)?;
@@ -212,10 +215,11 @@ impl Shared {
             (false, true) => 3,
         };
         let best = replicas.iter().map(|r| class(r)).min()?;
-        let candidates: Vec<&Arc<Replica>> =
-            replicas.iter().filter(|r| class(r) == best).collect();
+        let candidates: Vec<&Arc<Replica>> = replicas.iter().filter(|r| class(r) == best).collect();
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        candidates.get(turn % candidates.len()).map(|r| Arc::clone(r))
+        candidates
+            .get(turn % candidates.len())
+            .map(|r| Arc::clone(r))
     }
 
     fn failed(&self, replica: &Replica, cause: &str) {
@@ -548,9 +552,7 @@ mod tests {
             resolve_every: Duration::from_millis(50),
             resolver: Arc::new(fake.clone()),
         };
-        target
-            .connect(&InternalAuth::default())
-            .expect("a channel")
+        target.connect(&InternalAuth::default()).expect("a channel")
     }
 
     /// A unary call through the set: who answered is not visible, so the
@@ -601,7 +603,11 @@ mod tests {
 
         fake.fail(NAME);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(addrs(&channel.replicas()), both, "kept through a DNS failure");
+        assert_eq!(
+            addrs(&channel.replicas()),
+            both,
+            "kept through a DNS failure"
+        );
 
         fake.set(NAME, [b.addr]);
         until(&channel, |view| addrs(view) == vec![b.addr]).await;
@@ -631,7 +637,9 @@ mod tests {
         })
         .await;
         for _ in 0..10 {
-            check(&channel).await.expect("every call reaches the live replica");
+            check(&channel)
+                .await
+                .expect("every call reaches the live replica");
         }
         b.kill().await;
     }
