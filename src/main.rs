@@ -62,6 +62,8 @@ struct AllInOne {
     common: ServiceCommon,
 }
 
+// Parsed once at start and taken apart at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the WebSocket gateway alone.

@@ -323,7 +323,6 @@ impl Services {
             reason,
             priority: pb::Priority::from(priority) as i32,
         };
-        let message = message;
         self.retried(|| {
             let mut client = self.chat.clone();
             let request = self.request(caller, message.clone());
@@ -338,7 +337,7 @@ impl Services {
         let message = pb::CheckAccessRequest { dialog_id };
         self.retried(|| {
             let mut client = self.chat.clone();
-            let request = self.request(caller, message.clone());
+            let request = self.request(caller, message);
             async move { client.check_access(request).await }
         })
         .await
@@ -355,10 +354,9 @@ impl Services {
             operator_id: caller.id,
             status: pb::OperatorStatus::from(status) as i32,
         };
-        let message = message;
         self.retried(|| {
             let mut client = self.presence.clone();
-            let request = self.request(caller, message.clone());
+            let request = self.request(caller, message);
             async move { client.set_status(request).await }
         })
         .await
@@ -399,7 +397,6 @@ impl Services {
             to_operator_id: to_operator_id.unwrap_or(0),
             reason,
         };
-        let message = message;
         self.retried(|| {
             let mut client = self.handoff.clone();
             let request = self.request(caller, message.clone());
@@ -418,7 +415,7 @@ impl Services {
         let message = pb::ClaimHandoffRequest { dialog_id };
         self.retried(|| {
             let mut client = self.handoff.clone();
-            let request = self.request(caller, message.clone());
+            let request = self.request(caller, message);
             async move { client.claim_handoff(request).await }
         })
         .await
@@ -434,7 +431,7 @@ impl Services {
         let message = pb::CancelHandoffRequest { dialog_id };
         self.retried(|| {
             let mut client = self.handoff.clone();
-            let request = self.request(caller, message.clone());
+            let request = self.request(caller, message);
             async move { client.cancel_handoff(request).await }
         })
         .await
@@ -446,7 +443,7 @@ impl Services {
         let message = pb::ListQueueRequest {};
         self.retried(|| {
             let mut client = self.handoff.clone();
-            let request = self.request(caller, message.clone());
+            let request = self.request(caller, message);
             async move { client.list_queue(request).await }
         })
         .await
@@ -461,7 +458,7 @@ impl Services {
         let message = pb::ListOperatorsRequest {};
         self.retried(|| {
             let mut client = self.presence.clone();
-            let request = self.request(caller, message.clone());
+            let request = self.request(caller, message);
             async move { client.list_operators(request).await }
         })
         .await
@@ -473,7 +470,7 @@ impl Services {
         let message = pb::GetAnalyticsRequest {};
         self.retried(|| {
             let mut client = self.notification.clone();
-            let request = self.request(caller, message.clone());
+            let request = self.request(caller, message);
             async move { client.get_analytics(request).await }
         })
         .await
@@ -513,7 +510,6 @@ impl Services {
             connection: Some(connection.into()),
             order: Some(order.into()),
         };
-        let message = message;
         self.retried(|| {
             let mut client = self.presence.clone();
             let request = self.request(&Caller::service(), message.clone());
@@ -537,7 +533,6 @@ impl Services {
             connection_id: connection_id.to_owned(),
             order: Some(order.into()),
         };
-        let message = message;
         self.retried(|| {
             let mut client = self.presence.clone();
             let request = self.request(&Caller::service(), message.clone());
@@ -560,10 +555,9 @@ impl Services {
             before_message_id: before_id.unwrap_or(0),
             limit: limit.unwrap_or(0),
         };
-        let message = message;
         self.retried(|| {
             let mut client = self.chat.clone();
-            let request = self.request(caller, message.clone());
+            let request = self.request(caller, message);
             async move { client.get_history(request).await }
         })
         .await
@@ -581,10 +575,9 @@ impl Services {
             before_dialog_id: before_id.unwrap_or(0),
             limit: limit.unwrap_or(0),
         };
-        let message = message;
         self.retried(|| {
             let mut client = self.chat.clone();
-            let request = self.request(caller, message.clone());
+            let request = self.request(caller, message);
             async move { client.list_dialogs(request).await }
         })
         .await
@@ -604,10 +597,9 @@ impl Services {
             message_id,
             handoff_position,
         };
-        let message = message;
         self.retried(|| {
             let mut client = self.chat.clone();
-            let request = self.request(caller, message.clone());
+            let request = self.request(caller, message);
             async move { client.mark_read(request).await }
         })
         .await

@@ -91,7 +91,7 @@ impl Handoffs for GrpcHandoffs {
         };
         retry_unavailable(|| {
             let mut client = self.client.clone();
-            let request = self.request(message.clone());
+            let request = self.request(message);
             async move { client.operator_replied(request).await }
         })
         .await?;
