@@ -17,8 +17,9 @@ use std::time::Duration;
 use anyhow::Context;
 use chatai_chat::ChatConfig;
 use chatai_gateway::GatewayConfig;
+use chatai_gateway::shared_limit::LimitRedis;
 use chatai_handoff::HandoffConfig;
-use chatai_kit::config::{InternalAuth, ServiceAddrs, ServiceCommon, TelemetryConfig};
+use chatai_kit::config::{InternalAuth, Part, ServiceAddrs, ServiceCommon, TelemetryConfig};
 use chatai_kit::identity::Role;
 use chatai_kit::internal_auth::TOKEN_FILE;
 use chatai_kit::shutdown::ShutdownConfig;
@@ -64,6 +65,8 @@ struct AllInOne {
     common: ServiceCommon,
 }
 
+// Parsed once at start and taken apart at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the WebSocket gateway alone.
@@ -74,6 +77,8 @@ enum Command {
         addrs: ServiceAddrs,
         #[command(flatten)]
         auth: InternalAuth,
+        #[command(flatten)]
+        redis: LimitRedis,
     },
     /// Run the chat service alone.
     Chat {
@@ -270,10 +275,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Some(Command::Gateway {
-            gateway,
+            mut gateway,
             addrs,
             auth,
+            redis,
         }) => {
+            gateway.redis = redis;
             let listener = chatai::bind(gateway.listen, "gateway").await?;
             let gateway = chatai_gateway::run(listener, gateway, addrs, auth, shutdown.clone());
             chatai::spawn_part(&mut parts, "gateway", gateway);
@@ -284,7 +291,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             common,
         }) => {
             let listener = chatai::bind_service(&addrs.chat, "chat").await?;
-            let chat = chatai_chat::run(listener, chat, addrs.handoff, common, shutdown.clone());
+            let chat = chatai_chat::run(
+                listener,
+                chat,
+                addrs.target(Part::Handoff),
+                common,
+                shutdown.clone(),
+            );
             chatai::spawn_part(&mut parts, "chat", chat);
         }
         Some(Command::Handoff { handoff, args }) => {
@@ -292,8 +305,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let handoff = chatai_handoff::run(
                 listener,
                 handoff,
-                args.addrs.presence,
-                Some(args.addrs.chat),
+                args.addrs.target(Part::Presence),
+                Some(args.addrs.target(Part::Chat)),
                 args.common,
                 shutdown.clone(),
             );

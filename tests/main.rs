@@ -9,6 +9,7 @@
 
 mod common;
 
+mod addressing;
 mod analytics;
 mod auth;
 mod bad_input;

@@ -186,6 +186,11 @@ pub struct GatewayConfig {
         default_value = ""
     )]
     pub allowed_origins: AllowedOrigins,
+    /// Redis for the per-user limit across gateways: not a flag of its own
+    /// here (the all-in-one's services own `CHATAI_REDIS_URL`); the binary
+    /// sets it from the gateway command's flags or the services' settings.
+    #[arg(skip)]
+    pub redis: crate::shared_limit::LimitRedis,
 }
 
 /// Shown in logs and panics without the JWT secret.
@@ -223,6 +228,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("allowed_origins", &self.allowed_origins)
+            .field("redis", &self.redis)
             .finish()
     }
 }

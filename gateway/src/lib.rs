@@ -31,6 +31,8 @@
 //!   services' logs (`connection/catch_up.rs`) and the client's requests
 //!   (`connection/requests.rs`).
 //! - [`registry`] — every open connection, by recipient; event fan-out.
+//! - [`shared_limit`] — the per-user connection limit across gateways
+//!   (Redis).
 //! - [`reporting`] — connection events and counts for the notification
 //!   service's analytics.
 //! - [`upstream`] — the `EventStream` actors, one per service, and replay.
@@ -66,6 +68,7 @@ pub mod registry;
 pub mod reporting;
 pub mod service_id;
 pub mod services;
+pub mod shared_limit;
 pub mod sse;
 pub mod tls;
 pub mod upstream;

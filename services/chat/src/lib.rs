@@ -38,13 +38,11 @@ pub mod store;
 
 use std::sync::Arc;
 
-use chatai_kit::config::{ServiceAddr, ServiceCommon};
-use chatai_kit::grpc::TokenInterceptor;
+use chatai_kit::config::{ServiceCommon, ServiceTarget};
 use chatai_kit::host::ServiceHost;
 use chatai_proto::v1::chat_server::ChatServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::InterceptedService;
 
 pub use config::ChatConfig;
 pub use error::ChatError;
@@ -73,7 +71,7 @@ pub enum RunError {
 pub async fn run(
     listener: TcpListener,
     config: ChatConfig,
-    handoff_addr: ServiceAddr,
+    handoff_addr: ServiceTarget,
     common: ServiceCommon,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
@@ -90,10 +88,7 @@ pub async fn run(
         max_message_chars: config.max_message_chars,
         assistant_context: config.assistant_context,
     };
-    let handoff_channel = InterceptedService::new(
-        handoff_addr.channel(&common.auth)?,
-        TokenInterceptor::new(&common.auth),
-    );
+    let handoff_channel = chatai_kit::grpc::service_channel(&handoff_addr, &common.auth)?;
     let handoffs = grpc::GrpcHandoffs::new(handoff_channel.clone());
     let service = ChatService::new(
         store,

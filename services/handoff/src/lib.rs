@@ -44,7 +44,7 @@ pub mod transcripts;
 
 use std::sync::Arc;
 
-use chatai_kit::config::{ServiceAddr, ServiceCommon};
+use chatai_kit::config::{ServiceCommon, ServiceTarget};
 use chatai_kit::host::ServiceHost;
 use chatai_proto::v1::handoff_server::HandoffServer;
 use tokio::net::TcpListener;
@@ -81,8 +81,8 @@ pub enum RunError {
 pub async fn run(
     listener: TcpListener,
     config: HandoffConfig,
-    presence_addr: ServiceAddr,
-    chat_addr: Option<ServiceAddr>,
+    presence_addr: ServiceTarget,
+    chat_addr: Option<ServiceTarget>,
     common: ServiceCommon,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {

@@ -25,6 +25,12 @@
 //!   `p:presence:timers`, `p:presence:version` — the presence state every
 //!   presence replica shares ([`Namespace::presence_key`], described in
 //!   the presence crate's `state::redis`).
+//! - `p:gateway:connections:r` — a user's or operator's open connections on
+//!   every gateway, a sorted set by opening time
+//!   ([`Namespace::connections_key`]); `p:gateway:leases` — each gateway's
+//!   lease, a hash ([`Namespace::gateway_leases_key`]); channel
+//!   `p:d:gateway:evict` — connections to close for the limit
+//!   ([`Namespace::evict_channel`]).
 //!
 //! Other parts add their own names as methods here, built with
 //! [`Namespace::key`] and [`Namespace::channel`], never by formatting the
@@ -221,6 +227,21 @@ impl Namespace {
     pub fn live_channel(&self, service: &str) -> String {
         self.channel(&[service, "live"])
     }
+
+    /// `principal`'s open connections on every gateway (the per-user limit).
+    pub fn connections_key(&self, principal: &Recipient) -> String {
+        self.key(&["gateway", "connections", &principal.to_string()])
+    }
+
+    /// Every gateway's lease: until when its connections count.
+    pub fn gateway_leases_key(&self) -> String {
+        self.key(&["gateway", "leases"])
+    }
+
+    /// The channel naming connections their gateway must close (the limit).
+    pub fn evict_channel(&self) -> String {
+        self.channel(&["gateway", "evict"])
+    }
 }
 
 impl fmt::Debug for Namespace {
@@ -283,6 +304,12 @@ mod tests {
             names.presence_key(PresenceKey::Version),
             "chatai:presence:version"
         );
+        assert_eq!(
+            names.connections_key(&Recipient::User(42)),
+            "chatai:gateway:connections:user:42"
+        );
+        assert_eq!(names.gateway_leases_key(), "chatai:gateway:leases");
+        assert_eq!(names.evict_channel(), "chatai:d1:gateway:evict");
         assert_eq!(names.log_pattern("chat"), "chatai:chat:log:*");
         assert_eq!(
             Namespace::new("a*[b]", "d").log_pattern("chat"),

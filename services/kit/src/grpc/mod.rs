@@ -1,15 +1,34 @@
 //! gRPC plumbing shared by every process. Always: [`TokenInterceptor`], which
 //! puts the internal token and the trace context on outgoing calls (the
-//! gateway's and the services' clients). With the `server` feature: the gRPC
-//! server every service runs (`serve`), in `server.rs`.
+//! gateway's and the services' clients); [`replicas`], the channel over every
+//! replica of a service that those clients use, found by a
+//! [`resolver::Resolver`]. With the `server` feature: the gRPC server every
+//! service runs (`serve`), in `server.rs`.
 
 use crate::config::InternalAuth;
 use crate::telemetry;
 
+pub mod replicas;
+pub mod resolver;
 #[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "server")]
 pub use server::{ServeError, serve};
+
+/// A channel to a service's replicas with the internal token on every call:
+/// what every client of a service is built on.
+pub type ServiceChannel = tonic::codegen::InterceptedService<replicas::Replicas, TokenInterceptor>;
+
+/// Connects to `target`'s replicas with `auth`'s token and TLS.
+pub fn service_channel(
+    target: &crate::config::ServiceTarget,
+    auth: &InternalAuth,
+) -> Result<ServiceChannel, tonic::transport::Error> {
+    Ok(tonic::codegen::InterceptedService::new(
+        target.connect(auth)?,
+        TokenInterceptor::new(auth),
+    ))
+}
 
 /// Adds the internal token to outgoing calls: the client-side half of
 /// `serve`'s check, for gateways and internal callers.
@@ -41,4 +60,28 @@ impl tonic::service::Interceptor for TokenInterceptor {
         telemetry::inject_current(request.metadata_mut());
         Ok(request)
     }
+}
+
+/// Runs `call`, and again (up to 3 more times, 50–500 ms apart, with jitter)
+/// while it fails with `UNAVAILABLE`: the call was not taken in (the
+/// replica could not be reached, or it is a standby that is not the
+/// leader), or its replica died before answering (so it may have been
+/// applied). [`replicas::Replicas`] passes over the replica that failed, so
+/// the next attempt goes to another. Only for calls a repeat cannot apply
+/// twice (reads, idempotency keys, changes conditional on the state).
+pub async fn retry_unavailable<T, F, Fut>(call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    use backon::Retryable;
+    call.retry(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(50))
+            .with_max_delay(std::time::Duration::from_millis(500))
+            .with_max_times(3)
+            .with_jitter(),
+    )
+    .when(|status: &tonic::Status| status.code() == tonic::Code::Unavailable)
+    .await
 }
