@@ -198,6 +198,7 @@ mod tests {
             async move {
                 serve(
                     listener,
+                    "test",
                     routes,
                     reporter,
                     &["chatai.v1.Test"],
