@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::common::free_addr;
 use crate::common::deployment::{Deployment, INTERNAL_TOKEN, Redis, START};
+use crate::common::free_addr;
 use chatai_kit::identity::{Caller, Role};
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::presence_client::PresenceClient;
