@@ -1,212 +1,104 @@
-//! Several replicas of a part, found through `CHATAI_<PART>_ADDRS` (issue
-//! 13, items 3 and 4): two gateways and two chat replicas, each its own
-//! process, on PostgreSQL and a Redis of the test's own. A chat replica
-//! killed while clients on both gateways send loses nothing acknowledged; a
-//! user on one gateway and an operator on the other go through a whole
-//! handoff; a user's sixth connection, on the other gateway, closes the
+//! Several replicas of every part, found through `CHATAI_<PART>_ADDRS`
+//! (issue 13): two gateways and two replicas of each service (chat,
+//! handoff, presence, notification), each its own process, on PostgreSQL
+//! and a Redis of the test's own. A chat replica killed while clients on
+//! both gateways send loses nothing acknowledged; a user on one gateway and
+//! an operator on the other go through a whole handoff with two replicas of
+//! everything; a user's sixth connection, on the other gateway, closes the
 //! oldest (4004).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
 
-use crate::common::{self, WsClient, connect_at, free_addr};
+use crate::common::deployment::{Deployment, Redis};
+use crate::common::{self, WsClient, free_addr};
 use chatai_kit::identity::Role;
 use chatai_testkit::TestDatabase;
-use chatai_tokens::TokenKeys;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 
-const JWT_SECRET: &str = "addressing-test-secret-of-32-bytes-or-more";
-const INTERNAL_TOKEN: &str = "addressing-internal-token";
+/// Each service, run twice: its part, the replicas' names, the variable it
+/// listens on and the one the others find both replicas by.
+const SERVICES: [(&str, [&str; 2], &str, &str); 4] = [
+    (
+        "chat",
+        ["chat-1", "chat-2"],
+        "CHATAI_CHAT_ADDR",
+        "CHATAI_CHAT_ADDRS",
+    ),
+    (
+        "handoff",
+        ["handoff-1", "handoff-2"],
+        "CHATAI_HANDOFF_ADDR",
+        "CHATAI_HANDOFF_ADDRS",
+    ),
+    (
+        "presence",
+        ["presence-1", "presence-2"],
+        "CHATAI_PRESENCE_ADDR",
+        "CHATAI_PRESENCE_ADDRS",
+    ),
+    (
+        "notification",
+        ["notification-1", "notification-2"],
+        "CHATAI_NOTIFICATION_ADDR",
+        "CHATAI_NOTIFICATION_ADDRS",
+    ),
+];
 
-/// How long a freshly started process may take to become healthy.
-const START: Duration = Duration::from_secs(30);
-
-/// A `redis-server` of the test's own.
-struct Redis {
-    port: u16,
-    _child: Child,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let port = free_addr().port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server (scripts/test installs it) starts");
-        let deadline = tokio::time::Instant::now() + START;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(tokio::time::Instant::now() < deadline, "Redis listens");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Redis {
-            port,
-            _child: child,
-        }
-    }
-}
-
-/// Two gateways and two chat replicas, one handoff, presence and
-/// notification: every part a process of its own, named (`gateway-1`,
-/// `chat-2`…), configured only by the environment.
+/// Two gateways and two replicas of every service, every part a process of
+/// its own, named (`gateway-1`, `chat-2`…), each finding the others through
+/// `CHATAI_<PART>_ADDRS`.
 struct Cluster {
-    env: Vec<(&'static str, String)>,
+    deployment: Deployment,
     gateways: [SocketAddr; 2],
-    chats: [SocketAddr; 2],
-    logs: tempfile::TempDir,
-    children: HashMap<&'static str, Child>,
-    keys: TokenKeys,
-    http: reqwest::Client,
 }
 
 impl Cluster {
     async fn start(database_url: &str, redis: &Redis) -> Cluster {
-        let chats = [free_addr(), free_addr()];
-        let env = vec![
-            ("CHATAI_DATABASE_URL", database_url.to_owned()),
-            ("CHATAI_INTERNAL_TOKEN", INTERNAL_TOKEN.to_owned()),
-            ("CHATAI_JWT_SECRET", JWT_SECRET.to_owned()),
-            (
-                "CHATAI_REDIS_URL",
-                format!("redis://127.0.0.1:{}", redis.port),
-            ),
-            ("CHATAI_REDIS_PREFIX", "addressing".to_owned()),
-            // Where every part finds the chat replicas.
-            ("CHATAI_CHAT_ADDRS", format!("{},{}", chats[0], chats[1])),
-            ("CHATAI_HANDOFF_ADDR", free_addr().to_string()),
-            ("CHATAI_PRESENCE_ADDR", free_addr().to_string()),
-            ("CHATAI_NOTIFICATION_ADDR", free_addr().to_string()),
-            ("CHATAI_PRESENCE_GRACE_SECS", "1".to_owned()),
-            (
-                "RUST_LOG",
-                std::env::var("CHATAI_TEST_PROCESS_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            ),
-        ];
-        let mut cluster = Cluster {
-            env,
-            gateways: [free_addr(), free_addr()],
-            chats,
-            logs: tempfile::tempdir().expect("a folder for the logs"),
-            children: HashMap::new(),
-            keys: TokenKeys::new(JWT_SECRET.as_bytes()),
-            http: reqwest::Client::new(),
-        };
-        for part in ["presence", "handoff", "notification"] {
-            cluster.start_part(part, part, &[]);
+        let mut deployment = Deployment::new(database_url, Some(redis.port));
+        let listens = SERVICES.map(|_| [free_addr(), free_addr()]);
+        for ((_, _, _, addrs), replicas) in SERVICES.iter().zip(&listens) {
+            deployment.set_env(*addrs, format!("{},{}", replicas[0], replicas[1]));
         }
-        for (n, name) in ["chat-1", "chat-2"].into_iter().enumerate() {
-            let listen = cluster.chats[n].to_string();
-            cluster.start_part(name, "chat", &[("CHATAI_CHAT_ADDR", listen)]);
+        for ((part, names, addr, _), replicas) in SERVICES.iter().zip(&listens) {
+            for (name, listen) in names.iter().zip(replicas) {
+                deployment.start_as(*name, *part, &[(*addr, listen.to_string())]);
+            }
         }
+        let gateways = [free_addr(), free_addr()];
         for (n, name) in ["gateway-1", "gateway-2"].into_iter().enumerate() {
-            let listen = cluster.gateways[n].to_string();
-            cluster.start_part(
+            deployment.start_as(
                 name,
                 "gateway",
                 &[
-                    ("CHATAI_GATEWAY_ADDR", listen),
+                    ("CHATAI_GATEWAY_ADDR", gateways[n].to_string()),
                     ("CHATAI_GATEWAY_ID", name.to_owned()),
                 ],
             );
         }
-        for gateway in 0..2 {
-            cluster.wait_healthy(gateway).await;
+        for gateway in gateways {
+            deployment
+                .wait_for_health_of(gateway, "a gateway becomes healthy", |status, _| {
+                    status == 200
+                })
+                .await;
         }
-        cluster
-    }
-
-    fn log_path(&self, name: &str) -> PathBuf {
-        self.logs.path().join(format!("{name}.log"))
-    }
-
-    /// Starts `chatai {part}` as `name`, with the cluster's environment and
-    /// `own` on top (none of the test machine's `CHATAI_*` leak in).
-    fn start_part(&mut self, name: &'static str, part: &str, own: &[(&str, String)]) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(name))
-            .expect("a log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chatai"));
-        for (variable, _) in std::env::vars() {
-            if variable.starts_with("CHATAI_") || variable.starts_with("OTEL_") {
-                command.env_remove(variable);
-            }
+        Cluster {
+            deployment,
+            gateways,
         }
-        let child = command
-            .arg(part)
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .envs(own.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the chatai binary starts");
-        self.children.insert(name, child);
-    }
-
-    /// Every part's log, for a failure message.
-    fn logs(&self) -> String {
-        let mut all = String::new();
-        for name in self.children.keys() {
-            let text = std::fs::read_to_string(self.log_path(name)).unwrap_or_default();
-            all.push_str(&format!("--- {name}\n{text}"));
-        }
-        all
     }
 
     /// SIGKILL.
     async fn kill(&mut self, name: &str) {
-        let mut child = self.children.remove(name).expect("a running part");
-        child.kill().await.expect("the part is killed");
-    }
-
-    async fn wait_healthy(&self, gateway: usize) {
-        let url = format!("http://{}/api/websocket/health", self.gateways[gateway]);
-        let deadline = tokio::time::Instant::now() + START;
-        loop {
-            if let Ok(response) = self.http.get(&url).send().await
-                && response.status().as_u16() == 200
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gateway {gateway} becomes healthy\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.deployment.kill(name).await;
     }
 
     /// Connects `id` in `role` to gateway `gateway` (0 or 1).
     async fn connect(&self, gateway: usize, id: i64, role: Role) -> WsClient {
-        let token = self
-            .keys
-            .mint(id, role, None, Duration::from_secs(600))
-            .expect("a token");
-        connect_at(self.gateways[gateway], &token, id, role, "")
+        self.deployment
+            .connect_to(self.gateways[gateway], id, role, "")
             .await
             .0
-    }
-}
-
-impl Drop for Cluster {
-    /// A failed test shows what every process logged.
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
     }
 }
 
@@ -269,7 +161,7 @@ async fn keep_sending(
 #[tokio::test]
 async fn a_chat_replica_killed_while_clients_send_loses_nothing_acknowledged() {
     let database = TestDatabase::postgres().await;
-    let redis = Redis::start().await;
+    let redis = Redis::start(free_addr().port()).await;
     let mut cluster = Cluster::start(database.url(), &redis).await;
 
     let mut first = cluster.connect(0, 2301, Role::User).await;
@@ -333,7 +225,7 @@ async fn a_chat_replica_killed_while_clients_send_loses_nothing_acknowledged() {
 #[tokio::test]
 async fn a_handoff_across_two_gateways() {
     let database = TestDatabase::postgres().await;
-    let redis = Redis::start().await;
+    let redis = Redis::start(free_addr().port()).await;
     let cluster = Cluster::start(database.url(), &redis).await;
 
     let mut operator = cluster.connect(1, 2351, Role::Operator).await;
@@ -373,7 +265,7 @@ async fn a_handoff_across_two_gateways() {
 #[tokio::test]
 async fn a_sixth_connection_on_another_gateway_closes_the_oldest() {
     let database = TestDatabase::postgres().await;
-    let redis = Redis::start().await;
+    let redis = Redis::start(free_addr().port()).await;
     let cluster = Cluster::start(database.url(), &redis).await;
 
     let mut on_first = Vec::new();
