@@ -21,6 +21,7 @@ mod internal;
 mod isolation;
 mod jwks;
 mod limits;
+mod metrics;
 mod operators;
 mod processes;
 mod restarts;

@@ -30,8 +30,8 @@ use opentelemetry_proto::tonic::trace::v1 as otlp;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-const JWT_SECRET: &str = "processes-test-secret-of-32-bytes-or-more";
-const INTERNAL_TOKEN: &str = "processes-internal-token";
+pub(crate) const JWT_SECRET: &str = "processes-test-secret-of-32-bytes-or-more";
+pub(crate) const INTERNAL_TOKEN: &str = "processes-internal-token";
 
 /// How long a freshly started process may take to become healthy (it
 /// connects to PostgreSQL and Redis and applies migrations first).
@@ -75,10 +75,11 @@ async fn wait_for_port(port: u16) {
     }
 }
 
-/// The five processes, their shared environment and their logs.
-struct Deployment {
+/// The five processes, their shared environment and their logs (also used
+/// by `tests/metrics.rs`).
+pub(crate) struct Deployment {
     env: Vec<(&'static str, String)>,
-    gateway: SocketAddr,
+    pub(crate) gateway: SocketAddr,
     logs: tempfile::TempDir,
     children: HashMap<&'static str, Child>,
     keys: TokenKeys,
@@ -88,7 +89,7 @@ struct Deployment {
 impl Deployment {
     /// The environment of a deployment on `database_url`, with the event
     /// logs in the Redis on `redis_port`, or in each service's memory.
-    fn new(database_url: &str, redis_port: Option<u16>) -> Deployment {
+    pub(crate) fn new(database_url: &str, redis_port: Option<u16>) -> Deployment {
         let gateway = free_addr();
         let mut env = vec![
             ("CHATAI_DATABASE_URL", database_url.to_owned()),
@@ -132,15 +133,28 @@ impl Deployment {
         self.logs.path().join(format!("{part}.log"))
     }
 
+    /// The value of `name` in the deployment's environment.
+    pub(crate) fn env(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(existing, _)| *existing == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// What signs the deployment's client tokens.
+    pub(crate) fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
     /// Adds a variable to every part started from now on.
-    fn set_env(&mut self, name: &'static str, value: String) {
+    pub(crate) fn set_env(&mut self, name: &'static str, value: String) {
         self.env.retain(|(existing, _)| *existing != name);
         self.env.push((name, value));
     }
 
     /// Starts `chatai {part}` with the deployment's environment only (none
     /// of the test machine's `CHATAI_*` settings leak in).
-    fn start(&mut self, part: &'static str) {
+    pub(crate) fn start(&mut self, part: &'static str) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -164,7 +178,7 @@ impl Deployment {
     }
 
     /// Every part's log, for a failure message.
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut all = String::new();
         for part in self.children.keys() {
             let text = std::fs::read_to_string(self.log_path(part)).unwrap_or_default();
@@ -229,12 +243,12 @@ impl Deployment {
         }
     }
 
-    async fn wait_healthy(&self) {
+    pub(crate) async fn wait_healthy(&self) {
         self.wait_for_health("the deployment becomes healthy", |status, _| status == 200)
             .await;
     }
 
-    async fn connect(&self, id: i64, role: Role) -> WsClient {
+    pub(crate) async fn connect(&self, id: i64, role: Role) -> WsClient {
         let token = self
             .keys
             .mint(id, role, None, Duration::from_secs(600))

@@ -2,12 +2,12 @@
 //! together: one channel per service, shared by that service's event stream
 //! ([`Upstream`]), its API clients ([`Services`]) and reporting.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use chatai_kit::config::{InternalAuth, ServiceAddr, ServiceAddrs};
 use chatai_kit::grpc::TokenInterceptor;
 use chatai_kit::supervisor::{Supervisor, TaskFailed};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::codegen::InterceptedService;
@@ -90,7 +90,7 @@ impl Gateway {
         let interceptor = TokenInterceptor::new(auth);
         let channel = |addr: &ServiceAddr| -> Result<ServiceChannel, GatewayError> {
             Ok(InterceptedService::new(
-                addr.channel(auth)?,
+                addr.channel(auth, "gateway")?,
                 interceptor.clone(),
             ))
         };
@@ -156,7 +156,7 @@ impl Gateway {
             services,
             connections_stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            metrics: metrics_handle(),
+            metrics: chatai_kit::metrics::handle(),
             reporter,
             limits,
             started: std::time::Instant::now(),
@@ -188,22 +188,4 @@ fn verifier(config: &GatewayConfig, background: &Background) -> Result<Verifier,
     )?;
     background.supervisor.spawn("jwks", task);
     Ok(Verifier::Provider(jwks))
-}
-
-/// The process-wide Prometheus recorder (installed once, shared by every
-/// gateway in the process — tests run several).
-fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!(
-                    "a metrics recorder was already installed; /metrics shows only this one's"
-                );
-            }
-            handle
-        })
-        .clone()
 }

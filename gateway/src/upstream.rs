@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use chatai_kit::events::{Delivery, Recipient};
-use chatai_kit::grpc::TokenInterceptor;
+use chatai_kit::grpc::{MeteredChannel, TokenInterceptor};
 use chatai_kit::identity::Role;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::event_stream_client::EventStreamClient;
@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::InterceptedService;
-use tonic::transport::Channel;
+
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -45,7 +45,7 @@ const COMMAND_BUFFER: usize = 4096;
 const STREAM_BUFFER: usize = 1024;
 
 /// A channel to a service with the internal token on every call.
-pub type ServiceChannel = InterceptedService<Channel, TokenInterceptor>;
+pub type ServiceChannel = InterceptedService<MeteredChannel, TokenInterceptor>;
 
 enum Command {
     Acquire {

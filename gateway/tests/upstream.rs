@@ -85,7 +85,7 @@ impl Gateway {
         let registry = Arc::new(Registry::new("gw".into()));
         let channel = InterceptedService::new(
             ServiceAddr::from(addr)
-                .channel(&InternalAuth::default())
+                .channel(&InternalAuth::default(), "gateway")
                 .expect("a channel"),
             TokenInterceptor::new(&InternalAuth::default()),
         );

@@ -291,6 +291,7 @@ impl Connection {
     }
 
     async fn send_cursor_expired(&mut self) -> Result<(), Gone> {
+        crate::metrics::cursor_expired();
         let frame = outbound::error(
             None,
             ErrorCode::CursorExpired,

@@ -68,7 +68,7 @@ pub async fn serve(socket: Socket, gateway: Arc<Gateway>, session: Session) {
             .with_name(session.claims.name.as_deref()),
     );
     registry.register(conn.clone(), gateway.config.max_connections_per_user);
-    metrics::gauge!("chatai_gateway_connections").increment(1.0);
+    crate::metrics::connection(session.claims.role, 1.0);
     let opened = std::time::Instant::now();
     gateway.reporter.connection_event(connection_event(
         &gateway,
@@ -121,7 +121,7 @@ pub async fn serve(socket: Socket, gateway: Arc<Gateway>, session: Session) {
     }
     .instrument(span)
     .await;
-    metrics::gauge!("chatai_gateway_connections").decrement(1.0);
+    crate::metrics::connection(session.claims.role, -1.0);
     let name = connection.caller.connection_id.clone().unwrap_or_default();
     let closed = ConnectionEventKind::Disconnect {
         duration_ms: opened.elapsed().as_millis() as i64,
@@ -150,15 +150,6 @@ fn connection_event(
 
 /// The socket is gone (or the connection was stopped mid-write).
 struct Gone;
-
-/// Connections cut for reading too slowly (4002).
-const SLOW_DISCONNECTS: &str = "chatai_gateway_slow_disconnects_total";
-
-/// Registers the counters this module owns, so `/metrics` shows them (at 0)
-/// from the start, not only after the first time they count.
-pub fn register_metrics() {
-    metrics::counter!(SLOW_DISCONNECTS).increment(0);
-}
 
 struct Connection {
     gateway: Arc<Gateway>,
@@ -248,7 +239,6 @@ impl Connection {
             None => Flow::Gone,
             Some(Ok(Message::Text(text))) => {
                 self.last_heard = Instant::now();
-                metrics::counter!("chatai_gateway_frames_in_total").increment(1);
                 self.on_text(&text).await
             }
             Some(Ok(Message::Binary(_))) => Flow::Close(CloseReason::Binary),
@@ -279,6 +269,7 @@ impl Connection {
     /// [`BATCH`]), then flushes once: a burst costs one write to the socket,
     /// not one per frame.
     async fn on_outbound_batch(&mut self, first: Outbound) -> Result<(), Gone> {
+        crate::metrics::outbound_queue(self.rx.len() + 1);
         self.batching = true;
         let mut written = self.on_outbound(first).await;
         for _ in 1..BATCH {
@@ -301,7 +292,11 @@ impl Connection {
 
     async fn on_outbound(&mut self, outbound: Outbound) -> Result<(), Gone> {
         match outbound {
-            Outbound::Event(event) => self.on_event(&event).await,
+            Outbound::Event(event) => {
+                self.on_event(&event).await?;
+                crate::metrics::delivered(event.created_ms);
+                Ok(())
+            }
             Outbound::Frame(frame) => self.send(Message::Text(frame)).await,
             // Checked again here: the connection may have left the room, or
             // been taken out of it, since the copy was queued.
@@ -321,6 +316,10 @@ impl Connection {
     /// connection is stopped.
     async fn send(&mut self, message: Message) -> Result<(), Gone> {
         let stopped = self.conn.stopped();
+        let kind = match &message {
+            Message::Text(text) => Some(crate::metrics::outbound_type(text)),
+            _ => None,
+        };
         let socket = &mut self.socket;
         let write = async {
             if self.batching {
@@ -331,7 +330,9 @@ impl Connection {
         };
         tokio::select! {
             sent = write => {
-                metrics::counter!("chatai_gateway_frames_out_total").increment(1);
+                if let Some(kind) = kind {
+                    crate::metrics::frame_out(kind);
+                }
                 sent.map_err(|_| Gone)
             }
             _ = stopped => Err(Gone),
@@ -345,9 +346,7 @@ impl Connection {
             reason = reason.reason(),
             "closing connection"
         );
-        if reason == CloseReason::TooSlow {
-            metrics::counter!(SLOW_DISCONNECTS).increment(1);
-        }
+        crate::metrics::close(reason);
         let grace = Duration::from_secs(1);
         if tokio::time::timeout(grace, self.socket.close(Some(reason.frame())))
             .await

@@ -20,6 +20,7 @@ use crate::services::CallError;
 impl Connection {
     pub(super) async fn on_text(&mut self, text: &str) -> Flow {
         if self.limiter.check().is_err() {
+            crate::metrics::frame_in("limited");
             self.strikes += 1;
             if self.strikes > self.gateway.config.rate_limit_strikes {
                 return Flow::Close(CloseReason::RateLimited);
@@ -34,8 +35,12 @@ impl Connection {
         }
         self.strikes = 0;
         let inbound = match inbound::parse(text) {
-            Ok(inbound) => inbound,
+            Ok(inbound) => {
+                crate::metrics::frame_in(inbound.frame.type_name());
+                inbound
+            }
             Err(err) => {
+                crate::metrics::frame_in("invalid");
                 let frame = outbound::error(err.ref_id.as_deref(), err.code, &err.message);
                 return self.reply(frame).await;
             }

@@ -21,6 +21,7 @@
 //!   calls `ListOperators` and `SetLoad`.
 //! - [`transcripts`] — the last messages an assigned operator gets, read
 //!   from the chat service.
+//! - [`metrics`] — the queue's Prometheus metrics (length, waits, handling).
 //! - `grpc` — the tonic adapter; `error` — [`HandoffError`] and its one
 //!   mapping to a gRPC status; `events` — the bodies of the events sent.
 //!
@@ -31,6 +32,7 @@ pub mod directory;
 mod error;
 mod events;
 mod grpc;
+pub mod metrics;
 pub mod presence;
 mod queue;
 pub mod service;

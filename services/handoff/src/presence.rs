@@ -53,7 +53,7 @@ pub fn channel(
     addr: &ServiceAddr,
     auth: &InternalAuth,
 ) -> Result<PresenceChannel, tonic::transport::Error> {
-    let channel = addr.channel(auth)?;
+    let channel = addr.channel(auth, "handoff")?;
     Ok(InterceptedService::new(
         channel,
         TokenInterceptor::new(auth),

@@ -525,6 +525,8 @@ impl Queue {
                 },
                 _ = sleep_until(wake) => self.on_timers().await,
             }
+            let queued = self.waiting.len();
+            crate::metrics::queue(queued, self.handoffs.len().saturating_sub(queued));
         }
         tracing::debug!("handoff queue stopped");
     }
@@ -740,6 +742,7 @@ impl Queue {
             (Some(assigned), Some(completed)) => {
                 let took = Duration::from_millis((completed - assigned).max(0) as u64);
                 self.recent.record(took);
+                crate::metrics::handled(took);
                 secs(took)
             }
             _ => 0,
@@ -1378,6 +1381,7 @@ impl Queue {
                 entry.avoid = None;
                 entry.hold_until = None;
                 let waited = entry.queued_at.elapsed();
+                crate::metrics::waited(waited);
                 entry.handoff = assigned;
                 self.versions.tick();
                 waited

@@ -12,14 +12,13 @@
 use std::time::Duration;
 
 use chatai_kit::config::{InternalAuth, ServiceAddr};
-use chatai_kit::grpc::TokenInterceptor;
+use chatai_kit::grpc::{MeteredChannel, TokenInterceptor};
 use chatai_kit::identity::service_request;
 use chatai_kit::timestamps::timestamp_of;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::chat_client::ChatClient;
 use serde::Serialize;
 use tonic::codegen::InterceptedService;
-use tonic::transport::Channel;
 
 /// Messages in a transcript, at most.
 pub const MAX_MESSAGES: u32 = 20;
@@ -64,13 +63,13 @@ impl Transcripts for NoTranscripts {
 /// Transcripts read from the chat service.
 #[derive(Debug, Clone)]
 pub struct ChatTranscripts {
-    chat: ChatClient<InterceptedService<Channel, TokenInterceptor>>,
+    chat: ChatClient<InterceptedService<MeteredChannel, TokenInterceptor>>,
 }
 
 impl ChatTranscripts {
     /// A lazily connecting client of the chat service at `addr`.
     pub fn new(addr: &ServiceAddr, auth: &InternalAuth) -> Result<Self, tonic::transport::Error> {
-        let channel = addr.channel(auth)?;
+        let channel = addr.channel(auth, "handoff")?;
         Ok(ChatTranscripts {
             chat: ChatClient::new(InterceptedService::new(
                 channel,

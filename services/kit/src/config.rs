@@ -60,11 +60,13 @@ impl ServiceAddr {
     /// A lazily connecting gRPC channel to this address that reconnects by
     /// itself: `TCP_NODELAY`, HTTP/2 keep-alives, a 2 s connect timeout;
     /// over mutual TLS when `auth` configures it (the token, if any, is the
-    /// caller's interceptor's to add).
+    /// caller's interceptor's to add). Its calls are counted and timed as
+    /// `caller`'s (the part making them: `gateway`, `chat`, …).
     pub fn channel(
         &self,
         auth: &InternalAuth,
-    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        caller: &'static str,
+    ) -> Result<crate::grpc::MeteredChannel, tonic::transport::Error> {
         let tls = auth.client_tls();
         let uri = match tls {
             Some(_) => format!("https://{}", self.0),
@@ -78,7 +80,11 @@ impl ServiceAddr {
         if let Some(tls) = tls {
             endpoint = endpoint.tls_config(tls)?;
         }
-        Ok(endpoint.connect_lazy())
+        let channel = endpoint.connect_lazy();
+        Ok(tower::Layer::layer(
+            &crate::grpc::MetricsLayer::new(crate::grpc::Side::Client, caller),
+            channel,
+        ))
     }
 
     /// Listens on this address (a name is resolved first; the first of its
@@ -317,6 +323,10 @@ pub struct ServiceCommon {
     pub auth: InternalAuth,
     #[command(flatten)]
     pub events: EventLogConfig,
+    /// Where a service started alone serves Prometheus `/metrics`; unset =
+    /// not served (the all-in-one's parts are in the gateway's `/metrics`).
+    #[arg(long = "metrics-addr", env = "CHATAI_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Shown in logs and panics without its secret.
@@ -342,6 +352,7 @@ impl std::fmt::Debug for ServiceCommon {
             .field("redis_prefix", &self.redis_prefix)
             .field("auth", &self.auth)
             .field("events", &self.events)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }

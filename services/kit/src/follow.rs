@@ -18,14 +18,13 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::InterceptedService;
-use tonic::transport::Channel;
 
 use crate::events::Recipient;
-use crate::grpc::TokenInterceptor;
+use crate::grpc::{MeteredChannel, TokenInterceptor};
 use crate::identity::service_request;
 
 /// A channel to another service with the internal token on every call.
-pub type ServiceChannel = InterceptedService<Channel, TokenInterceptor>;
+pub type ServiceChannel = InterceptedService<MeteredChannel, TokenInterceptor>;
 
 /// How long `Subscribed` may take before the stream is given up.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -267,12 +267,17 @@ fn answer<T: Send + 'static>(reply: oneshot::Sender<T>, value: T) -> Answer {
 impl Actor {
     async fn run(mut self) {
         tracing::debug!("presence actor started");
+        let mut count_every = tokio::time::interval(crate::metrics::COUNT_EVERY);
+        count_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 // Shutdown first, then due timers before new commands, so a
                 // command never observes a deadline that has passed unheeded.
                 biased;
                 () = self.shutdown.cancelled() => break,
+                _ = count_every.tick() => {
+                    crate::metrics::operators(self.state.list().iter().map(|view| view.status));
+                }
                 Some(timer) = std::future::poll_fn(|cx| self.state.poll_timers(cx)) => {
                     let span = tracing::info_span!("presence_timer", timer = ?timer);
                     let changes = span.in_scope(|| self.state.expire(timer));

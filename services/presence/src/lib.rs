@@ -17,6 +17,7 @@
 //!   restarts (connections, leases and loads are reported again instead).
 //! - `actor` — the task owning the state, and its handle (no locks).
 //! - `service` — authorization and input checks in front of the actor.
+//! - [`metrics`] — operators by effective status, for Prometheus.
 //! - `grpc` — the tonic adapter; `error` — [`PresenceError`] and its one
 //!   mapping to a gRPC status; `events` — the body of
 //!   `operator_status_change`.
@@ -28,6 +29,7 @@ pub mod config;
 mod error;
 mod events;
 mod grpc;
+pub mod metrics;
 mod model;
 mod service;
 mod state;

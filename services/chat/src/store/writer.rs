@@ -217,7 +217,15 @@ async fn write_loop<B: Backend>(
             continue;
         }
         let work: Vec<&Work> = jobs.iter().map(|job| &job.work).collect();
-        let results = match batch::run::<B>(&pool, &work).await {
+        crate::metrics::commit_batch(work.len());
+        let run = batch::run::<B>(&pool, &work);
+        let results = match chatai_kit::metrics::timed_statement(
+            crate::metrics::SERVICE,
+            "commit_batch",
+            run,
+        )
+        .await
+        {
             Ok(results) => results,
             Err(err) if work.len() == 1 => match work.first() {
                 Some(w) => vec![Err(err.for_request(w))],

@@ -220,6 +220,7 @@ impl RedisLog {
             pubsub,
             live.clone(),
             config.live_buffer.max(16),
+            service.to_owned(),
             shutdown,
         );
         let log = RedisLog {
@@ -343,6 +344,7 @@ async fn relay(
     mut pubsub: redis::aio::PubSub,
     live: Arc<Mutex<broadcast::Sender<Delivery>>>,
     capacity: usize,
+    service: String,
     shutdown: CancellationToken,
 ) {
     let backoff = backon::ExponentialBuilder::default()
@@ -388,9 +390,15 @@ async fn relay(
             }
             match subscribe(&client, &channel).await {
                 Ok(pubsub) => break pubsub,
-                Err(err) => tracing::warn!(%channel, cause = %err, "cannot resubscribe yet"),
+                Err(err) => {
+                    metrics::counter!(crate::metrics::REDIS_ERRORS, "service" => service.clone())
+                        .increment(1);
+                    tracing::warn!(%channel, cause = %err, "cannot resubscribe yet")
+                }
             }
         };
+        metrics::counter!(crate::metrics::REDIS_RECONNECTS, "service" => service.clone())
+            .increment(1);
         // Anything published while unsubscribed reaches gateways through
         // their catch-up replay; cut them again so none keeps waiting.
         if let Ok(mut sender) = live.lock() {

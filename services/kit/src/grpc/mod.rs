@@ -1,10 +1,14 @@
 //! gRPC plumbing shared by every process. Always: [`TokenInterceptor`], which
 //! puts the internal token and the trace context on outgoing calls (the
 //! gateway's and the services' clients). With the `server` feature: the gRPC
-//! server every service runs (`serve`), in `server.rs`.
+//! server every service runs (`serve`), in `server.rs`. Both sides count and
+//! time their calls with [`MetricsLayer`] (`metrics.rs`).
 
 use crate::config::InternalAuth;
 use crate::telemetry;
+
+mod metrics;
+pub use metrics::{Metered, MeteredChannel, MetricsLayer, Side};
 
 #[cfg(feature = "server")]
 mod server;

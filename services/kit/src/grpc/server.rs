@@ -2,7 +2,8 @@
 //! routes plus health checking and reflection (so `grpcurl` works), a span per
 //! request that continues the caller's trace, the internal-token check (the
 //! server-side half of [`TokenInterceptor`](super::TokenInterceptor)) and,
-//! when configured, mutual TLS.
+//! when configured, mutual TLS; every call counted and timed
+//! ([`MetricsLayer`](super::MetricsLayer)).
 
 use std::net::SocketAddr;
 
@@ -41,9 +42,11 @@ const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 /// Serves `routes` on `listener` until `shutdown` is cancelled, then drains
 /// in-flight calls. `service_names` are the fully qualified names reported as
 /// SERVING by the health service (e.g. `chatai.v1.Chat`); the overall status
-/// (the empty name) is the service's own to set through `reporter`.
+/// (the empty name) is the service's own to set through `reporter`; calls
+/// are counted and timed under `service` (the part's name, e.g. `chat`).
 pub async fn serve(
     listener: TcpListener,
+    service: &'static str,
     routes: Routes,
     reporter: HealthReporter,
     service_names: &[&str],
@@ -81,6 +84,8 @@ pub async fn serve(
             telemetry::adopt_parent(&span, &metadata);
             span
         })
+        // Then the metrics: every call counted and timed, refused ones too.
+        .layer(super::MetricsLayer::new(super::Side::Server, service))
         // Then the internal token: nothing below runs for a caller without it.
         .layer(tower::filter::FilterLayer::new(
             move |request: http::Request<tonic::body::Body>| {
