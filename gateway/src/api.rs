@@ -67,7 +67,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The HTTP status of an error code.
-fn status_of(code: ErrorCode) -> StatusCode {
+pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::DialogNotFound
         | ErrorCode::NotFound

@@ -64,6 +64,10 @@ pub struct Gateway {
     pub limits: Arc<Limits>,
     /// When this gateway started.
     pub started: std::time::Instant,
+    /// The live SSE streams, for `POST /api/frames` to reach.
+    pub streams: crate::sse::Streams,
+    /// The rate limit of frames posted without a stream, per caller.
+    pub caller_limits: crate::http_frames::CallerLimits,
 }
 
 /// The tasks that talk to the services in the background (event streams,
@@ -148,8 +152,11 @@ impl Gateway {
                 "CHATAI_MAX_CONNECTIONS and CHATAI_MAX_UNFINISHED exceed the descriptor limit: a full gateway may stop answering health checks"
             );
         }
+        let caller_limits = crate::http_frames::CallerLimits::new(&config);
         Ok(Arc::new(Gateway {
             verifier,
+            caller_limits,
+            streams: Default::default(),
             config,
             registry,
             upstreams,

@@ -1,6 +1,7 @@
-//! The gateway's HTTP side: the WebSocket endpoints (authentication before
-//! the upgrade, the upgrade itself onto tokio-tungstenite), health and
-//! Prometheus metrics.
+//! The gateway's HTTP side: the routes (the WebSocket endpoints, with
+//! authentication before the upgrade and the upgrade itself onto
+//! tokio-tungstenite; health and Prometheus metrics here, the rest in their
+//! modules), and the CORS and origin rules of the browser-facing routes.
 //!
 //! A browser cannot read the HTTP status of a failed upgrade, so refused
 //! clients are upgraded and then closed with the code docs/protocol.md names
@@ -15,9 +16,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use chatai_kit::error_code::ErrorCode;
 use chatai_kit::events::Recipient;
 use chatai_kit::identity::Role;
 use hyper_util::rt::TokioIo;
@@ -25,23 +28,31 @@ use serde_json::json;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
 use crate::accept::ClientSocket;
-use crate::api;
 use crate::auth::{self, Claims};
 use crate::close::CloseReason;
+use crate::config::AllowedOrigins;
 use crate::connection::{self, Session};
 use crate::cursor::Cursor;
 use crate::frames::outbound::now_rfc3339;
 use crate::gateway::Gateway;
 use crate::limits;
+use crate::{alerts, api, dev_token, http_frames, sse};
 
 /// The routes, one line each.
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/ws/operator/{operator_id}", get(operator_socket))
-        .route("/ws/{user_id}", get(user_socket))
+    // What a browser page may call from another origin: the SSE stream and
+    // the HTTP API. Outermost, CORS answers preflights (`OPTIONS`) before
+    // anything else looks at them; inside it, a request from an origin off
+    // the list is refused (403) before its handler does any work.
+    let browser = Router::new()
+        .route("/sse", get(sse::stream))
+        .route("/api/frames", post(http_frames::post_frame))
+        .route("/api/alerts", post(alerts::send))
+        .route("/api/dev/token", get(dev_token::mint))
         .route("/api/dialogs", get(api::list_dialogs))
         .route(
             "/api/dialogs/{dialog_id}/messages",
@@ -50,8 +61,66 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/api/users/{user_id}/balance/top-up", post(api::top_up))
         .route("/api/websocket/health", get(health))
         .route("/api/websocket/stats", get(stats))
+        .layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            refuse_foreign_origin,
+        ))
+        .layer(cors(&gateway.config.allowed_origins));
+    Router::new()
+        .route("/ws/operator/{operator_id}", get(operator_socket))
+        .route("/ws/{user_id}", get(user_socket))
         .route("/metrics", get(metrics))
+        .merge(browser)
         .with_state(gateway)
+}
+
+/// Cross-origin requests to the browser-facing routes: from the origins of
+/// `CHATAI_ALLOWED_ORIGINS` (any origin when it is empty, as for the
+/// WebSocket), with the headers a client sends (`Authorization`,
+/// `Content-Type`, `Last-Event-ID`). No cookies are involved: the token is
+/// a header, so no credentials mode.
+fn cors(allowed: &AllowedOrigins) -> CorsLayer {
+    let origins = if allowed.0.is_empty() {
+        AllowOrigin::any()
+    } else {
+        let allowed = allowed.clone();
+        AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            allowed.allow(Some(origin.as_bytes()))
+        })
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+/// A browser page from an origin off `CHATAI_ALLOWED_ORIGINS` gets 403 (an
+/// `error` frame `forbidden`) instead of the work being done for a page
+/// that may not read the answer — the WebSocket's Origin check, for HTTP.
+async fn refuse_foreign_origin(
+    State(gateway): State<Arc<Gateway>>,
+    request: Request,
+    next: middleware::Next,
+) -> Response {
+    let origin = request.headers().get(header::ORIGIN);
+    if gateway
+        .config
+        .allowed_origins
+        .allow(origin.map(HeaderValue::as_bytes))
+    {
+        return next.run(request).await;
+    }
+    tracing::info!(?origin, "origin not allowed");
+    sse::error_response(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden,
+        "Origin not allowed",
+    )
 }
 
 /// Which endpoint a client came in on.
@@ -239,7 +308,7 @@ async fn upgrade(
                         Endpoint::Operator => Recipient::Operator(claims.sub),
                     };
                     connection::serve(
-                        socket_stream,
+                        connection::WebSocket(socket_stream),
                         gateway,
                         Session {
                             claims,

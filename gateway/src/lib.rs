@@ -14,6 +14,12 @@
 //! - [`http`] — routes: the WebSocket endpoints, health, metrics.
 //! - [`api`] — the HTTP API (`Authorization: Bearer`): dialogs and their
 //!   history, an admin's balance top-up.
+//! - [`sse`] — `GET /sse`: a connection as Server-Sent Events (the same
+//!   connection task over another transport); [`http_frames`] —
+//!   `POST /api/frames`: client frames over HTTP, for a stream or on their own.
+//! - [`alerts`] — `POST /api/alerts`: an admin's `system_alert`;
+//!   [`dev_token`] — `GET /api/dev/token`, development tokens while the
+//!   development secret is in use.
 //! - [`auth`] — finding a client's token in a request (the token itself is
 //!   `chatai_tokens`'s: claims, verifying, minting).
 //! - [`verifier`] — how tokens are checked: the HS256 secret or an identity
@@ -40,15 +46,18 @@
 //!   recorder is `chatai_kit::metrics`'s, shared by every part of a process).
 
 pub mod accept;
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod close;
 pub mod config;
 pub mod connection;
 pub mod cursor;
+pub mod dev_token;
 pub mod frames;
 pub mod gateway;
 pub mod http;
+pub mod http_frames;
 pub mod jwks;
 pub mod limits;
 pub mod metrics;
@@ -56,6 +65,7 @@ pub mod registry;
 pub mod reporting;
 pub mod service_id;
 pub mod services;
+pub mod sse;
 pub mod tls;
 pub mod upstream;
 pub mod verifier;

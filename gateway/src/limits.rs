@@ -363,6 +363,14 @@ impl Handshake {
     pub fn cut(&self) -> &CancellationToken {
         &self.cut
     }
+
+    /// The socket is no longer unfinished though it stays an HTTP
+    /// connection (it carries an admitted SSE stream, counted as a
+    /// connection): it leaves the unfinished counts and is never cut to
+    /// make room.
+    pub fn finish(&self) {
+        self.limits.state().forget_unfinished(self.id);
+    }
 }
 
 impl Drop for Handshake {

@@ -424,6 +424,27 @@ impl Services {
             .map(|response| response.metrics.into_iter().map(Metric::from).collect())
     }
 
+    /// Sends a `system_alert` to every connected client (admins); its event id.
+    pub async fn system_alert(
+        &self,
+        caller: &Caller,
+        severity: &str,
+        message: &str,
+        affected_services: &[String],
+    ) -> Result<String, CallError> {
+        let request = self.request(
+            caller,
+            pb::SystemAlertRequest {
+                severity: severity.to_owned(),
+                message: message.to_owned(),
+                affected_services: affected_services.to_vec(),
+            },
+        );
+        self.deadline(self.notification.clone().system_alert(request))
+            .await
+            .map(|response| response.event_id)
+    }
+
     /// Tells the presence service an operator connection opened.
     pub async fn operator_connected(
         &self,

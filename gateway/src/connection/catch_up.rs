@@ -9,6 +9,9 @@ use chatai_kit::error_code::ErrorCode;
 use chatai_kit::events::generation_start;
 use chatai_kit::identity::Role;
 
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::transport::Transport;
 use super::{Connection, Gone};
 use crate::cursor::Cursor;
 use crate::frames::outbound::{self, PreparedEvent};
@@ -68,7 +71,7 @@ impl Positions {
     }
 }
 
-impl Connection {
+impl<T: Transport> Connection<T> {
     /// Subscribes the connection's principal at every service, catches up
     /// from their logs and sends `connected` first. An operator's connection
     /// is announced to the presence service.
@@ -129,15 +132,18 @@ impl Connection {
                 },
             );
         }
+        let cursor = start.encode();
         let connected = outbound::connected(
             self.caller.connection_id.as_deref().unwrap_or_default(),
             self.caller.id,
             self.caller.role.as_str(),
-            &start.encode(),
+            &cursor,
             gateway.config.heartbeat_interval().as_secs(),
             resuming.then_some(complete),
         );
-        self.send_text(connected).await?;
+        // With its cursor: a client that resumes before any durable event
+        // arrived resumes from here.
+        self.send(Utf8Bytes::from(connected), Some(&cursor)).await?;
         if resuming && !complete {
             self.send_cursor_expired().await?;
         }
@@ -333,8 +339,9 @@ impl Connection {
             return Ok(()); // already delivered (replay and live overlap)
         }
         self.positions.set(service, event.position);
-        let text = event.render(Some(&self.positions.cursor().encode()));
-        self.send_text(text).await?;
+        let cursor = self.positions.cursor().encode();
+        let text = event.render(Some(&cursor));
+        self.send(Utf8Bytes::from(text), Some(&cursor)).await?;
         match event.ends_hold {
             Some(ended) => self.hold_ended(ended).await,
             None => Ok(()),

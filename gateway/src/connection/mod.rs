@@ -1,7 +1,9 @@
 //! One client connection, from its `connected` frame to its close, in one
-//! task. This module owns the task's loop: reading the socket, writing what
+//! task. This module owns the task's loop: reading the client, writing what
 //! the registry queues (in batches, one flush each), the heartbeat, the
-//! token's expiry and the close. The rest of the task's work lives in:
+//! token's expiry and the close. The task is the same whatever carries the
+//! frames (`transport`: a WebSocket, or an SSE stream with its requests
+//! over `POST /api/frames`). The rest of the task's work lives in:
 //! - `catch_up` — the start (`connected`), replaying the services' logs,
 //!   resyncing after a gap or a lost stream, and writing durable events with
 //!   the connection's cursor (`Positions`);
@@ -13,7 +15,8 @@
 //! TCP rather than growing a buffer here.
 
 mod catch_up;
-mod requests;
+pub mod requests;
+pub mod transport;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -21,20 +24,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chatai_kit::events::Recipient;
 use chatai_kit::identity::Caller;
-use futures::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::Instrument;
 
 use self::catch_up::Positions;
+use self::requests::Answer;
+use self::transport::{Closed, Incoming};
+pub use self::transport::{Socket, Transport, WebSocket};
 use crate::auth::Claims;
 use crate::close::CloseReason;
 use crate::cursor::Cursor;
 use crate::frames::inbound::Priority;
+use crate::frames::outbound;
 use crate::gateway::Gateway;
 use crate::registry::{Conn, OperatorConnection, Outbound};
 use crate::reporting::{ConnectionEvent, ConnectionEventKind};
@@ -42,9 +45,6 @@ use crate::reporting::{ConnectionEvent, ConnectionEventKind};
 /// Queued frames written before one flush. Bounds the write buffer a burst
 /// leaves allocated (with the socket's `write_buffer_size`, see `http.rs`).
 const BATCH: usize = 16;
-
-/// The upgraded socket.
-pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// What the HTTP layer established before the upgrade.
 #[derive(Debug)]
@@ -57,9 +57,20 @@ pub struct Session {
 }
 
 /// Serves one connection until it closes.
-pub async fn serve(socket: Socket, gateway: Arc<Gateway>, session: Session) {
+pub async fn serve<T: Transport>(transport: T, gateway: Arc<Gateway>, session: Session) {
+    let id = gateway.registry.next_id();
+    serve_as(transport, gateway, session, id).await;
+}
+
+/// Serves one connection with the id `id` (from the registry's
+/// [`next_id`](crate::registry::Registry::next_id)) until it closes.
+pub async fn serve_as<T: Transport>(
+    transport: T,
+    gateway: Arc<Gateway>,
+    session: Session,
+    id: crate::registry::ConnId,
+) {
     let registry = &gateway.registry;
-    let id = registry.next_id();
     let name = registry.connection_name(id);
     let (tx, rx) = flume::bounded(gateway.config.outbound_queue.max(1));
     let stop = gateway.connections_stop.child_token();
@@ -90,7 +101,7 @@ pub async fn serve(socket: Socket, gateway: Arc<Gateway>, session: Session) {
         token_expires: expiry_instant(session.claims.exp),
         max_priority: Priority::ceiling(session.claims.max_priority.as_deref()),
         gateway: gateway.clone(),
-        socket,
+        transport,
         conn,
         rx,
         positions: Positions::resuming_from(session.resume),
@@ -151,9 +162,9 @@ fn connection_event(
 /// The socket is gone (or the connection was stopped mid-write).
 struct Gone;
 
-struct Connection {
+struct Connection<T> {
     gateway: Arc<Gateway>,
-    socket: Socket,
+    transport: T,
     conn: Arc<Conn>,
     rx: flume::Receiver<Outbound>,
     caller: Caller,
@@ -178,7 +189,7 @@ enum Flow {
     Gone,
 }
 
-impl Connection {
+impl<T: Transport> Connection<T> {
     /// This connection as the presence service is told of it, when it is an
     /// operator's.
     fn operator_connection(&self) -> Option<OperatorConnection> {
@@ -193,7 +204,7 @@ impl Connection {
     }
 
     /// The connection's main loop; returns how to close, or `None` when the
-    /// socket is already gone.
+    /// client is already gone.
     async fn run(&mut self) -> Option<CloseReason> {
         let heartbeat = self.gateway.config.heartbeat_interval();
         let idle_timeout = self.gateway.config.idle_timeout();
@@ -213,19 +224,19 @@ impl Connection {
                     }
                     Err(flume::RecvError::Disconnected) => return Some(CloseReason::Shutdown),
                 },
-                message = self.socket.next() => match self.on_message(message).await {
+                incoming = self.transport.next() => match self.on_incoming(incoming).await {
                     Flow::Continue => {}
                     Flow::Close(reason) => return Some(reason),
                     Flow::Gone => return None,
                 },
                 _ = ticks.tick() => {
                     let silent = self.last_heard.elapsed();
-                    if silent >= idle_timeout {
+                    if T::IDLE_TIMEOUT && silent >= idle_timeout {
                         return Some(CloseReason::HeartbeatTimeout);
                     }
                     // Ping once half an interval has passed in silence, so a
                     // client that answers is heard from well before the timeout.
-                    if silent >= heartbeat / 2 && self.send(Message::Ping(Default::default())).await.is_err() {
+                    if silent >= heartbeat / 2 && self.ping().await.is_err() {
                         return None;
                     }
                 }
@@ -234,33 +245,44 @@ impl Connection {
         }
     }
 
-    async fn on_message(&mut self, message: Option<Result<Message, WsError>>) -> Flow {
-        match message {
-            None => Flow::Gone,
-            Some(Ok(Message::Text(text))) => {
-                self.last_heard = Instant::now();
-                self.on_text(&text).await
-            }
-            Some(Ok(Message::Binary(_))) => Flow::Close(CloseReason::Binary),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+    async fn on_incoming(&mut self, incoming: Incoming) -> Flow {
+        match incoming {
+            Incoming::Gone => Flow::Gone,
+            Incoming::Close(reason) => Flow::Close(reason),
+            Incoming::Nothing => Flow::Continue,
+            Incoming::Heard => {
                 self.last_heard = Instant::now();
                 Flow::Continue
             }
-            Some(Ok(Message::Close(_))) => Flow::Gone,
-            Some(Ok(Message::Frame(_))) => Flow::Continue,
-            Some(Err(WsError::Utf8(_))) => Flow::Close(CloseReason::InvalidUtf8),
-            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                Flow::Close(CloseReason::TooLarge)
-            }
-            // The socket is still there: the client is told why (1002)
-            // rather than dropped.
-            Some(Err(WsError::Protocol(err))) => {
-                tracing::debug!(cause = %err, "protocol violation");
-                Flow::Close(CloseReason::ProtocolError)
-            }
-            Some(Err(err)) => {
-                tracing::debug!(cause = %err, "socket failed");
-                Flow::Gone
+            Incoming::Text(text, answer) => {
+                self.last_heard = Instant::now();
+                let answered = self.on_text(&text).await;
+                match answer {
+                    // Over the transport, in order with the events.
+                    None => match answered {
+                        Answer::Reply(frame) => match self.send_text(frame).await {
+                            Ok(()) => Flow::Continue,
+                            Err(Gone) => Flow::Gone,
+                        },
+                        Answer::Silent => Flow::Continue,
+                        Answer::Refused(_, reason) => Flow::Close(reason),
+                    },
+                    // An HTTP request's answer goes in its response.
+                    Some(answer) => match answered {
+                        Answer::Reply(frame) => {
+                            let _ = answer.send(frame);
+                            Flow::Continue
+                        }
+                        Answer::Silent => {
+                            let _ = answer.send(outbound::ack(None, serde_json::json!({})));
+                            Flow::Continue
+                        }
+                        Answer::Refused(frame, reason) => {
+                            let _ = answer.send(frame);
+                            Flow::Close(reason)
+                        }
+                    },
+                }
             }
         }
     }
@@ -285,7 +307,7 @@ impl Connection {
         written?;
         let stopped = self.conn.stopped();
         tokio::select! {
-            flushed = self.socket.flush() => flushed.map_err(|_| Gone),
+            flushed = self.transport.flush() => flushed.map_err(|Closed| Gone),
             _ = stopped => Err(Gone),
         }
     }
@@ -297,11 +319,11 @@ impl Connection {
                 crate::metrics::delivered(event.created_ms);
                 Ok(())
             }
-            Outbound::Frame(frame) => self.send(Message::Text(frame)).await,
+            Outbound::Frame(frame) => self.send(frame, None).await,
             // Checked again here: the connection may have left the room, or
             // been taken out of it, since the copy was queued.
             Outbound::RoomCopy { room, frame } if self.rooms.contains(&room) => {
-                self.send(Message::Text(frame)).await
+                self.send(frame, None).await
             }
             Outbound::RoomCopy { .. } => Ok(()),
             Outbound::Resync(service) => Box::pin(self.resync(service)).await,
@@ -309,37 +331,36 @@ impl Connection {
     }
 
     async fn send_text(&mut self, text: String) -> Result<(), Gone> {
-        self.send(Message::Text(Utf8Bytes::from(text))).await
+        self.send(Utf8Bytes::from(text), None).await
     }
 
-    /// Writes one message (buffers it, in a batch), giving up when the
-    /// connection is stopped.
-    async fn send(&mut self, message: Message) -> Result<(), Gone> {
+    /// Writes one frame (buffers it, in a batch), giving up when the
+    /// connection is stopped. `cursor`: the frame's resume position, for a
+    /// transport that says it apart (SSE's `id:`).
+    async fn send(&mut self, frame: Utf8Bytes, cursor: Option<&str>) -> Result<(), Gone> {
         let stopped = self.conn.stopped();
-        let kind = match &message {
-            Message::Text(text) => Some(crate::metrics::outbound_type(text)),
-            _ => None,
-        };
-        let socket = &mut self.socket;
-        let write = async {
-            if self.batching {
-                socket.feed(message).await
-            } else {
-                socket.send(message).await
-            }
-        };
+        let kind = crate::metrics::outbound_type(&frame);
+        let write = self.transport.write(frame, cursor, self.batching);
         tokio::select! {
             sent = write => {
-                if let Some(kind) = kind {
-                    crate::metrics::frame_out(kind);
-                }
-                sent.map_err(|_| Gone)
+                crate::metrics::frame_out(kind);
+                sent.map_err(|Closed| Gone)
             }
             _ = stopped => Err(Gone),
         }
     }
 
-    /// Sends a close frame and waits briefly for the client's.
+    /// A keep-alive (a WebSocket ping, an SSE comment).
+    async fn ping(&mut self) -> Result<(), Gone> {
+        let stopped = self.conn.stopped();
+        tokio::select! {
+            sent = self.transport.ping() => sent.map_err(|Closed| Gone),
+            _ = stopped => Err(Gone),
+        }
+    }
+
+    /// Tells the client why the connection ends (a close frame, a `closed`
+    /// event), waiting briefly.
     async fn close(&mut self, reason: CloseReason) {
         tracing::debug!(
             code = reason.code(),
@@ -347,16 +368,7 @@ impl Connection {
             "closing connection"
         );
         crate::metrics::close(reason);
-        let grace = Duration::from_secs(1);
-        if tokio::time::timeout(grace, self.socket.close(Some(reason.frame())))
-            .await
-            .is_ok()
-        {
-            let _ = tokio::time::timeout(grace, async {
-                while let Some(Ok(_)) = self.socket.next().await {}
-            })
-            .await;
-        }
+        self.transport.close(reason, Duration::from_secs(1)).await;
     }
 
     /// Leaves the registry and lets go of the principal at every service,

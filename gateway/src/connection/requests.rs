@@ -2,36 +2,306 @@
 //! turned into a service call answered with an `ack` or an `error` (rooms and
 //! token refresh are handled here, without a service call of their own), and
 //! leaving a dialog's room when the operator's hold on it ends.
+//!
+//! The requests that need no connection ([`handle`]) are also what
+//! `POST /api/frames` runs for a frame that names no stream: one
+//! implementation of each rule, whoever sends the frame.
 
 use chatai_kit::error_code::ErrorCode;
 use chatai_kit::events::Recipient;
-use chatai_kit::identity::Role;
+use chatai_kit::identity::{Caller, Role};
 use serde_json::json;
 use tracing::Instrument;
 
-use super::{Connection, Flow, Gone, expiry_instant};
+use super::transport::Transport;
+use super::{Connection, Gone, expiry_instant};
 use crate::close::CloseReason;
 use crate::frames::inbound::{self, ClientFrame, Inbound, Priority};
 use crate::frames::outbound;
 use crate::frames::rooms::{self, EndedHold};
+use crate::gateway::Gateway;
 use crate::service_id::ServiceId;
 use crate::services::CallError;
 
-impl Connection {
-    pub(super) async fn on_text(&mut self, text: &str) -> Flow {
+/// How a client frame was answered.
+#[derive(Debug)]
+pub enum Answer {
+    /// With this frame.
+    Reply(String),
+    /// Not at all (`typing` without an `id`).
+    Silent,
+    /// With this frame, and the connection closes for this reason.
+    Refused(String, CloseReason),
+}
+
+/// Who sends a request, and what the rules need to know of them.
+#[derive(Clone, Copy)]
+pub struct Sender<'a> {
+    pub gateway: &'a Gateway,
+    pub caller: &'a Caller,
+    /// The highest handoff priority the sender's token allows.
+    pub max_priority: Priority,
+    /// The last position of the caller's handoff log delivered to the
+    /// connection sending it (0 without one).
+    pub handoff_seen: u64,
+}
+
+/// What [`handle`] did with a frame.
+#[derive(Debug)]
+pub enum Handled {
+    Answer(Answer),
+    /// The frame acts on a connection (rooms, its token): the connection
+    /// handles it, or, without one, it is refused.
+    NeedsConnection(ConnectionFrame),
+}
+
+/// The frames that act on the connection that sends them.
+#[derive(Debug)]
+pub enum ConnectionFrame {
+    RefreshToken { token: String },
+    JoinRoom { room_id: String },
+    LeaveRoom { room_id: String },
+}
+
+impl ConnectionFrame {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ConnectionFrame::RefreshToken { .. } => "refresh_token",
+            ConnectionFrame::JoinRoom { .. } => "join_room",
+            ConnectionFrame::LeaveRoom { .. } => "leave_room",
+        }
+    }
+}
+
+/// The frames whose answer needs no connection: each becomes a service call
+/// answered with an `ack` or an `error`.
+pub async fn handle(sender: Sender<'_>, reference: Option<&str>, frame: ClientFrame) -> Handled {
+    let services = &sender.gateway.services;
+    let caller = sender.caller;
+    let reply = match frame {
+        ClientFrame::Heartbeat => outbound::heartbeat_ack(reference),
+        ClientFrame::ChatMessage { dialog_id, message } => {
+            match services
+                .send_message(caller, reference, dialog_id, message, sender.handoff_seen)
+                .await
+            {
+                Ok(sent) => {
+                    sender.gateway.reporter.messages.tick();
+                    outbound::ack(
+                        reference,
+                        json!({ "dialog_id": sent.dialog_id, "message_id": sent.message_id }),
+                    )
+                }
+                Err(err) => error_frame(reference, &err),
+            }
+        }
+        ClientFrame::Typing {
+            dialog_id,
+            is_typing,
+        } => match services
+            .typing(caller, dialog_id, is_typing, sender.handoff_seen)
+            .await
+        {
+            Ok(()) if reference.is_some() => {
+                outbound::ack(reference, json!({ "dialog_id": dialog_id }))
+            }
+            Ok(()) => return Handled::Answer(Answer::Silent),
+            Err(err) => error_frame(reference, &err),
+        },
+        ClientFrame::SetStatus { .. } | ClientFrame::CompleteHandoff { .. }
+            if caller.role != Role::Operator =>
+        {
+            outbound::error(
+                reference,
+                ErrorCode::Forbidden,
+                "Only operators may do that",
+            )
+        }
+        ClientFrame::SetStatus { status } => match services.set_status(caller, status).await {
+            Ok(effective) => outbound::ack(
+                reference,
+                json!({ "status": effective.as_str(), "chosen_status": status.as_str() }),
+            ),
+            Err(err) => error_frame(reference, &err),
+        },
+        ClientFrame::CompleteHandoff {
+            dialog_id,
+            resolution,
+        } => match services
+            .complete_handoff(caller, dialog_id, resolution)
+            .await
+        {
+            Ok(done) => outbound::ack(
+                reference,
+                json!({ "dialog_id": dialog_id, "duration": done.duration_seconds }),
+            ),
+            Err(err) => error_frame(reference, &err),
+        },
+        ClientFrame::HandoffRequest { .. } if caller.role == Role::Operator => outbound::error(
+            reference,
+            ErrorCode::Forbidden,
+            "Operators take handoffs; users request them",
+        ),
+        ClientFrame::HandoffRequest {
+            dialog_id,
+            reason,
+            priority,
+        } => {
+            // A client picks its priority only up to what its token
+            // allows: ten `urgent`s must not jump every queue.
+            let given = priority.min(sender.max_priority);
+            match services
+                .request_handoff(caller, dialog_id, reason, given)
+                .await
+            {
+                Ok(handoff) => outbound::ack(
+                    reference,
+                    json!({
+                        "dialog_id": dialog_id,
+                        "priority": given.as_str(),
+                        "handoff_id": handoff.handoff_id,
+                        "position": handoff.position,
+                        "estimated_wait_time": handoff.estimated_wait_seconds,
+                        "operators_online": handoff.operators_online,
+                        "operator_id": handoff.operator_id,
+                    }),
+                ),
+                Err(err) => error_frame(reference, &err),
+            }
+        }
+        ClientFrame::TransferHandoff { .. } | ClientFrame::ClaimHandoff { .. }
+            if caller.role != Role::Operator =>
+        {
+            outbound::error(
+                reference,
+                ErrorCode::Forbidden,
+                "Only operators may do that",
+            )
+        }
+        ClientFrame::TransferHandoff {
+            dialog_id,
+            to_operator_id,
+            reason,
+        } => match services
+            .transfer_handoff(caller, dialog_id, to_operator_id, reason)
+            .await
+        {
+            Ok(handoff) => outbound::ack(
+                reference,
+                json!({
+                    "dialog_id": dialog_id,
+                    "handoff_id": handoff.handoff_id,
+                    "operator_id": handoff.operator_id,
+                    "position": handoff.position,
+                }),
+            ),
+            Err(err) => error_frame(reference, &err),
+        },
+        ClientFrame::ClaimHandoff { dialog_id } => {
+            match services.claim_handoff(caller, dialog_id).await {
+                Ok(handoff) => outbound::ack(
+                    reference,
+                    json!({
+                        "dialog_id": dialog_id,
+                        "handoff_id": handoff.handoff_id,
+                        "operator_id": handoff.operator_id,
+                    }),
+                ),
+                Err(err) => error_frame(reference, &err),
+            }
+        }
+        ClientFrame::CancelHandoff { .. } if caller.role == Role::Operator => outbound::error(
+            reference,
+            ErrorCode::Forbidden,
+            "Operators transfer or complete handoffs; users cancel them",
+        ),
+        ClientFrame::CancelHandoff { dialog_id } => {
+            match services.cancel_handoff(caller, dialog_id).await {
+                Ok(handoff) => outbound::ack(
+                    reference,
+                    json!({ "dialog_id": dialog_id, "handoff_id": handoff.handoff_id }),
+                ),
+                Err(err) => error_frame(reference, &err),
+            }
+        }
+        ClientFrame::GetHistory {
+            dialog_id,
+            before_id,
+            limit,
+        } => match services
+            .get_history(caller, dialog_id, before_id, limit)
+            .await
+        {
+            Ok(page) => outbound::ack(
+                reference,
+                json!({
+                    "dialog_id": page.dialog_id,
+                    "messages": page.messages,
+                    "has_more": page.has_more,
+                }),
+            ),
+            Err(err) => error_frame(reference, &err),
+        },
+        ClientFrame::ListDialogs { before_id, limit } => {
+            match services.list_dialogs(caller, before_id, limit).await {
+                Ok(page) => outbound::ack(
+                    reference,
+                    json!({ "dialogs": page.dialogs, "has_more": page.has_more }),
+                ),
+                Err(err) => error_frame(reference, &err),
+            }
+        }
+        ClientFrame::MarkRead {
+            dialog_id,
+            message_id,
+        } => match services
+            .mark_read(caller, dialog_id, message_id, sender.handoff_seen)
+            .await
+        {
+            Ok(()) => outbound::ack(
+                reference,
+                json!({ "dialog_id": dialog_id, "message_id": message_id }),
+            ),
+            Err(err) => error_frame(reference, &err),
+        },
+        ClientFrame::RefreshToken { token } => {
+            return Handled::NeedsConnection(ConnectionFrame::RefreshToken { token });
+        }
+        ClientFrame::JoinRoom { room_id } => {
+            return Handled::NeedsConnection(ConnectionFrame::JoinRoom { room_id });
+        }
+        ClientFrame::LeaveRoom { room_id } => {
+            return Handled::NeedsConnection(ConnectionFrame::LeaveRoom { room_id });
+        }
+    };
+    Handled::Answer(Answer::Reply(reply))
+}
+
+/// The `error` frame of a parse failure.
+pub fn parse_error(err: &inbound::FrameError) -> String {
+    outbound::error(err.ref_id.as_deref(), err.code, &err.message)
+}
+
+/// The `error` frame of a frame refused for the rate limit.
+pub fn rate_limited(text: &str) -> String {
+    let reference = inbound::parse(text).ok().and_then(|i| i.id);
+    outbound::error(
+        reference.as_deref(),
+        ErrorCode::RateLimited,
+        "Too many frames; this one was not processed. Slow down or the connection closes",
+    )
+}
+
+impl<T: Transport> Connection<T> {
+    pub(super) async fn on_text(&mut self, text: &str) -> Answer {
         if self.limiter.check().is_err() {
             crate::metrics::frame_in("limited");
             self.strikes += 1;
+            let frame = rate_limited(text);
             if self.strikes > self.gateway.config.rate_limit_strikes {
-                return Flow::Close(CloseReason::RateLimited);
+                return Answer::Refused(frame, CloseReason::RateLimited);
             }
-            let reference = inbound::parse(text).ok().and_then(|i| i.id);
-            let frame = outbound::error(
-                reference.as_deref(),
-                ErrorCode::RateLimited,
-                "Too many frames; this one was not processed. Slow down or the connection closes",
-            );
-            return self.reply(frame).await;
+            return Answer::Reply(frame);
         }
         self.strikes = 0;
         let inbound = match inbound::parse(text) {
@@ -41,8 +311,7 @@ impl Connection {
             }
             Err(err) => {
                 crate::metrics::frame_in("invalid");
-                let frame = outbound::error(err.ref_id.as_deref(), err.code, &err.message);
-                return self.reply(frame).await;
+                return Answer::Reply(parse_error(&err));
             }
         };
         // A root: one trace per client frame, across every service it
@@ -58,223 +327,25 @@ impl Connection {
         Box::pin(self.on_frame(inbound).instrument(span)).await
     }
 
-    async fn reply(&mut self, frame: String) -> Flow {
-        match self.send_text(frame).await {
-            Ok(()) => Flow::Continue,
-            Err(Gone) => Flow::Gone,
-        }
-    }
-
-    async fn on_frame(&mut self, Inbound { id, frame }: Inbound) -> Flow {
+    async fn on_frame(&mut self, Inbound { id, frame }: Inbound) -> Answer {
         let reference = id.as_deref();
-        let services = self.gateway.services.clone();
-        let reply = match frame {
-            ClientFrame::Heartbeat => outbound::heartbeat_ack(reference),
-            ClientFrame::ChatMessage { dialog_id, message } => {
-                match services
-                    .send_message(
-                        &self.caller,
-                        reference,
-                        dialog_id,
-                        message,
-                        self.handoff_seen(),
-                    )
-                    .await
-                {
-                    Ok(sent) => {
-                        self.gateway.reporter.messages.tick();
-                        outbound::ack(
-                            reference,
-                            json!({ "dialog_id": sent.dialog_id, "message_id": sent.message_id }),
-                        )
-                    }
-                    Err(err) => error_frame(reference, &err),
-                }
-            }
-            ClientFrame::Typing {
-                dialog_id,
-                is_typing,
-            } => match services
-                .typing(&self.caller, dialog_id, is_typing, self.handoff_seen())
-                .await
-            {
-                Ok(()) if reference.is_some() => {
-                    outbound::ack(reference, json!({ "dialog_id": dialog_id }))
-                }
-                Ok(()) => return Flow::Continue,
-                Err(err) => error_frame(reference, &err),
-            },
-            ClientFrame::RefreshToken { token } => self.refresh_token(reference, &token).await,
-            ClientFrame::SetStatus { .. } | ClientFrame::CompleteHandoff { .. }
-                if self.caller.role != Role::Operator =>
-            {
-                outbound::error(
-                    reference,
-                    ErrorCode::Forbidden,
-                    "Only operators may do that",
-                )
-            }
-            ClientFrame::SetStatus { status } => {
-                match services.set_status(&self.caller, status).await {
-                    Ok(effective) => outbound::ack(
-                        reference,
-                        json!({ "status": effective.as_str(), "chosen_status": status.as_str() }),
-                    ),
-                    Err(err) => error_frame(reference, &err),
-                }
-            }
-            ClientFrame::CompleteHandoff {
-                dialog_id,
-                resolution,
-            } => {
-                match services
-                    .complete_handoff(&self.caller, dialog_id, resolution)
-                    .await
-                {
-                    Ok(done) => outbound::ack(
-                        reference,
-                        json!({ "dialog_id": dialog_id, "duration": done.duration_seconds }),
-                    ),
-                    Err(err) => error_frame(reference, &err),
-                }
-            }
-            ClientFrame::HandoffRequest { .. } if self.caller.role == Role::Operator => {
-                outbound::error(
-                    reference,
-                    ErrorCode::Forbidden,
-                    "Operators take handoffs; users request them",
-                )
-            }
-            ClientFrame::HandoffRequest {
-                dialog_id,
-                reason,
-                priority,
-            } => {
-                // A client picks its priority only up to what its token
-                // allows: ten `urgent`s must not jump every queue.
-                let given = priority.min(self.max_priority);
-                match services
-                    .request_handoff(&self.caller, dialog_id, reason, given)
-                    .await
-                {
-                    Ok(handoff) => outbound::ack(
-                        reference,
-                        json!({
-                            "dialog_id": dialog_id,
-                            "priority": given.as_str(),
-                            "handoff_id": handoff.handoff_id,
-                            "position": handoff.position,
-                            "estimated_wait_time": handoff.estimated_wait_seconds,
-                            "operators_online": handoff.operators_online,
-                            "operator_id": handoff.operator_id,
-                        }),
-                    ),
-                    Err(err) => error_frame(reference, &err),
-                }
-            }
-            ClientFrame::TransferHandoff { .. } | ClientFrame::ClaimHandoff { .. }
-                if self.caller.role != Role::Operator =>
-            {
-                outbound::error(
-                    reference,
-                    ErrorCode::Forbidden,
-                    "Only operators may do that",
-                )
-            }
-            ClientFrame::TransferHandoff {
-                dialog_id,
-                to_operator_id,
-                reason,
-            } => {
-                match services
-                    .transfer_handoff(&self.caller, dialog_id, to_operator_id, reason)
-                    .await
-                {
-                    Ok(handoff) => outbound::ack(
-                        reference,
-                        json!({
-                            "dialog_id": dialog_id,
-                            "handoff_id": handoff.handoff_id,
-                            "operator_id": handoff.operator_id,
-                            "position": handoff.position,
-                        }),
-                    ),
-                    Err(err) => error_frame(reference, &err),
-                }
-            }
-            ClientFrame::ClaimHandoff { dialog_id } => {
-                match services.claim_handoff(&self.caller, dialog_id).await {
-                    Ok(handoff) => outbound::ack(
-                        reference,
-                        json!({
-                            "dialog_id": dialog_id,
-                            "handoff_id": handoff.handoff_id,
-                            "operator_id": handoff.operator_id,
-                        }),
-                    ),
-                    Err(err) => error_frame(reference, &err),
-                }
-            }
-            ClientFrame::CancelHandoff { .. } if self.caller.role == Role::Operator => {
-                outbound::error(
-                    reference,
-                    ErrorCode::Forbidden,
-                    "Operators transfer or complete handoffs; users cancel them",
-                )
-            }
-            ClientFrame::CancelHandoff { dialog_id } => {
-                match services.cancel_handoff(&self.caller, dialog_id).await {
-                    Ok(handoff) => outbound::ack(
-                        reference,
-                        json!({ "dialog_id": dialog_id, "handoff_id": handoff.handoff_id }),
-                    ),
-                    Err(err) => error_frame(reference, &err),
-                }
-            }
-            ClientFrame::GetHistory {
-                dialog_id,
-                before_id,
-                limit,
-            } => match services
-                .get_history(&self.caller, dialog_id, before_id, limit)
-                .await
-            {
-                Ok(page) => outbound::ack(
-                    reference,
-                    json!({
-                        "dialog_id": page.dialog_id,
-                        "messages": page.messages,
-                        "has_more": page.has_more,
-                    }),
-                ),
-                Err(err) => error_frame(reference, &err),
-            },
-            ClientFrame::ListDialogs { before_id, limit } => {
-                match services.list_dialogs(&self.caller, before_id, limit).await {
-                    Ok(page) => outbound::ack(
-                        reference,
-                        json!({ "dialogs": page.dialogs, "has_more": page.has_more }),
-                    ),
-                    Err(err) => error_frame(reference, &err),
-                }
-            }
-            ClientFrame::MarkRead {
-                dialog_id,
-                message_id,
-            } => match services
-                .mark_read(&self.caller, dialog_id, message_id, self.handoff_seen())
-                .await
-            {
-                Ok(()) => outbound::ack(
-                    reference,
-                    json!({ "dialog_id": dialog_id, "message_id": message_id }),
-                ),
-                Err(err) => error_frame(reference, &err),
-            },
-            ClientFrame::JoinRoom { room_id } => self.join_room(reference, &room_id).await,
-            ClientFrame::LeaveRoom { room_id } => self.leave_room(reference, &room_id).await,
+        let gateway = self.gateway.clone();
+        let sender = Sender {
+            gateway: &gateway,
+            caller: &self.caller,
+            max_priority: self.max_priority,
+            handoff_seen: self.handoff_seen(),
         };
-        self.reply(reply).await
+        let frame = match handle(sender, reference, frame).await {
+            Handled::Answer(answer) => return answer,
+            Handled::NeedsConnection(frame) => frame,
+        };
+        let reply = match frame {
+            ConnectionFrame::RefreshToken { token } => self.refresh_token(reference, &token).await,
+            ConnectionFrame::JoinRoom { room_id } => self.join_room(reference, &room_id).await,
+            ConnectionFrame::LeaveRoom { room_id } => self.leave_room(reference, &room_id).await,
+        };
+        Answer::Reply(reply)
     }
 
     /// The last position of the caller's own log at the handoff service

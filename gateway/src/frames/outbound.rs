@@ -226,6 +226,16 @@ pub fn analytics_snapshot(metrics: &[Metric]) -> String {
     )
 }
 
+/// `closed`: the last event of an SSE stream, with the close code and
+/// reason a WebSocket would have been closed with.
+pub fn closed(code: u16, reason: &str) -> String {
+    frame(
+        "closed",
+        None,
+        fields(json!({ "code": code, "reason": reason })),
+    )
+}
+
 /// `heartbeat_ack`.
 pub fn heartbeat_ack(reference: Option<&str>) -> String {
     frame("heartbeat_ack", reference, Map::new())

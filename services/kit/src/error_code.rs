@@ -69,6 +69,12 @@ pub enum ErrorCode {
     InsufficientBalance,
     /// A service said something was missing without a code of its own.
     NotFound,
+    /// (`POST /api/frames`) the frame acts on a connection (`join_room`,
+    /// `leave_room`, `refresh_token`) and names no SSE stream.
+    StreamRequired,
+    /// (`POST /api/frames`) `connection_id` names no live SSE stream of
+    /// the caller's.
+    StreamNotFound,
     /// A service refused the request's values.
     InvalidRequest,
     /// Anything else; the detail is only in the logs.
@@ -104,6 +110,8 @@ impl ErrorCode {
         ErrorCode::HandoffNotQueued,
         ErrorCode::InsufficientBalance,
         ErrorCode::NotFound,
+        ErrorCode::StreamRequired,
+        ErrorCode::StreamNotFound,
         ErrorCode::InvalidRequest,
         ErrorCode::InternalError,
     ];
@@ -136,6 +144,8 @@ impl ErrorCode {
             ErrorCode::OperatorNotFound => "operator_not_found",
             ErrorCode::InsufficientBalance => "insufficient_balance",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::StreamRequired => "stream_required",
+            ErrorCode::StreamNotFound => "stream_not_found",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::InternalError => "internal_error",
         }
