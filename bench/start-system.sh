@@ -11,7 +11,9 @@
 # CHATAI_CHAT_ADDR, CHATAI_HANDOFF_ADDR, CHATAI_PRESENCE_ADDR,
 # CHATAI_NOTIFICATION_ADDR, CHATAI_INTERNAL_TOKEN (default: a fresh one,
 # written to $BENCH_DIR/internal-token for `chatai-load fanout
-# --internal-token-file`), RUST_LOG (default warn: logging is not what is measured).
+# --internal-token-file`), RUST_LOG (default warn: logging is not what is measured),
+# BENCH_SECOND_GATEWAY (an address: a second gateway process there, for
+# `chatai-load --also-gateways`).
 set -euo pipefail
 
 target_dir=${1:-target}
@@ -49,6 +51,11 @@ done
 sleep 2
 "$bin" gateway > "$BENCH_DIR/gateway.log" 2>&1 &
 echo "gateway $!" >> "$BENCH_DIR/pids"
+if [[ -n ${BENCH_SECOND_GATEWAY:-} ]]; then
+    CHATAI_GATEWAY_ADDR=$BENCH_SECOND_GATEWAY CHATAI_GATEWAY_ID=gateway-2 \
+        "$bin" gateway > "$BENCH_DIR/gateway-2.log" 2>&1 &
+    echo "gateway-2 $!" >> "$BENCH_DIR/pids"
+fi
 
 for _ in $(seq 1 60); do
     if curl -fsS "http://$CHATAI_GATEWAY_ADDR/api/websocket/health" > /dev/null 2>&1; then

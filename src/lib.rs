@@ -9,7 +9,7 @@ use anyhow::Context;
 use chatai_chat::ChatConfig;
 use chatai_gateway::GatewayConfig;
 use chatai_handoff::HandoffConfig;
-use chatai_kit::config::{ServiceAddr, ServiceAddrs, ServiceCommon};
+use chatai_kit::config::{Part, ServiceAddr, ServiceAddrs, ServiceCommon};
 use chatai_notification::NotificationConfig;
 use chatai_presence::PresenceConfig;
 use tokio::net::TcpListener;
@@ -55,12 +55,12 @@ impl Listeners {
 
     /// Where the services actually listen.
     pub fn service_addrs(&self) -> anyhow::Result<ServiceAddrs> {
-        Ok(ServiceAddrs {
-            chat: self.chat.local_addr()?.into(),
-            handoff: self.handoff.local_addr()?.into(),
-            presence: self.presence.local_addr()?.into(),
-            notification: self.notification.local_addr()?.into(),
-        })
+        Ok(ServiceAddrs::listening(
+            self.chat.local_addr()?.into(),
+            self.handoff.local_addr()?.into(),
+            self.presence.local_addr()?.into(),
+            self.notification.local_addr()?.into(),
+        ))
     }
 
     /// Where the gateway actually listens.
@@ -120,7 +120,7 @@ pub fn spawn_all(
         chatai_chat::run(
             chat_listener,
             chat,
-            addrs.handoff.clone(),
+            addrs.target(Part::Handoff),
             common.clone(),
             shutdown.clone(),
         ),
@@ -131,8 +131,8 @@ pub fn spawn_all(
         chatai_handoff::run(
             handoff_listener,
             handoff,
-            addrs.presence.clone(),
-            Some(addrs.chat.clone()),
+            addrs.target(Part::Presence),
+            Some(addrs.target(Part::Chat)),
             common.clone(),
             shutdown.clone(),
         ),
@@ -157,6 +157,12 @@ pub fn spawn_all(
             shutdown.clone(),
         ),
     );
+    // One Redis for the services' logs and the gateway's limit.
+    let mut gateway = gateway;
+    gateway.redis = chatai_gateway::shared_limit::LimitRedis {
+        url: common.redis_url.clone(),
+        prefix: common.redis_prefix.clone(),
+    };
     spawn_part(
         parts,
         "gateway",

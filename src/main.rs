@@ -17,10 +17,12 @@ use std::time::Duration;
 use anyhow::Context;
 use chatai_chat::ChatConfig;
 use chatai_gateway::GatewayConfig;
+use chatai_gateway::shared_limit::LimitRedis;
 use chatai_handoff::HandoffConfig;
-use chatai_kit::config::{InternalAuth, ServiceAddrs, ServiceCommon, TelemetryConfig};
+use chatai_kit::config::{InternalAuth, Part, ServiceAddrs, ServiceCommon, TelemetryConfig};
 use chatai_kit::identity::Role;
 use chatai_kit::internal_auth::TOKEN_FILE;
+use chatai_kit::shutdown::ShutdownConfig;
 use chatai_notification::NotificationConfig;
 use chatai_presence::PresenceConfig;
 use chatai_tokens::TokenKeys;
@@ -38,6 +40,8 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     telemetry: TelemetryConfig,
+    #[command(flatten)]
+    shutdown: ShutdownConfig,
     /// Settings of the all-in-one mode (no subcommand).
     #[command(flatten)]
     all: AllInOne,
@@ -61,6 +65,8 @@ struct AllInOne {
     common: ServiceCommon,
 }
 
+// Parsed once at start and taken apart at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the WebSocket gateway alone.
@@ -71,6 +77,8 @@ enum Command {
         addrs: ServiceAddrs,
         #[command(flatten)]
         auth: InternalAuth,
+        #[command(flatten)]
+        redis: LimitRedis,
     },
     /// Run the chat service alone.
     Chat {
@@ -163,7 +171,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(cli))
+    let result = runtime.block_on(run(cli));
+    // What did not stop within the shutdown bound is abandoned, not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 fn print_token(args: &TokenArgs) -> anyhow::Result<()> {
@@ -206,6 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         auth.require_protection()?;
     }
     let shutdown = CancellationToken::new();
+    let shutdown_timeout = cli.shutdown.timeout();
     let mut parts = chatai::Parts::new();
     match cli.command {
         None => {
@@ -263,10 +275,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Some(Command::Gateway {
-            gateway,
+            mut gateway,
             addrs,
             auth,
+            redis,
         }) => {
+            gateway.redis = redis;
             let listener = chatai::bind(gateway.listen, "gateway").await?;
             let gateway = chatai_gateway::run(listener, gateway, addrs, auth, shutdown.clone());
             chatai::spawn_part(&mut parts, "gateway", gateway);
@@ -277,7 +291,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             common,
         }) => {
             let listener = chatai::bind_service(&addrs.chat, "chat").await?;
-            let chat = chatai_chat::run(listener, chat, addrs.handoff, common, shutdown.clone());
+            let chat = chatai_chat::run(
+                listener,
+                chat,
+                addrs.target(Part::Handoff),
+                common,
+                shutdown.clone(),
+            );
             chatai::spawn_part(&mut parts, "chat", chat);
         }
         Some(Command::Handoff { handoff, args }) => {
@@ -285,8 +305,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let handoff = chatai_handoff::run(
                 listener,
                 handoff,
-                args.addrs.presence,
-                Some(args.addrs.chat),
+                args.addrs.target(Part::Presence),
+                Some(args.addrs.target(Part::Chat)),
                 args.common,
                 shutdown.clone(),
             );
@@ -305,15 +325,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Token(_)) => unreachable!("handled before the runtime starts"),
     }
-    supervise(parts, shutdown).await
+    let signals = tokio::spawn(chatai_kit::shutdown::cancel_on_signal(shutdown.clone()));
+    let result = supervise(parts, shutdown, shutdown_timeout).await;
+    signals.abort();
+    result
 }
 
-/// Waits for SIGINT/SIGTERM or for any part to stop; then stops the rest and
-/// waits for all. A part that stops on its own is an error, and says why.
-async fn supervise(mut parts: chatai::Parts, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let signals = tokio::spawn(chatai_kit::shutdown::cancel_on_signal(shutdown.clone()));
+/// Waits for SIGINT/SIGTERM (the caller cancels `shutdown` on them) or for
+/// any part to stop; then stops the rest and waits for all, at most
+/// `timeout` after shutdown began. A part that stops on its own is an error,
+/// and says why; so is a part still running when the time is up.
+async fn supervise(
+    mut parts: chatai::Parts,
+    shutdown: CancellationToken,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let mut failure = None;
-    while let Some(joined) = parts.join_next().await {
+    let bound = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(timeout).await;
+    };
+    tokio::pin!(bound);
+    loop {
+        let joined = tokio::select! {
+            joined = parts.join_next() => match joined {
+                Some(joined) => joined,
+                None => break,
+            },
+            () = &mut bound => {
+                tracing::error!(
+                    still_running = parts.len(),
+                    timeout_secs = timeout.as_secs(),
+                    "not stopped within CHATAI_SHUTDOWN_TIMEOUT_SECS; exiting anyway"
+                );
+                parts.abort_all();
+                failure.get_or_insert_with(|| {
+                    anyhow::anyhow!("{} part(s) did not stop within {timeout:?}", parts.len())
+                });
+                break;
+            }
+        };
         let stopped_early = !shutdown.is_cancelled();
         match joined {
             Ok((part, Ok(()))) if stopped_early => {
@@ -332,7 +383,6 @@ async fn supervise(mut parts: chatai::Parts, shutdown: CancellationToken) -> any
         }
         shutdown.cancel();
     }
-    signals.abort();
     match failure {
         Some(err) => Err(err),
         None => Ok(()),
@@ -349,6 +399,31 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// A part that does not stop after shutdown is abandoned when the bound
+    /// is up, and the exit says so; parts that stop end it cleanly.
+    #[tokio::test]
+    async fn a_shutdown_is_bounded() {
+        let shutdown = CancellationToken::new();
+        let mut parts = chatai::Parts::new();
+        let stuck = std::future::pending::<anyhow::Result<()>>();
+        chatai::spawn_part(&mut parts, "stuck", stuck);
+        shutdown.cancel();
+        let stopped = supervise(parts, shutdown, Duration::from_millis(10)).await;
+        assert!(stopped.is_err(), "a part still running is an error");
+
+        let shutdown = CancellationToken::new();
+        let mut parts = chatai::Parts::new();
+        let token = shutdown.clone();
+        chatai::spawn_part(&mut parts, "polite", async move {
+            token.cancelled().await;
+            Ok::<(), anyhow::Error>(())
+        });
+        shutdown.cancel();
+        supervise(parts, shutdown, Duration::from_secs(30))
+            .await
+            .expect("a part that stops ends the shutdown cleanly");
     }
 
     /// One `--database-url` is the database of every service, in the

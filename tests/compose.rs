@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use chatai_kit::config::ServiceAddr;
+use chatai_kit::config::{ServiceAddr, Targets};
 
 const COMPOSE: &str = include_str!("../docker-compose.yml");
 
@@ -94,11 +94,48 @@ fn service_addresses_have_the_accepted_shape() {
         .iter()
         .filter(|(name, _)| name.ends_with("_ADDR") && name != "CHATAI_METRICS_ADDR")
         .count();
-    assert_eq!(addresses, 5, "the gateway's and the four services'");
-    // Each service serves its metrics for Prometheus (deploy/prometheus).
-    let metrics = variables
+    // The gateway's twice (two gateways) and the four services'.
+    assert_eq!(addresses, 6, "the gateways' and the four services'");
+    let mut replicas = Vec::new();
+    for (name, value) in &variables {
+        if name.ends_with("_ADDRS") {
+            value
+                .parse::<Targets>()
+                .unwrap_or_else(|err| panic!("{name}={value}: {err}"));
+            replicas.push(name.as_str());
+        }
+    }
+    replicas.sort();
+    assert_eq!(
+        replicas,
+        [
+            "CHATAI_CHAT_ADDRS",
+            "CHATAI_HANDOFF_ADDRS",
+            "CHATAI_NOTIFICATION_ADDRS",
+            "CHATAI_PRESENCE_ADDRS"
+        ],
+        "every service is reached through its replicas' name"
+    );
+}
+
+/// Two of each part: every service scaled to two replicas behind its name,
+/// two gateways with ids of their own.
+#[test]
+fn two_of_each_part() {
+    assert_eq!(
+        COMPOSE.matches("\n      replicas: 2\n").count(),
+        4,
+        "chat, handoff, presence and notification run twice"
+    );
+    let gateways = commands()
         .iter()
-        .filter(|(name, _)| name == "CHATAI_METRICS_ADDR")
+        .filter(|command| *command == "gateway")
         .count();
-    assert_eq!(metrics, 4, "each of the four services' metrics port");
+    assert_eq!(gateways, 2, "two gateways");
+    let ids: BTreeSet<String> = variables()
+        .into_iter()
+        .filter(|(name, _)| name == "CHATAI_GATEWAY_ID")
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(ids.len(), 2, "each gateway has an id of its own: {ids:?}");
 }

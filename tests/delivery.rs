@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{self, TestApp, TestOptions, WAIT, WsClient, as_caller, connect_at, spawn_app};
-use chatai_kit::config::{ServiceAddrs, ServiceCommon};
+use chatai_kit::config::{Part, ServiceAddrs, ServiceCommon};
 use chatai_kit::events::redis::RedisLog;
 use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::identity::Role;
@@ -279,12 +279,12 @@ async fn chat_service_restart(lose_the_log: bool) {
         bind().await,
         bind().await,
     );
-    let addrs = ServiceAddrs {
-        chat: chat_l.local_addr().expect("address").into(),
-        handoff: handoff_l.local_addr().expect("address").into(),
-        presence: presence_l.local_addr().expect("address").into(),
-        notification: notification_l.local_addr().expect("address").into(),
-    };
+    let addrs = ServiceAddrs::listening(
+        chat_l.local_addr().expect("address").into(),
+        handoff_l.local_addr().expect("address").into(),
+        presence_l.local_addr().expect("address").into(),
+        notification_l.local_addr().expect("address").into(),
+    );
     let others = CancellationToken::new();
     let handoff = options.handoff.clone();
     let notification = options.notification.clone();
@@ -293,8 +293,8 @@ async fn chat_service_restart(lose_the_log: bool) {
         chatai_handoff::run(
             handoff_l,
             handoff,
-            addrs.presence.clone(),
-            Some(addrs.chat.clone()),
+            addrs.target(Part::Presence),
+            Some(addrs.target(Part::Chat)),
             common.clone(),
             others.clone(),
         )
@@ -334,7 +334,7 @@ async fn chat_service_restart(lose_the_log: bool) {
     let chat = tokio::spawn(chatai_chat::run(
         chat_l,
         options.chat.clone(),
-        addrs.handoff.clone(),
+        addrs.target(Part::Handoff),
         common.clone(),
         chat_stop.clone(),
     ));
@@ -392,7 +392,7 @@ async fn chat_service_restart(lose_the_log: bool) {
     let chat = tokio::spawn(chatai_chat::run(
         chat_l,
         options.chat.clone(),
-        addrs.handoff.clone(),
+        addrs.target(Part::Handoff),
         common.clone(),
         chat_stop.clone(),
     ));

@@ -9,8 +9,11 @@
 
 mod common;
 
+mod addressing;
+mod analytics;
 mod auth;
 mod bad_input;
+mod browser;
 mod chat;
 mod compose;
 mod connections;
@@ -19,13 +22,17 @@ mod fairness;
 mod history;
 mod internal;
 mod isolation;
+mod js_client;
 mod jwks;
 mod limits;
 mod metrics;
 mod operators;
+mod presence_replicas;
 mod processes;
+mod replicas;
 mod restarts;
 mod resume;
+mod sse;
 mod tls;
 mod waiting;
 mod workspace;

@@ -23,8 +23,8 @@ use chatai_proto::v1::chat_client::ChatClient;
 use chatai_testkit::TestDatabase;
 use serde_json::{Value, json};
 
+use crate::common::deployment::{Deployment, INTERNAL_TOKEN};
 use crate::common::{FAQ_QUESTION, RawWs, TestOptions, WAIT, as_caller, free_addr, spawn_app};
-use crate::processes::{Deployment, INTERNAL_TOKEN};
 
 /// Every metric the system declares, one list per crate.
 fn declared() -> BTreeSet<&'static str> {
@@ -308,8 +308,7 @@ async fn every_part_exports_metrics_that_move_with_what_was_done() {
     let mut urls = BTreeMap::new();
     for part in ["presence", "handoff", "chat", "notification"] {
         let addr = free_addr();
-        deployment.set_env("CHATAI_METRICS_ADDR", addr.to_string());
-        deployment.start(part);
+        deployment.start_as(part, part, &[("CHATAI_METRICS_ADDR", addr.to_string())]);
         urls.insert(part, format!("http://{addr}/metrics"));
     }
     deployment.start("gateway");

@@ -10,15 +10,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::{self, WAIT, WsClient, connect_at, free_addr};
+use crate::common::deployment::{Deployment, Redis, START, until, wait_for_port};
+use crate::common::{self, free_addr};
 use chatai_kit::identity::Role;
 use chatai_testkit::TestDatabase;
-use chatai_tokens::TokenKeys;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -28,256 +26,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1 as otlp;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
-
-pub(crate) const JWT_SECRET: &str = "processes-test-secret-of-32-bytes-or-more";
-pub(crate) const INTERNAL_TOKEN: &str = "processes-internal-token";
-
-/// How long a freshly started process may take to become healthy (it
-/// connects to PostgreSQL and Redis and applies migrations first).
-const START: Duration = Duration::from_secs(30);
-
-/// A `redis-server` of the test's own, so the test can kill it.
-struct Redis {
-    port: u16,
-    child: Child,
-}
-
-impl Redis {
-    async fn start(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server (scripts/test installs it) starts");
-        wait_for_port(port).await;
-        Redis { port, child }
-    }
-
-    async fn kill(&mut self) {
-        self.child.kill().await.expect("Redis is killed");
-    }
-}
-
-async fn wait_for_port(port: u16) {
-    let deadline = tokio::time::Instant::now() + START;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing listens on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The five processes, their shared environment and their logs (also used
-/// by `tests/metrics.rs`).
-pub(crate) struct Deployment {
-    env: Vec<(&'static str, String)>,
-    pub(crate) gateway: SocketAddr,
-    logs: tempfile::TempDir,
-    children: HashMap<&'static str, Child>,
-    keys: TokenKeys,
-    http: reqwest::Client,
-}
-
-impl Deployment {
-    /// The environment of a deployment on `database_url`, with the event
-    /// logs in the Redis on `redis_port`, or in each service's memory.
-    pub(crate) fn new(database_url: &str, redis_port: Option<u16>) -> Deployment {
-        let gateway = free_addr();
-        let mut env = vec![
-            ("CHATAI_DATABASE_URL", database_url.to_owned()),
-            ("CHATAI_INTERNAL_TOKEN", INTERNAL_TOKEN.to_owned()),
-            ("CHATAI_JWT_SECRET", JWT_SECRET.to_owned()),
-            ("CHATAI_GATEWAY_ADDR", gateway.to_string()),
-            // By name, as in a container network: each service resolves its
-            // own name to listen on, the others to connect.
-            (
-                "CHATAI_CHAT_ADDR",
-                format!("localhost:{}", free_addr().port()),
-            ),
-            (
-                "CHATAI_HANDOFF_ADDR",
-                format!("localhost:{}", free_addr().port()),
-            ),
-            ("CHATAI_PRESENCE_ADDR", free_addr().to_string()),
-            ("CHATAI_NOTIFICATION_ADDR", free_addr().to_string()),
-            ("CHATAI_PRESENCE_GRACE_SECS", "1".to_owned()),
-            // `CHATAI_TEST_PROCESS_LOG=debug` to see more when one fails.
-            (
-                "RUST_LOG",
-                std::env::var("CHATAI_TEST_PROCESS_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            ),
-        ];
-        if let Some(port) = redis_port {
-            env.push(("CHATAI_REDIS_URL", format!("redis://127.0.0.1:{port}")));
-            env.push(("CHATAI_REDIS_PREFIX", "processes".to_owned()));
-        }
-        Deployment {
-            env,
-            gateway,
-            logs: tempfile::tempdir().expect("a folder for the logs"),
-            children: HashMap::new(),
-            keys: TokenKeys::new(JWT_SECRET.as_bytes()),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn log_path(&self, part: &str) -> PathBuf {
-        self.logs.path().join(format!("{part}.log"))
-    }
-
-    /// The value of `name` in the deployment's environment.
-    pub(crate) fn env(&self, name: &str) -> Option<&str> {
-        self.env
-            .iter()
-            .find(|(existing, _)| *existing == name)
-            .map(|(_, value)| value.as_str())
-    }
-
-    /// What signs the deployment's client tokens.
-    pub(crate) fn keys(&self) -> &TokenKeys {
-        &self.keys
-    }
-
-    /// Adds a variable to every part started from now on.
-    pub(crate) fn set_env(&mut self, name: &'static str, value: String) {
-        self.env.retain(|(existing, _)| *existing != name);
-        self.env.push((name, value));
-    }
-
-    /// Starts `chatai {part}` with the deployment's environment only (none
-    /// of the test machine's `CHATAI_*` settings leak in).
-    pub(crate) fn start(&mut self, part: &'static str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(part))
-            .expect("a log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_chatai"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("CHATAI_") || name.starts_with("OTEL_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command
-            .arg(part)
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the chatai binary starts");
-        self.children.insert(part, child);
-    }
-
-    /// Every part's log, for a failure message.
-    pub(crate) fn logs(&self) -> String {
-        let mut all = String::new();
-        for part in self.children.keys() {
-            let text = std::fs::read_to_string(self.log_path(part)).unwrap_or_default();
-            all.push_str(&format!("--- {part}\n{text}"));
-        }
-        all
-    }
-
-    /// SIGKILL: the part gets no chance to say goodbye.
-    async fn kill(&mut self, part: &str) {
-        let mut child = self.children.remove(part).expect("a running part");
-        child.kill().await.expect("the part is killed");
-    }
-
-    /// SIGTERM, then waits for the process; it must exit 0 in time.
-    async fn terminate(&mut self, part: &str) {
-        let mut child = self.children.remove(part).expect("a running part");
-        let pid = child.id().expect("a live process");
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .expect("kill runs");
-        assert!(sent.success(), "SIGTERM sent to the {part}");
-        let status = tokio::time::timeout(WAIT * 2, child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("the {part} stops after SIGTERM"))
-            .expect("its exit status");
-        assert!(
-            status.success(),
-            "the {part} exits cleanly on SIGTERM: {status}\n{}",
-            self.logs()
-        );
-    }
-
-    /// The health endpoint's status and body, or `None` while the gateway
-    /// does not answer.
-    async fn health(&self) -> Option<(u16, Value)> {
-        let url = format!("http://{}/api/websocket/health", self.gateway);
-        let response = self.http.get(url).send().await.ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.json().await.ok()?))
-    }
-
-    /// Polls health until `wanted` says yes; fails with every log otherwise.
-    async fn wait_for_health(&self, what: &str, wanted: impl Fn(u16, &Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + START;
-        let mut last = None;
-        loop {
-            if let Some((status, body)) = self.health().await {
-                if wanted(status, &body) {
-                    return body;
-                }
-                last = Some((status, body));
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what}: last health {last:?}\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub(crate) async fn wait_healthy(&self) {
-        self.wait_for_health("the deployment becomes healthy", |status, _| status == 200)
-            .await;
-    }
-
-    pub(crate) async fn connect(&self, id: i64, role: Role) -> WsClient {
-        let token = self
-            .keys
-            .mint(id, role, None, Duration::from_secs(600))
-            .expect("a token");
-        connect_at(self.gateway, &token, id, role, "").await.0
-    }
-}
-
-impl Drop for Deployment {
-    /// A failed test shows what every process logged.
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
-    }
-}
-
-/// Reads frames until one satisfies `last`; returns them all.
-async fn until(client: &mut WsClient, last: impl Fn(&Value) -> bool) -> Vec<Value> {
-    let mut frames = Vec::new();
-    loop {
-        let frame = client.recv().await;
-        let done = last(&frame);
-        frames.push(frame);
-        if done {
-            return frames;
-        }
-    }
-}
 
 /// Every part in its own process: the chat path and a whole handoff across
 /// five processes, then a killed service, a killed Redis and a SIGTERM.
@@ -723,10 +471,31 @@ fn attribute<'a>(span: &'a otlp::Span, key: &str) -> Option<&'a str> {
         })
 }
 
+/// The spans of the trace `trace_id`, each with its process and parent.
+fn in_trace<'a>(
+    spans: &'a [(String, otlp::Span)],
+    trace_id: &[u8],
+) -> Vec<&'a (String, otlp::Span)> {
+    spans
+        .iter()
+        .filter(|(_, span)| span.trace_id == trace_id)
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 /// What an operator sees in Jaeger: one client frame is one trace, from the
 /// gateway's span for the frame, through the chat service's call and the
 /// assistant's answer, to the gateway delivering that answer — four
-/// processes' spans under one trace id, the frame's span its root.
+/// processes' spans under one trace id, the frame's span its root, each
+/// part's spans named after it; the database write inside `send_message`,
+/// and the group-committed batch that carried it linked to it. And nothing
+/// else: the periodic background work of the same seconds (gateway reports
+/// and lease refreshes, connection records, analytics pushes, trims, the
+/// presence actor) exports no trace. And the JSON log lines of a request
+/// carry the trace id the collector received.
 #[tokio::test]
 async fn one_client_frame_is_one_trace_across_processes() {
     let collector = Collector::default();
@@ -734,14 +503,39 @@ async fn one_client_frame_is_one_trace_across_processes() {
     let database = TestDatabase::postgres().await;
     let mut deployment = Deployment::new(database.url(), None);
     deployment.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_addr}"));
-    deployment.set_env("RUST_LOG", "info".to_owned());
+    // The chat service's debug lines include the refusal logged below.
+    deployment.set_env("RUST_LOG", "info,chatai_chat=debug".to_owned());
+    deployment.set_env("CHATAI_LOG_JSON", "true".to_owned());
+    // Analytics pushes (and with them their store reads) every second.
+    deployment.set_env("CHATAI_ANALYTICS_INTERVAL_SECS", "1".to_owned());
     for part in ["presence", "handoff", "chat", "notification", "gateway"] {
         deployment.start(part);
     }
     deployment.wait_healthy().await;
+    let window_start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos() as u64;
     let mut user = deployment.connect(1903, Role::User).await;
-    user.chat_and_answer("traced", None, common::FAQ_QUESTION)
+    let (ack, _) = user
+        .chat_and_answer("traced", None, common::FAQ_QUESTION)
         .await;
+    // Someone else writing into that dialog: refused, with a debug line in
+    // the chat service's log, inside the frame's trace.
+    let mut other = deployment.connect(1904, Role::User).await;
+    let refused = other
+        .request(json!({
+            "type": "chat_message",
+            "id": "foreign",
+            "dialog_id": ack["dialog_id"],
+            "message": "hello",
+        }))
+        .await;
+    assert_eq!(refused["code"], "dialog_not_found", "{refused}");
+    // Long enough for every periodic task to run at least once: gateway
+    // reports and lease refreshes (5 s), connection records (1 s),
+    // analytics pushes (1 s here). Waiting, not timing anything.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     // Stopping flushes every process's buffered spans to the collector.
     deployment.terminate("gateway").await;
     for part in ["chat", "handoff", "presence", "notification"] {
@@ -749,22 +543,25 @@ async fn one_client_frame_is_one_trace_across_processes() {
     }
 
     let spans = collector.spans();
-    let frame = spans
-        .iter()
-        .find(|(service, span)| {
-            service == "chatai-gateway"
-                && span.name == "frame"
-                && attribute(span, "id") == Some("traced")
-        })
-        .map(|(_, span)| span.clone())
-        .unwrap_or_else(|| panic!("the gateway's span for the frame: {spans:#?}"));
+    let frame_span = |id: &str| {
+        spans
+            .iter()
+            .find(|(service, span)| {
+                service == "chatai-gateway"
+                    && span.name == "gateway.frame"
+                    && attribute(span, "id") == Some(id)
+            })
+            .map(|(_, span)| span.clone())
+            .unwrap_or_else(|| panic!("the gateway's span for the frame {id}: {spans:#?}"))
+    };
+    let frame = frame_span("traced");
     assert!(
         frame.parent_span_id.is_empty(),
         "the frame's span is a root"
     );
-    let in_trace: Vec<(&str, &str, Option<&str>)> = spans
+    let trace = in_trace(&spans, &frame.trace_id);
+    let summary: Vec<(&str, &str, Option<&str>)> = trace
         .iter()
-        .filter(|(_, span)| span.trace_id == frame.trace_id)
         .map(|(service, span)| {
             (
                 service.as_str(),
@@ -774,16 +571,107 @@ async fn one_client_frame_is_one_trace_across_processes() {
         })
         .collect();
     for (service, name, detail) in [
-        ("chatai-chat", "grpc", Some("/chatai.v1.Chat/SendMessage")),
+        (
+            "chatai-chat",
+            "chat.SendMessage",
+            Some("/chatai.v1.Chat/SendMessage"),
+        ),
         ("chatai-chat", "assistant_answer", None),
-        ("chatai-gateway", "deliver", Some("ai_response")),
+        ("chatai-gateway", "gateway.deliver", Some("ai_response")),
     ] {
         assert!(
-            in_trace
+            summary
                 .iter()
                 .any(|(s, n, d)| *s == service && *n == name && (detail.is_none() || *d == detail)),
-            "{service} {name} {detail:?} is in the frame's trace: {in_trace:#?}"
+            "{service} {name} {detail:?} is in the frame's trace: {summary:#?}"
         );
     }
+    // Each part's entry spans say which part they are.
+    for (service, span) in &trace {
+        if let Some(part) = attribute(span, "chatai.part") {
+            assert_eq!(format!("chatai-{part}"), *service, "{}", span.name);
+        }
+    }
+
+    // The database write is a child of `send_message`; the batch that
+    // committed it is a root of its own, linked to it.
+    let by_id = |id: &[u8]| trace.iter().find(|(_, span)| span.span_id == id);
+    let write = trace
+        .iter()
+        .map(|(_, span)| span)
+        .find(|span| {
+            span.name == "db.write"
+                && by_id(&span.parent_span_id)
+                    .is_some_and(|(_, parent)| parent.name == "send_message")
+        })
+        .unwrap_or_else(|| panic!("a db.write under send_message: {summary:#?}"));
+    let batch = spans
+        .iter()
+        .find(|(service, span)| {
+            service == "chatai-chat"
+                && span.name == "db.batch"
+                && span
+                    .links
+                    .iter()
+                    .any(|link| link.trace_id == write.trace_id && link.span_id == write.span_id)
+        })
+        .map(|(_, span)| span)
+        .unwrap_or_else(|| panic!("a db.batch linked to the db.write: {spans:#?}"));
+    assert!(batch.parent_span_id.is_empty(), "the batch is a root");
+
+    // In the window, every trace is a client's: a frame, its connection, or
+    // a batch of the database writes they caused — judged by the root of
+    // each trace any span of the window belongs to (a long-lived root that
+    // began earlier counts too).
+    let foreign = frame_span("foreign");
+    let client_root = |service: &str, name: &str| {
+        matches!(
+            (service, name),
+            ("chatai-gateway", "gateway.frame" | "client" | "connection")
+                | ("chatai-chat", "db.batch")
+        )
+    };
+    let mut traces: Vec<&[u8]> = spans
+        .iter()
+        .filter(|(_, span)| span.start_time_unix_nano >= window_start)
+        .map(|(_, span)| span.trace_id.as_slice())
+        .collect();
+    traces.sort();
+    traces.dedup();
+    let background: Vec<(&str, &str)> = traces
+        .iter()
+        .map(|trace_id| {
+            spans
+                .iter()
+                .find(|(_, span)| span.trace_id == *trace_id && span.parent_span_id.is_empty())
+                .map(|(service, span)| (service.as_str(), span.name.as_str()))
+                .unwrap_or(("no root exported", "?"))
+        })
+        .filter(|(service, name)| !client_root(service, name))
+        .collect();
+    assert!(
+        background.is_empty(),
+        "only clients' traces in the window ({} in all), not {background:#?}",
+        traces.len()
+    );
+
+    // A log line of the refused request carries the trace id the collector
+    // received (and the span id of a span of that trace).
+    let chat_log =
+        std::fs::read_to_string(deployment.log_path("chat")).expect("the chat service's log");
+    let foreign_trace = hex(&foreign.trace_id);
+    let line: Value = chat_log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "refused: someone else's dialog")
+        .unwrap_or_else(|| panic!("the refusal is logged as JSON: {chat_log}"));
+    assert_eq!(line["trace_id"], foreign_trace.as_str(), "{line}");
+    let span_id = line["span_id"].as_str().expect("a span id");
+    assert!(
+        in_trace(&spans, &foreign.trace_id)
+            .iter()
+            .any(|(_, span)| hex(&span.span_id) == span_id),
+        "the line's span is one the collector received: {line}"
+    );
     database.remove().await;
 }

@@ -148,8 +148,8 @@ async fn run_once(
     let per_user = rate / users as f64;
     shared::warn_rate_limit("user", per_user, args.server_rate_limit, "use more --users");
     println!(
-        "chat: {users} users × {per_user:.2} msg/s = {rate} msg/s for {} s to ws://{}",
-        args.duration, target.addr
+        "chat: {users} users × {per_user:.2} msg/s = {rate} msg/s for {} s to {:?}",
+        args.duration, target.gateways
     );
 
     // Connect and warm up every user: one message each opens its dialog.

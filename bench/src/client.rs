@@ -25,7 +25,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The gateway under load and the keys to mint its tokens.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The first gateway (health checks, reports).
     pub addr: SocketAddr,
+    /// Every gateway clients are spread over (`addr` first): client `id`
+    /// connects to `gateways[id % len]`.
+    pub gateways: Vec<SocketAddr>,
     keys: TokenKeys,
 }
 
@@ -71,8 +75,21 @@ impl Target {
     pub fn new(addr: SocketAddr, secret: &[u8]) -> Self {
         Target {
             addr,
+            gateways: vec![addr],
             keys: TokenKeys::new(secret),
         }
+    }
+
+    /// The same, with clients spread over `more` gateways besides the first.
+    pub fn spread_over(mut self, more: &[SocketAddr]) -> Self {
+        self.gateways.extend_from_slice(more);
+        self
+    }
+
+    /// The gateway client `id` connects to.
+    fn gateway_for(&self, id: i64) -> SocketAddr {
+        let index = id.unsigned_abs() as usize % self.gateways.len().max(1);
+        self.gateways.get(index).copied().unwrap_or(self.addr)
     }
 
     /// Opens a connection for user `user_id` and waits for `connected`.
@@ -99,7 +116,8 @@ impl Target {
             .keys
             .mint(id, role, None, token_ttl)
             .map_err(|_| Failure::new("mint_token"))?;
-        let stream = TcpStream::connect(self.addr)
+        let gateway = self.gateway_for(id);
+        let stream = TcpStream::connect(gateway)
             .await
             .map_err(|err| Failure(format!("tcp_{:?}", err.kind())))?;
         stream
@@ -109,7 +127,7 @@ impl Target {
             Role::Operator => format!("/ws/operator/{id}"),
             _ => format!("/ws/{id}"),
         };
-        let url = format!("ws://{}{path}?token={token}", self.addr);
+        let url = format!("ws://{gateway}{path}?token={token}");
         // Small buffers: the tool itself holds up to ~19 000 sockets.
         let config = WebSocketConfig::default()
             .read_buffer_size(4 * 1024)

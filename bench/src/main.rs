@@ -69,6 +69,12 @@ pub struct TargetArgs {
         global = true
     )]
     gateway: SocketAddr,
+    /// More gateways of the same deployment (comma-separated, loopback):
+    /// clients are spread over all of them, client `id` on gateway
+    /// `id % count` (users and operators alike), so a user and their
+    /// operator may be on two gateways.
+    #[arg(long = "also-gateways", value_delimiter = ',', global = true)]
+    also_gateways: Vec<SocketAddr>,
     /// The gateway's HS256 secret; unset = the gateway's development secret.
     #[arg(
         long = "jwt-secret",
@@ -101,11 +107,19 @@ fn main() -> anyhow::Result<()> {
         "chatai-load only talks to a gateway on this machine (a loopback address), not {}",
         cli.target.gateway
     );
+    anyhow::ensure!(
+        cli.target
+            .also_gateways
+            .iter()
+            .all(|g| g.ip().is_loopback()),
+        "chatai-load only talks to gateways on this machine (loopback addresses)"
+    );
     let nofile = raise_nofile_limit();
     let secret = chatai_tokens::configured_secret(cli.target.jwt_secret.as_deref())?
         .unwrap_or(chatai_tokens::DEVELOPMENT_SECRET)
         .to_owned();
-    let target = client::Target::new(cli.target.gateway, secret.as_bytes());
+    let target = client::Target::new(cli.target.gateway, secret.as_bytes())
+        .spread_over(&cli.target.also_gateways);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

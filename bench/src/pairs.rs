@@ -346,8 +346,8 @@ async fn run_once(
         "use more --operators",
     );
     println!(
-        "pairs: {pairs} users and {operators} operators, {per_dialog:.2} msg/s per dialog each way = {rate} msg/s per direction for {} s to ws://{}",
-        args.duration, target.addr
+        "pairs: {pairs} users and {operators} operators, {per_dialog:.2} msg/s per dialog each way = {rate} msg/s per direction for {} s to {:?}",
+        args.duration, target.gateways
     );
 
     let token_ttl = Duration::from_secs(args.duration + args.drain_secs + 3600);

@@ -135,6 +135,17 @@ pub struct GatewayConfig {
         default_value_t = 10
     )]
     pub upgrade_timeout_secs: u64,
+    /// Seconds a stopping gateway keeps its clients while its health says
+    /// `503 draining` (and new WebSockets are closed 1001), so a load
+    /// balancer stops sending it clients before they are closed 1001 and
+    /// reconnect. 0: close them at once. Counts within
+    /// `CHATAI_SHUTDOWN_TIMEOUT_SECS`.
+    #[arg(
+        long = "drain-delay-secs",
+        env = "CHATAI_DRAIN_DELAY_SECS",
+        default_value_t = 0
+    )]
+    pub drain_delay_secs: u64,
     /// WebSocket connections this gateway holds (more: upgraded and closed
     /// 1013); unset = derived from the descriptor limit (`limits.rs`).
     #[arg(long = "max-connections", env = "CHATAI_MAX_CONNECTIONS")]
@@ -175,6 +186,11 @@ pub struct GatewayConfig {
         default_value = ""
     )]
     pub allowed_origins: AllowedOrigins,
+    /// Redis for the per-user limit across gateways: not a flag of its own
+    /// here (the all-in-one's services own `CHATAI_REDIS_URL`); the binary
+    /// sets it from the gateway command's flags or the services' settings.
+    #[arg(skip)]
+    pub redis: crate::shared_limit::LimitRedis,
 }
 
 /// Shown in logs and panics without the JWT secret.
@@ -205,12 +221,14 @@ impl std::fmt::Debug for GatewayConfig {
             .field("gateway_id", &self.gateway_id)
             .field("header_read_timeout_secs", &self.header_read_timeout_secs)
             .field("upgrade_timeout_secs", &self.upgrade_timeout_secs)
+            .field("drain_delay_secs", &self.drain_delay_secs)
             .field("max_connections", &self.max_connections)
             .field("max_unfinished", &self.max_unfinished)
             .field("max_unfinished_per_ip", &self.max_unfinished_per_ip)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("allowed_origins", &self.allowed_origins)
+            .field("redis", &self.redis)
             .finish()
     }
 }
@@ -269,6 +287,10 @@ impl GatewayConfig {
             self.idle_timeout_secs
                 .max(2 * self.heartbeat_interval_secs.max(1)),
         )
+    }
+
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_secs(self.drain_delay_secs)
     }
 
     pub fn request_timeout(&self) -> Duration {

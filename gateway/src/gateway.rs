@@ -1,16 +1,16 @@
 //! [`Gateway`]: what every connection and route shares, and how it is put
-//! together: one channel per service, shared by that service's event stream
+//! together: one channel per service (over all its replicas:
+//! `chatai_kit::grpc::replicas`), shared by that service's event stream
 //! ([`Upstream`]), its API clients ([`Services`]) and reporting.
 
 use std::sync::Arc;
 
-use chatai_kit::config::{InternalAuth, ServiceAddr, ServiceAddrs};
-use chatai_kit::grpc::TokenInterceptor;
+use chatai_kit::config::{InternalAuth, Part, ServiceAddrs};
+use chatai_kit::grpc::ServiceChannel;
 use chatai_kit::supervisor::{Supervisor, TaskFailed};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::codegen::InterceptedService;
 
 use crate::auth::TokenKeys;
 use crate::config::GatewayConfig;
@@ -20,7 +20,8 @@ use crate::registry::Registry;
 use crate::reporting::Reporter;
 use crate::service_id::ServiceId;
 use crate::services::Services;
-use crate::upstream::{ServiceChannel, Upstream};
+use crate::shared_limit::SharedLimit;
+use crate::upstream::Upstream;
 use crate::verifier::Verifier;
 
 /// Why the gateway could not start or stopped with an error.
@@ -39,6 +40,9 @@ pub enum GatewayError {
     /// `CHATAI_JWKS_URL` is not a URL the gateway can fetch.
     #[error(transparent)]
     Jwks(#[from] JwksConfigError),
+    /// `CHATAI_REDIS_URL` is not a Redis URL.
+    #[error("Redis URL: {0}")]
+    Redis(#[from] redis::RedisError),
     /// An event stream or the reporting stopped before shutdown.
     #[error(transparent)]
     Task(#[from] TaskFailed),
@@ -56,12 +60,17 @@ pub struct Gateway {
     pub services: Services,
     /// Parent of every connection's stop token.
     pub connections_stop: CancellationToken,
+    /// Cancelled when the gateway starts to stop: health answers `503
+    /// draining` and new WebSockets are closed 1001 from then on.
+    pub draining: CancellationToken,
     /// Owns every connection task.
     pub tasks: TaskTracker,
     pub metrics: PrometheusHandle,
     pub reporter: Reporter,
     /// The socket limits and counts (node cap, per address, timeouts).
     pub limits: Arc<Limits>,
+    /// The per-user connection limit across gateways (with Redis).
+    pub limit: SharedLimit,
     /// When this gateway started.
     pub started: std::time::Instant,
     /// The live SSE streams, for `POST /api/frames` to reach.
@@ -91,17 +100,18 @@ impl Gateway {
     ) -> Result<Arc<Gateway>, GatewayError> {
         let verifier = verifier(&config, background)?;
         let registry = Arc::new(Registry::new(gateway_id));
-        let interceptor = TokenInterceptor::new(auth);
-        let channel = |addr: &ServiceAddr| -> Result<ServiceChannel, GatewayError> {
-            Ok(InterceptedService::new(
-                addr.channel(auth, "gateway")?,
-                interceptor.clone(),
-            ))
+        // Each service's replicas (`CHATAI_<PART>_ADDRS`, else `_ADDR`).
+        let channel = |part: Part| -> Result<ServiceChannel, GatewayError> {
+            Ok(chatai_kit::grpc::service_channel(
+                &addrs.target(part),
+                auth,
+                crate::metrics::SERVICE,
+            )?)
         };
-        let chat = channel(&addrs.chat)?;
-        let handoff = channel(&addrs.handoff)?;
-        let presence = channel(&addrs.presence)?;
-        let notification = channel(&addrs.notification)?;
+        let chat = channel(Part::Chat)?;
+        let handoff = channel(Part::Handoff)?;
+        let presence = channel(Part::Presence)?;
+        let notification = channel(Part::Notification)?;
         let upstreams = ServiceId::ALL
             .into_iter()
             .map(|service| {
@@ -135,6 +145,20 @@ impl Gateway {
             notification,
             config.request_timeout(),
         );
+        let limit = match config.redis.url() {
+            Some(url) => {
+                let (limit, task) = SharedLimit::start(
+                    url,
+                    &config.redis.prefix,
+                    config.max_connections_per_user,
+                    registry.clone(),
+                    background.stop.clone(),
+                )?;
+                background.supervisor.spawn("connection limit", task);
+                limit
+            }
+            None => SharedLimit::local(),
+        };
         let nofile = Budget::nofile();
         let limits = Arc::new(Limits::new(&config, nofile));
         let budget = limits.budget();
@@ -162,10 +186,12 @@ impl Gateway {
             upstreams,
             services,
             connections_stop: CancellationToken::new(),
+            draining: CancellationToken::new(),
             tasks: TaskTracker::new(),
             metrics: chatai_kit::metrics::handle(),
             reporter,
             limits,
+            limit,
             started: std::time::Instant::now(),
         }))
     }

@@ -1,7 +1,8 @@
 //! The gateway's HTTP side: the routes (the WebSocket endpoints, with
 //! authentication before the upgrade and the upgrade itself onto
 //! tokio-tungstenite; health and Prometheus metrics here, the rest in their
-//! modules), and the CORS and origin rules of the browser-facing routes.
+//! modules: the HTTP API, SSE, the browser assets of [`web`]), and the CORS
+//! and origin rules of the browser-facing routes.
 //!
 //! A browser cannot read the HTTP status of a failed upgrade, so refused
 //! clients are upgraded and then closed with the code docs/protocol.md names
@@ -40,6 +41,7 @@ use crate::cursor::Cursor;
 use crate::frames::outbound::now_rfc3339;
 use crate::gateway::Gateway;
 use crate::limits;
+use crate::web;
 use crate::{alerts, api, dev_token, http_frames, sse};
 
 /// The routes, one line each.
@@ -70,6 +72,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/ws/operator/{operator_id}", get(operator_socket))
         .route("/ws/{user_id}", get(user_socket))
         .route("/metrics", get(metrics))
+        // Public files with their own headers (`web.rs`): outside the CORS
+        // allow-list, which is for the APIs.
+        .route("/web/{*path}", get(web::asset))
+        .route("/console", get(web::console))
+        .route("/widget", get(web::widget))
+        .route("/demo", get(web::demo))
         .merge(browser)
         .with_state(gateway)
 }
@@ -184,6 +192,8 @@ enum Refusal {
     /// The node or the client's address holds as many connections as it
     /// may (1013 `Try again later`).
     Capacity(limits::Refused),
+    /// The gateway is stopping (1001): connect elsewhere.
+    Draining,
 }
 
 impl Refusal {
@@ -191,6 +201,7 @@ impl Refusal {
         match self {
             Refusal::Token(reason) => reason.frame(),
             Refusal::Capacity(_) => limits::try_again_later(),
+            Refusal::Draining => CloseReason::Shutdown.frame(),
         }
     }
 
@@ -199,6 +210,7 @@ impl Refusal {
         match self {
             Refusal::Token(reason) => reason.reason().to_owned(),
             Refusal::Capacity(cause) => cause.to_string(),
+            Refusal::Draining => "the gateway is draining".to_owned(),
         }
     }
 }
@@ -256,6 +268,13 @@ async fn upgrade(
     let verdict = authorize(&gateway, endpoint, path_id, presented)
         .await
         .map_err(Refusal::Token)
+        .and_then(|claims| {
+            if gateway.draining.is_cancelled() {
+                Err(Refusal::Draining)
+            } else {
+                Ok(claims)
+            }
+        })
         .and_then(|claims| match client {
             Some(client) => gateway
                 .limits
@@ -348,8 +367,18 @@ async fn upgrade(
 }
 
 /// `GET /api/websocket/health`: 200 when every service can do its work, 503
-/// naming the ones that cannot.
+/// naming the ones that cannot; 503 `draining` once the gateway is stopping
+/// (so a load balancer sends it no new clients).
 async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
+    if gateway.draining.is_cancelled() {
+        let body = json!({
+            "status": "draining",
+            "active_connections": gateway.registry.connection_count(),
+            "outbound_queued": gateway.registry.queued_frames(),
+            "timestamp": now_rfc3339(),
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
     let timeout = Duration::from_secs(1).min(gateway.config.request_timeout());
     let checks = futures::future::join_all(gateway.upstreams.iter().map(|u| async move {
         let problem = u

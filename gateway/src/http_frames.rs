@@ -97,19 +97,32 @@ pub async fn post_frame(
     frame_response(status, frame)
 }
 
-/// The answer to one posted frame: its status and its body.
-pub async fn answer(gateway: &Gateway, claims: &Claims, body: &[u8]) -> (StatusCode, String) {
-    if body.len() > gateway.config.max_frame_bytes {
-        return (
+/// Where a posted frame goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// To the stream with this connection id.
+    Stream {
+        text: &'a str,
+        connection_id: String,
+    },
+    /// Handled on its own.
+    OnItsOwn(&'a str),
+}
+
+/// Reads a posted body (at most `max_bytes`): the frame's text and where it
+/// goes, or the status and `error` frame to answer at once.
+pub fn route(body: &[u8], max_bytes: usize) -> Result<Route<'_>, (StatusCode, String)> {
+    if body.len() > max_bytes {
+        return Err((
             StatusCode::PAYLOAD_TOO_LARGE,
             outbound::error(None, ErrorCode::InvalidFrame, "Frame too large"),
-        );
+        ));
     }
     let Ok(text) = std::str::from_utf8(body) else {
-        return (
+        return Err((
             StatusCode::BAD_REQUEST,
             outbound::error(None, ErrorCode::InvalidJson, "The body is not UTF-8"),
-        );
+        ));
     };
     let value: Value = match serde_json::from_str(text) {
         Ok(value) => value,
@@ -118,26 +131,44 @@ pub async fn answer(gateway: &Gateway, claims: &Claims, body: &[u8]) -> (StatusC
                 Err(err) => requests::parse_error(&err),
                 Ok(_) => outbound::error(None, ErrorCode::InvalidJson, "The body is not JSON"),
             };
-            return (StatusCode::BAD_REQUEST, frame);
+            return Err((StatusCode::BAD_REQUEST, frame));
         }
     };
     match value.get("connection_id") {
-        None | Some(Value::Null) => (StatusCode::OK, on_its_own(gateway, claims, text).await),
-        Some(Value::String(connection_id)) => (
-            StatusCode::OK,
-            for_stream(gateway, claims, connection_id, text).await,
-        ),
+        None | Some(Value::Null) => Ok(Route::OnItsOwn(text)),
+        Some(Value::String(connection_id)) => Ok(Route::Stream {
+            text,
+            connection_id: connection_id.clone(),
+        }),
         Some(_) => {
-            let reference = value.get("id").and_then(Value::as_str);
-            (
+            let reference = value
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|id| id.chars().count() <= inbound::MAX_ID_CHARS);
+            Err((
                 StatusCode::OK,
                 outbound::error(
-                    reference.filter(|id| id.chars().count() <= inbound::MAX_ID_CHARS),
+                    reference,
                     ErrorCode::InvalidField,
                     "`connection_id` must be a string",
                 ),
-            )
+            ))
         }
+    }
+}
+
+/// The answer to one posted frame: its status and its body.
+pub async fn answer(gateway: &Gateway, claims: &Claims, body: &[u8]) -> (StatusCode, String) {
+    match route(body, gateway.config.max_frame_bytes) {
+        Err(refused) => refused,
+        Ok(Route::OnItsOwn(text)) => (StatusCode::OK, on_its_own(gateway, claims, text).await),
+        Ok(Route::Stream {
+            text,
+            connection_id,
+        }) => (
+            StatusCode::OK,
+            for_stream(gateway, claims, &connection_id, text).await,
+        ),
     }
 }
 
@@ -183,6 +214,8 @@ async fn on_its_own(gateway: &Gateway, claims: &Claims, text: &str) -> String {
     let span = tracing::info_span!(
         parent: None,
         "frame",
+        otel.name = "gateway.frame",
+        chatai.part = "gateway",
         r#type = frame.type_name(),
         id = id.as_deref(),
         caller = claims.sub,

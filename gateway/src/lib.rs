@@ -12,6 +12,8 @@
 //! - [`limits`] — socket limits: unfinished and WebSocket connections per
 //!   client address and per node, trusted proxies' `X-Forwarded-For`.
 //! - [`http`] — routes: the WebSocket endpoints, health, metrics.
+//! - [`web`] — the browser assets (`web/`: the JavaScript client, console,
+//!   widget), embedded in the binary, at `/web/*`, `/console`, `/widget`, `/demo`.
 //! - [`api`] — the HTTP API (`Authorization: Bearer`): dialogs and their
 //!   history, an admin's balance top-up.
 //! - [`sse`] — `GET /sse`: a connection as Server-Sent Events (the same
@@ -29,6 +31,8 @@
 //!   services' logs (`connection/catch_up.rs`) and the client's requests
 //!   (`connection/requests.rs`).
 //! - [`registry`] — every open connection, by recipient; event fan-out.
+//! - [`shared_limit`] — the per-user connection limit across gateways
+//!   (Redis).
 //! - [`reporting`] — connection events and counts for the notification
 //!   service's analytics.
 //! - [`upstream`] — the `EventStream` actors, one per service, and replay.
@@ -58,6 +62,8 @@ pub mod frames;
 pub mod gateway;
 pub mod http;
 pub mod http_frames;
+#[cfg(test)]
+mod http_proptests;
 pub mod jwks;
 pub mod limits;
 pub mod metrics;
@@ -65,10 +71,12 @@ pub mod registry;
 pub mod reporting;
 pub mod service_id;
 pub mod services;
+pub mod shared_limit;
 pub mod sse;
 pub mod tls;
 pub mod upstream;
 pub mod verifier;
+pub mod web;
 pub mod wire;
 
 use chatai_kit::config::{InternalAuth, ServiceAddrs};
@@ -82,9 +90,11 @@ pub use gateway::GatewayError;
 use crate::close::CloseReason;
 use crate::gateway::{Background, Gateway};
 
-/// Runs the gateway on `listener` until `shutdown`; then stops accepting,
-/// closes every connection with 1001 (clients resume elsewhere with their
-/// cursor), lets each tell the services how far it got, and stops the streams.
+/// Runs the gateway on `listener` until `shutdown`; then drains: health
+/// answers `503 draining` and new WebSockets are closed 1001 at once; after
+/// `CHATAI_DRAIN_DELAY_SECS` every connection is closed with 1001 (clients
+/// resume elsewhere with their cursor) and tells the services how far it
+/// got; then the listener stops and so do the streams.
 pub async fn run(
     listener: TcpListener,
     config: GatewayConfig,
@@ -126,22 +136,37 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, gateway = %gateway_id, tls = tls.is_some(), "gateway listening");
 
-    accept::serve(
+    // The listener outlives the drain, so health keeps answering (`503
+    // draining`) until the clients are gone.
+    let stop_accepting = CancellationToken::new();
+    let accepting = accept::serve(
         listener,
         http::router(gateway.clone()),
         gateway.limits.clone(),
         tls,
-        shutdown.clone(),
-    )
-    .await;
-    tracing::info!(
-        connections = registry.connection_count(),
-        "gateway draining connections"
+        stop_accepting.clone(),
     );
-    registry.stop_all(CloseReason::Shutdown);
-    gateway.connections_stop.cancel();
-    gateway.tasks.close();
-    gateway.tasks.wait().await;
+    let draining = async {
+        shutdown.cancelled().await;
+        gateway.draining.cancel();
+        let delay = gateway.config.drain_delay();
+        tracing::info!(
+            connections = registry.connection_count(),
+            delay_secs = delay.as_secs(),
+            "gateway draining: health says 503, new clients are closed 1001"
+        );
+        tokio::time::sleep(delay).await;
+        tracing::info!(
+            connections = registry.connection_count(),
+            "closing every connection with 1001"
+        );
+        registry.stop_all(CloseReason::Shutdown);
+        gateway.connections_stop.cancel();
+        gateway.tasks.close();
+        gateway.tasks.wait().await;
+        stop_accepting.cancel();
+    };
+    tokio::join!(accepting, draining);
     background.stop.cancel();
     let background = background.supervisor.wait().await;
     tracing::info!("gateway stopped");

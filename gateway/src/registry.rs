@@ -219,7 +219,9 @@ impl Registry {
     }
 
     /// Adds a connection. When its principal now has more than `limit`
-    /// connections here, the oldest are stopped (`Replaced`).
+    /// connections here, the oldest are stopped (`Replaced`): the whole
+    /// limit with one gateway; with Redis, `shared_limit.rs` applies it
+    /// across gateways as well.
     pub fn register(&self, conn: Arc<Conn>, limit: usize) {
         self.conns.insert(conn.id, conn.clone());
         let mut list = self.members.entry(conn.principal.clone()).or_default();
@@ -230,6 +232,18 @@ impl Registry {
             for old in list.drain(..excess) {
                 old.stop(CloseReason::Replaced);
             }
+        }
+    }
+
+    /// Stops connection `id` with `reason`, if it is open here (the limit
+    /// across gateways closing the oldest, `shared_limit.rs`).
+    pub fn stop_connection(&self, id: ConnId, reason: CloseReason) -> bool {
+        match self.conns.get(&id) {
+            Some(conn) => {
+                conn.stop(reason);
+                true
+            }
+            None => false,
         }
     }
 

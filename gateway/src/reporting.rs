@@ -21,6 +21,7 @@ use chatai_proto::v1::notification_client::NotificationClient;
 use chatai_proto::v1::presence_client::PresenceClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::registry::Registry;
 use crate::upstream::ServiceChannel;
@@ -183,9 +184,14 @@ async fn run(
                 while batch.len() < BATCH && let Ok(event) = queue.try_recv() {
                     batch.push(event);
                 }
-                send_batch(&mut clients.notification, &mut batch).await;
+                if !batch.is_empty() {
+                    send_batch(&mut clients.notification, &mut batch)
+                        .instrument(background("gateway.record_connections"))
+                        .await;
+                }
             }
             _ = report.tick() => {
+              async {
                 let snapshot = registry.snapshot();
                 let report = pb::GatewayReport {
                     gateway_id: registry.gateway_id().to_owned(),
@@ -216,17 +222,31 @@ async fn run(
                 if let Err(status) = clients.presence.refresh_connections(request(lease)).await {
                     tracing::debug!(cause = %status, "operator lease not refreshed");
                 }
+              }
+              .instrument(background("gateway.report"))
+              .await;
             }
         }
     }
     // Last flush of what the closing connections reported.
-    while let Ok(event) = queue.try_recv() {
-        batch.push(event);
-        if batch.len() == BATCH {
-            send_batch(&mut clients.notification, &mut batch).await;
+    async {
+        while let Ok(event) = queue.try_recv() {
+            batch.push(event);
+            if batch.len() == BATCH {
+                send_batch(&mut clients.notification, &mut batch).await;
+            }
         }
+        send_batch(&mut clients.notification, &mut batch).await;
     }
-    send_batch(&mut clients.notification, &mut batch).await;
+    .instrument(background("gateway.record_connections"))
+    .await;
+}
+
+/// A root span for one round of periodic reporting, marked as background
+/// work: the trace sampler leaves it (and the calls it makes, in the
+/// services too) out of the exported traces (`chatai_kit::telemetry`).
+fn background(name: &'static str) -> tracing::Span {
+    tracing::info_span!(parent: None, "report", otel.name = name, chatai.background = true)
 }
 
 async fn send_batch(

@@ -9,7 +9,6 @@
 
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use chatai_kit::error_code::ErrorCode;
 use chatai_kit::identity::Caller;
 use chatai_kit::status::error_code;
@@ -244,6 +243,27 @@ impl Services {
         request
     }
 
+    /// A call made again on `UNAVAILABLE` (the replica could not be
+    /// reached, or it is a handoff standby: "not the leader"), each attempt
+    /// under the deadline, through `chatai_kit::grpc::retry_unavailable`,
+    /// which the replica set steers to another replica. For calls a repeat
+    /// cannot apply twice: reads, the idempotency key of `send_message`,
+    /// and changes conditional on the state they change (a repeated
+    /// `complete_handoff` finds nothing left to complete).
+    async fn retried<T, F, Fut>(&self, call: F) -> Result<T, CallError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        chatai_kit::grpc::retry_unavailable(|| async {
+            self.deadline(call())
+                .await
+                .map_err(|CallError(status)| status)
+        })
+        .await
+        .map_err(CallError)
+    }
+
     async fn deadline<T>(
         &self,
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
@@ -280,12 +300,11 @@ impl Services {
             idempotency_key,
             handoff_position,
         };
-        (|| async {
+        self.retried(|| {
+            let mut client = self.chat.clone();
             let request = self.request(caller, message.clone());
-            self.deadline(self.chat.clone().send_message(request)).await
+            async move { client.send_message(request).await }
         })
-        .retry(retry_policy())
-        .when(|CallError(status)| status.code() == Code::Unavailable)
         .await
         .map(SentMessage::from)
     }
@@ -304,18 +323,25 @@ impl Services {
             reason,
             priority: pb::Priority::from(priority) as i32,
         };
-        let request = self.request(caller, message);
-        self.deadline(self.chat.clone().request_handoff(request))
-            .await
-            .map(HandoffTicket::from)
+        self.retried(|| {
+            let mut client = self.chat.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.request_handoff(request).await }
+        })
+        .await
+        .map(HandoffTicket::from)
     }
 
     /// Whether the caller may see the dialog (for `dialog:{id}` rooms).
     pub async fn check_access(&self, caller: &Caller, dialog_id: i64) -> Result<(), CallError> {
-        let request = self.request(caller, pb::CheckAccessRequest { dialog_id });
-        self.deadline(self.chat.clone().check_access(request))
-            .await
-            .map(|_| ())
+        let message = pb::CheckAccessRequest { dialog_id };
+        self.retried(|| {
+            let mut client = self.chat.clone();
+            let request = self.request(caller, message);
+            async move { client.check_access(request).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// An operator's chosen status; returns their effective status.
@@ -328,10 +354,13 @@ impl Services {
             operator_id: caller.id,
             status: pb::OperatorStatus::from(status) as i32,
         };
-        let request = self.request(caller, message);
-        self.deadline(self.presence.clone().set_status(request))
-            .await
-            .map(|info| EffectiveStatus::from(&info))
+        self.retried(|| {
+            let mut client = self.presence.clone();
+            let request = self.request(caller, message);
+            async move { client.set_status(request).await }
+        })
+        .await
+        .map(|info| EffectiveStatus::from(&info))
     }
 
     /// The holding operator ends a handoff.
@@ -341,16 +370,17 @@ impl Services {
         dialog_id: i64,
         resolution: String,
     ) -> Result<CompletedHandoff, CallError> {
-        let request = self.request(
-            caller,
-            pb::CompleteHandoffRequest {
-                dialog_id,
-                resolution,
-            },
-        );
-        self.deadline(self.handoff.clone().complete_handoff(request))
-            .await
-            .map(CompletedHandoff::from)
+        let message = pb::CompleteHandoffRequest {
+            dialog_id,
+            resolution,
+        };
+        self.retried(|| {
+            let mut client = self.handoff.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.complete_handoff(request).await }
+        })
+        .await
+        .map(CompletedHandoff::from)
     }
 
     /// The holding operator hands the dialog to `to_operator_id`, or back to
@@ -367,10 +397,13 @@ impl Services {
             to_operator_id: to_operator_id.unwrap_or(0),
             reason,
         };
-        let request = self.request(caller, message);
-        self.deadline(self.handoff.clone().transfer_handoff(request))
-            .await
-            .map(HandoffTicket::from)
+        self.retried(|| {
+            let mut client = self.handoff.clone();
+            let request = self.request(caller, message.clone());
+            async move { client.transfer_handoff(request).await }
+        })
+        .await
+        .map(HandoffTicket::from)
     }
 
     /// An operator takes a queued dialog out of order.
@@ -379,10 +412,14 @@ impl Services {
         caller: &Caller,
         dialog_id: i64,
     ) -> Result<HandoffTicket, CallError> {
-        let request = self.request(caller, pb::ClaimHandoffRequest { dialog_id });
-        self.deadline(self.handoff.clone().claim_handoff(request))
-            .await
-            .map(HandoffTicket::from)
+        let message = pb::ClaimHandoffRequest { dialog_id };
+        self.retried(|| {
+            let mut client = self.handoff.clone();
+            let request = self.request(caller, message);
+            async move { client.claim_handoff(request).await }
+        })
+        .await
+        .map(HandoffTicket::from)
     }
 
     /// The dialog's owner withdraws its handoff while it waits.
@@ -391,18 +428,26 @@ impl Services {
         caller: &Caller,
         dialog_id: i64,
     ) -> Result<HandoffTicket, CallError> {
-        let request = self.request(caller, pb::CancelHandoffRequest { dialog_id });
-        self.deadline(self.handoff.clone().cancel_handoff(request))
-            .await
-            .map(HandoffTicket::from)
+        let message = pb::CancelHandoffRequest { dialog_id };
+        self.retried(|| {
+            let mut client = self.handoff.clone();
+            let request = self.request(caller, message);
+            async move { client.cancel_handoff(request).await }
+        })
+        .await
+        .map(HandoffTicket::from)
     }
 
     /// The waiting handoffs as of a queue version.
     pub async fn queue_snapshot(&self, caller: &Caller) -> Result<QueueSnapshot, CallError> {
-        let request = self.request(caller, pb::ListQueueRequest {});
-        self.deadline(self.handoff.clone().list_queue(request))
-            .await
-            .map(QueueSnapshot::from)
+        let message = pb::ListQueueRequest {};
+        self.retried(|| {
+            let mut client = self.handoff.clone();
+            let request = self.request(caller, message);
+            async move { client.list_queue(request).await }
+        })
+        .await
+        .map(QueueSnapshot::from)
     }
 
     /// Every operator presence knows, as of a presence version.
@@ -410,18 +455,26 @@ impl Services {
         &self,
         caller: &Caller,
     ) -> Result<OperatorsSnapshot, CallError> {
-        let request = self.request(caller, pb::ListOperatorsRequest {});
-        self.deadline(self.presence.clone().list_operators(request))
-            .await
-            .map(OperatorsSnapshot::from)
+        let message = pb::ListOperatorsRequest {};
+        self.retried(|| {
+            let mut client = self.presence.clone();
+            let request = self.request(caller, message);
+            async move { client.list_operators(request).await }
+        })
+        .await
+        .map(OperatorsSnapshot::from)
     }
 
     /// Every analytics metric's current value (admins).
     pub async fn analytics_snapshot(&self, caller: &Caller) -> Result<Vec<Metric>, CallError> {
-        let request = self.request(caller, pb::GetAnalyticsRequest {});
-        self.deadline(self.notification.clone().get_analytics(request))
-            .await
-            .map(|response| response.metrics.into_iter().map(Metric::from).collect())
+        let message = pb::GetAnalyticsRequest {};
+        self.retried(|| {
+            let mut client = self.notification.clone();
+            let request = self.request(caller, message);
+            async move { client.get_analytics(request).await }
+        })
+        .await
+        .map(|response| response.metrics.into_iter().map(Metric::from).collect())
     }
 
     /// Sends a `system_alert` to every connected client (admins); its event id.
@@ -457,10 +510,13 @@ impl Services {
             connection: Some(connection.into()),
             order: Some(order.into()),
         };
-        let request = self.request(&Caller::service(), message);
-        self.deadline(self.presence.clone().connection_opened(request))
-            .await
-            .map(|_| ())
+        self.retried(|| {
+            let mut client = self.presence.clone();
+            let request = self.request(&Caller::service(), message.clone());
+            async move { client.connection_opened(request).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Tells the presence service an operator connection closed.
@@ -477,10 +533,13 @@ impl Services {
             connection_id: connection_id.to_owned(),
             order: Some(order.into()),
         };
-        let request = self.request(&Caller::service(), message);
-        self.deadline(self.presence.clone().connection_closed(request))
-            .await
-            .map(|_| ())
+        self.retried(|| {
+            let mut client = self.presence.clone();
+            let request = self.request(&Caller::service(), message.clone());
+            async move { client.connection_closed(request).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// A page of a dialog's history (`limit` `None`: the default page).
@@ -496,10 +555,13 @@ impl Services {
             before_message_id: before_id.unwrap_or(0),
             limit: limit.unwrap_or(0),
         };
-        let request = self.request(caller, message);
-        self.deadline(self.chat.clone().get_history(request))
-            .await
-            .map(HistoryPage::from)
+        self.retried(|| {
+            let mut client = self.chat.clone();
+            let request = self.request(caller, message);
+            async move { client.get_history(request).await }
+        })
+        .await
+        .map(HistoryPage::from)
     }
 
     /// A page of the dialogs the caller may read.
@@ -513,10 +575,13 @@ impl Services {
             before_dialog_id: before_id.unwrap_or(0),
             limit: limit.unwrap_or(0),
         };
-        let request = self.request(caller, message);
-        self.deadline(self.chat.clone().list_dialogs(request))
-            .await
-            .map(DialogPage::from)
+        self.retried(|| {
+            let mut client = self.chat.clone();
+            let request = self.request(caller, message);
+            async move { client.list_dialogs(request).await }
+        })
+        .await
+        .map(DialogPage::from)
     }
 
     /// The caller read a dialog up to `message_id`; the other side is told.
@@ -532,13 +597,17 @@ impl Services {
             message_id,
             handoff_position,
         };
-        let request = self.request(caller, message);
-        self.deadline(self.chat.clone().mark_read(request))
-            .await
-            .map(|_| ())
+        self.retried(|| {
+            let mut client = self.chat.clone();
+            let request = self.request(caller, message);
+            async move { client.mark_read(request).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Adds `amount` (units) to a user's balance (admins); the new balance.
+    /// Not retried: a repeat would add it twice.
     pub async fn top_up(
         &self,
         caller: &Caller,
@@ -595,14 +664,6 @@ fn frame_key(id: &str, dialog_id: Option<i64>, text: &str) -> String {
         .map(|byte| format!("{byte:02x}"))
         .collect();
     format!("frame:{hex}")
-}
-
-fn retry_policy() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_millis(500))
-        .with_max_times(3)
-        .with_jitter()
 }
 
 #[cfg(test)]

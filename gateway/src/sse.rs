@@ -209,8 +209,8 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Res
 pub fn resume_point(uri: &axum::http::Uri, headers: &HeaderMap) -> Option<Cursor> {
     headers
         .get("last-event-id")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
+        // Not text at all: unreadable, so expired (not a fresh start).
+        .map(|value| value.to_str().unwrap_or_default().to_owned())
         .or_else(|| auth::query_param(uri, "cursor"))
         .or_else(|| auth::query_param(uri, "last_seq"))
         .map(|text| Cursor::decode(text.trim()).unwrap_or(Cursor::UNREADABLE))
@@ -238,6 +238,14 @@ pub async fn stream(State(gateway): State<Arc<Gateway>>, mut request: Request) -
         Role::Operator => Recipient::Operator(claims.sub),
         _ => Recipient::User(claims.sub),
     };
+    // A draining gateway takes no new streams: the client goes elsewhere.
+    if gateway.draining.is_cancelled() {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServiceUnavailable,
+            "Server shutting down",
+        );
+    }
     let resume = resume_point(request.uri(), request.headers());
     let socket = request.extensions_mut().remove::<ClientSocket>();
     let admitted = match &socket {

@@ -22,15 +22,12 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use chatai_kit::events::{Delivery, Recipient};
-use chatai_kit::grpc::{MeteredChannel, TokenInterceptor};
 use chatai_kit::identity::Role;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::event_stream_client::EventStreamClient;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::InterceptedService;
-
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -44,8 +41,8 @@ const COMMAND_BUFFER: usize = 4096;
 /// Messages buffered towards the service on the stream.
 const STREAM_BUFFER: usize = 1024;
 
-/// A channel to a service with the internal token on every call.
-pub type ServiceChannel = InterceptedService<MeteredChannel, TokenInterceptor>;
+/// A channel to a service's replicas with the internal token on every call.
+pub use chatai_kit::grpc::ServiceChannel;
 
 enum Command {
     Acquire {
@@ -570,6 +567,8 @@ fn delivery_span(service: &'static str, delivery: &Delivery) -> Option<tracing::
     }
     let span = tracing::info_span!(
         "deliver",
+        otel.name = "gateway.deliver",
+        chatai.part = "gateway",
         service,
         kind = %delivery.event.kind,
         recipient = %delivery.recipient,

@@ -10,15 +10,14 @@ use std::time::Duration;
 use chatai_gateway::registry::{Conn, Outbound, Registry};
 use chatai_gateway::service_id::ServiceId;
 use chatai_gateway::upstream::{ReplayFrom, Upstream};
-use chatai_kit::config::{InternalAuth, ServiceAddr, ServiceCommon};
+use chatai_kit::config::{InternalAuth, ServiceCommon, ServiceTarget};
 use chatai_kit::events::{Event, EventLog, Recipient};
-use chatai_kit::grpc::{ServeError, TokenInterceptor};
+use chatai_kit::grpc::ServeError;
 use chatai_kit::host::ServiceHost;
 use chatai_kit::identity::Role;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::InterceptedService;
 
 /// How long any single wait may take before the test fails (reconnecting
 /// backs off from 50 ms up to 3 s).
@@ -83,12 +82,12 @@ struct Gateway {
 impl Gateway {
     fn start(addr: SocketAddr) -> Self {
         let registry = Arc::new(Registry::new("gw".into()));
-        let channel = InterceptedService::new(
-            ServiceAddr::from(addr)
-                .channel(&InternalAuth::default(), "gateway")
-                .expect("a channel"),
-            TokenInterceptor::new(&InternalAuth::default()),
-        );
+        let channel = chatai_kit::grpc::service_channel(
+            &ServiceTarget::from(addr),
+            &InternalAuth::default(),
+            "gateway",
+        )
+        .expect("a channel");
         let shutdown = CancellationToken::new();
         let (upstream, actor) =
             Upstream::start(ServiceId::Chat, channel, registry.clone(), shutdown.clone());

@@ -180,12 +180,12 @@ async fn start_on(options: TestOptions, storage: TestDatabase) -> TestApp {
     // the default file under `./data/`.
     common.database_url = database_url.clone();
     let port_zero = SocketAddr::from(([127, 0, 0, 1], 0));
-    let any_port = ServiceAddrs {
-        chat: port_zero.into(),
-        handoff: port_zero.into(),
-        presence: port_zero.into(),
-        notification: port_zero.into(),
-    };
+    let any_port = ServiceAddrs::listening(
+        port_zero.into(),
+        port_zero.into(),
+        port_zero.into(),
+        port_zero.into(),
+    );
     let listeners = Listeners::bind(gateway.listen, &any_port)
         .await
         .expect("binding the listeners");

@@ -1,11 +1,15 @@
 //! What every end-to-end test shares, one module per concern:
 //! - [`app`]: the whole system started in-process on port 0 ([`spawn_app`],
 //!   [`TestApp`], [`TestOptions`]);
+//! - [`deployment`]: each part in a process of its own, replicas too
+//!   ([`deployment::Deployment`], [`deployment::Redis`]);
 //! - [`ws`]: the WebSocket client on tokio-tungstenite ([`WsClient`],
 //!   [`connect_at`]);
 //! - [`raw`]: a WebSocket client written by hand over TCP ([`RawWs`]), for
 //!   frames tungstenite refuses to write;
 //! - [`frame`]: the frame codec [`RawWs`] reads and writes with;
+//! - [`sse`]: an SSE client (`GET /sse` read as it streams) and
+//!   `POST /api/frames`;
 //! - [`idp`]: a test identity provider serving a JWKS ([`idp::TestIdp`]);
 //! - here: the constants, the gRPC caller identity and the assertions on
 //!   frames every module and test uses.
@@ -14,9 +18,11 @@
 //! a test waits; no test asserts how long anything took.
 
 pub mod app;
+pub mod deployment;
 pub mod frame;
 pub mod idp;
 pub mod raw;
+pub mod sse;
 pub mod ws;
 
 use std::net::SocketAddr;

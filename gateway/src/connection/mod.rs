@@ -79,6 +79,7 @@ pub async fn serve_as<T: Transport>(
             .with_name(session.claims.name.as_deref()),
     );
     registry.register(conn.clone(), gateway.config.max_connections_per_user);
+    gateway.limit.opened(&session.principal, id);
     crate::metrics::connection(session.claims.role, 1.0);
     let opened = std::time::Instant::now();
     gateway.reporter.connection_event(connection_event(
@@ -133,6 +134,7 @@ pub async fn serve_as<T: Transport>(
     .instrument(span)
     .await;
     crate::metrics::connection(session.claims.role, -1.0);
+    gateway.limit.closed(&session.principal, id);
     let name = connection.caller.connection_id.clone().unwrap_or_default();
     let closed = ConnectionEventKind::Disconnect {
         duration_ms: opened.elapsed().as_millis() as i64,

@@ -319,6 +319,8 @@ impl<T: Transport> Connection<T> {
         let span = tracing::info_span!(
             parent: None,
             "frame",
+            otel.name = "gateway.frame",
+            chatai.part = "gateway",
             r#type = inbound.frame.type_name(),
             id = inbound.id.as_deref(),
             conn = self.caller.connection_id.as_deref(),

@@ -27,6 +27,26 @@ pub const MAX_ROOM_ID_CHARS: usize = 128;
 /// How much of an unknown `type` is quoted back, in characters.
 const MAX_QUOTED_TYPE_CHARS: usize = 64;
 
+/// Every `type` a client may send: the parser knows these and no other
+/// (a test checks it both ways; `docs/asyncapi.yaml` lists the same).
+pub const TYPES: [&str; 15] = [
+    "chat_message",
+    "typing",
+    "handoff_request",
+    "join_room",
+    "leave_room",
+    "heartbeat",
+    "set_status",
+    "complete_handoff",
+    "refresh_token",
+    "get_history",
+    "list_dialogs",
+    "mark_read",
+    "transfer_handoff",
+    "claim_handoff",
+    "cancel_handoff",
+];
+
 /// A parsed client frame with its optional `id` (echoed as `ref`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
@@ -485,6 +505,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// [`TYPES`] is what the parser knows: each is a known type (at worst a
+    /// field is missing), and its frames name themselves by it.
+    #[test]
+    fn types_are_the_parsers() {
+        for kind in TYPES {
+            match parse(&format!(r#"{{"type":"{kind}"}}"#)) {
+                Ok(inbound) => assert_eq!(inbound.frame.type_name(), kind),
+                Err(err) => assert_ne!(err.code, ErrorCode::UnknownType, "{kind}"),
+            }
+        }
+        let unknown = parse(r#"{"type":"chat_messages"}"#).unwrap_err();
+        assert_eq!(unknown.code, ErrorCode::UnknownType);
+    }
     use serde_json::json;
 
     fn ok(value: Value) -> Inbound {

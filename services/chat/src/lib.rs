@@ -41,13 +41,11 @@ pub mod store;
 
 use std::sync::Arc;
 
-use chatai_kit::config::{ServiceAddr, ServiceCommon};
-use chatai_kit::grpc::TokenInterceptor;
+use chatai_kit::config::{ServiceCommon, ServiceTarget};
 use chatai_kit::host::ServiceHost;
 use chatai_proto::v1::chat_server::ChatServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::InterceptedService;
 
 pub use config::ChatConfig;
 pub use error::ChatError;
@@ -76,7 +74,7 @@ pub enum RunError {
 pub async fn run(
     listener: TcpListener,
     config: ChatConfig,
-    handoff_addr: ServiceAddr,
+    handoff_addr: ServiceTarget,
     common: ServiceCommon,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
@@ -93,10 +91,8 @@ pub async fn run(
         max_message_chars: config.max_message_chars,
         assistant_context: config.assistant_context,
     };
-    let handoff_channel = InterceptedService::new(
-        handoff_addr.channel(&common.auth, "chat")?,
-        TokenInterceptor::new(&common.auth),
-    );
+    let handoff_channel =
+        chatai_kit::grpc::service_channel(&handoff_addr, &common.auth, crate::metrics::SERVICE)?;
     let handoffs = grpc::GrpcHandoffs::new(handoff_channel.clone());
     let service = ChatService::new(
         store,

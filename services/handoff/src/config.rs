@@ -78,9 +78,28 @@ pub struct HandoffConfig {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub default_handling_secs: u64,
+    /// How often a standby replica tries to take the leader's lease, and
+    /// how often the leader checks it still holds it, in milliseconds
+    /// (PostgreSQL; on SQLite the one process always leads). A takeover
+    /// leaves the queue still for at most about this plus the time to load
+    /// the queue from the database.
+    #[arg(
+        id = "handoff_lease_poll_ms",
+        value_name = "MS",
+        long = "handoff-lease-poll-ms",
+        env = "CHATAI_HANDOFF_LEASE_POLL_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(10..)
+    )]
+    pub lease_poll_ms: u64,
 }
 
 impl HandoffConfig {
+    /// How often the lease is tried (standby) or checked (leader).
+    pub fn lease_poll(&self) -> Duration {
+        Duration::from_millis(self.lease_poll_ms)
+    }
+
     /// The queue's rules, in domain units.
     pub fn policy(&self) -> crate::service::Policy {
         crate::service::Policy {

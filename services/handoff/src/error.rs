@@ -35,9 +35,13 @@ pub enum HandoffError {
     TransferToSelf,
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The queue is not running (the service is stopping).
+    /// The queue is not running (the service is stopping, or this replica
+    /// stopped leading mid-call).
     #[error("the handoff queue is not running")]
     Stopped,
+    /// This replica is a standby: another one leads the queue.
+    #[error("this handoff replica is not the leader")]
+    NotLeader,
 }
 
 impl From<HandoffError> for Status {
@@ -98,6 +102,13 @@ impl From<HandoffError> for Status {
                 Code::Unavailable,
                 ErrorCode::ServiceUnavailable,
                 "the handoff service is stopping, try again",
+            ),
+            // Clean and retryable: the caller's balancing moves the call to
+            // another replica (docs/architecture.md, "Deployment").
+            HandoffError::NotLeader => with_code(
+                Code::Unavailable,
+                ErrorCode::ServiceUnavailable,
+                "not the leader: another handoff replica serves the queue, try again",
             ),
         }
     }
@@ -160,6 +171,11 @@ mod tests {
             ),
             (
                 HandoffError::Stopped,
+                Code::Unavailable,
+                "service_unavailable",
+            ),
+            (
+                HandoffError::NotLeader,
                 Code::Unavailable,
                 "service_unavailable",
             ),

@@ -7,17 +7,19 @@ use chatai_proto::v1::handoff_server::Handoff;
 use tonic::{Request, Response, Status};
 
 use crate::error::HandoffError;
-use crate::service::{HandoffService, HandoffView, NewRequest};
+use crate::replica::Current;
+use crate::service::{HandoffView, NewRequest};
 use crate::store::{HandoffState, Priority};
 
-/// `chatai.v1.Handoff` over a [`HandoffService`].
+/// `chatai.v1.Handoff` over the queue this replica leads; a standby answers
+/// every call `UNAVAILABLE` ([`HandoffError::NotLeader`]).
 pub struct HandoffApi {
-    service: HandoffService,
+    current: Current,
 }
 
 impl HandoffApi {
-    pub fn new(service: HandoffService) -> Self {
-        HandoffApi { service }
+    pub fn new(current: Current) -> Self {
+        HandoffApi { current }
     }
 }
 
@@ -34,7 +36,8 @@ impl Handoff for HandoffApi {
         tracing::Span::current().record("dialog_id", request.dialog_id);
         let priority = priority_from_wire(request.priority)?;
         let view = self
-            .service
+            .current
+            .service()?
             .request(
                 &caller,
                 NewRequest {
@@ -58,7 +61,8 @@ impl Handoff for HandoffApi {
         tracing::Span::current().record("caller", caller.id);
         tracing::Span::current().record("dialog_id", request.dialog_id);
         let completed = self
-            .service
+            .current
+            .service()?
             .complete(&caller, request.dialog_id, &request.resolution)
             .await?;
         Ok(Response::new(pb::CompleteHandoffResponse {
@@ -76,7 +80,7 @@ impl Handoff for HandoffApi {
         let dialog_id = request.into_inner().dialog_id;
         tracing::Span::current().record("caller", caller.id);
         tracing::Span::current().record("dialog_id", dialog_id);
-        let holding = self.service.holding(&caller, dialog_id).await?;
+        let holding = self.current.service()?.holding(&caller, dialog_id).await?;
         Ok(Response::new(pb::GetActiveHandoffResponse {
             handoff: holding.view.map(Into::into),
             version: holding.version,
@@ -92,7 +96,8 @@ impl Handoff for HandoffApi {
         let request = request.into_inner();
         tracing::Span::current().record("caller", caller.id);
         tracing::Span::current().record("dialog_id", request.dialog_id);
-        self.service
+        self.current
+            .service()?
             .operator_replied(&caller, request.dialog_id, request.operator_id)
             .await?;
         Ok(Response::new(pb::OperatorRepliedResponse {}))
@@ -105,7 +110,7 @@ impl Handoff for HandoffApi {
     ) -> Result<Response<pb::ListQueueResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         tracing::Span::current().record("caller", caller.id);
-        let listing = self.service.list(&caller).await?;
+        let listing = self.current.service()?.list(&caller).await?;
         Ok(Response::new(pb::ListQueueResponse {
             queued: listing.queued.into_iter().map(Into::into).collect(),
             assigned: listing.assigned.into_iter().map(Into::into).collect(),
@@ -124,7 +129,8 @@ impl Handoff for HandoffApi {
         tracing::Span::current().record("dialog_id", request.dialog_id);
         let to = (request.to_operator_id > 0).then_some(request.to_operator_id);
         let view = self
-            .service
+            .current
+            .service()?
             .transfer(&caller, request.dialog_id, to, &request.reason)
             .await?;
         Ok(Response::new(view.into()))
@@ -139,7 +145,7 @@ impl Handoff for HandoffApi {
         let dialog_id = request.into_inner().dialog_id;
         tracing::Span::current().record("caller", caller.id);
         tracing::Span::current().record("dialog_id", dialog_id);
-        let view = self.service.claim(&caller, dialog_id).await?;
+        let view = self.current.service()?.claim(&caller, dialog_id).await?;
         Ok(Response::new(view.into()))
     }
 
@@ -152,7 +158,7 @@ impl Handoff for HandoffApi {
         let dialog_id = request.into_inner().dialog_id;
         tracing::Span::current().record("caller", caller.id);
         tracing::Span::current().record("dialog_id", dialog_id);
-        let view = self.service.cancel(&caller, dialog_id).await?;
+        let view = self.current.service()?.cancel(&caller, dialog_id).await?;
         Ok(Response::new(view.into()))
     }
 }

@@ -19,6 +19,9 @@
 //!   [`directory::OperatorDirectory`]), so the queue is tested without it.
 //! - [`presence`] — that seam over gRPC: follows presence's `EventStream`,
 //!   calls `ListOperators` and `SetLoad`.
+//! - [`leader`] — the leader's lease (a PostgreSQL advisory lock on a held
+//!   connection, through which the leader also writes); [`replica`] — a
+//!   replica's terms: standing by, leading, standing by again.
 //! - [`transcripts`] — the last messages an assigned operator gets, read
 //!   from the chat service.
 //! - [`metrics`] — the queue's Prometheus metrics (length, waits, handling).
@@ -32,31 +35,29 @@ pub mod directory;
 mod error;
 mod events;
 mod grpc;
+pub mod leader;
 pub mod metrics;
 pub mod presence;
 mod queue;
+pub mod replica;
 pub mod service;
 pub mod store;
 pub mod transcripts;
 
 use std::sync::Arc;
 
-use chatai_kit::config::{ServiceAddr, ServiceCommon};
+use chatai_kit::config::{ServiceCommon, ServiceTarget};
 use chatai_kit::host::ServiceHost;
 use chatai_proto::v1::handoff_server::HandoffServer;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::HandoffConfig;
 pub use error::HandoffError;
+use leader::Lease;
+use replica::Replica;
 pub use service::HandoffService;
 use transcripts::{ChatTranscripts, NoTranscripts, Transcripts};
-
-/// Operator updates buffered from the presence follower to the queue. The
-/// follower waits when it is full (presence's stream then backs up, and cuts
-/// us off if it must; we re-attach and start from a snapshot).
-const UPDATE_BUFFER: usize = 1024;
 
 /// Why the handoff service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -75,52 +76,50 @@ pub enum RunError {
 /// following the presence service at `presence_addr` and reading
 /// transcripts from the chat service at `chat_addr` (none without it); then
 /// drains in-flight calls and waits for its tasks.
+///
+/// On PostgreSQL several replicas may run on one database: one leads the
+/// queue at a time ([`leader`], [`replica`]); the others serve the event
+/// stream and answer the queue's calls `UNAVAILABLE` until they take over.
 pub async fn run(
     listener: TcpListener,
     config: HandoffConfig,
-    presence_addr: ServiceAddr,
-    chat_addr: Option<ServiceAddr>,
+    presence_addr: ServiceTarget,
+    chat_addr: Option<ServiceTarget>,
     common: ServiceCommon,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let store = store::connect(&common.database_url).await?;
+    let database = chatai_kit::db::connect(&common.database_url)
+        .await
+        .map_err(store::StoreError::from)?;
+    let store = store::store_on(database.clone());
     let mut host = ServiceHost::start(&common, "handoff", shutdown).await?;
     host.check_ping("database", store.clone(), |store| async move {
         store.ping().await
     });
 
-    let channel = presence::channel(&presence_addr, &common.auth)?;
-    let reporter = presence::LoadReporter::new();
-    host.supervisor.spawn(
-        "presence load reporter",
-        reporter
-            .clone()
-            .run(channel.clone(), host.shutdown().clone()),
-    );
-    let (updates_tx, updates) = mpsc::channel(UPDATE_BUFFER);
-    host.supervisor.spawn(
-        "presence follower",
-        presence::follow(channel, updates_tx, host.shutdown().clone()),
-    );
-
-    let (service, queue) = HandoffService::load(
-        store,
-        host.log.clone(),
-        reporter,
-        updates,
-        config.policy(),
-        host.shutdown().clone(),
-    )
-    .await?;
     let transcripts: Arc<dyn Transcripts> = match &chat_addr {
         Some(addr) => Arc::new(ChatTranscripts::new(addr, &common.auth)?),
         None => Arc::new(NoTranscripts),
     };
-    host.supervisor
-        .spawn("handoff queue", queue.with_transcripts(transcripts).run());
+    let replica = Replica {
+        lease: Lease::on(&database),
+        poll: config.lease_poll(),
+        store,
+        log: host.log.clone(),
+        presence: presence::channel(&presence_addr, &common.auth)?,
+        transcripts,
+        policy: config.policy(),
+        health: host.health.clone(),
+    };
+    let (current, leading) = replica.standby().await;
+    host.supervisor.spawn(
+        "handoff leadership",
+        replica.run(leading, host.shutdown().clone()),
+    );
 
-    let routes = tonic::service::Routes::new(HandoffServer::new(grpc::HandoffApi::new(service)));
-    host.serve(listener, Some(routes), &["chatai.v1.Handoff"])
-        .await?;
+    let routes = tonic::service::Routes::new(HandoffServer::new(grpc::HandoffApi::new(current)));
+    // `chatai.v1.Handoff`'s health is the replica's to report (SERVING only
+    // while it leads), so it is not in the names served as SERVING here.
+    host.serve(listener, Some(routes), &[]).await?;
     Ok(())
 }

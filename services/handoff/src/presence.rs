@@ -19,10 +19,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatai_kit::config::{InternalAuth, ServiceAddr};
+use chatai_kit::config::{InternalAuth, ServiceTarget};
 use chatai_kit::events::Recipient;
 use chatai_kit::follow::{Followed, Follower};
-use chatai_kit::grpc::TokenInterceptor;
 use chatai_kit::identity::{Role, service_request};
 use chatai_kit::pending::{Pending, Sent};
 use chatai_kit::versioned::SnapshotGate;
@@ -30,7 +29,6 @@ use chatai_proto::v1 as pb;
 use chatai_proto::v1::presence_client::PresenceClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::InterceptedService;
 use tonic::{Code, Status};
 
 use crate::directory::{
@@ -50,14 +48,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A lazily connecting channel to presence at `addr` that reconnects by
 /// itself, with the internal token on every call.
 pub fn channel(
-    addr: &ServiceAddr,
+    addr: &ServiceTarget,
     auth: &InternalAuth,
 ) -> Result<PresenceChannel, tonic::transport::Error> {
-    let channel = addr.channel(auth, "handoff")?;
-    Ok(InterceptedService::new(
-        channel,
-        TokenInterceptor::new(auth),
-    ))
+    chatai_kit::grpc::service_channel(addr, auth, crate::metrics::SERVICE)
 }
 
 /// Follows presence until `shutdown`, sending the queue a snapshot after each

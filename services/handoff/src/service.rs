@@ -528,6 +528,9 @@ impl Queue {
             let queued = self.waiting.len();
             crate::metrics::queue(queued, self.handoffs.len().saturating_sub(queued));
         }
+        // The term is over (the lease lost, or stopping): a standby reports
+        // no queue, so only the leader's gauges count.
+        crate::metrics::queue(0, 0);
         tracing::debug!("handoff queue stopped");
     }
 

@@ -11,14 +11,13 @@
 
 use std::time::Duration;
 
-use chatai_kit::config::{InternalAuth, ServiceAddr};
-use chatai_kit::grpc::{MeteredChannel, TokenInterceptor};
+use chatai_kit::config::{InternalAuth, ServiceTarget};
+use chatai_kit::grpc::ServiceChannel;
 use chatai_kit::identity::service_request;
 use chatai_kit::timestamps::timestamp_of;
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::chat_client::ChatClient;
 use serde::Serialize;
-use tonic::codegen::InterceptedService;
 
 /// Messages in a transcript, at most.
 pub const MAX_MESSAGES: u32 = 20;
@@ -63,18 +62,18 @@ impl Transcripts for NoTranscripts {
 /// Transcripts read from the chat service.
 #[derive(Debug, Clone)]
 pub struct ChatTranscripts {
-    chat: ChatClient<InterceptedService<MeteredChannel, TokenInterceptor>>,
+    chat: ChatClient<ServiceChannel>,
 }
 
 impl ChatTranscripts {
     /// A lazily connecting client of the chat service at `addr`.
-    pub fn new(addr: &ServiceAddr, auth: &InternalAuth) -> Result<Self, tonic::transport::Error> {
-        let channel = addr.channel(auth, "handoff")?;
+    pub fn new(addr: &ServiceTarget, auth: &InternalAuth) -> Result<Self, tonic::transport::Error> {
         Ok(ChatTranscripts {
-            chat: ChatClient::new(InterceptedService::new(
-                channel,
-                TokenInterceptor::new(auth),
-            )),
+            chat: ChatClient::new(chatai_kit::grpc::service_channel(
+                addr,
+                auth,
+                crate::metrics::SERVICE,
+            )?),
         })
     }
 }

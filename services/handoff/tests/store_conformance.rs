@@ -7,6 +7,10 @@
 //!
 //! A new case is an `async fn` taking the store (or, to open it itself, the
 //! URL) and returning `Result<(), StoreError>`, listed in `on_both_databases!` below.
+//!
+//! The store a handoff leader writes through on PostgreSQL (the same
+//! statements on the connection holding the leader's lock,
+//! [`store::HeldStore`]) runs every store case too: `held::every_case`.
 
 use std::sync::Arc;
 
@@ -287,6 +291,46 @@ async fn open(url: &str) -> Arc<dyn HandoffStore> {
     match store::connect(url).await {
         Ok(store) => store,
         Err(err) => panic!("cannot open the store: {err}"),
+    }
+}
+
+/// The leader's store on PostgreSQL: the lock's own connection.
+mod held {
+    use super::*;
+    use chatai_handoff::leader::Lease;
+
+    async fn run_case<F, Fut>(case: F)
+    where
+        F: FnOnce(Arc<dyn HandoffStore>) -> Fut + Send + 'static,
+        Fut: Future<Output = CaseResult> + Send + 'static,
+    {
+        chatai_testkit::on_postgres(|url| async move {
+            let database = chatai_kit::db::connect(&url).await.expect("the database");
+            let pooled = store::store_on(database.clone());
+            let held = Lease::on(&database)
+                .try_acquire()
+                .await
+                .expect("tried")
+                .expect("the only contender leads");
+            let outcome = case(held.store(&pooled)).await;
+            drop(held);
+            outcome.expect("the case passes on the held store");
+        })
+        .await;
+    }
+
+    /// Every store case, each on a fresh database, through the held store.
+    #[tokio::test]
+    async fn every_case() {
+        run_case(create_reads_back_every_field).await;
+        run_case(one_active_handoff_per_dialog).await;
+        run_case(concurrent_requests_create_one).await;
+        run_case(transitions_follow_the_states).await;
+        run_case(queued_handoffs_return_or_complete).await;
+        run_case(transfers_and_cancels_follow_the_states).await;
+        run_case(active_lists_queued_and_assigned).await;
+        run_case(recent_handling_is_newest_first).await;
+        run_case(ping_answers).await;
     }
 }
 

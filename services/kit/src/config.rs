@@ -9,7 +9,7 @@ use std::time::Duration;
 /// Where a service listens and where the others find it: `host:port`, the
 /// host an IP address or a name (`chat:50051` in a container network, where
 /// the name resolves to the service's own address for it to listen on).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServiceAddr(String);
 
 /// A service address without a `host:port` shape.
@@ -52,6 +52,23 @@ impl std::fmt::Display for ServiceAddr {
 }
 
 impl ServiceAddr {
+    /// As written: `host:port`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The socket address, when the host is an IP address (not a name).
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.0.parse().ok()
+    }
+
+    /// The host: a name, or an IP address (`[::1]` with its brackets).
+    pub fn host(&self) -> &str {
+        self.0
+            .rsplit_once(':')
+            .map_or(self.0.as_str(), |(host, _)| host)
+    }
+
     /// The `http://` URI a gRPC client connects to.
     pub fn uri(&self) -> String {
         format!("http://{}", self.0)
@@ -65,26 +82,8 @@ impl ServiceAddr {
     pub fn channel(
         &self,
         auth: &InternalAuth,
-        caller: &'static str,
-    ) -> Result<crate::grpc::MeteredChannel, tonic::transport::Error> {
-        let tls = auth.client_tls();
-        let uri = match tls {
-            Some(_) => format!("https://{}", self.0),
-            None => self.uri(),
-        };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(uri)?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10));
-        if let Some(tls) = tls {
-            endpoint = endpoint.tls_config(tls)?;
-        }
-        let channel = endpoint.connect_lazy();
-        Ok(tower::Layer::layer(
-            &crate::grpc::MetricsLayer::new(crate::grpc::Side::Client, caller),
-            channel,
-        ))
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        Ok(endpoint(&self.0, None, auth)?.connect_lazy())
     }
 
     /// Listens on this address (a name is resolved first; the first of its
@@ -94,7 +93,152 @@ impl ServiceAddr {
     }
 }
 
-/// Where each service listens (and where the gateway finds it).
+/// The gRPC endpoint of one replica at `authority` (`host:port`, the host
+/// usually a resolved IP address): `TCP_NODELAY`, HTTP/2 keep-alives, a 2 s
+/// connect timeout; over mutual TLS when `auth` configures it, checking the
+/// server's certificate for `tls_name` (the name the address was resolved
+/// from) or else for the host dialled.
+pub fn endpoint(
+    authority: &str,
+    tls_name: Option<&str>,
+    auth: &InternalAuth,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let tls = auth.client_tls();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{authority}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if let Some(tls) = tls {
+        let tls = match tls_name {
+            Some(name) => tls.domain_name(name),
+            None => tls,
+        };
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint)
+}
+
+/// Where a service's replicas are: `CHATAI_<PART>_ADDRS`, comma-separated
+/// `host:port` entries, each an IP address or a name that may resolve to
+/// several (all of them are replicas). Never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets(Vec<ServiceAddr>);
+
+impl Targets {
+    /// The entries, as written.
+    pub fn entries(&self) -> &[ServiceAddr] {
+        &self.0
+    }
+}
+
+impl From<ServiceAddr> for Targets {
+    fn from(addr: ServiceAddr) -> Self {
+        Targets(vec![addr])
+    }
+}
+
+impl std::str::FromStr for Targets {
+    type Err = BadServiceAddr;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let entries = text
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<ServiceAddr>, _>>()?;
+        if entries.is_empty() {
+            return Err(BadServiceAddr(text.to_owned()));
+        }
+        Ok(Targets(entries))
+    }
+}
+
+impl std::fmt::Display for Targets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, entry) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{entry}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One of the four services, for naming its addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Chat,
+    Handoff,
+    Presence,
+    Notification,
+}
+
+impl Part {
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Chat => "chat",
+            Part::Handoff => "handoff",
+            Part::Presence => "presence",
+            Part::Notification => "notification",
+        }
+    }
+}
+
+/// How a part's clients find one service: its replicas' entries, how often
+/// they are resolved again, and by what (the system's DNS, or a test's
+/// fake). [`ServiceTarget::connect`] makes the balancing channel.
+#[derive(Debug, Clone)]
+pub struct ServiceTarget {
+    /// The service, for logs.
+    pub service: &'static str,
+    pub targets: Targets,
+    pub resolve_every: Duration,
+    pub resolver: std::sync::Arc<dyn crate::grpc::resolver::Resolver>,
+}
+
+impl ServiceTarget {
+    /// `service` at the one entry `addr`, resolved by DNS every 10 s.
+    pub fn single(service: &'static str, addr: ServiceAddr) -> Self {
+        ServiceTarget {
+            service,
+            targets: addr.into(),
+            resolve_every: Duration::from_secs(10),
+            resolver: std::sync::Arc::new(crate::grpc::resolver::DnsResolver),
+        }
+    }
+
+    /// A channel over every replica (see [`crate::grpc::replicas`]): calls
+    /// spread over the healthy ones; its resolving and health tasks stop
+    /// when the last clone of it is dropped.
+    pub fn connect(
+        &self,
+        auth: &InternalAuth,
+    ) -> Result<crate::grpc::replicas::Replicas, tonic::transport::Error> {
+        crate::grpc::replicas::Replicas::start(self, auth)
+    }
+}
+
+/// One replica at `addr` (tests; named "service" in logs).
+impl From<ServiceAddr> for ServiceTarget {
+    fn from(addr: ServiceAddr) -> Self {
+        ServiceTarget::single("service", addr)
+    }
+}
+
+/// One replica at `addr` (tests; named "service" in logs).
+impl From<SocketAddr> for ServiceTarget {
+    fn from(addr: SocketAddr) -> Self {
+        ServiceTarget::single("service", addr.into())
+    }
+}
+
+/// Where each service listens (`CHATAI_<PART>_ADDR`) and where the others
+/// connect to it (`CHATAI_<PART>_ADDRS`, its replicas; unset = the one
+/// `_ADDR`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServiceAddrs {
     /// The chat service's gRPC address.
@@ -125,6 +269,79 @@ pub struct ServiceAddrs {
         default_value = "127.0.0.1:50054"
     )]
     pub notification: ServiceAddr,
+    /// Where gateways and services connect to the chat service's replicas:
+    /// comma-separated `host:port`, or a name resolving to several; unset =
+    /// `CHATAI_CHAT_ADDR`.
+    #[arg(long = "chat-addrs", env = "CHATAI_CHAT_ADDRS")]
+    pub chat_replicas: Option<Targets>,
+    /// The handoff service's replicas (as `CHATAI_CHAT_ADDRS`).
+    #[arg(long = "handoff-addrs", env = "CHATAI_HANDOFF_ADDRS")]
+    pub handoff_replicas: Option<Targets>,
+    /// The presence service's replicas (as `CHATAI_CHAT_ADDRS`).
+    #[arg(long = "presence-addrs", env = "CHATAI_PRESENCE_ADDRS")]
+    pub presence_replicas: Option<Targets>,
+    /// The notification service's replicas (as `CHATAI_CHAT_ADDRS`).
+    #[arg(long = "notification-addrs", env = "CHATAI_NOTIFICATION_ADDRS")]
+    pub notification_replicas: Option<Targets>,
+    /// Seconds between two resolutions of the replicas' names.
+    #[arg(
+        long = "resolve-interval-secs",
+        env = "CHATAI_RESOLVE_INTERVAL_SECS",
+        default_value_t = 10
+    )]
+    pub resolve_interval_secs: u64,
+}
+
+impl ServiceAddrs {
+    /// Every service on the address its listener got (port 0 resolved), each
+    /// one replica: the all-in-one and tests.
+    pub fn listening(
+        chat: ServiceAddr,
+        handoff: ServiceAddr,
+        presence: ServiceAddr,
+        notification: ServiceAddr,
+    ) -> Self {
+        ServiceAddrs {
+            chat,
+            handoff,
+            presence,
+            notification,
+            chat_replicas: None,
+            handoff_replicas: None,
+            presence_replicas: None,
+            notification_replicas: None,
+            resolve_interval_secs: 10,
+        }
+    }
+
+    /// Where `part` listens.
+    pub fn listen(&self, part: Part) -> &ServiceAddr {
+        match part {
+            Part::Chat => &self.chat,
+            Part::Handoff => &self.handoff,
+            Part::Presence => &self.presence,
+            Part::Notification => &self.notification,
+        }
+    }
+
+    /// How clients find `part`'s replicas: its `_ADDRS`, or else its `_ADDR`,
+    /// resolved by DNS.
+    pub fn target(&self, part: Part) -> ServiceTarget {
+        let replicas = match part {
+            Part::Chat => &self.chat_replicas,
+            Part::Handoff => &self.handoff_replicas,
+            Part::Presence => &self.presence_replicas,
+            Part::Notification => &self.notification_replicas,
+        };
+        ServiceTarget {
+            service: part.name(),
+            targets: replicas
+                .clone()
+                .unwrap_or_else(|| self.listen(part).clone().into()),
+            resolve_every: Duration::from_secs(self.resolve_interval_secs.max(1)),
+            resolver: std::sync::Arc::new(crate::grpc::resolver::DnsResolver),
+        }
+    }
 }
 
 /// What closes internal gRPC: a shared token, mutual TLS, or both
@@ -294,6 +511,22 @@ pub struct TelemetryConfig {
     /// OTLP/gRPC endpoint for traces (Jaeger's 4317); unset = no export.
     #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Share (0 to 1) of traces started by requests — a client frame, a
+    /// connection, an internal caller's call — that are exported.
+    #[arg(
+        long = "trace-sample-ratio",
+        env = "CHATAI_TRACE_SAMPLE_RATIO",
+        default_value_t = 1.0
+    )]
+    pub trace_sample_ratio: f64,
+    /// Share (0 to 1) of traces started by periodic background work
+    /// (reports, lease refreshes, analytics pushes, trims) that are exported.
+    #[arg(
+        long = "trace-background-ratio",
+        env = "CHATAI_TRACE_BACKGROUND_RATIO",
+        default_value_t = 0.0
+    )]
+    pub trace_background_ratio: f64,
 }
 
 /// What every service process needs besides its own settings.

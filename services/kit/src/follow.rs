@@ -17,14 +17,13 @@ use chatai_proto::v1::event_stream_client::EventStreamClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::InterceptedService;
 
 use crate::events::Recipient;
-use crate::grpc::{MeteredChannel, TokenInterceptor};
 use crate::identity::service_request;
 
-/// A channel to another service with the internal token on every call.
-pub type ServiceChannel = InterceptedService<MeteredChannel, TokenInterceptor>;
+/// A channel to another service's replicas with the internal token on
+/// every call.
+pub use crate::grpc::ServiceChannel;
 
 /// How long `Subscribed` may take before the stream is given up.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);

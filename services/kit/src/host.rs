@@ -42,8 +42,9 @@ pub struct ServiceHost {
     pub health: HealthReporter,
     checks: Vec<(&'static str, Check)>,
     auth: InternalAuth,
-    /// The part's name: the `service` label of its metrics.
-    service: &'static str,
+    /// The service's name (`chat`, …): its spans are named after it, and it
+    /// is the `service` label of its metrics.
+    part: &'static str,
 }
 
 impl ServiceHost {
@@ -75,7 +76,7 @@ impl ServiceHost {
             health: HealthReporter::new(),
             checks: Vec::new(),
             auth: common.auth.clone(),
-            service,
+            part: service,
         };
         host.check_ping("event log", log, |log| async move { log.ping().await });
         Ok(host)
@@ -146,7 +147,7 @@ impl ServiceHost {
         );
         let served = grpc::serve(
             listener,
-            self.service,
+            self.part,
             routes,
             self.health.clone(),
             &names,
@@ -195,6 +196,10 @@ async fn watch_readiness(
             }
         }
         let now_serving = failures.is_empty();
+        // Once stopping, the server's NOT_SERVING stands.
+        if shutdown.is_cancelled() {
+            return;
+        }
         if now_serving != serving {
             serving = now_serving;
             if serving {

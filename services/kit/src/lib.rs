@@ -32,7 +32,7 @@
 //!   `EventLog` trait; with `server`, the per-recipient durable logs (memory,
 //!   Redis) and their shared paging rules, live fan-out, and the
 //!   `EventStream` gRPC service gateways attach to.
-//! - `redis_keys` (feature `server`) — every Redis key and channel name, by
+//! - `redis_keys` (feature `redis`, part of `server`) — every Redis key and channel name, by
 //!   the deployment's namespace (its prefix and its id), so deployments
 //!   sharing a Redis server stay apart.
 //! - [`timestamps`] — times as clients read them (RFC 3339, UTC, ms).
@@ -66,7 +66,7 @@ pub mod internal_auth;
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod pending;
-#[cfg(feature = "server")]
+#[cfg(feature = "redis")]
 pub mod redis_keys;
 pub mod shutdown;
 pub mod status;

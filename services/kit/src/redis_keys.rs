@@ -20,7 +20,17 @@
 //! - `p:svc:seq:r`, `p:svc:base:r`, `p:svc:log:r`, `p:svc:seen:r` — the
 //!   recipient's event log at that service ([`Namespace::log_key`]);
 //! - channel `p:d:svc:live` — the service's live deliveries
-//!   ([`Namespace::live_channel`]).
+//!   ([`Namespace::live_channel`]);
+//! - `p:presence:operators`, `p:presence:gateways`, `p:presence:revisions`,
+//!   `p:presence:timers`, `p:presence:version` — the presence state every
+//!   presence replica shares ([`Namespace::presence_key`], described in
+//!   the presence crate's `state::redis`).
+//! - `p:gateway:connections:r` — a user's or operator's open connections on
+//!   every gateway, a sorted set by opening time
+//!   ([`Namespace::connections_key`]); `p:gateway:leases` — each gateway's
+//!   lease, a hash ([`Namespace::gateway_leases_key`]); channel
+//!   `p:d:gateway:evict` — connections to close for the limit
+//!   ([`Namespace::evict_channel`]).
 //!
 //! Other parts add their own names as methods here, built with
 //! [`Namespace::key`] and [`Namespace::channel`], never by formatting the
@@ -65,6 +75,33 @@ impl LogKey {
             LogKey::Base => "base",
             LogKey::Log => "log",
             LogKey::Seen => "seen",
+        }
+    }
+}
+
+/// The keys of the presence state (see the presence crate's `state::redis`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceKey {
+    /// Hash: operator id → the operator's record.
+    Operators,
+    /// Hash: gateway id → the operator connections it reported.
+    Gateways,
+    /// Hash: `o:{operator}` / `g:{gateway}` → the record's revision.
+    Revisions,
+    /// Sorted set: grace periods and leases, scored by when they end.
+    Timers,
+    /// The last version handed to an announced change.
+    Version,
+}
+
+impl PresenceKey {
+    fn as_str(self) -> &'static str {
+        match self {
+            PresenceKey::Operators => "operators",
+            PresenceKey::Gateways => "gateways",
+            PresenceKey::Revisions => "revisions",
+            PresenceKey::Timers => "timers",
+            PresenceKey::Version => "version",
         }
     }
 }
@@ -181,9 +218,29 @@ impl Namespace {
         )
     }
 
+    /// A key of the presence state.
+    pub fn presence_key(&self, kind: PresenceKey) -> String {
+        self.key(&["presence", kind.as_str()])
+    }
+
     /// The channel of `service`'s live deliveries.
     pub fn live_channel(&self, service: &str) -> String {
         self.channel(&[service, "live"])
+    }
+
+    /// `principal`'s open connections on every gateway (the per-user limit).
+    pub fn connections_key(&self, principal: &Recipient) -> String {
+        self.key(&["gateway", "connections", &principal.to_string()])
+    }
+
+    /// Every gateway's lease: until when its connections count.
+    pub fn gateway_leases_key(&self) -> String {
+        self.key(&["gateway", "leases"])
+    }
+
+    /// The channel naming connections their gateway must close (the limit).
+    pub fn evict_channel(&self) -> String {
+        self.channel(&["gateway", "evict"])
     }
 }
 
@@ -239,6 +296,20 @@ mod tests {
             "chatai:handoff:seen:operator:7"
         );
         assert_eq!(names.live_channel("chat"), "chatai:d1:chat:live");
+        assert_eq!(
+            names.presence_key(PresenceKey::Operators),
+            "chatai:presence:operators"
+        );
+        assert_eq!(
+            names.presence_key(PresenceKey::Version),
+            "chatai:presence:version"
+        );
+        assert_eq!(
+            names.connections_key(&Recipient::User(42)),
+            "chatai:gateway:connections:user:42"
+        );
+        assert_eq!(names.gateway_leases_key(), "chatai:gateway:leases");
+        assert_eq!(names.evict_channel(), "chatai:d1:gateway:evict");
         assert_eq!(names.log_pattern("chat"), "chatai:chat:log:*");
         assert_eq!(
             Namespace::new("a*[b]", "d").log_pattern("chat"),

@@ -1,20 +1,114 @@
 //! Logs and traces: the `tracing` subscriber (called by binaries only), OTLP
 //! export for Jaeger, and W3C trace context carried across gRPC metadata and
 //! inside events, so one client frame is one trace across every service.
+//!
+//! What is exported ([`Sampler`]): a span follows its parent's decision
+//! (local or remote, so a whole trace is kept or dropped across processes);
+//! a root span marked as background work (the field [`BACKGROUND`] `= true`:
+//! gateway reports and lease refreshes, analytics pushes, trims, the presence
+//! actor's rounds) is kept at `CHATAI_TRACE_BACKGROUND_RATIO` (default 0:
+//! periodic work stays out of Jaeger), a root linked to other spans (a
+//! group-committed batch) when any of them is kept, and any other root —
+//! a client frame, a connection, an internal caller's call — at
+//! `CHATAI_TRACE_SAMPLE_RATIO` (default 1).
+//!
+//! Telling the parts apart in one process (the all-in-one exports every
+//! part under one `service.name`, `chatai`): the spans where a part's work
+//! starts are named after the part — `gateway.frame`, `gateway.deliver`,
+//! `chat.SendMessage` (a gRPC server span: the part, then the method),
+//! `notification.push_analytics` — and carry `chatai.part`; spans inside a
+//! part are their children. Run as separate processes, `service.name`
+//! (`chatai-gateway`, `chatai-chat`, …) says it as well.
+//!
+//! JSON log lines (`CHATAI_LOG_JSON=true`) carry `trace_id` and `span_id` of
+//! the span they were written in (json-subscriber, reading
+//! tracing-opentelemetry's data), so a log line leads to its trace.
 
 use std::collections::HashMap;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{Link, SamplingDecision, SamplingResult, SpanKind, TraceId};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, ShouldSample};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::TelemetryConfig;
+
+/// The span field that marks a root span as periodic background work, which
+/// the sampler keeps only at `CHATAI_TRACE_BACKGROUND_RATIO`:
+/// `tracing::info_span!(parent: None, "gateway.report", chatai.background = true)`.
+pub const BACKGROUND: &str = "chatai.background";
+
+/// The span field naming the part a span belongs to (`gateway`, `chat`, …).
+pub const PART: &str = "chatai.part";
+
+/// The sampler of root spans (children follow their parent, see the module
+/// documentation): background roots at one ratio, linked roots as their
+/// links, the rest at another ratio.
+#[derive(Debug, Clone)]
+struct RootSampler {
+    requests: Sampler,
+    background: Sampler,
+}
+
+impl RootSampler {
+    /// The sampler of every span: parent-based, with this for roots.
+    fn sampler(sample_ratio: f64, background_ratio: f64) -> Sampler {
+        Sampler::ParentBased(Box::new(RootSampler {
+            requests: Sampler::TraceIdRatioBased(sample_ratio),
+            background: Sampler::TraceIdRatioBased(background_ratio),
+        }))
+    }
+}
+
+impl ShouldSample for RootSampler {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let background = attributes.iter().any(|attribute| {
+            attribute.key.as_str() == BACKGROUND
+                && attribute.value == opentelemetry::Value::Bool(true)
+        });
+        if background {
+            return self.background.should_sample(
+                parent_context,
+                trace_id,
+                name,
+                span_kind,
+                attributes,
+                links,
+            );
+        }
+        if !links.is_empty() {
+            let any_kept = links.iter().any(|link| link.span_context.is_sampled());
+            return SamplingResult {
+                decision: if any_kept {
+                    SamplingDecision::RecordAndSample
+                } else {
+                    SamplingDecision::Drop
+                },
+                attributes: Vec::new(),
+                trace_state: parent_context
+                    .map(|cx| cx.span().span_context().trace_state().clone())
+                    .unwrap_or_default(),
+            };
+        }
+        self.requests
+            .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+    }
+}
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,10 +146,7 @@ pub fn init(
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_new(&config.log_filter)?;
     let fmt = if config.log_json {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .boxed()
+        json_logs().boxed()
     } else {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -69,6 +160,10 @@ pub fn init(
                 .build()?;
             let provider = SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
+                .with_sampler(RootSampler::sampler(
+                    config.trace_sample_ratio,
+                    config.trace_background_ratio,
+                ))
                 .with_resource(
                     opentelemetry_sdk::Resource::builder()
                         .with_service_name(service_name)
@@ -91,6 +186,24 @@ pub fn init(
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(TelemetryGuard { provider })
+}
+
+/// The JSON log layer: `tracing_subscriber`'s JSON shape (json-subscriber
+/// is a drop-in for it) plus top-level `trace_id` and `span_id` of the span
+/// the line was written in, when there is one.
+fn json_logs<S>() -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'lookup> tracing_subscriber::registry::LookupSpan<'lookup>,
+{
+    let mut layer = json_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let inner = layer.inner_layer_mut();
+    inner.add_from_extension::<tracing_opentelemetry::OtelData, _, _>("trace_id", |data| {
+        data.trace_id().map(|id| id.to_string())
+    });
+    inner.add_from_extension::<tracing_opentelemetry::OtelData, _, _>("span_id", |data| {
+        data.span_id().map(|id| id.to_string())
+    });
+    layer
 }
 
 struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
@@ -150,4 +263,68 @@ pub fn adopt_parent_from_map(span: &tracing::Span, map: &HashMap<String, String>
     }
     let parent = TraceContextPropagator::new().extract(map);
     let _ = span.set_parent(parent);
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceState};
+
+    use super::*;
+
+    fn decide(sampler: &Sampler, attributes: &[KeyValue], links: &[Link]) -> SamplingDecision {
+        sampler
+            .should_sample(
+                None,
+                TraceId::from_bytes([7; 16]),
+                "root",
+                &SpanKind::Internal,
+                attributes,
+                links,
+            )
+            .decision
+    }
+
+    fn link(sampled: bool) -> Link {
+        let flags = if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let context = SpanContext::new(
+            TraceId::from_bytes([1; 16]),
+            SpanId::from_bytes([2; 8]),
+            flags,
+            false,
+            TraceState::default(),
+        );
+        Link::with_context(context)
+    }
+
+    /// Roots marked as background go at the background ratio, linked roots
+    /// with their links, the rest at the request ratio.
+    #[test]
+    fn roots_are_sampled_by_kind() {
+        let sampler = RootSampler::sampler(1.0, 0.0);
+        let background = [KeyValue::new(BACKGROUND, true)];
+        assert_eq!(
+            decide(&sampler, &[], &[]),
+            SamplingDecision::RecordAndSample
+        );
+        assert_eq!(decide(&sampler, &background, &[]), SamplingDecision::Drop);
+        assert_eq!(
+            decide(&sampler, &[], &[link(false), link(true)]),
+            SamplingDecision::RecordAndSample
+        );
+        assert_eq!(
+            decide(&sampler, &[], &[link(false)]),
+            SamplingDecision::Drop
+        );
+        let everything = RootSampler::sampler(1.0, 1.0);
+        assert_eq!(
+            decide(&everything, &background, &[]),
+            SamplingDecision::RecordAndSample
+        );
+        let nothing = RootSampler::sampler(0.0, 1.0);
+        assert_eq!(decide(&nothing, &[], &[]), SamplingDecision::Drop);
+    }
 }

@@ -22,6 +22,12 @@ pub struct VersionClock {
 }
 
 impl VersionClock {
+    /// A clock whose next version is greater than `last`: the clock of a
+    /// state kept elsewhere (presence's in Redis), resumed where it stood.
+    pub fn after(last: u64) -> Self {
+        VersionClock { last }
+    }
+
     /// The next version.
     pub fn tick(&mut self) -> u64 {
         let now = std::time::SystemTime::now()
@@ -75,6 +81,9 @@ mod tests {
             last = next;
         }
         assert_eq!(clock.current(), last);
+        let far = u64::MAX / 2;
+        let mut resumed = VersionClock::after(far);
+        assert_eq!(resumed.tick(), far + 1, "resumed above what it was given");
     }
 
     /// Events the snapshot holds are dropped, newer ones applied; unversioned

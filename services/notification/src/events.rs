@@ -18,7 +18,10 @@ pub struct SystemAlert<'a> {
 #[derive(Debug, Serialize)]
 pub struct AnalyticsUpdate {
     pub metric: &'static str,
-    pub value: u64,
-    /// The signed difference from the value pushed before, e.g. `+12`, `-3`.
+    /// A JSON number: an integer for counts (and whole values), else a
+    /// decimal (`average_connection_duration`, `error_rate`).
+    pub value: serde_json::Value,
+    /// The signed difference from the value pushed before, e.g. `+12`, `-3`,
+    /// `+0.25`.
     pub change: String,
 }

@@ -180,7 +180,7 @@ impl From<Metrics> for pb::GetAnalyticsResponse {
                 .into_iter()
                 .map(|(name, value)| pb::Metric {
                     name: name.to_owned(),
-                    value: value as f64,
+                    value: value.as_f64(),
                 })
                 .collect(),
         }

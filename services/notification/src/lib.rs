@@ -19,7 +19,11 @@
 //!   `online_operators` and `messages_per_minute`. Every
 //!   `CHATAI_ANALYTICS_INTERVAL_SECS` the metrics that changed are pushed to
 //!   admins as `analytics_update` (see [`analytics`] for what is and is not
-//!   measured).
+//!   measured), with `total_connections`, `average_connection_duration` and
+//!   `error_rate` read from the stored connection events of the last
+//!   `CHATAI_ANALYTICS_WINDOW_SECS`.
+//! - Connection events are kept `CHATAI_CONNECTION_EVENTS_RETENTION_SECS`
+//!   (30 days); a task of the service deletes older ones.
 //!
 //! `balance_alert` is not sent from here: the chat service sends it, exactly
 //! once per threshold crossing, from the atomic charge that crosses it.
@@ -78,12 +82,20 @@ pub async fn run(
     host.check_ping("database", store.clone(), |store| async move {
         store.ping().await
     });
-    let service = NotificationService::new(store, host.log.clone());
+    let service = NotificationService::new(store, host.log.clone(), config.analytics_window());
     host.supervisor.spawn(
         "analytics push",
         service
             .clone()
             .push_analytics(config.analytics_interval(), host.shutdown().clone()),
+    );
+    host.supervisor.spawn(
+        "connection events trim",
+        service.clone().trim_connection_events(
+            config.connection_events_retention(),
+            config.trim_interval(),
+            host.shutdown().clone(),
+        ),
     );
     let routes =
         tonic::service::Routes::new(NotificationServer::new(grpc::NotificationApi::new(service)));

@@ -3,18 +3,19 @@
 //! pushed to admins. The gRPC adapter only decodes wire types; everything
 //! here authorizes first, then validates.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::identity::{Caller, Role};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::analytics::{Change, GatewayReport, Metrics, Pushed, Reports};
 use crate::error::NotificationError;
 use crate::events::{AnalyticsUpdate, SystemAlert};
-use crate::store::{ConnectionEvent, ConnectionKind, NotificationStore};
+use crate::store::{ConnectionEvent, ConnectionKind, ConnectionStats, NotificationStore};
 
 /// The largest `Notify` body, in bytes of JSON text.
 pub const MAX_BODY_BYTES: usize = 32 * 1024;
@@ -36,6 +37,8 @@ pub const MAX_CONNECTION_EVENTS: usize = 1_000;
 pub const MAX_ID_CHARS: usize = 128;
 /// The longest a gateway report may stay valid.
 pub const MAX_REPORT_TTL: Duration = Duration::from_secs(3_600);
+/// Old connection events deleted per statement while trimming.
+const TRIM_BATCH: u32 = 10_000;
 
 const ADMIN_OR_SERVICE: &[Role] = &[Role::Admin, Role::Service];
 const SERVICE_ONLY: &[Role] = &[Role::Service];
@@ -82,14 +85,27 @@ pub struct NotificationService {
     store: Arc<dyn NotificationStore>,
     log: Arc<dyn EventLog>,
     reports: Arc<Reports>,
+    /// The connection statistics of the analytics window, as last read by
+    /// the analytics push (so `GetAnalytics` costs no query).
+    connections: Arc<Mutex<ConnectionStats>>,
+    /// The window of those statistics.
+    window: Duration,
 }
 
 impl NotificationService {
-    pub fn new(store: Arc<dyn NotificationStore>, log: Arc<dyn EventLog>) -> Self {
+    /// The service on `store` and `log`, with connection metrics over the
+    /// last `window`.
+    pub fn new(
+        store: Arc<dyn NotificationStore>,
+        log: Arc<dyn EventLog>,
+        window: Duration,
+    ) -> Self {
         NotificationService {
             store,
             log,
             reports: Arc::new(Reports::default()),
+            connections: Arc::new(Mutex::new(ConnectionStats::default())),
+            window,
         }
     }
 
@@ -214,12 +230,104 @@ impl NotificationService {
     #[tracing::instrument(skip_all, fields(caller = caller.id, role = %caller.role))]
     pub fn analytics(&self, caller: &Caller) -> Result<Metrics, NotificationError> {
         require(caller, ADMIN_OR_SERVICE, "read analytics")?;
-        Ok(self.reports.metrics(Instant::now()))
+        Ok(self.metrics())
+    }
+
+    /// The gateways' live sums with the last connection statistics read.
+    fn metrics(&self) -> Metrics {
+        let connections = *self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Metrics {
+            connections,
+            ..self.reports.metrics(Instant::now())
+        }
+    }
+
+    /// Reads the connection statistics of the window ending now; on a
+    /// store error keeps the last ones (and says so).
+    #[tracing::instrument(skip_all)]
+    async fn refresh_connection_stats(&self) {
+        let window_ms = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
+        let since_ms = chatai_kit::now_ms().saturating_sub(window_ms);
+        match self.store.connection_stats(since_ms).await {
+            Ok(stats) => {
+                *self
+                    .connections
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = stats;
+            }
+            Err(cause) => {
+                tracing::warn!(%cause, "connection statistics not read; keeping the last ones");
+            }
+        }
+    }
+
+    /// Every `every`, deletes the connection events older than `retention`,
+    /// until `shutdown`. The first round runs at once.
+    pub async fn trim_connection_events(
+        self,
+        retention: Duration,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            // Its own root span (not a child of a span living until
+            // shutdown), marked as background work for the trace sampler.
+            let round = tracing::info_span!(
+                parent: None,
+                "notification.trim_connection_events",
+                chatai.background = true,
+                deleted = tracing::field::Empty
+            );
+            let deleted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                deleted = self.trim_once(retention).instrument(round.clone()) => deleted,
+            };
+            round.record("deleted", deleted);
+        }
+    }
+
+    /// Deletes the events older than `retention`, a batch at a time;
+    /// returns how many.
+    async fn trim_once(&self, retention: Duration) -> u64 {
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let before_ms = chatai_kit::now_ms().saturating_sub(retention_ms);
+        let mut deleted = 0;
+        loop {
+            match self
+                .store
+                .trim_connection_events(before_ms, TRIM_BATCH)
+                .await
+            {
+                Ok(count) => {
+                    deleted += count;
+                    if count < u64::from(TRIM_BATCH) {
+                        break;
+                    }
+                }
+                Err(cause) => {
+                    tracing::warn!(%cause, "old connection events not trimmed; trying again later");
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "old connection events trimmed");
+        }
+        deleted
     }
 
     /// Every `every`, pushes the metrics that changed to admins, until
-    /// `shutdown`. The first round (at once) pushes them all.
-    #[tracing::instrument(name = "analytics", skip_all, fields(every_secs = every.as_secs()))]
+    /// `shutdown`. The first round (at once) pushes them all. Each round is
+    /// a root span of its own, marked as background work for the sampler.
     pub async fn push_analytics(self, every: Duration, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -229,15 +337,21 @@ impl NotificationService {
                 _ = shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            self.push_changes(&mut pushed).await;
+            let round = tracing::info_span!(
+                parent: None,
+                "notification.push_analytics",
+                chatai.background = true,
+                changed = tracing::field::Empty
+            );
+            self.push_changes(&mut pushed).instrument(round).await;
         }
     }
 
     /// One round: an `analytics_update` to `Role(Admin)` per changed metric.
     /// A change that could not be delivered is offered again next round.
-    #[tracing::instrument(skip_all, fields(changed))]
     async fn push_changes(&self, pushed: &mut Pushed) {
-        let changes = pushed.changes(&self.reports.metrics(Instant::now()));
+        self.refresh_connection_stats().await;
+        let changes = pushed.changes(&self.metrics());
         tracing::Span::current().record("changed", changes.len());
         for change in changes {
             match self.push(&change).await {
@@ -252,7 +366,7 @@ impl NotificationService {
     async fn push(&self, change: &Change) -> Result<(), NotificationError> {
         let body = AnalyticsUpdate {
             metric: change.metric,
-            value: change.value,
+            value: change.value.to_json(),
             change: change.change.clone(),
         };
         let event = Event::new("analytics_update", &body)?.with_origin(None);

@@ -46,6 +46,29 @@ fn expected(values: [u64; 4]) -> HashMap<String, u64> {
     .collect()
 }
 
+/// The metrics read from stored connection events, which the report tests
+/// leave at 0 (they record none): their pushes are skipped there, and
+/// `GetAnalytics` must show them at 0.
+const CONNECTION_METRICS: [&str; 3] = [
+    "total_connections",
+    "average_connection_duration",
+    "error_rate",
+];
+
+/// `GetAnalytics`' metrics other than [`CONNECTION_METRICS`], which must
+/// be 0.
+fn reported(metrics: Vec<pb::Metric>) -> HashMap<String, u64> {
+    metrics
+        .into_iter()
+        .filter(|m| {
+            let connection = CONNECTION_METRICS.contains(&m.name.as_str());
+            assert!(!connection || m.value == 0.0, "{m:?}");
+            !connection
+        })
+        .map(|m| (m.name, m.value as u64))
+        .collect()
+}
+
 /// The admin-role subscriber and what it has seen of each metric.
 struct Admins {
     gateway: TestGateway,
@@ -76,6 +99,10 @@ impl Admins {
                 .as_str()
                 .expect("metric is text")
                 .to_owned();
+            if CONNECTION_METRICS.contains(&metric.as_str()) {
+                assert_eq!(update["value"], 0, "{update}");
+                continue;
+            }
             let value = update["value"].as_u64().expect("value is a number");
             let change = update["change"]
                 .as_str()
@@ -144,11 +171,7 @@ async fn reports_are_summed_pushed_on_change_and_expire() {
     let now = call(client.get_analytics(as_caller(pb::GetAnalyticsRequest {}, Role::Admin)))
         .await
         .expect("an admin reads analytics");
-    let values: HashMap<String, u64> = now
-        .metrics
-        .into_iter()
-        .map(|m| (m.name, m.value as u64))
-        .collect();
+    let values = reported(now.metrics);
     assert_eq!(values, expected([5, 2, 1, 5]));
     service.stop().await;
 }
@@ -166,11 +189,7 @@ async fn get_analytics_sums_the_live_reports() {
     let now = call(client.get_analytics(as_caller(pb::GetAnalyticsRequest {}, Role::Service)))
         .await
         .expect("a service reads analytics");
-    let values: HashMap<String, u64> = now
-        .metrics
-        .into_iter()
-        .map(|m| (m.name, m.value as u64))
-        .collect();
+    let values = reported(now.metrics);
     assert_eq!(values, expected([4, 2, 2, 20]));
     service.stop().await;
 }
@@ -199,5 +218,77 @@ async fn reports_and_reads_are_checked() {
         let refused = call(client.report_gateway(as_caller(bad, Role::Service))).await;
         assert_refused(refused, Code::InvalidArgument, "invalid_request");
     }
+    service.stop().await;
+}
+
+/// The three connection metrics, from a known sequence of connections
+/// recorded through `RecordConnections`: four opened in the window, three
+/// closed there lasting 1 s, 2 s and 3 s — one of them too slow (4002) —
+/// plus one opened and closed with an error long before the window. The
+/// push carries `total_connections` 4, `average_connection_duration` 2 (s)
+/// and `error_rate` 1/3 (to four decimals), and `GetAnalytics` agrees.
+#[tokio::test]
+async fn connection_metrics_come_from_the_stored_events() {
+    use pb::connection_event::Kind;
+    let service = Service::on_sqlite(1).await;
+    let mut admins = service.attach().await;
+    admins.subscribe(1, &Recipient::Role(Role::Admin)).await;
+    let mut client = service.client().await;
+    let now = chatai_kit::now_ms();
+    let event =
+        |id: &str, kind: Kind, at_ms: i64, duration_ms: i64, close_code: u32| pb::ConnectionEvent {
+            connection_id: id.to_owned(),
+            gateway_id: "gw-a".to_owned(),
+            role: "user".to_owned(),
+            principal_id: 1,
+            kind: kind as i32,
+            at_ms,
+            duration_ms,
+            close_code,
+        };
+    let two_hours_ago = now - 7_200_000;
+    let events = vec![
+        event("gw-a:0", Kind::Connect, two_hours_ago, 0, 0),
+        event("gw-a:0", Kind::Disconnect, two_hours_ago + 10, 10, 1011),
+        event("gw-a:1", Kind::Connect, now - 5_000, 0, 0),
+        event("gw-a:2", Kind::Connect, now - 5_000, 0, 0),
+        event("gw-a:3", Kind::Connect, now - 5_000, 0, 0),
+        event("gw-a:4", Kind::Connect, now - 5_000, 0, 0),
+        event("gw-a:1", Kind::Disconnect, now - 4_000, 1_000, 1000),
+        event("gw-a:2", Kind::Disconnect, now - 3_000, 2_000, 4002),
+        event("gw-a:3", Kind::Disconnect, now - 2_000, 3_000, 0),
+    ];
+    call(client.record_connections(as_caller(
+        pb::RecordConnectionsRequest { events },
+        Role::Service,
+    )))
+    .await
+    .expect("a gateway records its connections");
+
+    let wanted = [
+        ("total_connections", serde_json::json!(4)),
+        ("average_connection_duration", serde_json::json!(2)),
+        ("error_rate", serde_json::json!(0.3333)),
+    ];
+    let mut latest: HashMap<String, serde_json::Value> = HashMap::new();
+    while wanted
+        .iter()
+        .any(|(metric, value)| latest.get(*metric) != Some(value))
+    {
+        let delivery = admins.next_delivery().await;
+        let update = body(&delivery);
+        let metric = update["metric"]
+            .as_str()
+            .expect("metric is text")
+            .to_owned();
+        latest.insert(metric, update["value"].clone());
+    }
+    let now = call(client.get_analytics(as_caller(pb::GetAnalyticsRequest {}, Role::Admin)))
+        .await
+        .expect("an admin reads analytics");
+    let values: HashMap<String, f64> = now.metrics.into_iter().map(|m| (m.name, m.value)).collect();
+    assert_eq!(values["total_connections"], 4.0);
+    assert_eq!(values["average_connection_duration"], 2.0);
+    assert_eq!(values["error_rate"], 0.3333);
     service.stop().await;
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use chatai_kit::identity::Role;
-use chatai_notification::store::{self, ConnectionEvent, ConnectionKind};
+use chatai_notification::store::{self, ConnectionEvent, ConnectionKind, ConnectionStats};
 use chatai_proto::v1 as pb;
 use common::{Service, as_caller, assert_refused, call};
 use tonic::Code;
@@ -245,6 +245,139 @@ async fn migrations_apply_twice(url: String) {
     );
 }
 
+fn disconnect(
+    connection_id: &str,
+    at_ms: i64,
+    duration_ms: Option<i64>,
+    close_code: Option<u16>,
+) -> ConnectionEvent {
+    ConnectionEvent {
+        kind: ConnectionKind::Disconnect,
+        duration_ms,
+        close_code,
+        ..connect(connection_id, Role::User, 1, at_ms)
+    }
+}
+
+/// The analytics' counts over a known sequence: before the window, one
+/// connection opened and closed with an error (not counted); in it, five
+/// opened and five closed — normally (1000), going away (1001), replaced
+/// (4004), without a code (the client closed), too slow (4002) and
+/// rate-limited (1008): two errors of six closed, one of them without a
+/// known duration.
+async fn store_counts_connections_and_errors(url: String) {
+    let store = store::connect(&url).await.expect("the store opens");
+    assert_eq!(
+        store.connection_stats(0).await.expect("the counts"),
+        ConnectionStats::default(),
+        "an empty table counts nothing"
+    );
+    let mut events = vec![
+        connect("gw-1:0", Role::User, 1, 500),
+        disconnect("gw-1:0", 900, Some(400), Some(4002)),
+    ];
+    for i in 1..=5 {
+        events.push(connect(&format!("gw-1:{i}"), Role::User, i, 1_000 + i));
+    }
+    events.extend([
+        disconnect("gw-1:1", 2_000, Some(1_000), Some(1000)),
+        disconnect("gw-1:2", 2_001, Some(2_000), Some(1001)),
+        disconnect("gw-1:3", 2_002, Some(3_000), Some(4004)),
+        disconnect("gw-1:4", 2_003, Some(4_000), None),
+        disconnect("gw-1:5", 2_004, Some(5_000), Some(4002)),
+        // Opened before the window (no connect in it), closed in it.
+        disconnect("gw-1:x", 2_005, None, Some(1008)),
+    ]);
+    store.record_connections(&events).await.expect("stored");
+    assert_eq!(
+        store.connection_stats(1_000).await.expect("the counts"),
+        ConnectionStats {
+            opened: 5,
+            closed: 6,
+            timed: 5,
+            duration_ms: 15_000,
+            errors: 2,
+        }
+    );
+    assert_eq!(
+        store.connection_stats(0).await.expect("the counts"),
+        ConnectionStats {
+            opened: 6,
+            closed: 7,
+            timed: 6,
+            duration_ms: 15_400,
+            errors: 3,
+        },
+        "the window's start is where counting starts"
+    );
+}
+
+/// Trimming deletes the events before the cut-off, a bounded batch at a
+/// time, and keeps the rest.
+async fn store_trims_events_before_a_time(url: String) {
+    let store = store::connect(&url).await.expect("the store opens");
+    let events: Vec<ConnectionEvent> = (0..7)
+        .map(|i| connect(&format!("gw-1:{i}"), Role::User, i, 100 * i))
+        .collect();
+    store.record_connections(&events).await.expect("stored");
+    // Five events (0 … 400) are older than 450: two batches of at most 3.
+    assert_eq!(store.trim_connection_events(450, 3).await.expect("trim"), 3);
+    assert_eq!(store.trim_connection_events(450, 3).await.expect("trim"), 2);
+    assert_eq!(store.trim_connection_events(450, 3).await.expect("trim"), 0);
+    let left: Vec<i64> = store
+        .connection_events(0, 100)
+        .await
+        .expect("the events read back")
+        .iter()
+        .map(|stored| stored.event.at_ms)
+        .collect();
+    assert_eq!(left, vec![500, 600]);
+}
+
+/// The service's own task trims: events older than the retention are gone
+/// soon after they are recorded (the trim runs every second with a 10 s
+/// retention), younger ones stay.
+async fn service_trims_old_events(url: String) {
+    use pb::connection_event::Kind;
+    let config = chatai_notification::NotificationConfig {
+        connection_events_retention_secs: 10,
+        ..chatai_notification::NotificationConfig::default()
+    };
+    let service = Service::start_with(url.clone(), config).await;
+    let mut client = service.client().await;
+    let now = chatai_kit::now_ms();
+    let batch = vec![
+        wire_event("gw-1:old", "user", 1, Kind::Connect, now - 3_600_000),
+        wire_event("gw-1:new", "user", 2, Kind::Connect, now),
+    ];
+    call(client.record_connections(as_caller(
+        pb::RecordConnectionsRequest { events: batch },
+        Role::Service,
+    )))
+    .await
+    .expect("a gateway records its connections");
+    let store = store::connect(&url).await.expect("the store opens");
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let left: Vec<String> = store
+            .connection_events(0, 100)
+            .await
+            .expect("the events read back")
+            .into_iter()
+            .map(|stored| stored.event.connection_id)
+            .collect();
+        if left == ["gw-1:new"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old event is trimmed, the new one kept: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    service.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
@@ -256,5 +389,8 @@ chatai_testkit::on_both_databases! {
         store_reads_since_a_time_in_order,
         store_batch_is_one_transaction,
         migrations_apply_twice,
+        store_counts_connections_and_errors,
+        store_trims_events_before_a_time,
+        service_trims_old_events,
     ],
 }

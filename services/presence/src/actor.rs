@@ -1,14 +1,25 @@
-//! The one task that owns all presence state ([`PresenceState`]), and the
-//! cloneable [`PresenceHandle`] through which everything else talks to it.
+//! The task that applies presence changes, one at a time, and the cloneable
+//! [`PresenceHandle`] through which everything else talks to it.
+//!
+//! The state itself lives in a [`StateStore`] — this process's memory, or
+//! Redis shared with the other presence replicas. For each change the actor
+//! reads the records it needs, lets `rules` decide, and commits the result
+//! only if nothing it read has moved (another replica's change, a timer of
+//! another replica): otherwise it reads and decides again. So every replica
+//! answers every call, and two of them handling one operator at once lose
+//! nothing.
 //!
 //! Commands arrive on a bounded channel and are answered on a oneshot; the
-//! actor also fires the grace-period and lease timers. For each command it
-//! sends one `operator_status_change` per changed operator, in the order the
-//! changes happened, and only then answers — so events are never reordered,
-//! and a caller who has the answer knows everyone else can have the event
-//! (an operator told "away" is not given work by a handoff service that
-//! read the event before it). A chosen status is stored before it is
-//! applied ([`StatusStore`]): an answer means it survives a restart.
+//! actor also fires the grace-period and lease timers (on every replica: the
+//! end of a timer is one more change, which only the first replica to commit
+//! makes). Each change's `operator_status_change`s are out before the call
+//! is answered — published by the Redis store in the commit itself, or
+//! delivered by the actor through the event log after a memory commit — so
+//! events are never reordered, and a caller who has the answer knows everyone
+//! else can have the event (an operator told "away" is not given work by a
+//! handoff service that read the event before it). A chosen status is
+//! stored in the database before it is applied ([`StatusStore`]): an answer
+//! means it survives even the loss of the state.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +29,7 @@ use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::identity::Role;
 use chatai_kit::supervisor::Supervisor;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 
@@ -25,7 +37,8 @@ use crate::config::PresenceConfig;
 use crate::error::PresenceError;
 use crate::events::{OPERATOR_STATUS_CHANGE, OperatorStatusChange};
 use crate::model::{ChosenStatus, Connection, OperatorView, ReportOrder};
-use crate::state::PresenceState;
+use crate::rules::{Op, Outcome, Settings, Working, view_of};
+use crate::state::{Committed, StateError, StateStore};
 use crate::store::StatusStore;
 
 /// Every operator heard of, and the version the listing is as of.
@@ -36,50 +49,76 @@ pub struct Listing {
 }
 
 /// Commands waiting for the actor. Each one is a few map updates
-/// (microseconds), so the queue only fills in a burst — a restarting gateway
-/// re-opening all its operator connections at once, say. 1 024 absorbs such
-/// a burst; beyond it callers wait for room (backpressure) instead of the
-/// queue growing without bound.
+/// (microseconds) in memory, a few Redis round trips with Redis, so the
+/// queue only fills in a burst — a restarting gateway re-opening all its
+/// operator connections at once, say. 1 024 absorbs such a burst; beyond it
+/// callers wait for room (backpressure) instead of the queue growing
+/// without bound.
 pub const COMMAND_CAPACITY: usize = 1024;
+
+/// How many times a change is read and decided again after conflicting with
+/// other replicas' before the call fails (UNAVAILABLE, which callers retry).
+/// A conflict needs another replica to commit on the same records between
+/// this one's read and its commit (a few round trips), so a handful is
+/// already rare.
+const MAX_ATTEMPTS: u32 = 32;
+
+/// How often a replica sharing its state looks for timers other replicas
+/// set (it learns of its own at once). Bounds how late a grace period or a
+/// lease another replica started ends.
+const POLL_TIMERS: Duration = Duration::from_millis(500);
+
+/// Ended timers handled in one go (the rest right after).
+const DUE_BATCH: usize = 64;
+
+/// Milliseconds for deadlines: the wall clock when the actor started plus
+/// tokio's monotonic time since (the tests' paused clock moves it too).
+/// Replicas sharing their state compare deadlines set on each other's
+/// clocks, which agree to within the hosts' clock skew.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    start: Instant,
+    start_ms: i64,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Clock {
+            start: Instant::now(),
+            start_ms: chatai_kit::now_ms(),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        let elapsed = i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.start_ms.saturating_add(elapsed)
+    }
+
+    /// When the clock says `ms` (now, if that has passed).
+    fn instant_at(&self, ms: i64) -> Instant {
+        let after = u64::try_from(ms.saturating_sub(self.start_ms)).unwrap_or(0);
+        self.start + Duration::from_millis(after)
+    }
+}
 
 /// What the actor can be asked.
 enum Command {
-    Opened {
-        gateway: String,
-        connection: Connection,
-        order: Option<ReportOrder>,
-        reply: oneshot::Sender<OperatorView>,
-    },
-    Closed {
-        gateway: String,
-        connection_id: String,
-        order: Option<ReportOrder>,
-        reply: oneshot::Sender<()>,
-    },
-    Refresh {
-        gateway: String,
-        connections: Vec<Connection>,
-        ttl: Duration,
-        order: Option<ReportOrder>,
-        reply: oneshot::Sender<()>,
-    },
-    SetStatus {
-        operator_id: i64,
-        status: ChosenStatus,
-        reply: oneshot::Sender<Result<OperatorView, PresenceError>>,
-    },
-    SetLoad {
-        operator_id: i64,
-        active_handoffs: u32,
-        reply: oneshot::Sender<OperatorView>,
+    /// A change (a chosen status is stored first).
+    Change {
+        op: Op,
+        reply: oneshot::Sender<Result<Outcome, PresenceError>>,
     },
     Get {
         operator_id: i64,
-        reply: oneshot::Sender<Option<OperatorView>>,
+        reply: oneshot::Sender<Result<Option<OperatorView>, PresenceError>>,
     },
     List {
-        reply: oneshot::Sender<Listing>,
+        reply: oneshot::Sender<Result<Listing, PresenceError>>,
     },
+    /// Handles the timers that have ended now (tests: two replicas firing
+    /// the same timer at once).
+    #[cfg(test)]
+    FireTimers { reply: oneshot::Sender<()> },
 }
 
 /// A command with the context of the request that sent it.
@@ -101,29 +140,46 @@ pub struct PresenceHandle {
 
 impl PresenceHandle {
     /// Starts the actor under `supervisor`; it runs until shutdown (or
-    /// until every handle is gone), delivers its events through `log` and
-    /// keeps chosen statuses in `store`. `stored` is what `store` held at the
-    /// start.
-    pub fn spawn(
+    /// until every handle is gone), keeps the state in `state`, delivers its
+    /// events through `log` (those `state` does not publish itself) and
+    /// keeps chosen statuses in `store`. `stored` is what `store` held at
+    /// the start: the chosen status of an operator `state` has no record of.
+    pub(crate) fn spawn(
         config: &PresenceConfig,
         log: Arc<dyn EventLog>,
+        state: Arc<dyn StateStore>,
         store: Arc<dyn StatusStore>,
         stored: HashMap<i64, ChosenStatus>,
         supervisor: &Supervisor,
     ) -> Self {
         let (commands, inbox) = mpsc::channel(COMMAND_CAPACITY);
         let actor = Actor {
-            state: PresenceState::new(config.grace_period(), config.max_handoffs, stored),
+            settings: Settings {
+                grace: config.grace_period(),
+                max_handoffs: config.max_handoffs,
+            },
+            clock: Clock::start(),
+            defaults: stored,
+            state,
             inbox,
             log,
             store,
             shutdown: supervisor.shutdown().clone(),
+            next_due_ms: None,
+            next_poll: None,
         };
         supervisor.spawn(
             "presence actor",
             actor
                 .run()
-                .instrument(tracing::info_span!("presence_actor")),
+                // Background work for the trace sampler: the actor's life is
+                // no trace worth exporting (`chatai_kit::telemetry`).
+                .instrument(tracing::info_span!(
+                    parent: None,
+                    "presence_actor",
+                    otel.name = "presence.actor",
+                    chatai.background = true
+                )),
         );
         PresenceHandle { commands }
     }
@@ -141,13 +197,16 @@ impl PresenceHandle {
         connection: Connection,
         order: Option<ReportOrder>,
     ) -> Result<OperatorView, PresenceError> {
-        self.call(None, |reply| Command::Opened {
-            gateway,
-            connection,
-            order,
-            reply,
-        })
+        self.change(
+            None,
+            Op::Opened {
+                gateway,
+                connection,
+                order,
+            },
+        )
         .await
+        .and_then(viewed)
     }
 
     /// A gateway's connection closed.
@@ -157,13 +216,16 @@ impl PresenceHandle {
         connection_id: String,
         order: Option<ReportOrder>,
     ) -> Result<(), PresenceError> {
-        self.call(None, |reply| Command::Closed {
-            gateway,
-            connection_id,
-            order,
-            reply,
-        })
+        self.change(
+            None,
+            Op::Closed {
+                gateway,
+                connection_id,
+                order,
+            },
+        )
         .await
+        .map(drop)
     }
 
     /// A gateway's full list of connections, and its lease.
@@ -174,14 +236,17 @@ impl PresenceHandle {
         ttl: Duration,
         order: Option<ReportOrder>,
     ) -> Result<(), PresenceError> {
-        self.call(None, |reply| Command::Refresh {
-            gateway,
-            connections,
-            ttl,
-            order,
-            reply,
-        })
+        self.change(
+            None,
+            Op::Refresh {
+                gateway,
+                connections,
+                ttl,
+                order,
+            },
+        )
         .await
+        .map(drop)
     }
 
     /// The status an operator chose: stored, applied, announced, answered.
@@ -191,12 +256,15 @@ impl PresenceHandle {
         status: ChosenStatus,
         origin: Option<String>,
     ) -> Result<OperatorView, PresenceError> {
-        self.call(origin, |reply| Command::SetStatus {
-            operator_id,
-            status,
-            reply,
-        })
-        .await?
+        self.change(
+            origin,
+            Op::SetStatus {
+                operator_id,
+                status,
+            },
+        )
+        .await
+        .and_then(viewed)
     }
 
     /// How many handoffs an operator holds.
@@ -205,24 +273,38 @@ impl PresenceHandle {
         operator_id: i64,
         active_handoffs: u32,
     ) -> Result<OperatorView, PresenceError> {
-        self.call(None, |reply| Command::SetLoad {
-            operator_id,
-            active_handoffs,
-            reply,
-        })
+        self.change(
+            None,
+            Op::SetLoad {
+                operator_id,
+                active_handoffs,
+            },
+        )
         .await
+        .and_then(viewed)
     }
 
     /// One operator, if known.
     pub async fn get(&self, operator_id: i64) -> Result<Option<OperatorView>, PresenceError> {
         self.call(None, |reply| Command::Get { operator_id, reply })
-            .await
+            .await?
     }
 
-    /// Every operator heard of since the start, by id, and the version the
-    /// listing is as of.
+    /// Every operator the state knows, by id, and the version the listing is
+    /// as of.
     pub async fn list(&self) -> Result<Listing, PresenceError> {
-        self.call(None, |reply| Command::List { reply }).await
+        self.call(None, |reply| Command::List { reply }).await?
+    }
+
+    /// Makes the actor handle the timers that have ended, now.
+    #[cfg(test)]
+    pub async fn fire_timers(&self) -> Result<(), PresenceError> {
+        self.call(None, |reply| Command::FireTimers { reply }).await
+    }
+
+    async fn change(&self, origin: Option<String>, op: Op) -> Result<Outcome, PresenceError> {
+        self.call(origin, |reply| Command::Change { op, reply })
+            .await?
     }
 
     async fn call<T>(
@@ -244,45 +326,52 @@ impl PresenceHandle {
     }
 }
 
-/// The task owning the state.
+/// The operator a change was about (opens, statuses and loads always have
+/// one).
+fn viewed(outcome: Outcome) -> Result<OperatorView, PresenceError> {
+    outcome.view.ok_or(PresenceError::Unavailable)
+}
+
+/// The task applying changes.
 struct Actor {
-    state: PresenceState,
+    settings: Settings,
+    clock: Clock,
+    /// Chosen statuses stored in the database, for operators the state has
+    /// no record of: read at the start, and kept up to date with this
+    /// replica's own choices.
+    defaults: HashMap<i64, ChosenStatus>,
+    state: Arc<dyn StateStore>,
     inbox: mpsc::Receiver<Envelope>,
     log: Arc<dyn EventLog>,
     store: Arc<dyn StatusStore>,
     shutdown: CancellationToken,
-}
-
-/// An answer held back until the command's events are sent.
-type Answer = Box<dyn FnOnce() + Send>;
-
-/// Prepares `reply` to send `value`. A caller that went away (a cancelled
-/// call) does not undo the change, so a failed send is ignored.
-fn answer<T: Send + 'static>(reply: oneshot::Sender<T>, value: T) -> Answer {
-    Box::new(move || {
-        let _ = reply.send(value);
-    })
+    /// When the earliest timer known to this replica ends (ms).
+    next_due_ms: Option<i64>,
+    /// When to look for timers other replicas set (shared state only).
+    next_poll: Option<Instant>,
 }
 
 impl Actor {
     async fn run(mut self) {
         tracing::debug!("presence actor started");
+        self.look_for_timers().await;
         let mut count_every = tokio::time::interval(crate::metrics::COUNT_EVERY);
         count_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let wake = [
+                self.next_due_ms.map(|ms| self.clock.instant_at(ms)),
+                self.next_poll,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             tokio::select! {
                 // Shutdown first, then due timers before new commands, so a
                 // command never observes a deadline that has passed unheeded.
                 biased;
                 () = self.shutdown.cancelled() => break,
-                _ = count_every.tick() => {
-                    crate::metrics::operators(self.state.list().iter().map(|view| view.status));
-                }
-                Some(timer) = std::future::poll_fn(|cx| self.state.poll_timers(cx)) => {
-                    let span = tracing::info_span!("presence_timer", timer = ?timer);
-                    let changes = span.in_scope(|| self.state.expire(timer));
-                    self.publish(changes, None, &span).await;
-                }
+                () = sleep_until(wake) => self.fire_timers().await,
+                _ = count_every.tick() => self.count_operators().await,
                 envelope = self.inbox.recv() => match envelope {
                     Some(envelope) => self.handle(envelope).await,
                     None => break,
@@ -292,6 +381,70 @@ impl Actor {
         tracing::debug!("presence actor stopped");
     }
 
+    /// Sets the operators-by-status gauge from a listing of the state (with
+    /// Redis, the one every replica shares: each replica reports the same
+    /// counts). A listing that cannot be read leaves the gauge as it was.
+    async fn count_operators(&self) {
+        match self.state.list().await {
+            Ok((operators, _)) => {
+                let max_handoffs = self.settings.max_handoffs;
+                crate::metrics::operators(
+                    operators
+                        .iter()
+                        .map(|(id, op)| view_of(*id, op, max_handoffs).status),
+                );
+            }
+            Err(cause) => {
+                tracing::debug!(%cause, "operators not counted: the state could not be listed")
+            }
+        }
+    }
+
+    /// Handles the timers that have ended, then looks for the next one.
+    async fn fire_timers(&mut self) {
+        let span = tracing::info_span!("presence_timers");
+        let due = self
+            .state
+            .due(self.clock.now_ms(), DUE_BATCH)
+            .instrument(span.clone())
+            .await;
+        let mut failed = false;
+        match due {
+            Ok(timers) => {
+                for timer in timers {
+                    let op = Op::Expire(timer);
+                    if let Err(cause) = self.change(&op, None, &span).await {
+                        tracing::warn!(parent: &span, %cause, ?op, "an ended timer could not be handled; trying again later");
+                        failed = true;
+                    }
+                }
+            }
+            Err(cause) => {
+                tracing::warn!(parent: &span, %cause, "the timers could not be read; trying again later");
+                failed = true;
+            }
+        }
+        self.look_for_timers().await;
+        if failed {
+            // Not at once: what failed would most likely fail again.
+            self.next_due_ms = None;
+            self.next_poll = Some(Instant::now() + POLL_TIMERS);
+        }
+    }
+
+    /// Learns when the earliest timer ends; with a shared state, also when
+    /// to look again (other replicas set timers too).
+    async fn look_for_timers(&mut self) {
+        match self.state.next_due().await {
+            Ok(next) => self.next_due_ms = next,
+            Err(cause) => {
+                tracing::warn!(%cause, "the next timer could not be read; trying again later");
+                self.next_due_ms = None;
+            }
+        }
+        self.next_poll = self.state.shared().then(|| Instant::now() + POLL_TIMERS);
+    }
+
     /// Applies one command, announces what it changed, then answers it.
     async fn handle(&mut self, envelope: Envelope) {
         let Envelope {
@@ -299,139 +452,194 @@ impl Actor {
             span,
             origin,
         } = envelope;
-        // A chosen status is stored first: an answer means it survives a
-        // restart, and a failed write changes nothing.
-        let command = match command {
-            Command::SetStatus {
-                operator_id,
-                status,
-                reply,
-            } => {
-                let saved = self
-                    .store
-                    .save_chosen(operator_id, status, chatai_kit::now_ms())
-                    .instrument(span.clone())
-                    .await;
-                if let Err(cause) = saved {
-                    tracing::error!(parent: &span, %cause, operator_id, "the chosen status could not be stored");
-                    let _ = reply.send(Err(PresenceError::Storage));
-                    return;
-                }
-                Command::SetStatus {
-                    operator_id,
-                    status,
-                    reply,
-                }
-            }
-            command => command,
-        };
-        let (changes, answer) = span.in_scope(|| self.apply(command));
-        self.publish(changes, origin, &span).await;
-        answer();
-    }
-
-    /// Applies a command to the state (a `SetStatus` has been stored by
-    /// [`handle`](Self::handle)).
-    fn apply(&mut self, command: Command) -> (Vec<OperatorView>, Answer) {
         match command {
-            Command::Opened {
-                gateway,
-                connection,
-                order,
-                reply,
-            } => {
-                let (view, changes) = self.state.connection_opened(&gateway, connection, order);
-                (changes, answer(reply, view))
-            }
-            Command::Closed {
-                gateway,
-                connection_id,
-                order,
-                reply,
-            } => {
-                let changes = self
-                    .state
-                    .connection_closed(&gateway, &connection_id, order);
-                (changes, answer(reply, ()))
-            }
-            Command::Refresh {
-                gateway,
-                connections,
-                ttl,
-                order,
-                reply,
-            } => {
-                let changes = self.state.refresh(&gateway, connections, ttl, order);
-                (changes, answer(reply, ()))
-            }
-            Command::SetStatus {
-                operator_id,
-                status,
-                reply,
-            } => {
-                let (view, changes) = self.state.set_status(operator_id, status);
-                (changes, answer(reply, Ok(view)))
-            }
-            Command::SetLoad {
-                operator_id,
-                active_handoffs,
-                reply,
-            } => {
-                let (view, changes) = self.state.set_load(operator_id, active_handoffs);
-                (changes, answer(reply, view))
+            Command::Change { op, reply } => {
+                let result = self.stored_then_changed(op, origin, &span).await;
+                let _ = reply.send(result);
             }
             Command::Get { operator_id, reply } => {
-                (Vec::new(), answer(reply, self.state.get(operator_id)))
+                let max_handoffs = self.settings.max_handoffs;
+                let result = self
+                    .state
+                    .operator(operator_id)
+                    .instrument(span.clone())
+                    .await
+                    .map(|record| record.map(|op| view_of(operator_id, &op, max_handoffs)))
+                    .map_err(|cause| unavailable(cause, &span));
+                let _ = reply.send(result);
             }
             Command::List { reply } => {
-                let listing = Listing {
-                    operators: self.state.list(),
-                    version: self.state.version(),
-                };
-                (Vec::new(), answer(reply, listing))
+                let max_handoffs = self.settings.max_handoffs;
+                let result = self
+                    .state
+                    .list()
+                    .instrument(span.clone())
+                    .await
+                    .map(|(operators, version)| Listing {
+                        operators: operators
+                            .iter()
+                            .map(|(id, op)| view_of(*id, op, max_handoffs))
+                            .collect(),
+                        version,
+                    })
+                    .map_err(|cause| unavailable(cause, &span));
+                let _ = reply.send(result);
+            }
+            #[cfg(test)]
+            Command::FireTimers { reply } => {
+                self.fire_timers().await;
+                let _ = reply.send(());
             }
         }
     }
 
-    /// Sends one `operator_status_change` per changed operator to every
-    /// operator connection. A failure is logged: the state has changed
-    /// either way, and the next change carries the whole picture again.
-    async fn publish(&self, changes: Vec<OperatorView>, origin: Option<String>, span: &Span) {
-        for view in changes {
-            let event = span.in_scope(|| {
-                tracing::info!(
-                    operator_id = view.operator_id,
-                    status = view.status.as_str(),
-                    chosen_status = ?view.chosen_status,
-                    online = view.online,
-                    active_handoffs = view.active_handoffs,
-                    connections = view.connections,
-                    "operator status changed"
-                );
-                Event::new(OPERATOR_STATUS_CHANGE, &OperatorStatusChange::from(&view))
-            });
-            let event = match event {
-                Ok(event) => Arc::new(event.with_origin(origin.clone())),
-                Err(cause) => {
-                    tracing::error!(parent: span, %cause, "operator_status_change could not be built");
-                    continue;
-                }
+    /// A change; a chosen status is stored first: an answer means it
+    /// survives a restart, and a failed write changes nothing.
+    async fn stored_then_changed(
+        &mut self,
+        op: Op,
+        origin: Option<String>,
+        span: &Span,
+    ) -> Result<Outcome, PresenceError> {
+        if let Op::SetStatus {
+            operator_id,
+            status,
+        } = op
+        {
+            let saved = self
+                .store
+                .save_chosen(operator_id, status, chatai_kit::now_ms())
+                .instrument(span.clone())
+                .await;
+            if let Err(cause) = saved {
+                tracing::error!(parent: span, %cause, operator_id, "the chosen status could not be stored");
+                return Err(PresenceError::Storage);
+            }
+            self.defaults.insert(operator_id, status);
+        }
+        self.change(&op, origin, span)
+            .await
+            .map_err(|cause| unavailable(cause, span))
+    }
+
+    /// Reads what `op` needs, decides, commits; again on a conflict. Once
+    /// committed, the change's events are out.
+    async fn change(
+        &mut self,
+        op: &Op,
+        origin: Option<String>,
+        span: &Span,
+    ) -> Result<Outcome, StateError> {
+        for attempt in 1..=MAX_ATTEMPTS {
+            let gateway = match op.gateway() {
+                Some(id) => Some((
+                    id.to_owned(),
+                    self.state.gateway(id).instrument(span.clone()).await?,
+                )),
+                None => None,
             };
+            let ids: Vec<i64> = op
+                .operators(gateway.as_ref().and_then(|(_, read)| read.record.as_ref()))
+                .into_iter()
+                .collect();
+            let read = self.state.operators(&ids).instrument(span.clone()).await?;
+            let mut working = Working::new(
+                self.settings,
+                self.clock.now_ms(),
+                &self.defaults,
+                gateway,
+                read,
+            );
+            let outcome = span.in_scope(|| working.apply(op));
+            let events = self.events(&outcome.changes, &origin, span);
+            let commit = working.into_commit(op.fired(), events);
+            let earliest = commit.timers.iter().filter_map(|(_, ends)| *ends).min();
+            match self.state.commit(commit).instrument(span.clone()).await? {
+                Committed::Applied { unpublished } => {
+                    if let Some(ends) = earliest {
+                        self.next_due_ms = Some(self.next_due_ms.map_or(ends, |at| at.min(ends)));
+                    }
+                    for view in &outcome.changes {
+                        tracing::info!(
+                            parent: span,
+                            operator_id = view.operator_id,
+                            status = view.status.as_str(),
+                            chosen_status = ?view.chosen_status,
+                            online = view.online,
+                            active_handoffs = view.active_handoffs,
+                            connections = view.connections,
+                            version = view.version,
+                            "operator status changed"
+                        );
+                    }
+                    self.deliver(unpublished, span).await;
+                    return Ok(outcome);
+                }
+                Committed::Conflict => {
+                    tracing::debug!(parent: span, attempt, "presence change conflicted; reading again");
+                }
+            }
+        }
+        Err(StateError::Contended {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// One `operator_status_change` per changed operator, for every
+    /// operator connection.
+    fn events(
+        &self,
+        changes: &[OperatorView],
+        origin: &Option<String>,
+        span: &Span,
+    ) -> Vec<Arc<Event>> {
+        changes
+            .iter()
+            .filter_map(|view| {
+                let event = span.in_scope(|| {
+                    Event::new(OPERATOR_STATUS_CHANGE, &OperatorStatusChange::from(view))
+                });
+                match event {
+                    Ok(event) => Some(Arc::new(event.with_origin(origin.clone()))),
+                    Err(cause) => {
+                        tracing::error!(parent: span, %cause, "operator_status_change could not be built");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Delivers the events the store did not publish. A failure is logged:
+    /// the state has changed either way, and the next change carries the
+    /// whole picture again.
+    async fn deliver(&self, events: Vec<Arc<Event>>, span: &Span) {
+        for event in events {
             if let Err(cause) = self
                 .log
                 .deliver(Recipient::Role(Role::Operator), event)
                 .instrument(span.clone())
                 .await
             {
-                tracing::warn!(
-                    parent: span,
-                    %cause,
-                    operator_id = view.operator_id,
-                    "operator_status_change was not delivered"
-                );
+                tracing::warn!(parent: span, %cause, "operator_status_change was not delivered");
             }
         }
     }
+}
+
+/// Waits until `wake`; forever when there is nothing to wait for.
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(wake) => tokio::time::sleep_until(wake).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A state that cannot be read or written, logged here and answered as
+/// UNAVAILABLE (callers retry).
+fn unavailable(cause: StateError, span: &Span) -> PresenceError {
+    tracing::error!(parent: span, %cause, "the presence state is unavailable");
+    PresenceError::State
 }
 
 #[cfg(test)]
@@ -448,6 +656,7 @@ mod tests {
     use tokio::sync::broadcast::error::TryRecvError;
 
     use crate::model::Status;
+    use crate::state::memory::MemoryState;
     use crate::store::memory::MemoryStatusStore;
 
     const GRACE: Duration = Duration::from_secs(30);
@@ -480,7 +689,14 @@ mod tests {
             grace_period_secs: grace.as_secs(),
             max_handoffs: MAX,
         };
-        let handle = PresenceHandle::spawn(&config, log, store, stored, &supervisor);
+        let handle = PresenceHandle::spawn(
+            &config,
+            log,
+            Arc::new(MemoryState::default()),
+            store,
+            stored,
+            &supervisor,
+        );
         Fixture {
             handle,
             live,
@@ -964,6 +1180,7 @@ mod tests {
         let handle = PresenceHandle::spawn(
             &config,
             log.clone(),
+            Arc::new(MemoryState::default()),
             Arc::new(MemoryStatusStore::default()),
             HashMap::new(),
             &supervisor,

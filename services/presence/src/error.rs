@@ -22,6 +22,10 @@ pub enum PresenceError {
     /// The chosen status could not be stored (logged where it happened).
     #[error("the chosen status could not be stored")]
     Storage,
+    /// The presence state (Redis) could not be read or written, or a change
+    /// kept conflicting with other replicas' (logged where it happened).
+    #[error("the presence state is unavailable")]
+    State,
 }
 
 impl From<PresenceError> for Status {
@@ -52,6 +56,11 @@ impl From<PresenceError> for Status {
                 Code::Unavailable,
                 ErrorCode::ServiceUnavailable,
                 "the chosen status could not be stored, try again",
+            ),
+            PresenceError::State => with_code(
+                Code::Unavailable,
+                ErrorCode::ServiceUnavailable,
+                "the presence state is unavailable, try again",
             ),
         }
     }
@@ -91,6 +100,11 @@ mod tests {
             ),
             (
                 PresenceError::Storage,
+                Code::Unavailable,
+                "service_unavailable",
+            ),
+            (
+                PresenceError::State,
                 Code::Unavailable,
                 "service_unavailable",
             ),

@@ -12,10 +12,16 @@
 //! Layout:
 //! - [`config`] — [`PresenceConfig`], read from the environment by the binary.
 //! - `model` — the domain types and the effective-status rule.
-//! - `state` — the state machine: operators, gateways' connections, timers.
+//! - `rules` — what each report, choice, load and ended timer does to the
+//!   records it touches; written once, for both stores.
+//! - `state` — where those records live: this process's memory (the
+//!   default), or Redis when `CHATAI_REDIS_URL` is set, shared by every
+//!   presence replica and kept across restarts; each change committed only
+//!   if nothing it read has moved, and announced in the same step.
 //! - `store` — the chosen statuses, kept in the shared database across
-//!   restarts (connections, leases and loads are reported again instead).
-//! - `actor` — the task owning the state, and its handle (no locks).
+//!   restarts (and the loss of the state).
+//! - `actor` — the task applying changes one at a time and firing timers,
+//!   and its handle (no locks).
 //! - `service` — authorization and input checks in front of the actor.
 //! - [`metrics`] — operators by effective status, for Prometheus.
 //! - `grpc` — the tonic adapter; `error` — [`PresenceError`] and its one
@@ -31,6 +37,9 @@ mod events;
 mod grpc;
 pub mod metrics;
 mod model;
+#[cfg(test)]
+mod replicas;
+mod rules;
 mod service;
 mod state;
 pub mod store;
@@ -56,6 +65,8 @@ pub enum RunError {
     Events(#[from] chatai_kit::events::EventLogError),
     #[error("storage: {0}")]
     Store(#[from] store::StoreError),
+    #[error("presence state: {0}")]
+    State(#[from] state::StateError),
     #[error(transparent)]
     Serve(#[from] chatai_kit::grpc::ServeError),
 }
@@ -71,16 +82,29 @@ pub async fn run(
     config.validate()?;
     let store = Arc::new(store::SqlStatusStore::connect(&common.database_url).await?);
     let stored = store.chosen_statuses().await?;
+    let state: Arc<dyn state::StateStore> = match &common.redis_url {
+        Some(url) => Arc::new(state::redis::RedisState::connect(url, &common.redis_prefix).await?),
+        None => Arc::new(state::memory::MemoryState::default()),
+    };
     let mut host = ServiceHost::start(&common, "presence", shutdown).await?;
     host.check_ping("database", store.clone(), |store| async move {
         store.ping().await
     });
-    let presence =
-        actor::PresenceHandle::spawn(&config, host.log.clone(), store, stored, &host.supervisor);
+    host.check_ping("presence state", state.clone(), |state| async move {
+        state.ping().await
+    });
+    let presence = actor::PresenceHandle::spawn(
+        &config,
+        host.log.clone(),
+        state,
+        store,
+        stored,
+        &host.supervisor,
+    );
     // The actor only stops at shutdown; should it ever die, say so through
     // health checking instead of answering UNAVAILABLE in silence.
     let watched = presence.clone();
-    host.check("presence state", move || {
+    host.check("presence actor", move || {
         let running = watched.is_running();
         Box::pin(async move {
             if running {
@@ -95,6 +119,11 @@ pub async fn run(
     tracing::info!(
         grace_period_secs = config.grace_period_secs,
         max_handoffs = config.max_handoffs,
+        state = if common.redis_url.is_some() {
+            "Redis"
+        } else {
+            "memory"
+        },
         "presence service starting"
     );
     host.serve(listener, Some(routes), &["chatai.v1.Presence"])

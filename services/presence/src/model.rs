@@ -3,7 +3,8 @@
 //! status everyone sees, derived from them in one place.
 
 /// A status an operator can choose. `offline` is not chosen, it happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ChosenStatus {
     Available,
     Busy,

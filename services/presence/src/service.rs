@@ -235,6 +235,7 @@ mod tests {
         let handle = PresenceHandle::spawn(
             &PresenceConfig::default(),
             log,
+            Arc::new(crate::state::memory::MemoryState::default()),
             store,
             HashMap::new(),
             &supervisor,

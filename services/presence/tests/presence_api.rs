@@ -8,8 +8,8 @@ use chatai_kit::identity::Caller;
 use chatai_kit::status::error_code;
 use chatai_proto::v1 as pb;
 use common::{
-    Gateway, MAX_HANDOFFS, admin, get_operator, operator, request, set_load, set_status, spawn_app,
-    user,
+    Backend, Gateway, MAX_HANDOFFS, admin, get_operator, operator, request, set_load, set_status,
+    spawn_app, spawn_app_on, user,
 };
 use tonic::Code;
 
@@ -216,19 +216,21 @@ async fn list_operators_shows_the_three_signals() {
 
 /// The status an operator chose is stored: after a restart on the same
 /// database, an operator who chose away comes back away, not available
-/// (issue 9, item 4).
+/// (issue 9, item 4) — with the state in memory, and in Redis.
 #[tokio::test]
 async fn a_chosen_status_survives_a_restart() {
-    let app = spawn_app().await;
-    let mut client = app.client().await;
-    set_status(&mut client, &operator(8), 8, pb::OperatorStatus::Away)
-        .await
-        .expect("own status");
-    let app = app.restart().await;
-    let mut gw = app.gateway("gw-1").await;
-    let back = gw.open(8, "c1").await;
-    assert_eq!(back.chosen_status, pb::OperatorStatus::Away as i32);
-    assert_eq!(back.status, pb::OperatorStatus::Away as i32);
-    assert!(back.online);
-    app.stop().await;
+    for backend in Backend::ALL {
+        let app = spawn_app_on(backend).await;
+        let mut client = app.client().await;
+        set_status(&mut client, &operator(8), 8, pb::OperatorStatus::Away)
+            .await
+            .expect("own status");
+        let app = app.restart().await;
+        let mut gw = app.gateway("gw-1").await;
+        let back = gw.open(8, "c1").await;
+        assert_eq!(back.chosen_status, pb::OperatorStatus::Away as i32);
+        assert_eq!(back.status, pb::OperatorStatus::Away as i32);
+        assert!(back.online);
+        app.stop().await;
+    }
 }

@@ -32,25 +32,6 @@ const PARSER_CODES: [ErrorCode; 7] = [
     ErrorCode::InvalidField,
 ];
 
-/// Every `type` a client may send.
-const TYPES: [&str; 15] = [
-    "chat_message",
-    "typing",
-    "handoff_request",
-    "join_room",
-    "leave_room",
-    "heartbeat",
-    "set_status",
-    "complete_handoff",
-    "refresh_token",
-    "get_history",
-    "list_dialogs",
-    "mark_read",
-    "transfer_handoff",
-    "claim_handoff",
-    "cancel_handoff",
-];
-
 /// Every field some client frame reads.
 const FIELDS: [&str; 14] = [
     "dialog_id",

@@ -1,13 +1,16 @@
 //! The handoff service, called over gRPC: [`GrpcHandoffs`] implements
 //! [`Handoffs`], and [`follow_holders`] keeps the service's [`HolderView`]
 //! fed from the handoff service's holder notes. Messages are converted by
-//! [`super::from_proto`] and [`super::to_proto`].
+//! [`super::from_proto`] and [`super::to_proto`]. Calls go to whichever
+//! replica answers: one refused with `UNAVAILABLE` (unreachable, or a
+//! standby that is not the leader) is made again on another.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chatai_kit::events::Recipient;
 use chatai_kit::follow::{Followed, Follower, ServiceChannel};
+use chatai_kit::grpc::retry_unavailable;
 use chatai_kit::holders;
 use chatai_kit::identity::service_request;
 use chatai_proto::v1 as pb;
@@ -46,12 +49,13 @@ impl GrpcHandoffs {
 #[async_trait::async_trait]
 impl Handoffs for GrpcHandoffs {
     async fn holding(&self, dialog_id: i64) -> Result<Holding, HandoffError> {
-        let response = self
-            .client
-            .clone()
-            .get_active_handoff(self.request(pb::GetActiveHandoffRequest { dialog_id }))
-            .await?
-            .into_inner();
+        let response = retry_unavailable(|| {
+            let mut client = self.client.clone();
+            let request = self.request(pb::GetActiveHandoffRequest { dialog_id });
+            async move { client.get_active_handoff(request).await }
+        })
+        .await?
+        .into_inner();
         Ok(response.into())
     }
 
@@ -68,12 +72,16 @@ impl Handoffs for GrpcHandoffs {
             reason: reason.to_owned(),
             priority: pb::Priority::from(priority) as i32,
         };
-        self.client
-            .clone()
-            .request_handoff(self.request(message))
-            .await?
-            .into_inner()
-            .try_into()
+        // A repeat of one that went through is refused (the dialog has
+        // one): never two handoffs.
+        retry_unavailable(|| {
+            let mut client = self.client.clone();
+            let request = self.request(message.clone());
+            async move { client.request_handoff(request).await }
+        })
+        .await?
+        .into_inner()
+        .try_into()
     }
 
     async fn operator_replied(&self, dialog_id: i64, operator_id: i64) -> Result<(), HandoffError> {
@@ -81,10 +89,12 @@ impl Handoffs for GrpcHandoffs {
             dialog_id,
             operator_id,
         };
-        self.client
-            .clone()
-            .operator_replied(self.request(message))
-            .await?;
+        retry_unavailable(|| {
+            let mut client = self.client.clone();
+            let request = self.request(message);
+            async move { client.operator_replied(request).await }
+        })
+        .await?;
         Ok(())
     }
 }

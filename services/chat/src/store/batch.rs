@@ -45,6 +45,18 @@ pub(super) enum Work {
     },
 }
 
+impl Work {
+    /// What the request is, for its span.
+    pub(super) fn kind(&self) -> &'static str {
+        match self {
+            Work::EnsureUser(_) => "ensure_user",
+            Work::CreateDialog { .. } => "create_dialog",
+            Work::Append { .. } => "append",
+            Work::Charge { .. } => "charge",
+        }
+    }
+}
+
 /// A user to create, or to rename when `name` is given.
 #[derive(Debug, Clone)]
 pub(super) struct UserUpsert {

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::Pool;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::bounded::BoundedMap;
 
@@ -44,6 +45,9 @@ const ENSURED_CAPACITY: usize = 16_384;
 struct Job {
     work: Work,
     reply: Reply,
+    /// The caller's `db.write` span, open while it waits: the batch that
+    /// carries the request links to it.
+    span: tracing::Span,
 }
 
 /// The reply channel of a [`Job`], typed by what the caller waits for.
@@ -132,11 +136,23 @@ impl Writer {
         reply: Reply,
         answer: oneshot::Receiver<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        self.jobs
-            .send(Job { work, reply })
-            .await
-            .map_err(|_| StoreError::WriterStopped)?;
-        answer.await.map_err(|_| StoreError::WriterStopped)?
+        // A child of the caller's span (e.g. `send_message`), from queueing
+        // to the answer; the batch's own span links to it.
+        let span = tracing::info_span!("db.write", request = work.kind());
+        let job = Job {
+            work,
+            reply,
+            span: span.clone(),
+        };
+        async move {
+            self.jobs
+                .send(job)
+                .await
+                .map_err(|_| StoreError::WriterStopped)?;
+            answer.await.map_err(|_| StoreError::WriterStopped)?
+        }
+        .instrument(span)
+        .await
     }
 
     /// See [`ChatStore::ensure_user`](super::ChatStore::ensure_user).
@@ -218,14 +234,18 @@ async fn write_loop<B: Backend>(
         }
         let work: Vec<&Work> = jobs.iter().map(|job| &job.work).collect();
         crate::metrics::commit_batch(work.len());
+        // The transaction's own span: a root (it serves many requests, none
+        // its parent), linked to the `db.write` span of each request it
+        // carries (a link per request; the sampler keeps the batch when it
+        // keeps any of them).
+        let span = tracing::info_span!(parent: None, "db.batch", requests = work.len());
+        for job in &jobs {
+            span.follows_from(&job.span);
+        }
         let run = batch::run::<B>(&pool, &work);
-        let results = match chatai_kit::metrics::timed_statement(
-            crate::metrics::SERVICE,
-            "commit_batch",
-            run,
-        )
-        .await
-        {
+        let timed =
+            chatai_kit::metrics::timed_statement(crate::metrics::SERVICE, "commit_batch", run);
+        let results = async { match timed.await {
             Ok(results) => results,
             Err(err) if work.len() == 1 => match work.first() {
                 Some(w) => vec![Err(err.for_request(w))],
@@ -245,7 +265,9 @@ async fn write_loop<B: Backend>(
                 }
                 results
             }
-        };
+        } }
+        .instrument(span)
+        .await;
         drop(work);
         for (job, result) in jobs.drain(..).zip(results) {
             job.reply.send(result);

@@ -9,6 +9,8 @@
 //!   [`HandoffStore`] from them for a pool type.
 //! - `sqlite.rs`, `postgres.rs`: opening (and migrating) a pool of each kind;
 //!   [`SqliteStore`], [`PostgresStore`].
+//! - `held.rs`: [`HeldStore`], the same statements on the one connection
+//!   that holds the leader's lock (PostgreSQL; see [`crate::leader`]).
 //!
 //! Every transition is one conditional `UPDATE … WHERE id = $1 AND state = …
 //! RETURNING …`: a handoff moves only from the state the transition starts
@@ -19,6 +21,7 @@
 //! `tests/store_conformance.rs`.
 
 mod error;
+mod held;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -29,6 +32,7 @@ use std::sync::Arc;
 use chatai_kit::db::{self, Database};
 
 pub use error::StoreError;
+pub use held::HeldStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use types::{CANCELLED, Handoff, HandoffState, NewHandoff, Priority, RETURNED_TO_ASSISTANT};
@@ -102,8 +106,13 @@ pub trait HandoffStore: Send + Sync + 'static {
 /// Opens the database `url` names and applies the migrations it lacks (see
 /// [`chatai_kit::db::connect`]), and returns the store on it.
 pub async fn connect(url: &str) -> Result<Arc<dyn HandoffStore>, StoreError> {
-    Ok(match db::connect(url).await? {
+    Ok(store_on(db::connect(url).await?))
+}
+
+/// The store on an open database.
+pub fn store_on(database: Database) -> Arc<dyn HandoffStore> {
+    match database {
         Database::Sqlite(pool) => Arc::new(SqliteStore::from_pool(pool)),
         Database::Postgres(pool) => Arc::new(PostgresStore::from_pool(pool)),
-    })
+    }
 }

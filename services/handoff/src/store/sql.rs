@@ -167,7 +167,8 @@ impl TryFrom<HandoffRow> for Handoff {
 }
 
 /// Implements `from_pool`, `pool` and [`HandoffStore`](super::HandoffStore)
-/// for a backend struct with a `pool: $pool` field, from the statements above.
+/// for a backend struct with a `pool: $pool` field, from the statements
+/// above: each statement runs on a connection taken from the pool.
 macro_rules! impl_handoff_store {
     ($store:ident, $pool:ty) => {
         impl $store {
@@ -180,8 +181,38 @@ macro_rules! impl_handoff_store {
             pub fn pool(&self) -> &$pool {
                 &self.pool
             }
+
+            /// A connection of the pool for one statement.
+            async fn connection(
+                &self,
+            ) -> Result<
+                sqlx::pool::PoolConnection<<$pool as $crate::store::sql::PoolOf>::Database>,
+                $crate::store::StoreError,
+            > {
+                Ok(self.pool.acquire().await?)
+            }
         }
 
+        $crate::store::sql::impl_statements!($store);
+    };
+}
+
+/// The database a pool type connects to (for [`impl_handoff_store!`]).
+pub(crate) trait PoolOf {
+    type Database: sqlx::Database;
+}
+
+impl<DB: sqlx::Database> PoolOf for sqlx::Pool<DB> {
+    type Database = DB;
+}
+
+/// Implements [`HandoffStore`](super::HandoffStore) from the statements above
+/// for a struct with an `async fn connection(&self)` that returns what the
+/// statement runs on (anything that dereferences to a connection): a pool's
+/// connection, or the one connection a leader holds
+/// ([`HeldStore`](super::HeldStore)).
+macro_rules! impl_statements {
+    ($store:ident) => {
         #[async_trait::async_trait]
         impl $crate::store::HandoffStore for $store {
             async fn create(
@@ -195,7 +226,7 @@ macro_rules! impl_handoff_store {
                     .bind(new.priority.as_str())
                     .bind(new.reason)
                     .bind(new.requested_at_ms)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *self.connection().await?)
                     .await
                     .map_err(|err| sql::active_exists(err, new.dialog_id))?;
                 row.try_into()
@@ -214,7 +245,7 @@ macro_rules! impl_handoff_store {
                     .bind(operator_id)
                     .bind(operator_name)
                     .bind(at_ms)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.connection().await?)
                     .await?;
                 sql::transition(row, id, "queued")
             }
@@ -230,7 +261,7 @@ macro_rules! impl_handoff_store {
                     .bind(id)
                     .bind(operator_id)
                     .bind(at_ms)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.connection().await?)
                     .await?;
                 row.map(TryInto::try_into).transpose()
             }
@@ -244,7 +275,7 @@ macro_rules! impl_handoff_store {
                 let row: Option<sql::HandoffRow> = sqlx::query_as(sql::REQUEUE)
                     .bind(id)
                     .bind(at_ms)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.connection().await?)
                     .await?;
                 sql::transition(row, id, "assigned")
             }
@@ -260,7 +291,7 @@ macro_rules! impl_handoff_store {
                     .bind(id)
                     .bind(at_ms)
                     .bind(resolution)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.connection().await?)
                     .await?;
                 sql::transition(row, id, "queued or assigned")
             }
@@ -275,7 +306,7 @@ macro_rules! impl_handoff_store {
                     .bind(id)
                     .bind(at_ms)
                     .bind($crate::store::RETURNED_TO_ASSISTANT)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.connection().await?)
                     .await?;
                 sql::transition(row, id, "queued")
             }
@@ -295,7 +326,7 @@ macro_rules! impl_handoff_store {
                     .bind(to_operator)
                     .bind(to_name)
                     .bind(at_ms)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.connection().await?)
                     .await?;
                 sql::transition(row, id, "assigned to the transferring operator")
             }
@@ -310,7 +341,7 @@ macro_rules! impl_handoff_store {
                     .bind(id)
                     .bind(at_ms)
                     .bind($crate::store::CANCELLED)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.connection().await?)
                     .await?;
                 sql::transition(row, id, "queued")
             }
@@ -322,7 +353,7 @@ macro_rules! impl_handoff_store {
                 use $crate::store::sql;
                 let row: Option<sql::HandoffRow> = sqlx::query_as(sql::HANDOFF)
                     .bind(id)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.connection().await?)
                     .await?;
                 row.map(TryInto::try_into).transpose()
             }
@@ -331,8 +362,9 @@ macro_rules! impl_handoff_store {
                 &self,
             ) -> Result<Vec<$crate::store::Handoff>, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let rows: Vec<sql::HandoffRow> =
-                    sqlx::query_as(sql::ACTIVE).fetch_all(&self.pool).await?;
+                let rows: Vec<sql::HandoffRow> = sqlx::query_as(sql::ACTIVE)
+                    .fetch_all(&mut *self.connection().await?)
+                    .await?;
                 rows.into_iter().map(TryInto::try_into).collect()
             }
 
@@ -343,14 +375,14 @@ macro_rules! impl_handoff_store {
                 use $crate::store::sql;
                 let durations: Vec<i64> = sqlx::query_scalar(sql::RECENT_HANDLING)
                     .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *self.connection().await?)
                     .await?;
                 Ok(durations)
             }
 
             async fn ping(&self) -> Result<(), $crate::store::StoreError> {
                 sqlx::query($crate::store::sql::PING)
-                    .execute(&self.pool)
+                    .execute(&mut *self.connection().await?)
                     .await?;
                 Ok(())
             }
@@ -358,4 +390,5 @@ macro_rules! impl_handoff_store {
     };
 }
 
-pub(super) use impl_handoff_store;
+pub(crate) use impl_handoff_store;
+pub(crate) use impl_statements;

@@ -413,6 +413,7 @@ pub fn config() -> HandoffConfig {
         max_queue_len: 100,
         max_queued_per_user: 3,
         default_handling_secs: 300,
+        lease_poll_ms: 1000,
     }
 }
 

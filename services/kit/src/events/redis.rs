@@ -276,6 +276,24 @@ impl RedisLog {
     }
 }
 
+/// The channel and the message that publish `event` live to `recipient`
+/// on `service`'s log, as [`EventLog::publish`] would: for a caller that
+/// publishes in a script of its own, in the same atomic step as the change
+/// the event announces (presence, so that replicas announce each change once
+/// and in the order the changes were made). Every replica's relay passes it
+/// on like any other live delivery.
+pub fn live_message(
+    names: &Namespace,
+    service: &str,
+    recipient: &Recipient,
+    event: &Event,
+) -> (String, Vec<u8>) {
+    (
+        names.live_channel(service),
+        frame(names.deployment(), 0, recipient, event),
+    )
+}
+
 /// `{deployment} {position} {recipient-length} {recipient}{event}`.
 fn frame(deployment: &str, position: u64, recipient: &Recipient, event: &Event) -> Vec<u8> {
     let recipient = pb::Recipient::from(recipient).encode_to_vec();
@@ -428,10 +446,12 @@ fn entry_position(id: &str) -> Option<u64> {
 
 #[async_trait::async_trait]
 impl EventLog for RedisLog {
+    #[tracing::instrument(name = "redis.publish", skip_all)]
     async fn publish(&self, recipient: Recipient, event: Arc<Event>) -> Result<(), EventLogError> {
         self.publish_live(&recipient, &event).await
     }
 
+    #[tracing::instrument(name = "redis.deliver", skip_all)]
     async fn deliver(&self, recipient: Recipient, event: Arc<Event>) -> Result<u64, EventLogError> {
         if !recipient.is_durable() {
             self.publish_live(&recipient, &event).await?;
@@ -461,6 +481,7 @@ impl EventLog for RedisLog {
         Ok(position)
     }
 
+    #[tracing::instrument(name = "redis.deliver_many", skip_all)]
     async fn deliver_many(
         &self,
         batch: Vec<(Recipient, Arc<Event>)>,
@@ -520,6 +541,7 @@ impl EventLog for RedisLog {
         Ok(positions)
     }
 
+    #[tracing::instrument(name = "redis.read", skip_all)]
     async fn read(
         &self,
         recipient: &Recipient,
@@ -595,6 +617,7 @@ impl EventLog for RedisLog {
         Ok(paging::page_of(start, last, deliveries))
     }
 
+    #[tracing::instrument(name = "redis.mark_seen", skip_all)]
     async fn mark_seen(&self, recipient: &Recipient, position: u64) -> Result<(), EventLogError> {
         let mut connection = self.connection.clone();
         let _: i64 = self

@@ -1,6 +1,6 @@
 //! One tower layer counting and timing gRPC requests, for servers (every
-//! service's stack, `server.rs`) and clients (every channel,
-//! [`ServiceAddr::channel`](crate::config::ServiceAddr::channel)):
+//! service's stack, `server.rs`) and clients (around the replica picker of
+//! every [`service_channel`](super::service_channel)):
 //! `chatai_grpc_{server,client}_requests_total{service,method,code}` and
 //! `…_request_duration_seconds{service,method}`.
 //!
@@ -66,8 +66,9 @@ pub struct Metered<S> {
     service: &'static str,
 }
 
-/// A client channel whose calls are counted and timed.
-pub type MeteredChannel = Metered<tonic::transport::Channel>;
+/// A client channel over a service's replicas whose calls are counted and
+/// timed.
+pub type MeteredChannel = Metered<super::replicas::Replicas>;
 
 impl<S, B, R> tower::Service<http::Request<B>> for Metered<S>
 where

@@ -43,7 +43,8 @@ const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 /// in-flight calls. `service_names` are the fully qualified names reported as
 /// SERVING by the health service (e.g. `chatai.v1.Chat`); the overall status
 /// (the empty name) is the service's own to set through `reporter`; calls
-/// are counted and timed under `service` (the part's name, e.g. `chat`).
+/// are counted and timed, and their spans named, under `service` (the
+/// part's name, e.g. `chat`).
 pub async fn serve(
     listener: TcpListener,
     service: &'static str,
@@ -65,6 +66,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let expected = auth.token().map(|token| format!("Bearer {token}"));
+    let part: &'static str = service;
     let mut builder = Server::builder();
     let tls = auth.server_tls();
     let mutual_tls = tls.is_some();
@@ -77,9 +79,21 @@ pub async fn serve(
 
     let server = builder
         // Outermost: one span per call, continuing the trace of the caller
-        // (the gateway's span for the client frame) from its metadata.
-        .trace_fn(|request: &http::Request<()>| {
-            let span = tracing::info_span!("grpc", path = %request.uri().path());
+        // (the gateway's span for the client frame) from its metadata; named
+        // `{part}.{method}` (`chat.SendMessage`) so that a trace of the
+        // all-in-one process tells the parts apart.
+        .trace_fn(move |request: &http::Request<()>| {
+            let path = request.uri().path();
+            let method = path.rsplit('/').next().unwrap_or(path);
+            let name = format!("{part}.{method}");
+            let span = tracing::info_span!(
+                "grpc",
+                otel.name = name.as_str(),
+                otel.kind = "server",
+                chatai.part = part,
+                rpc.system = "grpc",
+                path = %path
+            );
             let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
             telemetry::adopt_parent(&span, &metadata);
             span
@@ -99,7 +113,7 @@ pub async fn serve(
             // Without TCP_NODELAY, an event streamed right after another
             // waits for the peer's delayed ACK: ~40 ms on an idle stream.
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.clone().cancelled_owned(),
+            not_serving_then_stop(reporter, service_names, shutdown.clone()),
         );
     // Drain in-flight calls, but not forever: a peer that stopped reading
     // must not keep the process from stopping.
@@ -113,6 +127,33 @@ pub async fn serve(
     }
     tracing::info!(%addr, "gRPC server stopped");
     Ok(())
+}
+
+/// Resolves when the server should stop accepting: on `shutdown`, after
+/// health checking says NOT_SERVING for the whole server and each of
+/// `service_names` — first, so that peers watching health move away while
+/// in-flight calls drain.
+fn not_serving_then_stop(
+    reporter: HealthReporter,
+    service_names: &[&str],
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + use<> {
+    let names: Vec<String> = service_names
+        .iter()
+        .map(|name| (*name).to_owned())
+        .collect();
+    async move {
+        shutdown.cancelled().await;
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for name in names {
+            reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!("reporting NOT_SERVING; stopping");
+    }
 }
 
 fn check_internal_token<B>(
@@ -144,6 +185,58 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On shutdown the server says NOT_SERVING first: a peer watching its
+    /// health hears it before the server stops.
+    #[tokio::test]
+    async fn shutdown_reports_not_serving_first() {
+        use tonic_health::pb::health_check_response::ServingStatus as Status;
+        use tonic_health::pb::health_client::HealthClient;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("an address");
+        let reporter = HealthReporter::new();
+        let shutdown = CancellationToken::new();
+        let routes = Routes::default();
+        let server = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                serve(
+                    listener,
+                    "test",
+                    routes,
+                    reporter,
+                    &["chatai.v1.Test"],
+                    &InternalAuth::default(),
+                    shutdown,
+                )
+                .await
+            }
+        });
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .expect("an address")
+            .connect()
+            .await
+            .expect("connects");
+        let mut watch = HealthClient::new(channel)
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: "chatai.v1.Test".to_owned(),
+            })
+            .await
+            .expect("watching")
+            .into_inner();
+        let status =
+            |message: Option<tonic_health::pb::HealthCheckResponse>| message.map(|m| m.status);
+        let first = watch.message().await.expect("a status");
+        assert_eq!(status(first), Some(Status::Serving as i32));
+        shutdown.cancel();
+        let next = watch.message().await.expect("a status");
+        assert_eq!(status(next), Some(Status::NotServing as i32));
+        server
+            .await
+            .expect("the server task")
+            .expect("the server stops cleanly");
+    }
 
     fn request(path: &str, auth: Option<&str>) -> http::Request<()> {
         let mut builder = http::Request::builder().uri(path);

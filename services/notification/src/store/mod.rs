@@ -4,7 +4,7 @@
 //!
 //! Layout:
 //! - `types.rs`: the domain types ([`ConnectionEvent`], [`ConnectionKind`],
-//!   [`StoredConnectionEvent`]).
+//!   [`StoredConnectionEvent`], [`ConnectionStats`]).
 //! - `error.rs`: [`StoreError`], the one error type of this layer.
 //! - `sql.rs`: every statement, written once, and the macro that implements
 //!   [`NotificationStore`] from them for a pool type.
@@ -30,7 +30,7 @@ use chatai_kit::db::{self, Database};
 pub use error::StoreError;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use types::{ConnectionEvent, ConnectionKind, StoredConnectionEvent};
+pub use types::{ConnectionEvent, ConnectionKind, ConnectionStats, StoredConnectionEvent};
 
 /// The notification service's storage. Cheap to share: implementations hold
 /// a pool.
@@ -47,6 +47,15 @@ pub trait NotificationStore: Send + Sync + 'static {
         since_ms: i64,
         limit: u32,
     ) -> Result<Vec<StoredConnectionEvent>, StoreError>;
+
+    /// Counts over the events that happened at or after `since_ms`: for
+    /// `total_connections`, `average_connection_duration` and `error_rate`.
+    async fn connection_stats(&self, since_ms: i64) -> Result<ConnectionStats, StoreError>;
+
+    /// Deletes up to `limit` of the oldest events that happened before
+    /// `before_ms`; returns how many it deleted (fewer than `limit`: none
+    /// older is left).
+    async fn trim_connection_events(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError>;
 
     /// Cheap liveness check for health checking.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -10,7 +10,7 @@
 use chatai_kit::identity::Role;
 
 use super::error::StoreError;
-use super::types::{ConnectionEvent, ConnectionKind, StoredConnectionEvent};
+use super::types::{ConnectionEvent, ConnectionKind, ConnectionStats, StoredConnectionEvent};
 
 /// One connection event; run once per event of a batch, inside one
 /// transaction (the statement is prepared once per connection and reused).
@@ -25,7 +25,54 @@ pub(super) const CONNECTION_EVENTS_SINCE: &str = "\
     SELECT id, connection_id, gateway_id, role, principal_id, kind, at_ms, duration_ms, close_code \
     FROM connection_events WHERE at_ms >= $1 ORDER BY at_ms, id LIMIT $2";
 
+/// What the analytics need of the events at or after `$1`, in one pass
+/// over the `connection_events_at_ms` range: connections opened; connections
+/// closed; of those, the ones with a duration and its sum; and the ones
+/// closed with an error code (any code but 1000 normal, 1001 going away and
+/// 4004 replaced; a close without a code — the client closed, or the socket
+/// went away — is no error of the server's). Every sum is cast to BIGINT:
+/// PostgreSQL's `SUM(bigint)` is `NUMERIC`.
+pub(super) const CONNECTION_STATS_SINCE: &str = "\
+    SELECT \
+    CAST(COALESCE(SUM(CASE WHEN kind = 'connect' THEN 1 ELSE 0 END), 0) AS BIGINT) AS opened, \
+    CAST(COALESCE(SUM(CASE WHEN kind = 'disconnect' THEN 1 ELSE 0 END), 0) AS BIGINT) AS closed, \
+    CAST(COALESCE(SUM(CASE WHEN duration_ms IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS timed, \
+    CAST(COALESCE(SUM(duration_ms), 0) AS BIGINT) AS duration_ms, \
+    CAST(COALESCE(SUM(CASE WHEN close_code IS NOT NULL AND close_code NOT IN (1000, 1001, 4004) \
+        THEN 1 ELSE 0 END), 0) AS BIGINT) AS errors \
+    FROM connection_events WHERE at_ms >= $1";
+
+/// Deletes up to `$2` of the oldest events before `$1` (a bounded batch, so
+/// a large backlog never holds the write lock for long). A subquery, since
+/// neither database's `DELETE` takes a `LIMIT` here.
+pub(super) const TRIM_CONNECTION_EVENTS: &str = "\
+    DELETE FROM connection_events WHERE id IN \
+    (SELECT id FROM connection_events WHERE at_ms < $1 ORDER BY at_ms LIMIT $2)";
+
 pub(super) const PING: &str = "SELECT 1";
+
+/// The row of [`CONNECTION_STATS_SINCE`].
+#[derive(sqlx::FromRow)]
+pub(super) struct ConnectionStatsRow {
+    opened: i64,
+    closed: i64,
+    timed: i64,
+    duration_ms: i64,
+    errors: i64,
+}
+
+impl From<ConnectionStatsRow> for ConnectionStats {
+    fn from(row: ConnectionStatsRow) -> Self {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        ConnectionStats {
+            opened: count(row.opened),
+            closed: count(row.closed),
+            timed: count(row.timed),
+            duration_ms: count(row.duration_ms),
+            errors: count(row.errors),
+        }
+    }
+}
 
 /// A row of `connection_events`, as both databases return it.
 #[derive(sqlx::FromRow)]
@@ -138,6 +185,31 @@ macro_rules! impl_notification_store {
                         .fetch_all(&self.pool)
                         .await?;
                 rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn connection_stats(
+                &self,
+                since_ms: i64,
+            ) -> Result<$crate::store::ConnectionStats, $crate::store::StoreError> {
+                use $crate::store::sql;
+                let row: sql::ConnectionStatsRow = sqlx::query_as(sql::CONNECTION_STATS_SINCE)
+                    .bind(since_ms)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(row.into())
+            }
+
+            async fn trim_connection_events(
+                &self,
+                before_ms: i64,
+                limit: u32,
+            ) -> Result<u64, $crate::store::StoreError> {
+                let done = sqlx::query($crate::store::sql::TRIM_CONNECTION_EVENTS)
+                    .bind(before_ms)
+                    .bind(i64::from(limit))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
             }
 
             async fn ping(&self) -> Result<(), $crate::store::StoreError> {

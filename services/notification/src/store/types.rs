@@ -54,3 +54,22 @@ pub struct StoredConnectionEvent {
     pub id: i64,
     pub event: ConnectionEvent,
 }
+
+/// What the analytics read of the connection events of a window (see
+/// `NotificationStore::connection_stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Connections opened.
+    pub opened: u64,
+    /// Connections closed.
+    pub closed: u64,
+    /// Closed connections whose duration is known.
+    pub timed: u64,
+    /// The sum of those durations, in ms.
+    pub duration_ms: u64,
+    /// Closed connections whose close code was an error: any code but 1000
+    /// (normal), 1001 (going away) and 4004 (replaced by a newer connection
+    /// of the same user). A close without a code (the client closed, or the
+    /// socket went away) is not one.
+    pub errors: u64,
+}

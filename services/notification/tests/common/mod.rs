@@ -56,11 +56,17 @@ impl Service {
 
     /// Runs the service on `database_url`.
     pub async fn start(database_url: String, analytics_interval_secs: u64) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local address");
         let config = NotificationConfig {
             analytics_interval_secs,
+            ..NotificationConfig::default()
         };
+        Self::start_with(database_url, config).await
+    }
+
+    /// Runs the service on `database_url` with `config`.
+    pub async fn start_with(database_url: String, config: NotificationConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
         let common = ServiceCommon {
             database_url: database_url.clone(),
             ..ServiceCommon::default()

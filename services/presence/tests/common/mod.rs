@@ -29,22 +29,78 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// The handoff cap every test service runs with.
 pub const MAX_HANDOFFS: u32 = 2;
 
+/// Where the service keeps its state and event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// In the process (the one-process default).
+    Memory,
+    /// In the Redis at `CHATAI_TEST_REDIS_URL`, under a key prefix of the
+    /// test's own (removed when the test ends).
+    Redis,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Memory, Backend::Redis];
+}
+
+/// A key prefix of the test's own on the test Redis; its keys are deleted
+/// on drop.
+struct RedisPrefix {
+    url: String,
+    prefix: String,
+}
+
+impl RedisPrefix {
+    fn new() -> Self {
+        RedisPrefix {
+            url: std::env::var("CHATAI_TEST_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+            prefix: format!("test-presence-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(self.url.as_str()) else {
+            return;
+        };
+        let Ok(mut connection) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query(&mut connection)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut connection);
+        }
+    }
+}
+
 /// A running presence service.
 pub struct App {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     served: JoinHandle<Result<(), RunError>>,
     database: TestDatabase,
+    redis: Option<RedisPrefix>,
 }
 
 /// Starts the service with a 1 s grace period and a cap of
 /// [`MAX_HANDOFFS`] on a fresh SQLite file; the listener is bound before the
 /// service is spawned, so clients can connect at once.
 pub async fn spawn_app() -> App {
-    start_on(TestDatabase::sqlite()).await
+    spawn_app_on(Backend::Memory).await
 }
 
-async fn start_on(database: TestDatabase) -> App {
+/// [`spawn_app`] with its state and event log on `backend`.
+pub async fn spawn_app_on(backend: Backend) -> App {
+    let redis = (backend == Backend::Redis).then(RedisPrefix::new);
+    start_on(TestDatabase::sqlite(), redis).await
+}
+
+async fn start_on(database: TestDatabase, redis: Option<RedisPrefix>) -> App {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local address");
     let shutdown = CancellationToken::new();
@@ -52,10 +108,14 @@ async fn start_on(database: TestDatabase) -> App {
         grace_period_secs: 1,
         max_handoffs: MAX_HANDOFFS,
     };
-    let common = ServiceCommon {
+    let mut common = ServiceCommon {
         database_url: database.url().to_owned(),
         ..ServiceCommon::default()
     };
+    if let Some(redis) = &redis {
+        common.redis_url = Some(redis.url.clone());
+        common.redis_prefix = redis.prefix.clone();
+    }
     let served = tokio::spawn(chatai_presence::run(
         listener,
         config,
@@ -67,6 +127,7 @@ async fn start_on(database: TestDatabase) -> App {
         shutdown,
         served,
         database,
+        redis,
     }
 }
 
@@ -110,21 +171,21 @@ impl App {
         self.stop_keeping_database().await;
     }
 
-    /// Stops the service and starts it again on the same database (a new
-    /// port: reconnect with [`App::client`]).
+    /// Stops the service and starts it again on the same database (and
+    /// Redis prefix; a new port: reconnect with [`App::client`]).
     pub async fn restart(self) -> App {
-        let database = self.stop_keeping_database().await;
-        start_on(database).await
+        let (database, redis) = self.stop_keeping_database().await;
+        start_on(database, redis).await
     }
 
-    async fn stop_keeping_database(self) -> TestDatabase {
+    async fn stop_keeping_database(self) -> (TestDatabase, Option<RedisPrefix>) {
         self.shutdown.cancel();
         tokio::time::timeout(WAIT, self.served)
             .await
             .expect("the service stops in time")
             .expect("the service task")
             .expect("the service stops cleanly");
-        self.database
+        (self.database, self.redis)
     }
 }
 
