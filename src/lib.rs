@@ -99,8 +99,14 @@ pub fn spawn_all(
         handoff,
         presence,
         notification,
-        common,
+        mut common,
     } = config;
+    // One process, one recorder: every part's series (each with its
+    // `service` label) are on the gateway's `/metrics`, so no part opens a
+    // metrics port of its own.
+    if let Some(addr) = common.metrics_addr.take() {
+        tracing::info!(%addr, "CHATAI_METRICS_ADDR is for a part started alone; the all-in-one's metrics are on the gateway's /metrics");
+    }
     let Listeners {
         gateway: gateway_listener,
         chat: chat_listener,

@@ -116,7 +116,8 @@ async fn metrics_show_slow_disconnects_from_the_start() {
     assert_eq!(status, 200);
     assert!(
         body.lines()
-            .any(|line| line.starts_with("chatai_gateway_slow_disconnects_total ")),
+            .any(|line| line
+                .starts_with("chatai_gateway_slow_disconnects_total{service=\"gateway\"} ")),
         "{body}"
     );
     app.stop().await;

@@ -25,6 +25,7 @@ mod isolation;
 mod js_client;
 mod jwks;
 mod limits;
+mod metrics;
 mod operators;
 mod presence_replicas;
 mod processes;

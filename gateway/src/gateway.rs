@@ -3,12 +3,12 @@
 //! `chatai_kit::grpc::replicas`), shared by that service's event stream
 //! ([`Upstream`]), its API clients ([`Services`]) and reporting.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use chatai_kit::config::{InternalAuth, Part, ServiceAddrs};
 use chatai_kit::grpc::ServiceChannel;
 use chatai_kit::supervisor::{Supervisor, TaskFailed};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -105,6 +105,7 @@ impl Gateway {
             Ok(chatai_kit::grpc::service_channel(
                 &addrs.target(part),
                 auth,
+                crate::metrics::SERVICE,
             )?)
         };
         let chat = channel(Part::Chat)?;
@@ -187,7 +188,7 @@ impl Gateway {
             connections_stop: CancellationToken::new(),
             draining: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            metrics: metrics_handle(),
+            metrics: chatai_kit::metrics::handle(),
             reporter,
             limits,
             limit,
@@ -220,22 +221,4 @@ fn verifier(config: &GatewayConfig, background: &Background) -> Result<Verifier,
     )?;
     background.supervisor.spawn("jwks", task);
     Ok(Verifier::Provider(jwks))
-}
-
-/// The process-wide Prometheus recorder (installed once, shared by every
-/// gateway in the process — tests run several).
-fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!(
-                    "a metrics recorder was already installed; /metrics shows only this one's"
-                );
-            }
-            handle
-        })
-        .clone()
 }

@@ -46,6 +46,8 @@
 //!   (`frames/rooms.rs`: read once for joining and leaving; the event that
 //!   takes an operator out of a room).
 //! - [`cursor`] — the opaque resume cursor; [`close`] — close codes.
+//! - [`metrics`] — the gateway's Prometheus metrics, defined once (the
+//!   recorder is `chatai_kit::metrics`'s, shared by every part of a process).
 
 pub mod accept;
 pub mod alerts;
@@ -64,6 +66,7 @@ pub mod http_frames;
 mod http_proptests;
 pub mod jwks;
 pub mod limits;
+pub mod metrics;
 pub mod registry;
 pub mod reporting;
 pub mod service_id;
@@ -128,7 +131,7 @@ pub async fn run(
         supervisor: Supervisor::new(shutdown.clone()),
     };
     let gateway = Gateway::start(config, gateway_id.clone(), addrs, &auth, &background)?;
-    connection::register_metrics();
+    metrics::register();
     let registry = gateway.registry.clone();
     let addr = listener.local_addr()?;
     tracing::info!(%addr, gateway = %gateway_id, tls = tls.is_some(), "gateway listening");

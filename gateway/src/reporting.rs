@@ -130,7 +130,7 @@ impl Reporter {
     /// Queues a connection event; drops it when the queue is full.
     pub fn connection_event(&self, event: ConnectionEvent) {
         if self.events.try_send(event.into()).is_err() {
-            metrics::counter!("chatai_gateway_connection_events_dropped_total").increment(1);
+            crate::metrics::connection_events_dropped(1);
         }
     }
 
@@ -262,7 +262,7 @@ async fn send_batch(
         .record_connections(request(pb::RecordConnectionsRequest { events }))
         .await
     {
-        metrics::counter!("chatai_gateway_connection_events_dropped_total").increment(count as u64);
+        crate::metrics::connection_events_dropped(count as u64);
         tracing::warn!(cause = %status, count, "connection events not recorded");
     }
 }

@@ -82,9 +82,12 @@ struct Gateway {
 impl Gateway {
     fn start(addr: SocketAddr) -> Self {
         let registry = Arc::new(Registry::new("gw".into()));
-        let channel =
-            chatai_kit::grpc::service_channel(&ServiceTarget::from(addr), &InternalAuth::default())
-                .expect("a channel");
+        let channel = chatai_kit::grpc::service_channel(
+            &ServiceTarget::from(addr),
+            &InternalAuth::default(),
+            "gateway",
+        )
+        .expect("a channel");
         let shutdown = CancellationToken::new();
         let (upstream, actor) =
             Upstream::start(ServiceId::Chat, channel, registry.clone(), shutdown.clone());

@@ -121,6 +121,11 @@ impl Deployment {
         self.logs.path().join(format!("{part}.log"))
     }
 
+    /// What signs the deployment's client tokens.
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
     /// Adds a variable to every part started from now on.
     pub fn set_env(&mut self, name: &'static str, value: String) {
         self.env.retain(|(existing, _)| *existing != name);

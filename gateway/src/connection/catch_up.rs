@@ -297,6 +297,7 @@ impl<T: Transport> Connection<T> {
     }
 
     async fn send_cursor_expired(&mut self) -> Result<(), Gone> {
+        crate::metrics::cursor_expired();
         let frame = outbound::error(
             None,
             ErrorCode::CursorExpired,

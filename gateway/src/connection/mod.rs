@@ -80,7 +80,7 @@ pub async fn serve_as<T: Transport>(
     );
     registry.register(conn.clone(), gateway.config.max_connections_per_user);
     gateway.limit.opened(&session.principal, id);
-    metrics::gauge!("chatai_gateway_connections").increment(1.0);
+    crate::metrics::connection(session.claims.role, 1.0);
     let opened = std::time::Instant::now();
     gateway.reporter.connection_event(connection_event(
         &gateway,
@@ -133,7 +133,7 @@ pub async fn serve_as<T: Transport>(
     }
     .instrument(span)
     .await;
-    metrics::gauge!("chatai_gateway_connections").decrement(1.0);
+    crate::metrics::connection(session.claims.role, -1.0);
     gateway.limit.closed(&session.principal, id);
     let name = connection.caller.connection_id.clone().unwrap_or_default();
     let closed = ConnectionEventKind::Disconnect {
@@ -163,15 +163,6 @@ fn connection_event(
 
 /// The socket is gone (or the connection was stopped mid-write).
 struct Gone;
-
-/// Connections cut for reading too slowly (4002).
-const SLOW_DISCONNECTS: &str = "chatai_gateway_slow_disconnects_total";
-
-/// Registers the counters this module owns, so `/metrics` shows them (at 0)
-/// from the start, not only after the first time they count.
-pub fn register_metrics() {
-    metrics::counter!(SLOW_DISCONNECTS).increment(0);
-}
 
 struct Connection<T> {
     gateway: Arc<Gateway>,
@@ -267,7 +258,6 @@ impl<T: Transport> Connection<T> {
             }
             Incoming::Text(text, answer) => {
                 self.last_heard = Instant::now();
-                metrics::counter!("chatai_gateway_frames_in_total").increment(1);
                 let answered = self.on_text(&text).await;
                 match answer {
                     // Over the transport, in order with the events.
@@ -303,6 +293,7 @@ impl<T: Transport> Connection<T> {
     /// [`BATCH`]), then flushes once: a burst costs one write to the socket,
     /// not one per frame.
     async fn on_outbound_batch(&mut self, first: Outbound) -> Result<(), Gone> {
+        crate::metrics::outbound_queue(self.rx.len() + 1);
         self.batching = true;
         let mut written = self.on_outbound(first).await;
         for _ in 1..BATCH {
@@ -325,7 +316,11 @@ impl<T: Transport> Connection<T> {
 
     async fn on_outbound(&mut self, outbound: Outbound) -> Result<(), Gone> {
         match outbound {
-            Outbound::Event(event) => self.on_event(&event).await,
+            Outbound::Event(event) => {
+                self.on_event(&event).await?;
+                crate::metrics::delivered(event.created_ms);
+                Ok(())
+            }
             Outbound::Frame(frame) => self.send(frame, None).await,
             // Checked again here: the connection may have left the room, or
             // been taken out of it, since the copy was queued.
@@ -346,10 +341,11 @@ impl<T: Transport> Connection<T> {
     /// transport that says it apart (SSE's `id:`).
     async fn send(&mut self, frame: Utf8Bytes, cursor: Option<&str>) -> Result<(), Gone> {
         let stopped = self.conn.stopped();
+        let kind = crate::metrics::outbound_type(&frame);
         let write = self.transport.write(frame, cursor, self.batching);
         tokio::select! {
             sent = write => {
-                metrics::counter!("chatai_gateway_frames_out_total").increment(1);
+                crate::metrics::frame_out(kind);
                 sent.map_err(|Closed| Gone)
             }
             _ = stopped => Err(Gone),
@@ -373,9 +369,7 @@ impl<T: Transport> Connection<T> {
             reason = reason.reason(),
             "closing connection"
         );
-        if reason == CloseReason::TooSlow {
-            metrics::counter!(SLOW_DISCONNECTS).increment(1);
-        }
+        crate::metrics::close(reason);
         self.transport.close(reason, Duration::from_secs(1)).await;
     }
 

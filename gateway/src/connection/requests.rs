@@ -295,6 +295,7 @@ pub fn rate_limited(text: &str) -> String {
 impl<T: Transport> Connection<T> {
     pub(super) async fn on_text(&mut self, text: &str) -> Answer {
         if self.limiter.check().is_err() {
+            crate::metrics::frame_in("limited");
             self.strikes += 1;
             let frame = rate_limited(text);
             if self.strikes > self.gateway.config.rate_limit_strikes {
@@ -304,8 +305,14 @@ impl<T: Transport> Connection<T> {
         }
         self.strikes = 0;
         let inbound = match inbound::parse(text) {
-            Ok(inbound) => inbound,
-            Err(err) => return Answer::Reply(parse_error(&err)),
+            Ok(inbound) => {
+                crate::metrics::frame_in(inbound.frame.type_name());
+                inbound
+            }
+            Err(err) => {
+                crate::metrics::frame_in("invalid");
+                return Answer::Reply(parse_error(&err));
+            }
         };
         // A root: one trace per client frame, across every service it
         // touches (the connection's own span lives as long as the socket).

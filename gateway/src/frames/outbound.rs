@@ -27,6 +27,8 @@ pub struct PreparedEvent {
     /// The operator's hold on a dialog this event ends (a `handoff_completed`
     /// to that operator): their connections leave the dialog's room.
     pub ends_hold: Option<EndedHold>,
+    /// When the service created the event, ms since the Unix epoch.
+    pub created_ms: i64,
     head: String,
     tail: String,
 }
@@ -63,6 +65,7 @@ impl PreparedEvent {
             position: delivery.position,
             origin: delivery.event.origin_connection.clone(),
             ends_hold: EndedHold::of(service, delivery),
+            created_ms: event.timestamp_ms,
             head,
             tail,
         })
@@ -134,6 +137,7 @@ pub fn ack(reference: Option<&str>, produced: Value) -> String {
 
 /// `error` with a stable `code` and a message for people.
 pub fn error(reference: Option<&str>, code: ErrorCode, message: &str) -> String {
+    crate::metrics::error(code);
     frame(
         "error",
         reference,

@@ -16,6 +16,8 @@
 //!   answers and charging.
 //! - `bounded` — the bounded memory of facts that never go stale (dialog
 //!   owners, users already stored).
+//! - [`metrics`] — the assistant's latency and tokens, group-commit batch
+//!   sizes, for Prometheus.
 //! - `grpc` — the wire edge, the only place `chatai.v1` messages are touched:
 //!   `grpc/chat_api.rs` serves `chatai.v1.Chat`, `grpc/handoff_client.rs`
 //!   calls the handoff service and follows its holder notes, and
@@ -32,6 +34,7 @@ mod events;
 mod grpc;
 pub mod handoffs;
 pub mod holders;
+pub mod metrics;
 mod replies;
 mod service;
 pub mod store;
@@ -88,7 +91,8 @@ pub async fn run(
         max_message_chars: config.max_message_chars,
         assistant_context: config.assistant_context,
     };
-    let handoff_channel = chatai_kit::grpc::service_channel(&handoff_addr, &common.auth)?;
+    let handoff_channel =
+        chatai_kit::grpc::service_channel(&handoff_addr, &common.auth, crate::metrics::SERVICE)?;
     let handoffs = grpc::GrpcHandoffs::new(handoff_channel.clone());
     let service = ChatService::new(
         store,

@@ -814,7 +814,13 @@ impl ChatService {
         } else {
             vec![Turn::new(Speaker::User, question.text.clone())]
         };
-        let answer = self.assistant.answer(&turns).await?;
+        let asked = std::time::Instant::now();
+        let answer = self.assistant.answer(&turns).await;
+        crate::metrics::assistant_answered(
+            asked.elapsed(),
+            answer.as_ref().ok().map(|a| a.tokens_used),
+        );
+        let answer = answer?;
         // One answer per question, whatever happens: the key is the question's.
         let key = format!("answer:{}", question.id);
         // Stored and charged in one transaction, before it is delivered: a

@@ -24,6 +24,7 @@
 //!   replica's terms: standing by, leading, standing by again.
 //! - [`transcripts`] — the last messages an assigned operator gets, read
 //!   from the chat service.
+//! - [`metrics`] — the queue's Prometheus metrics (length, waits, handling).
 //! - `grpc` — the tonic adapter; `error` — [`HandoffError`] and its one
 //!   mapping to a gRPC status; `events` — the bodies of the events sent.
 //!
@@ -35,6 +36,7 @@ mod error;
 mod events;
 mod grpc;
 pub mod leader;
+pub mod metrics;
 pub mod presence;
 mod queue;
 pub mod replica;

@@ -51,7 +51,7 @@ pub fn channel(
     addr: &ServiceTarget,
     auth: &InternalAuth,
 ) -> Result<PresenceChannel, tonic::transport::Error> {
-    chatai_kit::grpc::service_channel(addr, auth)
+    chatai_kit::grpc::service_channel(addr, auth, crate::metrics::SERVICE)
 }
 
 /// Follows presence until `shutdown`, sending the queue a snapshot after each

@@ -525,7 +525,12 @@ impl Queue {
                 },
                 _ = sleep_until(wake) => self.on_timers().await,
             }
+            let queued = self.waiting.len();
+            crate::metrics::queue(queued, self.handoffs.len().saturating_sub(queued));
         }
+        // The term is over (the lease lost, or stopping): a standby reports
+        // no queue, so only the leader's gauges count.
+        crate::metrics::queue(0, 0);
         tracing::debug!("handoff queue stopped");
     }
 
@@ -740,6 +745,7 @@ impl Queue {
             (Some(assigned), Some(completed)) => {
                 let took = Duration::from_millis((completed - assigned).max(0) as u64);
                 self.recent.record(took);
+                crate::metrics::handled(took);
                 secs(took)
             }
             _ => 0,
@@ -1378,6 +1384,7 @@ impl Queue {
                 entry.avoid = None;
                 entry.hold_until = None;
                 let waited = entry.queued_at.elapsed();
+                crate::metrics::waited(waited);
                 entry.handoff = assigned;
                 self.versions.tick();
                 waited

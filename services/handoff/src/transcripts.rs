@@ -69,7 +69,11 @@ impl ChatTranscripts {
     /// A lazily connecting client of the chat service at `addr`.
     pub fn new(addr: &ServiceTarget, auth: &InternalAuth) -> Result<Self, tonic::transport::Error> {
         Ok(ChatTranscripts {
-            chat: ChatClient::new(chatai_kit::grpc::service_channel(addr, auth)?),
+            chat: ChatClient::new(chatai_kit::grpc::service_channel(
+                addr,
+                auth,
+                crate::metrics::SERVICE,
+            )?),
         })
     }
 }

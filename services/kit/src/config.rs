@@ -77,7 +77,8 @@ impl ServiceAddr {
     /// A lazily connecting gRPC channel to this address that reconnects by
     /// itself: `TCP_NODELAY`, HTTP/2 keep-alives, a 2 s connect timeout;
     /// over mutual TLS when `auth` configures it (the token, if any, is the
-    /// caller's interceptor's to add).
+    /// caller's interceptor's to add). Its calls are counted and timed as
+    /// `caller`'s (the part making them: `gateway`, `chat`, …).
     pub fn channel(
         &self,
         auth: &InternalAuth,
@@ -555,6 +556,10 @@ pub struct ServiceCommon {
     pub auth: InternalAuth,
     #[command(flatten)]
     pub events: EventLogConfig,
+    /// Where a service started alone serves Prometheus `/metrics`; unset =
+    /// not served (the all-in-one's parts are in the gateway's `/metrics`).
+    #[arg(long = "metrics-addr", env = "CHATAI_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Shown in logs and panics without its secret.
@@ -580,6 +585,7 @@ impl std::fmt::Debug for ServiceCommon {
             .field("redis_prefix", &self.redis_prefix)
             .field("auth", &self.auth)
             .field("events", &self.events)
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }

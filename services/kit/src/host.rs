@@ -42,20 +42,30 @@ pub struct ServiceHost {
     pub health: HealthReporter,
     checks: Vec<(&'static str, Check)>,
     auth: InternalAuth,
-    /// The service's name (`chat`, …): its spans are named after it.
-    part: String,
+    /// The service's name (`chat`, …): its spans are named after it, and it
+    /// is the `service` label of its metrics.
+    part: &'static str,
 }
 
 impl ServiceHost {
     /// Opens the event log of `service` (Redis when `CHATAI_REDIS_URL` is
-    /// set, memory otherwise) and starts its background tasks.
+    /// set, memory otherwise) and starts its background tasks; with
+    /// `CHATAI_METRICS_ADDR` set, serves `/metrics` there.
     pub async fn start(
         common: &ServiceCommon,
-        service: &str,
+        service: &'static str,
         shutdown: CancellationToken,
     ) -> Result<Self, EventLogError> {
         let supervisor = Supervisor::new(shutdown.clone());
         let log = events::open(common, service, &supervisor).await?;
+        crate::metrics::handle();
+        if let Some(addr) = common.metrics_addr {
+            // A port that cannot be bound stops the service, naming the task.
+            supervisor.spawn(
+                "metrics listener",
+                log_failure(addr, crate::metrics::bind_and_serve(addr, shutdown.clone())),
+            );
+        }
         supervisor.spawn(
             "event log trim",
             events::trim_until(log.clone(), shutdown.clone()),
@@ -66,7 +76,7 @@ impl ServiceHost {
             health: HealthReporter::new(),
             checks: Vec::new(),
             auth: common.auth.clone(),
-            part: service.to_owned(),
+            part: service,
         };
         host.check_ping("event log", log, |log| async move { log.ping().await });
         Ok(host)
@@ -137,7 +147,7 @@ impl ServiceHost {
         );
         let served = grpc::serve(
             listener,
-            &self.part,
+            self.part,
             routes,
             self.health.clone(),
             &names,
@@ -149,6 +159,17 @@ impl ServiceHost {
         let tasks = self.supervisor.wait().await;
         served?;
         Ok(tasks?)
+    }
+}
+
+/// Runs `served` and logs how it failed, if it did (the supervisor names
+/// the task that stopped).
+async fn log_failure(
+    addr: std::net::SocketAddr,
+    served: impl Future<Output = std::io::Result<()>>,
+) {
+    if let Err(err) = served.await {
+        tracing::error!(%addr, cause = %err, "the metrics listener failed");
     }
 }
 

@@ -22,6 +22,10 @@
 //! - [`grpc`] — the internal-token interceptor of every client; with
 //!   `server`, the gRPC server every service runs: health, reflection, the
 //!   internal-token check, a span per request.
+//! - [`metrics`] — the process's Prometheus recorder and buckets, the names
+//!   of kit's own metrics, the `service` label rule; with `server`, the
+//!   `/metrics` listener of a service started alone. The gRPC layer that
+//!   counts and times every call is [`grpc::MetricsLayer`].
 //! - [`supervisor`] — the long-lived tasks of a process: one that stops
 //!   before shutdown stops the process and is named.
 //! - [`events`] — the event-stream library: the event types and the
@@ -59,6 +63,7 @@ pub mod holders;
 pub mod host;
 pub mod identity;
 pub mod internal_auth;
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod pending;
 #[cfg(feature = "redis")]

@@ -355,6 +355,8 @@ impl Actor {
     async fn run(mut self) {
         tracing::debug!("presence actor started");
         self.look_for_timers().await;
+        let mut count_every = tokio::time::interval(crate::metrics::COUNT_EVERY);
+        count_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = [
                 self.next_due_ms.map(|ms| self.clock.instant_at(ms)),
@@ -369,6 +371,7 @@ impl Actor {
                 biased;
                 () = self.shutdown.cancelled() => break,
                 () = sleep_until(wake) => self.fire_timers().await,
+                _ = count_every.tick() => self.count_operators().await,
                 envelope = self.inbox.recv() => match envelope {
                     Some(envelope) => self.handle(envelope).await,
                     None => break,
@@ -376,6 +379,25 @@ impl Actor {
             }
         }
         tracing::debug!("presence actor stopped");
+    }
+
+    /// Sets the operators-by-status gauge from a listing of the state (with
+    /// Redis, the one every replica shares: each replica reports the same
+    /// counts). A listing that cannot be read leaves the gauge as it was.
+    async fn count_operators(&self) {
+        match self.state.list().await {
+            Ok((operators, _)) => {
+                let max_handoffs = self.settings.max_handoffs;
+                crate::metrics::operators(
+                    operators
+                        .iter()
+                        .map(|(id, op)| view_of(*id, op, max_handoffs).status),
+                );
+            }
+            Err(cause) => {
+                tracing::debug!(%cause, "operators not counted: the state could not be listed")
+            }
+        }
     }
 
     /// Handles the timers that have ended, then looks for the next one.

@@ -23,6 +23,7 @@
 //! - `actor` — the task applying changes one at a time and firing timers,
 //!   and its handle (no locks).
 //! - `service` — authorization and input checks in front of the actor.
+//! - [`metrics`] — operators by effective status, for Prometheus.
 //! - `grpc` — the tonic adapter; `error` — [`PresenceError`] and its one
 //!   mapping to a gRPC status; `events` — the body of
 //!   `operator_status_change`.
@@ -34,6 +35,7 @@ pub mod config;
 mod error;
 mod events;
 mod grpc;
+pub mod metrics;
 mod model;
 #[cfg(test)]
 mod replicas;

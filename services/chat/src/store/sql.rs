@@ -192,10 +192,14 @@ macro_rules! impl_chat_store {
                 user_id: i64,
             ) -> Result<Option<$crate::store::User>, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let row: Option<sql::UserRow> = sqlx::query_as(sql::USER)
-                    .bind(user_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                let row: Option<sql::UserRow> = chatai_kit::metrics::timed_statement(
+                    "chat",
+                    "user",
+                    sqlx::query_as(sql::USER)
+                        .bind(user_id)
+                        .fetch_optional(&self.pool),
+                )
+                .await?;
                 Ok(row.map(Into::into))
             }
 
@@ -211,10 +215,14 @@ macro_rules! impl_chat_store {
                 dialog_id: i64,
             ) -> Result<Option<$crate::store::Dialog>, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let row: Option<sql::DialogRow> = sqlx::query_as(sql::DIALOG)
-                    .bind(dialog_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                let row: Option<sql::DialogRow> = chatai_kit::metrics::timed_statement(
+                    "chat",
+                    "dialog",
+                    sqlx::query_as(sql::DIALOG)
+                        .bind(dialog_id)
+                        .fetch_optional(&self.pool),
+                )
+                .await?;
                 Ok(row.map(Into::into))
             }
 
@@ -245,12 +253,16 @@ macro_rules! impl_chat_store {
                 limit: u32,
             ) -> Result<Vec<$crate::store::Message>, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let rows: Vec<sql::MessageRow> = sqlx::query_as(sql::HISTORY)
-                    .bind(dialog_id)
-                    .bind(before.unwrap_or(i64::MAX))
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await?;
+                let rows: Vec<sql::MessageRow> = chatai_kit::metrics::timed_statement(
+                    "chat",
+                    "history",
+                    sqlx::query_as(sql::HISTORY)
+                        .bind(dialog_id)
+                        .bind(before.unwrap_or(i64::MAX))
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool),
+                )
+                .await?;
                 rows.into_iter().rev().map(TryInto::try_into).collect()
             }
 
@@ -264,19 +276,27 @@ macro_rules! impl_chat_store {
                 let before = before.unwrap_or(i64::MAX);
                 let rows: Vec<sql::DialogRow> = match user_id {
                     Some(user_id) => {
-                        sqlx::query_as(sql::USER_DIALOGS)
-                            .bind(user_id)
-                            .bind(before)
-                            .bind(i64::from(limit))
-                            .fetch_all(&self.pool)
-                            .await?
+                        chatai_kit::metrics::timed_statement(
+                            "chat",
+                            "user_dialogs",
+                            sqlx::query_as(sql::USER_DIALOGS)
+                                .bind(user_id)
+                                .bind(before)
+                                .bind(i64::from(limit))
+                                .fetch_all(&self.pool),
+                        )
+                        .await?
                     }
                     None => {
-                        sqlx::query_as(sql::ALL_DIALOGS)
-                            .bind(before)
-                            .bind(i64::from(limit))
-                            .fetch_all(&self.pool)
-                            .await?
+                        chatai_kit::metrics::timed_statement(
+                            "chat",
+                            "all_dialogs",
+                            sqlx::query_as(sql::ALL_DIALOGS)
+                                .bind(before)
+                                .bind(i64::from(limit))
+                                .fetch_all(&self.pool),
+                        )
+                        .await?
                     }
                 };
                 Ok(rows.into_iter().map(Into::into).collect())
@@ -295,10 +315,14 @@ macro_rules! impl_chat_store {
                 user_id: i64,
             ) -> Result<Option<$crate::store::Money>, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let micros: Option<i64> = sqlx::query_scalar(sql::BALANCE)
-                    .bind(user_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                let micros: Option<i64> = chatai_kit::metrics::timed_statement(
+                    "chat",
+                    "balance",
+                    sqlx::query_scalar(sql::BALANCE)
+                        .bind(user_id)
+                        .fetch_optional(&self.pool),
+                )
+                .await?;
                 Ok(micros.map($crate::store::Money))
             }
 

@@ -233,6 +233,7 @@ async fn write_loop<B: Backend>(
             continue;
         }
         let work: Vec<&Work> = jobs.iter().map(|job| &job.work).collect();
+        crate::metrics::commit_batch(work.len());
         // The transaction's own span: a root (it serves many requests, none
         // its parent), linked to the `db.write` span of each request it
         // carries (a link per request; the sampler keeps the batch when it
@@ -241,7 +242,10 @@ async fn write_loop<B: Backend>(
         for job in &jobs {
             span.follows_from(&job.span);
         }
-        let results = async { match batch::run::<B>(&pool, &work).await {
+        let run = batch::run::<B>(&pool, &work);
+        let timed =
+            chatai_kit::metrics::timed_statement(crate::metrics::SERVICE, "commit_batch", run);
+        let results = async { match timed.await {
             Ok(results) => results,
             Err(err) if work.len() == 1 => match work.first() {
                 Some(w) => vec![Err(err.for_request(w))],

@@ -25,11 +25,14 @@
 //! - `memory` — the in-memory backend of the embedded default;
 //! - `redis` — the Redis backend (Streams + pub/sub) for production;
 //! - `stream` — the `EventStream` gRPC service over any backend;
-//! - `open` and `trim_until` — opening a service's log, trimming it.
+//! - `metered` — counting a log's appends, replays and failures;
+//! - `open` and `trim_until` — opening a service's log (counted), trimming it.
 
 pub mod convert;
 #[cfg(feature = "server")]
 pub mod memory;
+#[cfg(feature = "server")]
+mod metered;
 #[cfg(feature = "server")]
 mod paging;
 #[cfg(feature = "server")]
@@ -315,11 +318,16 @@ pub async fn open(
                 deployment = log.names().deployment(),
                 "event log: Redis"
             );
-            Ok(Arc::new(log))
+            Ok(Arc::new(metered::Metered::new(
+                Arc::new(log),
+                service,
+                "redis",
+            )))
         }
         None => {
             tracing::info!(service, "event log: memory");
-            Ok(Arc::new(memory::MemoryLog::new(&common.events)))
+            let log = Arc::new(memory::MemoryLog::new(&common.events));
+            Ok(Arc::new(metered::Metered::new(log, service, "memory")))
         }
     }
 }

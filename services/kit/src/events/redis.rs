@@ -218,8 +218,11 @@ impl RedisLog {
             channel.clone(),
             names.deployment().into(),
             pubsub,
-            live.clone(),
-            config.live_buffer.max(16),
+            LiveSender {
+                sender: live.clone(),
+                capacity: config.live_buffer.max(16),
+            },
+            service.to_owned(),
             shutdown,
         );
         let log = RedisLog {
@@ -350,6 +353,22 @@ async fn subscribe(
     Ok(pubsub)
 }
 
+/// The local broadcast the relay feeds, and its capacity.
+struct LiveSender {
+    sender: Arc<Mutex<broadcast::Sender<Delivery>>>,
+    capacity: usize,
+}
+
+impl LiveSender {
+    /// Replaces the broadcast, which ends every receiver (every attached
+    /// gateway stream, which then re-attaches and catches up).
+    fn cut(&self) {
+        if let Ok(mut sender) = self.sender.lock() {
+            *sender = broadcast::channel(self.capacity).0;
+        }
+    }
+}
+
 /// Relays the live channel into the local broadcast. When the subscription
 /// breaks, events may have been missed: the broadcast is replaced, which ends
 /// every attached gateway stream, and the gateways re-attach and catch up
@@ -359,8 +378,8 @@ async fn relay(
     channel: String,
     deployment: Arc<str>,
     mut pubsub: redis::aio::PubSub,
-    live: Arc<Mutex<broadcast::Sender<Delivery>>>,
-    capacity: usize,
+    live: LiveSender,
+    service: String,
     shutdown: CancellationToken,
 ) {
     let backoff = backon::ExponentialBuilder::default()
@@ -379,7 +398,7 @@ async fn relay(
                 let Some(message) = message else { break };
                 match parse_frame(message.get_payload_bytes(), &deployment) {
                     Ok(delivery) => {
-                        if let Ok(sender) = live.lock() {
+                        if let Ok(sender) = live.sender.lock() {
                             let _ = sender.send(delivery);
                         }
                     }
@@ -394,9 +413,7 @@ async fn relay(
             }
         }
         tracing::warn!(%channel, "lost the Redis live subscription; cutting attached streams and resubscribing");
-        if let Ok(mut sender) = live.lock() {
-            *sender = broadcast::channel(capacity).0;
-        }
+        live.cut();
         let mut delays = backoff.build();
         pubsub = loop {
             let delay = delays.next().unwrap_or(Duration::from_secs(3));
@@ -406,14 +423,18 @@ async fn relay(
             }
             match subscribe(&client, &channel).await {
                 Ok(pubsub) => break pubsub,
-                Err(err) => tracing::warn!(%channel, cause = %err, "cannot resubscribe yet"),
+                Err(err) => {
+                    metrics::counter!(crate::metrics::REDIS_ERRORS, "service" => service.clone())
+                        .increment(1);
+                    tracing::warn!(%channel, cause = %err, "cannot resubscribe yet")
+                }
             }
         };
+        metrics::counter!(crate::metrics::REDIS_RECONNECTS, "service" => service.clone())
+            .increment(1);
         // Anything published while unsubscribed reaches gateways through
         // their catch-up replay; cut them again so none keeps waiting.
-        if let Ok(mut sender) = live.lock() {
-            *sender = broadcast::channel(capacity).0;
-        }
+        live.cut();
     }
 }
 

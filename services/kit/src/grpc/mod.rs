@@ -3,10 +3,16 @@
 //! gateway's and the services' clients); [`replicas`], the channel over every
 //! replica of a service that those clients use, found by a
 //! [`resolver::Resolver`]. With the `server` feature: the gRPC server every
-//! service runs (`serve`), in `server.rs`.
+//! service runs (`serve`), in `server.rs`. Both sides count and time their
+//! calls with [`MetricsLayer`] (`metrics.rs`): a server on its stack, a
+//! client around its replica picker (once per call, whichever replica
+//! takes it).
 
 use crate::config::InternalAuth;
 use crate::telemetry;
+
+mod metrics;
+pub use metrics::{Metered, MeteredChannel, MetricsLayer, Side};
 
 pub mod replicas;
 pub mod resolver;
@@ -15,17 +21,23 @@ mod server;
 #[cfg(feature = "server")]
 pub use server::{ServeError, serve};
 
-/// A channel to a service's replicas with the internal token on every call:
-/// what every client of a service is built on.
-pub type ServiceChannel = tonic::codegen::InterceptedService<replicas::Replicas, TokenInterceptor>;
+/// A channel to a service's replicas with the internal token on every call,
+/// its calls counted and timed: what every client of a service is built on.
+pub type ServiceChannel = tonic::codegen::InterceptedService<MeteredChannel, TokenInterceptor>;
 
-/// Connects to `target`'s replicas with `auth`'s token and TLS.
+/// Connects to `target`'s replicas with `auth`'s token and TLS; `caller` (the
+/// part making the calls: `gateway`, `chat`, …) labels the client metrics.
 pub fn service_channel(
     target: &crate::config::ServiceTarget,
     auth: &InternalAuth,
+    caller: &'static str,
 ) -> Result<ServiceChannel, tonic::transport::Error> {
-    Ok(tonic::codegen::InterceptedService::new(
+    let metered = tower::Layer::layer(
+        &MetricsLayer::new(Side::Client, caller),
         target.connect(auth)?,
+    );
+    Ok(tonic::codegen::InterceptedService::new(
+        metered,
         TokenInterceptor::new(auth),
     ))
 }

@@ -2,7 +2,8 @@
 //! routes plus health checking and reflection (so `grpcurl` works), a span per
 //! request that continues the caller's trace, the internal-token check (the
 //! server-side half of [`TokenInterceptor`](super::TokenInterceptor)) and,
-//! when configured, mutual TLS.
+//! when configured, mutual TLS; every call counted and timed
+//! ([`MetricsLayer`](super::MetricsLayer)).
 
 use std::net::SocketAddr;
 
@@ -41,10 +42,12 @@ const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 /// Serves `routes` on `listener` until `shutdown` is cancelled, then drains
 /// in-flight calls. `service_names` are the fully qualified names reported as
 /// SERVING by the health service (e.g. `chatai.v1.Chat`); the overall status
-/// (the empty name) is the service's own to set through `reporter`.
+/// (the empty name) is the service's own to set through `reporter`; calls
+/// are counted and timed, and their spans named, under `service` (the
+/// part's name, e.g. `chat`).
 pub async fn serve(
     listener: TcpListener,
-    part: &str,
+    service: &'static str,
     routes: Routes,
     reporter: HealthReporter,
     service_names: &[&str],
@@ -63,7 +66,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let expected = auth.token().map(|token| format!("Bearer {token}"));
-    let part: std::sync::Arc<str> = part.into();
+    let part: &'static str = service;
     let mut builder = Server::builder();
     let tls = auth.server_tls();
     let mutual_tls = tls.is_some();
@@ -87,7 +90,7 @@ pub async fn serve(
                 "grpc",
                 otel.name = name.as_str(),
                 otel.kind = "server",
-                chatai.part = &*part,
+                chatai.part = part,
                 rpc.system = "grpc",
                 path = %path
             );
@@ -95,6 +98,8 @@ pub async fn serve(
             telemetry::adopt_parent(&span, &metadata);
             span
         })
+        // Then the metrics: every call counted and timed, refused ones too.
+        .layer(super::MetricsLayer::new(super::Side::Server, service))
         // Then the internal token: nothing below runs for a caller without it.
         .layer(tower::filter::FilterLayer::new(
             move |request: http::Request<tonic::body::Body>| {
