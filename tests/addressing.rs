@@ -57,11 +57,11 @@ impl Cluster {
         let mut deployment = Deployment::new(database_url, Some(redis.port));
         let listens = SERVICES.map(|_| [free_addr(), free_addr()]);
         for ((_, _, _, addrs), replicas) in SERVICES.iter().zip(&listens) {
-            deployment.set_env(*addrs, format!("{},{}", replicas[0], replicas[1]));
+            deployment.set_env(addrs, format!("{},{}", replicas[0], replicas[1]));
         }
         for ((part, names, addr, _), replicas) in SERVICES.iter().zip(&listens) {
             for (name, listen) in names.iter().zip(replicas) {
-                deployment.start_as(*name, *part, &[(*addr, listen.to_string())]);
+                deployment.start_as(name, part, &[(*addr, listen.to_string())]);
             }
         }
         let gateways = [free_addr(), free_addr()];
