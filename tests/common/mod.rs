@@ -49,12 +49,23 @@ pub const ASSISTANT_NAME: &str = "Support Assistant";
 /// Picked below the kernel's ephemeral range (32768–60999 by default): a
 /// port taken from that range and released could be handed to one of the
 /// many outgoing connections the tests make before the process binds it.
+/// A port is handed out once per test run: two tests picking the same free
+/// port before either binds it would make one of their processes fail to
+/// start.
 pub fn free_addr() -> SocketAddr {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let random = uuid::Uuid::new_v4().as_u128();
         let port = 20_000 + (random % 12_000) as u16;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        if std::net::TcpListener::bind(addr).is_ok() {
+        if std::net::TcpListener::bind(addr).is_err() {
+            continue;
+        }
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if handed_out.insert(port) {
             return addr;
         }
     }
