@@ -21,7 +21,9 @@ use crate::events::{
 use crate::handoffs::{HandoffError, HandoffRecord, Handoffs, Holder, Priority, RefusalKind};
 use crate::holders::HolderView;
 use crate::replies::ReplyReporter;
-use crate::store::{Charge, ChatStore, Dialog, DialogRef, Message, Money, NewMessage, Sender};
+use crate::store::{
+    Charge, ChatStore, Dialog, DialogRef, Message, Money, NewMessage, Sender, StoreError,
+};
 
 /// Prices and limits, in domain units.
 #[derive(Debug, Clone)]
@@ -231,21 +233,29 @@ impl ChatService {
             }
             None => (DialogRef::New { user_id: caller.id }, None),
         };
-        if checked.is_none() {
-            // The assistant would answer: refused before anything is stored.
-            self.ensure_can_pay(caller.id).await?;
-        }
-        let (message, created) = self
-            .store
-            .append_message(NewMessage {
-                dialog,
-                sender: Sender::User,
-                sender_id: Some(caller.id),
-                text,
-                tokens_used: 0,
-                idempotency_key,
-            })
-            .await?;
+        let new_message = NewMessage {
+            dialog,
+            sender: Sender::User,
+            sender_id: Some(caller.id),
+            text,
+            tokens_used: 0,
+            idempotency_key,
+        };
+        // The assistant would answer (and charge): a used-up balance refuses
+        // the message, checked in the transaction that would store it.
+        // Free assistants (price 0) never refuse.
+        let paid = checked.is_none() && self.policy.price_per_1k_tokens > Money::ZERO;
+        let stored = if paid {
+            self.store
+                .append_funded_message(new_message, caller.id)
+                .await
+        } else {
+            self.store.append_message(new_message).await
+        };
+        let (message, created) = stored.map_err(|err| match err {
+            StoreError::InsufficientBalance => ChatError::InsufficientBalance,
+            err => ChatError::Store(err),
+        })?;
         let sent = Sent {
             dialog_id: message.dialog_id,
             message_id: message.id,
@@ -702,23 +712,6 @@ impl ChatService {
         let charge = self.store.charge(user_id, -amount).await?;
         tracing::info!(user_id, amount = %amount, balance = %charge.after, "balance topped up");
         Ok(charge.after)
-    }
-
-    /// Refuses a message the assistant would answer when the user's balance
-    /// is used up (0 or below). Free assistants (price 0) never refuse.
-    async fn ensure_can_pay(&self, user_id: i64) -> Result<(), ChatError> {
-        if self.policy.price_per_1k_tokens <= Money::ZERO {
-            return Ok(());
-        }
-        let balance = self
-            .store
-            .balance(user_id)
-            .await?
-            .unwrap_or(self.policy.starting_balance);
-        if balance <= Money::ZERO {
-            return Err(ChatError::InsufficientBalance);
-        }
-        Ok(())
     }
 
     /// The dialog, when `caller` is its owner (a user or an admin).

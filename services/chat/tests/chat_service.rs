@@ -854,6 +854,22 @@ struct HookedStore {
     before_user_message: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
+impl HookedStore {
+    /// Runs the hook (once) when a user's message is about to be stored.
+    fn run_hook(&self, sender: Sender) {
+        if sender == Sender::User {
+            let hook = self
+                .before_user_message
+                .lock()
+                .expect("not poisoned")
+                .take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl ChatStore for HookedStore {
     async fn ensure_user(
@@ -883,17 +899,17 @@ impl ChatStore for HookedStore {
         &self,
         message: store::NewMessage<'_>,
     ) -> Result<(store::Message, bool), store::StoreError> {
-        if message.sender == Sender::User {
-            let hook = self
-                .before_user_message
-                .lock()
-                .expect("not poisoned")
-                .take();
-            if let Some(hook) = hook {
-                hook();
-            }
-        }
+        self.run_hook(message.sender);
         self.inner.append_message(message).await
+    }
+
+    async fn append_funded_message(
+        &self,
+        message: store::NewMessage<'_>,
+        payer: i64,
+    ) -> Result<(store::Message, bool), store::StoreError> {
+        self.run_hook(message.sender);
+        self.inner.append_funded_message(message, payer).await
     }
 
     async fn append_answer(
@@ -1173,6 +1189,46 @@ async fn used_up_balance_refuses_until_topped_up() {
         .send_message(&ann, None, "hello", None, 0)
         .await
         .expect("a free assistant answers whatever the balance");
+}
+
+/// A message resent after its answer used the balance up gets its first
+/// `ack` again (the balance is read after the key was looked up); a new
+/// message is refused.
+#[tokio::test]
+async fn a_resent_message_is_acked_after_its_answer_used_the_balance_up() {
+    // 2.00 to start, 2.00 per answer: the first answer uses it all.
+    let mut f = fixture(Arc::new(Spender(1000)), policy(2.0, 2.0, 0.0)).await;
+    let ann = caller(8, Role::User);
+    let first = f
+        .service
+        .send_message(&ann, None, "one", Some("m1"), 0)
+        .await
+        .expect("accepted");
+    loop {
+        let delivery = next_for(&mut f.live, &Recipient::User(8)).await;
+        if delivery.event.kind == "ai_response" {
+            break;
+        }
+    }
+    f.tasks.close();
+    f.tasks.wait().await;
+    assert_eq!(
+        f.store.balance(8).await.expect("readable"),
+        Some(Money::ZERO)
+    );
+    let again = f
+        .service
+        .send_message(&ann, None, "one", Some("m1"), 0)
+        .await
+        .expect("the resent message is acked");
+    assert_eq!(again.message_id, first.message_id);
+    assert!(!again.created);
+    assert!(matches!(
+        f.service
+            .send_message(&ann, Some(first.dialog_id), "two", Some("m2"), 0)
+            .await,
+        Err(ChatError::InsufficientBalance)
+    ));
 }
 
 /// History pages say whether older messages exist; list_dialogs gives a

@@ -673,6 +673,72 @@ async fn answer_and_charge_are_stored_together(store: Arc<dyn ChatStore>) -> Cas
     Ok(())
 }
 
+/// `append_funded_message` stores a new message only while the payer's
+/// balance is above zero: concurrent messages (one batch, a key repeated)
+/// are stored while it is; once it is used up they are refused and nothing
+/// is stored, but a retry of a stored message still gets that message; a
+/// top-up lets messages in again; an unknown payer is `NotFound`.
+async fn funded_messages_need_a_balance(store: Arc<dyn ChatStore>) -> CaseResult {
+    store.ensure_user(5, None, Money::from_units(1.0)).await?;
+    let dialog_id = store.create_dialog(5).await?.id;
+    let from_user = |text, key| NewMessage {
+        sender_id: Some(5),
+        idempotency_key: key,
+        ..new_message(dialog_id, Sender::User, text)
+    };
+    let mut tasks = JoinSet::new();
+    for (text, key) in [("one", Some("k1")), ("two", None), ("one", Some("k1"))] {
+        let store = Arc::clone(&store);
+        let message = NewMessage {
+            sender_id: Some(5),
+            idempotency_key: key,
+            ..new_message(dialog_id, Sender::User, text)
+        };
+        tasks.spawn(async move { store.append_funded_message(message, 5).await });
+    }
+    let mut created = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (_, new) = joined.expect("append task panicked")?;
+        created += usize::from(new);
+    }
+    assert_eq!(created, 2, "the repeated key is stored once");
+
+    store.charge(5, Money::from_units(1.0)).await?;
+    match store
+        .append_funded_message(from_user("broke", Some("k2")), 5)
+        .await
+    {
+        Err(StoreError::InsufficientBalance) => {}
+        other => panic!("expected InsufficientBalance, got {other:?}"),
+    }
+    let (retried, new) = store
+        .append_funded_message(from_user("one", Some("k1")), 5)
+        .await?;
+    assert!(!new, "a stored message is returned whatever the balance");
+    assert_eq!(retried.text, "one");
+    let history = store.history(dialog_id, None, 100).await?;
+    assert_eq!(history.len(), 2);
+    assert!(history.iter().all(|m| m.text != "broke"));
+
+    store.charge(5, -Money::from_units(0.5)).await?;
+    let (stored, new) = store
+        .append_funded_message(from_user("broke", Some("k2")), 5)
+        .await?;
+    assert!(new);
+    assert_eq!(stored.text, "broke");
+    match store
+        .append_funded_message(from_user("nobody", None), 998)
+        .await
+    {
+        Err(StoreError::NotFound {
+            what: "user",
+            id: 998,
+        }) => {}
+        other => panic!("expected NotFound for user 998, got {other:?}"),
+    }
+    Ok(())
+}
+
 /// A key used more than 24 hours ago is free again: the new message is
 /// stored with it (the old one loses it), and retries return the new one.
 async fn expired_key_makes_a_new_message(url: String) -> CaseResult {
@@ -801,6 +867,7 @@ chatai_testkit::on_both_databases! {
         a_bad_request_fails_alone,
         duplicate_keys_return_the_first,
         answer_and_charge_are_stored_together,
+        funded_messages_need_a_balance,
         dialogs_are_listed_newest_first_with_paging,
         a_negative_charge_tops_up,
     ],

@@ -6,8 +6,10 @@
 //! A batch costs a few statements, whatever its size, each skipped when the
 //! batch has nothing for it, in this order: upsert the users; find earlier
 //! messages by idempotency key; clear keys older than [`KEY_LIFETIME_MS`];
-//! insert the new dialogs; insert the messages; touch the existing dialogs'
-//! `updated_at`; apply the charges (summed per user). Rows come back from
+//! read the balances of the users whose new messages must be paid for (a
+//! used-up balance refuses the message); insert the new dialogs; insert the
+//! messages; touch the existing dialogs' `updated_at`; apply the charges
+//! (summed per user). Rows come back from
 //! `RETURNING` in no promised order, so they are matched to requests by
 //! their content, never by position.
 //!
@@ -38,6 +40,9 @@ pub(super) enum Work {
     Append {
         message: Draft,
         charge: Option<(i64, Money)>,
+        /// The user whose balance must be above zero for a new message to
+        /// be stored (one the assistant will answer and charge for).
+        funded_by: Option<i64>,
     },
     Charge {
         user_id: i64,
@@ -166,6 +171,12 @@ pub(super) trait Backend: Send + Sync + 'static {
         now: i64,
     ) -> Result<(), sqlx::Error>;
 
+    /// (user id, balance) for the users of `user_ids` that exist.
+    async fn balances(
+        conn: &mut <Self::Db as Database>::Connection,
+        user_ids: &[i64],
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error>;
+
     /// Subtracts each (user id, micros) from the balance (one entry per
     /// user) and returns (user id, balance after) for the users that exist.
     async fn charge(
@@ -181,6 +192,7 @@ pub(super) enum Step {
     Begin,
     Users,
     Keys,
+    Funds,
     Dialogs,
     Messages,
     Touch,
@@ -269,6 +281,26 @@ enum Plan {
     Earlier(MessageRow),
     /// The same key as request `.0` of this batch, which comes first.
     SameAs(usize),
+    /// Not stored: its payer cannot pay.
+    Refused(Refusal),
+}
+
+/// Why a message that must be paid for was not stored.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// The payer's balance is zero or below.
+    UsedUp,
+    /// The payer is not a known user.
+    UnknownPayer(i64),
+}
+
+impl Refusal {
+    fn error(self) -> StoreError {
+        match self {
+            Refusal::UsedUp => StoreError::InsufficientBalance,
+            Refusal::UnknownPayer(id) => StoreError::NotFound { what: "user", id },
+        }
+    }
 }
 
 /// Identifies an inserted row among the batch's: every column but the id and
@@ -348,6 +380,47 @@ async fn steps<B: Backend>(
             B::clear_keys(conn, &expired)
                 .await
                 .map_err(BatchError::at(Step::Keys))?;
+        }
+    }
+    // 2b. Funds: a new message the assistant will answer needs its payer's
+    // balance above zero. An earlier message its key returns needs nothing.
+    let mut payers: Vec<(usize, i64)> = Vec::new();
+    for (i, w) in work.iter().enumerate() {
+        if let Work::Append {
+            funded_by: Some(user_id),
+            ..
+        } = w
+            && matches!(plans.get(i), Some(Some(Plan::Insert)))
+        {
+            payers.push((i, *user_id));
+        }
+    }
+    if !payers.is_empty() {
+        let mut ids: Vec<i64> = payers.iter().map(|&(_, user_id)| user_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let balances: HashMap<i64, i64> = B::balances(conn, &ids)
+            .await
+            .map_err(BatchError::at(Step::Funds))?
+            .into_iter()
+            .collect();
+        for (i, user_id) in payers {
+            let refusal = match balances.get(&user_id) {
+                Some(&micros) if Money(micros) > Money::ZERO => continue,
+                Some(_) => Refusal::UsedUp,
+                None => Refusal::UnknownPayer(user_id),
+            };
+            if let Some(plan) = plans.get_mut(i) {
+                *plan = Some(Plan::Refused(refusal));
+            }
+        }
+        // A duplicate inside the batch shares its first request's fate.
+        for i in 0..plans.len() {
+            if let Some(Some(Plan::SameAs(first))) = plans.get(i)
+                && let Some(Some(Plan::Refused(refusal))) = plans.get(*first)
+            {
+                plans[i] = Some(Plan::Refused(*refusal));
+            }
         }
     }
     let inserts = |i: usize| matches!(plans.get(i), Some(Some(Plan::Insert)));
@@ -585,6 +658,11 @@ async fn steps<B: Backend>(
                     .map(|(row, _)| row.clone())
                     .ok_or_else(|| missing_row(Step::Messages))?;
                 messages.insert(i, (row, false));
+            }
+            Some(Plan::Refused(refusal)) => {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = Some(Err(refusal.error()));
+                }
             }
             None => {}
         }

@@ -17,6 +17,11 @@ pub enum StoreError {
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: i64 },
 
+    /// A message that must be paid for was not stored: the user's balance
+    /// is zero or below.
+    #[error("the balance is used up")]
+    InsufficientBalance,
+
     /// A message's token count does not fit the 32-bit column.
     #[error("tokens_used {0} is above the storable maximum {max}", max = i32::MAX)]
     TokensOutOfRange(u32),

@@ -84,6 +84,17 @@ pub trait ChatStore: Send + Sync + 'static {
     /// `NotFound { what: "user" }` for a new dialog of an unknown user.
     async fn append_message(&self, message: NewMessage<'_>) -> Result<(Message, bool), StoreError>;
 
+    /// Appends a message as [`append_message`](Self::append_message) does,
+    /// but a new one only while `payer`'s balance is above zero, read in the
+    /// same transaction: `InsufficientBalance` otherwise, storing nothing
+    /// (`NotFound { what: "user" }` for an unknown payer). An earlier message
+    /// its idempotency key returns is returned whatever the balance.
+    async fn append_funded_message(
+        &self,
+        message: NewMessage<'_>,
+        payer: i64,
+    ) -> Result<(Message, bool), StoreError>;
+
     /// Appends the assistant's `answer` as [`append_message`](Self::append_message)
     /// does, and in the same transaction charges `charge` (user id, amount),
     /// returning the charge's before/after; a zero amount is no charge

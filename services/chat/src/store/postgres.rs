@@ -80,6 +80,9 @@ const INSERT_MESSAGES: &str = concat!(
 const TOUCH_DIALOGS: &str = "\
     UPDATE dialogs SET updated_at = GREATEST(updated_at, $2::bigint) WHERE id = ANY($1::bigint[])";
 
+/// The balances of the user ids of `$1`.
+const BALANCES: &str = "SELECT id, balance_micros FROM users WHERE id = ANY($1::bigint[])";
+
 /// Subtracts each ($1 user, $2 micros) pair (one per user).
 const CHARGE: &str = "\
     UPDATE users SET balance_micros = users.balance_micros - c.amount \
@@ -202,6 +205,16 @@ impl Backend for PostgresBatch {
             .execute(conn)
             .await?;
         Ok(())
+    }
+
+    async fn balances(
+        conn: &mut PgConnection,
+        user_ids: &[i64],
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        sqlx::query_as(BALANCES)
+            .bind(user_ids)
+            .fetch_all(conn)
+            .await
     }
 
     async fn charge(

@@ -230,7 +230,16 @@ macro_rules! impl_chat_store {
                 &self,
                 message: $crate::store::NewMessage<'_>,
             ) -> Result<($crate::store::Message, bool), $crate::store::StoreError> {
-                let (message, created, _) = self.writer.append(message, None).await?;
+                let (message, created, _) = self.writer.append(message, None, None).await?;
+                Ok((message, created))
+            }
+
+            async fn append_funded_message(
+                &self,
+                message: $crate::store::NewMessage<'_>,
+                payer: i64,
+            ) -> Result<($crate::store::Message, bool), $crate::store::StoreError> {
+                let (message, created, _) = self.writer.append(message, None, Some(payer)).await?;
                 Ok((message, created))
             }
 
@@ -242,7 +251,7 @@ macro_rules! impl_chat_store {
                 ($crate::store::Message, Option<$crate::store::Charge>),
                 $crate::store::StoreError,
             > {
-                let (message, _, charge) = self.writer.append(answer, charge).await?;
+                let (message, _, charge) = self.writer.append(answer, charge, None).await?;
                 Ok((message, charge))
             }
 

@@ -81,6 +81,10 @@ const TOUCH_DIALOGS: &str = "\
     UPDATE dialogs SET updated_at = CASE WHEN updated_at < $2 THEN $2 ELSE updated_at END \
     WHERE id IN (SELECT value FROM json_each($1))";
 
+/// The balances of the user ids of the array `$1`.
+const BALANCES: &str = "\
+    SELECT id, balance_micros FROM users WHERE id IN (SELECT value FROM json_each($1))";
+
 /// Subtracts each `{"i": user, "a": micros}` of `$1` (one per user).
 const CHARGE: &str = "\
     UPDATE users SET balance_micros = balance_micros - c.amount \
@@ -232,6 +236,16 @@ impl Backend for SqliteBatch {
             .execute(conn)
             .await?;
         Ok(())
+    }
+
+    async fn balances(
+        conn: &mut SqliteConnection,
+        user_ids: &[i64],
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        sqlx::query_as(BALANCES)
+            .bind(json(user_ids)?)
+            .fetch_all(conn)
+            .await
     }
 
     async fn charge(

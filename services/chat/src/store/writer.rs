@@ -185,11 +185,13 @@ impl Writer {
     }
 
     /// Appends `message`, with `charge` (user id, amount) when it is an
-    /// answer; a zero amount is no charge.
+    /// answer (a zero amount is no charge), and only while `funded_by`'s
+    /// balance is above zero when given.
     pub(super) async fn append(
         &self,
         message: NewMessage<'_>,
         charge: Option<(i64, Money)>,
+        funded_by: Option<i64>,
     ) -> Result<(Message, bool, Option<Charge>), StoreError> {
         let tokens_used = i32::try_from(message.tokens_used)
             .map_err(|_| StoreError::TokensOutOfRange(message.tokens_used))?;
@@ -205,6 +207,7 @@ impl Writer {
         let work = Work::Append {
             message: draft,
             charge: charge.filter(|(_, amount)| *amount != Money::ZERO),
+            funded_by,
         };
         let appended = self.submit(work, Reply::Appended(tx), rx).await?;
         Ok((appended.message, appended.created, appended.charge))
