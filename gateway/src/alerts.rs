@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chatai_kit::error_code::ErrorCode;
-use chatai_kit::identity::{Caller, Role};
+use chatai_kit::identity::Role;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -58,11 +58,11 @@ pub async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let claims = match auth::bearer(&headers) {
-        Some(token) => gateway.verifier.verify(token).await.ok(),
-        None => None,
-    };
-    let Some(claims) = claims else {
+    let Some(claims) = gateway
+        .verifier
+        .verify_presented(auth::bearer(&headers))
+        .await
+    else {
         return error_response(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidToken,
@@ -81,12 +81,7 @@ pub async fn send(
         Ok(alert) => alert,
         Err((status, code, message)) => return error_response(status, code, &message),
     };
-    let caller = Caller {
-        id: claims.sub,
-        role: claims.role,
-        name: claims.name,
-        connection_id: None,
-    };
+    let caller = auth::caller_of(&claims, None);
     match gateway
         .services
         .system_alert(

@@ -95,17 +95,12 @@ async fn caller(gateway: &Gateway, headers: &HeaderMap) -> Result<Caller, ApiErr
             "Invalid token",
         )
     };
-    let token = auth::bearer(headers).ok_or_else(unauthorized)?;
-    let claims = gateway.verifier.verify(token).await.map_err(|err| {
-        tracing::debug!(cause = %err, "token refused");
-        unauthorized()
-    })?;
-    Ok(Caller {
-        id: claims.sub,
-        role: claims.role,
-        name: claims.name,
-        connection_id: None,
-    })
+    let claims = gateway
+        .verifier
+        .verify_presented(auth::bearer(headers))
+        .await
+        .ok_or_else(unauthorized)?;
+    Ok(auth::caller_of(&claims, None))
 }
 
 /// `before_id` and `limit` of the query string: absent, or positive

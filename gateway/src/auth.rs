@@ -37,6 +37,17 @@ pub struct PresentedToken {
     pub source: TokenSource,
 }
 
+/// The caller a verified token names, on connection `connection_id` when
+/// the request came over one.
+pub fn caller_of(claims: &Claims, connection_id: Option<String>) -> chatai_kit::identity::Caller {
+    chatai_kit::identity::Caller {
+        id: claims.sub,
+        role: claims.role,
+        name: claims.name.clone(),
+        connection_id,
+    }
+}
+
 /// The first value of query parameter `name`, percent-decoded
 /// (`application/x-www-form-urlencoded` rules, so `+` reads as a space).
 pub fn query_param(uri: &Uri, name: &str) -> Option<String> {

@@ -25,7 +25,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chatai_kit::error_code::ErrorCode;
-use chatai_kit::identity::{Caller, Role};
+use chatai_kit::identity::Role;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -82,11 +82,11 @@ pub async fn post_frame(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let claims = match auth::bearer(&headers) {
-        Some(token) => gateway.verifier.verify(token).await.ok(),
-        None => None,
-    };
-    let Some(claims) = claims else {
+    let Some(claims) = gateway
+        .verifier
+        .verify_presented(auth::bearer(&headers))
+        .await
+    else {
         return error_response(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidToken,
@@ -205,12 +205,7 @@ async fn on_its_own(gateway: &Gateway, claims: &Claims, text: &str) -> String {
         Ok(inbound) => inbound,
         Err(err) => return requests::parse_error(&err),
     };
-    let caller = Caller {
-        id: claims.sub,
-        role: claims.role,
-        name: claims.name.clone(),
-        connection_id: None,
-    };
+    let caller = auth::caller_of(claims, None);
     let span = tracing::info_span!(
         parent: None,
         "frame",

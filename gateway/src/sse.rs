@@ -223,11 +223,11 @@ pub fn resume_point(uri: &axum::http::Uri, headers: &HeaderMap) -> Option<Cursor
 /// `/ws/operator/{operator_id}`.
 pub async fn stream(State(gateway): State<Arc<Gateway>>, mut request: Request) -> Response {
     let presented = auth::presented_token(request.uri(), request.headers());
-    let claims = match presented {
-        Some(presented) => gateway.verifier.verify(&presented.token).await.ok(),
-        None => None,
-    };
-    let Some(claims) = claims else {
+    let Some(claims) = gateway
+        .verifier
+        .verify_presented(presented.as_ref().map(|presented| presented.token.as_str()))
+        .await
+    else {
         return error_response(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidToken,

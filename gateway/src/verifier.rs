@@ -36,6 +36,20 @@ impl Verifier {
         }
     }
 
+    /// The claims of the token an HTTP request presented; `None` for no
+    /// token or one that does not verify (why, logged at debug: a refused
+    /// token is the client's mistake). Every HTTP route answers `None` with
+    /// 401 `invalid_token`.
+    pub async fn verify_presented(&self, token: Option<&str>) -> Option<Claims> {
+        match self.verify(token?).await {
+            Ok(claims) => Some(claims),
+            Err(cause) => {
+                tracing::debug!(%cause, "token refused");
+                None
+            }
+        }
+    }
+
     /// Why no token can be verified now (for the health check): the
     /// provider's keys have not been read yet.
     pub fn problem(&self) -> Option<&'static str> {

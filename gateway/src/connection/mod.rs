@@ -33,7 +33,7 @@ use self::catch_up::Positions;
 use self::requests::Answer;
 use self::transport::{Closed, Incoming};
 pub use self::transport::{Socket, Transport, WebSocket};
-use crate::auth::Claims;
+use crate::auth::{self, Claims};
 use crate::close::CloseReason;
 use crate::cursor::Cursor;
 use crate::frames::inbound::Priority;
@@ -93,12 +93,7 @@ pub async fn serve_as<T: Transport>(
     let per_second = NonZeroU32::new(gateway.config.rate_limit_per_sec).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(gateway.config.rate_limit_burst).unwrap_or(per_second);
     let mut connection = Connection {
-        caller: Caller {
-            id: session.claims.sub,
-            role: session.claims.role,
-            name: session.claims.name.clone(),
-            connection_id: Some(name),
-        },
+        caller: auth::caller_of(&session.claims, Some(name)),
         token_expires: expiry_instant(session.claims.exp),
         max_priority: Priority::ceiling(session.claims.max_priority.as_deref()),
         gateway: gateway.clone(),
