@@ -356,6 +356,26 @@ async fn every_part_exports_metrics_that_move_with_what_was_done() {
     assert_eq!(out("ack"), 1.0);
     assert_eq!(out("error"), 1.0);
     assert_eq!(out("ai_response"), 1.0);
+    // A frame posted over HTTP without a stream counts as a frame in too.
+    let token = deployment
+        .keys()
+        .mint(2101, Role::User, None, Duration::from_secs(600))
+        .expect("a token");
+    let posted: Value = parts
+        .http
+        .post(format!("http://{}/api/frames", deployment.gateway))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(r#"{"type":"no_such_frame","id":"h1"}"#)
+        .send()
+        .await
+        .expect("the frame is posted")
+        .json()
+        .await
+        .expect("an error frame");
+    assert_eq!(posted["code"], "unknown_type", "{posted}");
+    let gateway = parts.scrape("gateway").await;
+    assert_eq!(frames_in_moved(g0, &gateway, "invalid"), 2.0);
     let send_message = [("method", "chatai.v1.Chat/SendMessage"), ("code", "OK")];
     assert_eq!(
         moved(

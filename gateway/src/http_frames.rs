@@ -199,11 +199,18 @@ async fn for_stream(gateway: &Gateway, claims: &Claims, connection_id: &str, tex
 /// Handles a frame that names no stream (see the module docs).
 async fn on_its_own(gateway: &Gateway, claims: &Claims, text: &str) -> String {
     if !gateway.caller_limits.allow(claims.role, claims.sub) {
+        crate::metrics::frame_in("limited");
         return requests::rate_limited(text);
     }
     let Inbound { id, frame } = match inbound::parse(text) {
-        Ok(inbound) => inbound,
-        Err(err) => return requests::parse_error(&err),
+        Ok(inbound) => {
+            crate::metrics::frame_in(inbound.frame.type_name());
+            inbound
+        }
+        Err(err) => {
+            crate::metrics::frame_in("invalid");
+            return requests::parse_error(&err);
+        }
     };
     let caller = auth::caller_of(claims, None);
     let span = tracing::info_span!(
