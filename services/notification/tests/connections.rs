@@ -49,21 +49,24 @@ fn connect(connection_id: &str, role: Role, principal_id: i64, at_ms: i64) -> Co
 
 /// A gateway's batch (connects and disconnects, with and without a close
 /// code) is stored through the service, every field as sent, in order.
+/// The events are a minute old: the service's trim task, which may run at
+/// any moment, deletes only those older than the retention (30 days).
 async fn record_connections_stores_rows(url: String) {
     use pb::connection_event::Kind;
+    let t = chatai_kit::now_ms() - 60_000;
     let service = Service::start(url.clone(), 60).await;
     let mut client = service.client().await;
     let batch = vec![
-        wire_event("gw-1:1", "user", 456, Kind::Connect, 1_000),
-        wire_event("gw-1:2", "operator", 9, Kind::Connect, 1_001),
+        wire_event("gw-1:1", "user", 456, Kind::Connect, t + 1_000),
+        wire_event("gw-1:2", "operator", 9, Kind::Connect, t + 1_001),
         pb::ConnectionEvent {
             duration_ms: 4_000,
             close_code: 1000,
-            ..wire_event("gw-1:1", "user", 456, Kind::Disconnect, 5_000)
+            ..wire_event("gw-1:1", "user", 456, Kind::Disconnect, t + 5_000)
         },
         pb::ConnectionEvent {
             duration_ms: 7_000,
-            ..wire_event("gw-1:2", "operator", 9, Kind::Disconnect, 8_001)
+            ..wire_event("gw-1:2", "operator", 9, Kind::Disconnect, t + 8_001)
         },
     ];
     call(client.record_connections(as_caller(
@@ -84,18 +87,18 @@ async fn record_connections_stores_rows(url: String) {
     assert_eq!(
         stored,
         vec![
-            connect("gw-1:1", Role::User, 456, 1_000),
-            connect("gw-1:2", Role::Operator, 9, 1_001),
+            connect("gw-1:1", Role::User, 456, t + 1_000),
+            connect("gw-1:2", Role::Operator, 9, t + 1_001),
             ConnectionEvent {
                 kind: ConnectionKind::Disconnect,
-                at_ms: 5_000,
+                at_ms: t + 5_000,
                 duration_ms: Some(4_000),
                 close_code: Some(1000),
                 ..connect("gw-1:1", Role::User, 456, 0)
             },
             ConnectionEvent {
                 kind: ConnectionKind::Disconnect,
-                at_ms: 8_001,
+                at_ms: t + 8_001,
                 duration_ms: Some(7_000),
                 close_code: None,
                 ..connect("gw-1:2", Role::Operator, 9, 0)
