@@ -54,7 +54,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::HandoffConfig;
 pub use error::HandoffError;
-use leader::Lease;
 use replica::Replica;
 pub use service::HandoffService;
 use transcripts::{ChatTranscripts, NoTranscripts, Transcripts};
@@ -102,7 +101,7 @@ pub async fn run(
         None => Arc::new(NoTranscripts),
     };
     let replica = Replica {
-        lease: Lease::on(&database),
+        lease: leader::lease(&database),
         poll: config.lease_poll(),
         store,
         log: host.log.clone(),

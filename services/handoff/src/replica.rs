@@ -21,7 +21,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::error::HandoffError;
-use crate::leader::{Held, Lease, LeaseError};
+use crate::leader::{Held, Lease, LeaseError, leader_store};
 use crate::presence::{self, LoadReporter, PresenceChannel};
 use crate::service::{HandoffService, Policy};
 use crate::store::{HandoffStore, StoreError};
@@ -143,7 +143,7 @@ impl Replica {
         let reporter = LoadReporter::new();
         let (updates_tx, updates) = mpsc::channel(UPDATE_BUFFER);
         let loaded = HandoffService::load(
-            held.store(&self.store),
+            leader_store(held, &self.store),
             self.log.clone(),
             reporter.clone(),
             updates,

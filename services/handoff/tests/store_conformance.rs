@@ -297,7 +297,7 @@ async fn open(url: &str) -> Arc<dyn HandoffStore> {
 /// The leader's store on PostgreSQL: the lock's own connection.
 mod held {
     use super::*;
-    use chatai_handoff::leader::Lease;
+    use chatai_handoff::leader::{leader_store, lease};
 
     async fn run_case<F, Fut>(case: F)
     where
@@ -307,12 +307,12 @@ mod held {
         chatai_testkit::on_postgres(|url| async move {
             let database = chatai_kit::db::connect(&url).await.expect("the database");
             let pooled = store::store_on(database.clone());
-            let held = Lease::on(&database)
+            let held = lease(&database)
                 .try_acquire()
                 .await
                 .expect("tried")
                 .expect("the only contender leads");
-            let outcome = case(held.store(&pooled)).await;
+            let outcome = case(leader_store(&held, &pooled)).await;
             drop(held);
             outcome.expect("the case passes on the held store");
         })

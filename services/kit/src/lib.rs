@@ -42,6 +42,8 @@
 //!   "snapshot, then follow" rule that drops events a snapshot already holds.
 //! - `db` (feature `db`) — opening the shared SQLite or PostgreSQL database
 //!   (`db::connect`) and applying its migrations, embedded here once.
+//! - `lease` (feature `db`) — a job only one replica may do at a time: a
+//!   PostgreSQL advisory lock held on its own connection (SQLite: always held).
 //! - `host` (feature `server`) — what every service process does around its
 //!   own API: the event log, the tasks, readiness checks, serving, draining.
 //! - `pending` (feature `server`) — reports another service must get,
@@ -63,6 +65,8 @@ pub mod holders;
 pub mod host;
 pub mod identity;
 pub mod internal_auth;
+#[cfg(feature = "db")]
+pub mod lease;
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod pending;

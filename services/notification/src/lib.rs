@@ -21,7 +21,10 @@
 //!   admins as `analytics_update` (see [`analytics`] for what is and is not
 //!   measured), with `total_connections`, `average_connection_duration` and
 //!   `error_rate` read from the stored connection events of the last
-//!   `CHATAI_ANALYTICS_WINDOW_SECS`.
+//!   `CHATAI_ANALYTICS_WINDOW_SECS`. Of several replicas, one pushes: the
+//!   one holding the analytics lease ([`chatai_kit::lease`], a PostgreSQL
+//!   advisory lock on [`ANALYTICS_LOCK_KEY`]), so admins get each change
+//!   once; a replica taking the lease over pushes every metric first.
 //! - Connection events are kept `CHATAI_CONNECTION_EVENTS_RETENTION_SECS`
 //!   (30 days); a task of the service deletes older ones.
 //!
@@ -50,13 +53,14 @@ pub mod store;
 
 use chatai_kit::config::ServiceCommon;
 use chatai_kit::host::ServiceHost;
+use chatai_kit::lease::Lease;
 use chatai_proto::v1::notification_server::NotificationServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::NotificationConfig;
 pub use error::NotificationError;
-pub use service::{NotificationService, Notified, Severity};
+pub use service::{ANALYTICS_LOCK_KEY, NotificationService, Notified, Severity};
 
 /// Why the notification service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +81,11 @@ pub async fn run(
     common: ServiceCommon,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let store = store::connect(&common.database_url).await?;
+    let database = chatai_kit::db::connect(&common.database_url)
+        .await
+        .map_err(store::StoreError::from)?;
+    let lease = Lease::on(&database, ANALYTICS_LOCK_KEY, "the analytics push");
+    let store = store::store_on(database);
     let mut host = ServiceHost::start(&common, "notification", shutdown).await?;
     host.check_ping("database", store.clone(), |store| async move {
         store.ping().await
@@ -85,9 +93,11 @@ pub async fn run(
     let service = NotificationService::new(store, host.log.clone(), config.analytics_window());
     host.supervisor.spawn(
         "analytics push",
-        service
-            .clone()
-            .push_analytics(config.analytics_interval(), host.shutdown().clone()),
+        service.clone().push_analytics_while_leading(
+            lease,
+            config.analytics_interval(),
+            host.shutdown().clone(),
+        ),
     );
     host.supervisor.spawn(
         "connection events trim",

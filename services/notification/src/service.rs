@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chatai_kit::events::{Event, EventLog, Recipient};
 use chatai_kit::identity::{Caller, Role};
+use chatai_kit::lease::Lease;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -39,6 +40,13 @@ pub const MAX_ID_CHARS: usize = 128;
 pub const MAX_REPORT_TTL: Duration = Duration::from_secs(3_600);
 /// Old connection events deleted per statement while trimming.
 const TRIM_BATCH: u32 = 10_000;
+
+/// The analytics pusher's lease: `"chatnote"` in ASCII (the handoff
+/// leader's is `"chathand"`).
+pub const ANALYTICS_LOCK_KEY: i64 = 0x6368_6174_6e6f_7465;
+
+/// How often a standby pusher tries the lease, and the pusher checks it.
+const LEASE_POLL: Duration = Duration::from_secs(1);
 
 const ADMIN_OR_SERVICE: &[Role] = &[Role::Admin, Role::Service];
 const SERVICE_ONLY: &[Role] = &[Role::Service];
@@ -323,6 +331,34 @@ impl NotificationService {
             tracing::info!(deleted, "old connection events trimmed");
         }
         deleted
+    }
+
+    /// Pushes the analytics as [`push_analytics`](Self::push_analytics)
+    /// does while this replica holds `lease`, standing by while another one
+    /// does, until `shutdown`: of several replicas (each holding every
+    /// gateway's reports) one pushes, so admins get each change once. A
+    /// replica that takes the lease over pushes every metric in its first
+    /// round.
+    pub async fn push_analytics_while_leading(
+        self,
+        lease: Lease,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let held = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                held = lease.acquire(LEASE_POLL) => held,
+            };
+            tracing::info!("this replica pushes the analytics");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                cause = held.lost(LEASE_POLL) => {
+                    tracing::warn!(%cause, "the analytics lease was lost; standing by");
+                }
+                () = self.clone().push_analytics(every, shutdown.clone()) => return,
+            }
+        }
     }
 
     /// Every `every`, pushes the metrics that changed to admins, until

@@ -292,3 +292,52 @@ async fn connection_metrics_come_from_the_stored_events() {
     assert_eq!(values["error_rate"], 0.3333);
     service.stop().await;
 }
+
+/// Two replicas on one PostgreSQL database and one Redis event log, each
+/// told every gateway's reports: only the one holding the analytics lease
+/// pushes, so an admin sees each change once (a second pusher's opening
+/// round of zeros, or a change pushed twice, fails `Admins::until`); when
+/// it stops, the other takes the lease over and pushes every metric once,
+/// at its current value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_replicas_one_pushes_the_analytics() {
+    chatai_testkit::on_postgres(|url| async move {
+        let first = Service::replica(url.clone(), 1).await;
+        let mut admins = Admins::subscribe(&first).await;
+        admins.until(&expected([0, 0, 0, 0])).await;
+        let second = Service::replica(url, 1).await;
+        let mut admins_on_second = Admins::subscribe(&second).await;
+        let (mut to_first, mut to_second) = (first.client().await, second.client().await);
+        for counts in [[3, 2, 1, 4], [5, 2, 1, 4]] {
+            for client in [&mut to_first, &mut to_second] {
+                call(client.report_gateway(as_caller(report("gw-a", counts, 60), Role::Service)))
+                    .await
+                    .expect("a gateway reports");
+            }
+            admins.until(&expected(counts)).await;
+        }
+        admins_on_second.until(&expected([5, 2, 1, 4])).await;
+
+        first.stop().await;
+        let mut taken_over = HashMap::new();
+        while taken_over.len() < 4 {
+            let delivery = admins_on_second.gateway.next_delivery().await;
+            let update = body(&delivery);
+            let metric = update["metric"]
+                .as_str()
+                .expect("metric is text")
+                .to_owned();
+            if CONNECTION_METRICS.contains(&metric.as_str()) {
+                continue;
+            }
+            let value = update["value"].as_u64().expect("value is a number");
+            assert!(
+                taken_over.insert(metric, value).is_none(),
+                "each metric pushed once by the new pusher: {update}"
+            );
+        }
+        assert_eq!(taken_over, expected([5, 2, 1, 4]));
+        second.stop().await;
+    })
+    .await;
+}

@@ -64,8 +64,13 @@ pub trait NotificationStore: Send + Sync + 'static {
 /// Opens the database `url` names and applies the migrations it lacks (see
 /// [`chatai_kit::db::connect`]), and returns the store on it.
 pub async fn connect(url: &str) -> Result<Arc<dyn NotificationStore>, StoreError> {
-    Ok(match db::connect(url).await? {
+    Ok(store_on(db::connect(url).await?))
+}
+
+/// The store on a database already open (and migrated).
+pub fn store_on(database: Database) -> Arc<dyn NotificationStore> {
+    match database {
         Database::Sqlite(pool) => Arc::new(SqliteStore::from_pool(pool)),
         Database::Postgres(pool) => Arc::new(PostgresStore::from_pool(pool)),
-    })
+    }
 }

@@ -1,6 +1,7 @@
 //! What the notification service's integration tests share: [`Service`] runs
 //! the real service (`chatai_notification::run`) on 127.0.0.1:0 with the
-//! memory event log, on a fresh SQLite file or a fresh PostgreSQL database;
+//! memory event log (or, for replicas, the Redis one), on a fresh SQLite
+//! file or a fresh PostgreSQL database;
 //! gRPC clients carry a caller identity ([`as_caller`]); [`Service::attach`]
 //! opens a test gateway's `EventStream.Attach` stream, to observe deliveries.
 //!
@@ -65,12 +66,36 @@ impl Service {
 
     /// Runs the service on `database_url` with `config`.
     pub async fn start_with(database_url: String, config: NotificationConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local address");
         let common = ServiceCommon {
-            database_url: database_url.clone(),
+            database_url,
             ..ServiceCommon::default()
         };
+        Self::spawn(common, config).await
+    }
+
+    /// Runs the service on `database_url` with the Redis event log at
+    /// `CHATAI_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`), as a
+    /// replica of a deployment: every replica on one database shares it.
+    pub async fn replica(database_url: String, analytics_interval_secs: u64) -> Self {
+        let common = ServiceCommon {
+            database_url,
+            redis_url: Some(
+                std::env::var("CHATAI_TEST_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+            ),
+            ..ServiceCommon::default()
+        };
+        let config = NotificationConfig {
+            analytics_interval_secs,
+            ..NotificationConfig::default()
+        };
+        Self::spawn(common, config).await
+    }
+
+    async fn spawn(common: ServiceCommon, config: NotificationConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let database_url = common.database_url.clone();
         let shutdown = CancellationToken::new();
         let served = tokio::spawn(chatai_notification::run(
             listener,
