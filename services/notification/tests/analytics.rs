@@ -85,20 +85,26 @@ impl Admins {
         }
     }
 
+    /// The next `analytics_update` (live only): its metric and its body.
+    async fn next_update(&mut self) -> (String, serde_json::Value) {
+        let delivery = self.gateway.next_delivery().await;
+        let event = delivery.event.as_ref().expect("the event");
+        assert_eq!(event.r#type, "analytics_update");
+        assert_eq!(delivery.position, 0, "analytics are live only");
+        let update = body(&delivery);
+        let metric = update["metric"]
+            .as_str()
+            .expect("metric is text")
+            .to_owned();
+        (metric, update)
+    }
+
     /// Reads `analytics_update`s until every metric shows its `target`
     /// value, checking each update on the way; returns the updates read.
     async fn until(&mut self, target: &HashMap<String, u64>) -> Vec<(String, u64, String)> {
         let mut read = Vec::new();
         while target.iter().any(|(m, v)| self.seen.get(m) != Some(v)) {
-            let delivery = self.gateway.next_delivery().await;
-            let event = delivery.event.as_ref().expect("the event");
-            assert_eq!(event.r#type, "analytics_update");
-            assert_eq!(delivery.position, 0, "analytics are live only");
-            let update = body(&delivery);
-            let metric = update["metric"]
-                .as_str()
-                .expect("metric is text")
-                .to_owned();
+            let (metric, update) = self.next_update().await;
             if CONNECTION_METRICS.contains(&metric.as_str()) {
                 assert_eq!(update["value"], 0, "{update}");
                 continue;
@@ -321,12 +327,7 @@ async fn of_two_replicas_one_pushes_the_analytics() {
         first.stop().await;
         let mut taken_over = HashMap::new();
         while taken_over.len() < 4 {
-            let delivery = admins_on_second.gateway.next_delivery().await;
-            let update = body(&delivery);
-            let metric = update["metric"]
-                .as_str()
-                .expect("metric is text")
-                .to_owned();
+            let (metric, update) = admins_on_second.next_update().await;
             if CONNECTION_METRICS.contains(&metric.as_str()) {
                 continue;
             }
