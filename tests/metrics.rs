@@ -480,6 +480,15 @@ async fn every_part_exports_metrics_that_move_with_what_was_done() {
         ),
         1.0
     );
+    // The queue's transitions, each one statement on the leader's connection.
+    for (statement, times) in [("create", 1.0), ("assign", 1.0), ("complete", 1.0)] {
+        let labels = [("service", "handoff"), ("statement", statement)];
+        assert_eq!(
+            handoff.count(statements, &labels) - h0.count(statements, &labels),
+            times,
+            "{statement}"
+        );
+    }
     let gateway = parts.scrape("gateway").await;
     assert_eq!(frames_in_moved(g0, &gateway, "handoff_request"), 1.0);
     assert_eq!(frames_in_moved(g0, &gateway, "complete_handoff"), 1.0);
@@ -507,14 +516,21 @@ async fn every_part_exports_metrics_that_move_with_what_was_done() {
     parts
         .until(
             "notification",
-            "the gateway reported its connections",
+            "the gateway reported its connections, and they were stored",
             |s| {
+                let records = [
+                    ("service", "notification"),
+                    ("statement", "record_connections"),
+                ];
                 moved(
                     &before["notification"],
                     s,
                     "chatai_grpc_server_requests_total",
                     &[("service", "notification"), ("code", "OK")],
                 ) >= 1.0
+                    && s.count(statements, &records)
+                        - before["notification"].count(statements, &records)
+                        >= 1.0
             },
         )
         .await;

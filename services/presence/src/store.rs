@@ -66,6 +66,12 @@ impl SqlStatusStore {
     }
 }
 
+/// Runs a statement and records how long it took in
+/// `chatai_db_statement_duration_seconds{service="presence", statement}`.
+async fn timed<F: Future>(statement: &'static str, run: F) -> F::Output {
+    chatai_kit::metrics::timed_statement(crate::metrics::SERVICE, statement, run).await
+}
+
 /// Runs the same statement on whichever pool the store holds.
 macro_rules! on_pool {
     ($db:expr, |$pool:ident| $body:expr) => {
@@ -80,7 +86,11 @@ macro_rules! on_pool {
 impl StatusStore for SqlStatusStore {
     async fn chosen_statuses(&self) -> Result<HashMap<i64, ChosenStatus>, StoreError> {
         let rows: Vec<(i64, String)> = on_pool!(&self.db, |pool| {
-            sqlx::query_as(SELECT_ALL).fetch_all(pool).await?
+            timed(
+                "chosen_statuses",
+                sqlx::query_as(SELECT_ALL).fetch_all(pool),
+            )
+            .await?
         });
         rows.into_iter()
             .map(|(operator_id, text)| match ChosenStatus::parse(&text) {
@@ -97,13 +107,12 @@ impl StatusStore for SqlStatusStore {
         at_ms: i64,
     ) -> Result<(), StoreError> {
         on_pool!(&self.db, |pool| {
-            sqlx::query(UPSERT)
+            let upsert = sqlx::query(UPSERT)
                 .bind(operator_id)
                 .bind(status.as_str())
                 .bind(at_ms)
-                .execute(pool)
-                .await
-                .map(drop)?
+                .execute(pool);
+            timed("save_chosen", upsert).await.map(drop)?
         });
         Ok(())
     }

@@ -210,7 +210,10 @@ impl<DB: sqlx::Database> PoolOf for sqlx::Pool<DB> {
 /// for a struct with an `async fn connection(&self)` that returns what the
 /// statement runs on (anything that dereferences to a connection): a pool's
 /// connection, or the one connection a leader holds
-/// ([`HeldStore`](super::HeldStore)).
+/// ([`HeldStore`](super::HeldStore)). Every statement but the health ping is
+/// timed in `chatai_db_statement_duration_seconds{service="handoff",
+/// statement}` (the statement named after its method), the connection's
+/// wait not included.
 macro_rules! impl_statements {
     ($store:ident) => {
         #[async_trait::async_trait]
@@ -220,15 +223,20 @@ macro_rules! impl_statements {
                 new: $crate::store::NewHandoff<'_>,
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let row: sql::HandoffRow = sqlx::query_as(sql::CREATE)
-                    .bind(new.dialog_id)
-                    .bind(new.user_id)
-                    .bind(new.priority.as_str())
-                    .bind(new.reason)
-                    .bind(new.requested_at_ms)
-                    .fetch_one(&mut *self.connection().await?)
-                    .await
-                    .map_err(|err| sql::active_exists(err, new.dialog_id))?;
+                let mut connection = self.connection().await?;
+                let row: sql::HandoffRow = chatai_kit::metrics::timed_statement(
+                    $crate::metrics::SERVICE,
+                    "create",
+                    sqlx::query_as(sql::CREATE)
+                        .bind(new.dialog_id)
+                        .bind(new.user_id)
+                        .bind(new.priority.as_str())
+                        .bind(new.reason)
+                        .bind(new.requested_at_ms)
+                        .fetch_one(&mut *connection),
+                )
+                .await
+                .map_err(|err| sql::active_exists(err, new.dialog_id))?;
                 row.try_into()
             }
 
@@ -240,13 +248,18 @@ macro_rules! impl_statements {
                 at_ms: i64,
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let row: Option<sql::HandoffRow> = sqlx::query_as(sql::ASSIGN)
-                    .bind(id)
-                    .bind(operator_id)
-                    .bind(operator_name)
-                    .bind(at_ms)
-                    .fetch_optional(&mut *self.connection().await?)
-                    .await?;
+                let mut connection = self.connection().await?;
+                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
+                    $crate::metrics::SERVICE,
+                    "assign",
+                    sqlx::query_as(sql::ASSIGN)
+                        .bind(id)
+                        .bind(operator_id)
+                        .bind(operator_name)
+                        .bind(at_ms)
+                        .fetch_optional(&mut *connection),
+                )
+                .await?;
                 sql::transition(row, id, "queued")
             }
 
@@ -257,12 +270,17 @@ macro_rules! impl_statements {
                 at_ms: i64,
             ) -> Result<Option<$crate::store::Handoff>, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let row: Option<sql::HandoffRow> = sqlx::query_as(sql::FIRST_REPLY)
-                    .bind(id)
-                    .bind(operator_id)
-                    .bind(at_ms)
-                    .fetch_optional(&mut *self.connection().await?)
-                    .await?;
+                let mut connection = self.connection().await?;
+                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
+                    $crate::metrics::SERVICE,
+                    "record_first_reply",
+                    sqlx::query_as(sql::FIRST_REPLY)
+                        .bind(id)
+                        .bind(operator_id)
+                        .bind(at_ms)
+                        .fetch_optional(&mut *connection),
+                )
+                .await?;
                 row.map(TryInto::try_into).transpose()
             }
 
@@ -272,11 +290,16 @@ macro_rules! impl_statements {
                 at_ms: i64,
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let row: Option<sql::HandoffRow> = sqlx::query_as(sql::REQUEUE)
-                    .bind(id)
-                    .bind(at_ms)
-                    .fetch_optional(&mut *self.connection().await?)
-                    .await?;
+                let mut connection = self.connection().await?;
+                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
+                    $crate::metrics::SERVICE,
+                    "requeue",
+                    sqlx::query_as(sql::REQUEUE)
+                        .bind(id)
+                        .bind(at_ms)
+                        .fetch_optional(&mut *connection),
+                )
+                .await?;
                 sql::transition(row, id, "assigned")
             }
 
@@ -287,12 +310,17 @@ macro_rules! impl_statements {
                 at_ms: i64,
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let row: Option<sql::HandoffRow> = sqlx::query_as(sql::COMPLETE)
-                    .bind(id)
-                    .bind(at_ms)
-                    .bind(resolution)
-                    .fetch_optional(&mut *self.connection().await?)
-                    .await?;
+                let mut connection = self.connection().await?;
+                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
+                    $crate::metrics::SERVICE,
+                    "complete",
+                    sqlx::query_as(sql::COMPLETE)
+                        .bind(id)
+                        .bind(at_ms)
+                        .bind(resolution)
+                        .fetch_optional(&mut *connection),
+                )
+                .await?;
                 sql::transition(row, id, "queued or assigned")
             }
 
@@ -302,12 +330,17 @@ macro_rules! impl_statements {
                 at_ms: i64,
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let row: Option<sql::HandoffRow> = sqlx::query_as(sql::RETURN_TO_ASSISTANT)
-                    .bind(id)
-                    .bind(at_ms)
-                    .bind($crate::store::RETURNED_TO_ASSISTANT)
-                    .fetch_optional(&mut *self.connection().await?)
-                    .await?;
+                let mut connection = self.connection().await?;
+                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
+                    $crate::metrics::SERVICE,
+                    "return_to_assistant",
+                    sqlx::query_as(sql::RETURN_TO_ASSISTANT)
+                        .bind(id)
+                        .bind(at_ms)
+                        .bind($crate::store::RETURNED_TO_ASSISTANT)
+                        .fetch_optional(&mut *connection),
+                )
+                .await?;
                 sql::transition(row, id, "queued")
             }
 
@@ -320,14 +353,19 @@ macro_rules! impl_statements {
                 at_ms: i64,
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let row: Option<sql::HandoffRow> = sqlx::query_as(sql::TRANSFER)
-                    .bind(id)
-                    .bind(from_operator)
-                    .bind(to_operator)
-                    .bind(to_name)
-                    .bind(at_ms)
-                    .fetch_optional(&mut *self.connection().await?)
-                    .await?;
+                let mut connection = self.connection().await?;
+                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
+                    $crate::metrics::SERVICE,
+                    "transfer",
+                    sqlx::query_as(sql::TRANSFER)
+                        .bind(id)
+                        .bind(from_operator)
+                        .bind(to_operator)
+                        .bind(to_name)
+                        .bind(at_ms)
+                        .fetch_optional(&mut *connection),
+                )
+                .await?;
                 sql::transition(row, id, "assigned to the transferring operator")
             }
 
@@ -337,12 +375,17 @@ macro_rules! impl_statements {
                 at_ms: i64,
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let row: Option<sql::HandoffRow> = sqlx::query_as(sql::CANCEL)
-                    .bind(id)
-                    .bind(at_ms)
-                    .bind($crate::store::CANCELLED)
-                    .fetch_optional(&mut *self.connection().await?)
-                    .await?;
+                let mut connection = self.connection().await?;
+                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
+                    $crate::metrics::SERVICE,
+                    "cancel",
+                    sqlx::query_as(sql::CANCEL)
+                        .bind(id)
+                        .bind(at_ms)
+                        .bind($crate::store::CANCELLED)
+                        .fetch_optional(&mut *connection),
+                )
+                .await?;
                 sql::transition(row, id, "queued")
             }
 
@@ -351,10 +394,15 @@ macro_rules! impl_statements {
                 id: i64,
             ) -> Result<Option<$crate::store::Handoff>, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let row: Option<sql::HandoffRow> = sqlx::query_as(sql::HANDOFF)
-                    .bind(id)
-                    .fetch_optional(&mut *self.connection().await?)
-                    .await?;
+                let mut connection = self.connection().await?;
+                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
+                    $crate::metrics::SERVICE,
+                    "handoff",
+                    sqlx::query_as(sql::HANDOFF)
+                        .bind(id)
+                        .fetch_optional(&mut *connection),
+                )
+                .await?;
                 row.map(TryInto::try_into).transpose()
             }
 
@@ -362,9 +410,13 @@ macro_rules! impl_statements {
                 &self,
             ) -> Result<Vec<$crate::store::Handoff>, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let rows: Vec<sql::HandoffRow> = sqlx::query_as(sql::ACTIVE)
-                    .fetch_all(&mut *self.connection().await?)
-                    .await?;
+                let mut connection = self.connection().await?;
+                let rows: Vec<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
+                    $crate::metrics::SERVICE,
+                    "active",
+                    sqlx::query_as(sql::ACTIVE).fetch_all(&mut *connection),
+                )
+                .await?;
                 rows.into_iter().map(TryInto::try_into).collect()
             }
 
@@ -373,10 +425,15 @@ macro_rules! impl_statements {
                 limit: u32,
             ) -> Result<Vec<i64>, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let durations: Vec<i64> = sqlx::query_scalar(sql::RECENT_HANDLING)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *self.connection().await?)
-                    .await?;
+                let mut connection = self.connection().await?;
+                let durations: Vec<i64> = chatai_kit::metrics::timed_statement(
+                    $crate::metrics::SERVICE,
+                    "recent_handling_ms",
+                    sqlx::query_scalar(sql::RECENT_HANDLING)
+                        .bind(i64::from(limit))
+                        .fetch_all(&mut *connection),
+                )
+                .await?;
                 Ok(durations)
             }
 

@@ -123,6 +123,12 @@ impl TryFrom<ConnectionEventRow> for StoredConnectionEvent {
     }
 }
 
+/// Runs a statement (or a transaction) and records how long it took in
+/// `chatai_db_statement_duration_seconds{service="notification", statement}`.
+pub(super) async fn timed<F: Future>(statement: &'static str, run: F) -> F::Output {
+    chatai_kit::metrics::timed_statement("notification", statement, run).await
+}
+
 /// Implements `from_pool`, `pool` and
 /// [`NotificationStore`](super::NotificationStore) for a backend struct with a
 /// `pool: $pool` field, from the statements above. Migrating is each
@@ -154,21 +160,24 @@ macro_rules! impl_notification_store {
                 }
                 // The insert is the first statement, so on SQLite the
                 // transaction takes the write lock at once (no read-then-upgrade).
-                let mut tx = self.pool.begin().await?;
-                for event in events {
-                    sqlx::query(sql::INSERT_CONNECTION_EVENT)
-                        .bind(&event.connection_id)
-                        .bind(&event.gateway_id)
-                        .bind(event.role.as_str())
-                        .bind(event.principal_id)
-                        .bind(event.kind.as_str())
-                        .bind(event.at_ms)
-                        .bind(event.duration_ms)
-                        .bind(event.close_code.map(i32::from))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
+                let batch = async {
+                    let mut tx = self.pool.begin().await?;
+                    for event in events {
+                        sqlx::query(sql::INSERT_CONNECTION_EVENT)
+                            .bind(&event.connection_id)
+                            .bind(&event.gateway_id)
+                            .bind(event.role.as_str())
+                            .bind(event.principal_id)
+                            .bind(event.kind.as_str())
+                            .bind(event.at_ms)
+                            .bind(event.duration_ms)
+                            .bind(event.close_code.map(i32::from))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await
+                };
+                sql::timed("record_connections", batch).await?;
                 Ok(())
             }
 
@@ -178,12 +187,14 @@ macro_rules! impl_notification_store {
                 limit: u32,
             ) -> Result<Vec<$crate::store::StoredConnectionEvent>, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let rows: Vec<sql::ConnectionEventRow> =
+                let rows: Vec<sql::ConnectionEventRow> = sql::timed(
+                    "connection_events",
                     sqlx::query_as(sql::CONNECTION_EVENTS_SINCE)
                         .bind(since_ms)
                         .bind(i64::from(limit))
-                        .fetch_all(&self.pool)
-                        .await?;
+                        .fetch_all(&self.pool),
+                )
+                .await?;
                 rows.into_iter().map(TryInto::try_into).collect()
             }
 
@@ -192,10 +203,13 @@ macro_rules! impl_notification_store {
                 since_ms: i64,
             ) -> Result<$crate::store::ConnectionStats, $crate::store::StoreError> {
                 use $crate::store::sql;
-                let row: sql::ConnectionStatsRow = sqlx::query_as(sql::CONNECTION_STATS_SINCE)
-                    .bind(since_ms)
-                    .fetch_one(&self.pool)
-                    .await?;
+                let row: sql::ConnectionStatsRow = sql::timed(
+                    "connection_stats",
+                    sqlx::query_as(sql::CONNECTION_STATS_SINCE)
+                        .bind(since_ms)
+                        .fetch_one(&self.pool),
+                )
+                .await?;
                 Ok(row.into())
             }
 
@@ -204,11 +218,15 @@ macro_rules! impl_notification_store {
                 before_ms: i64,
                 limit: u32,
             ) -> Result<u64, $crate::store::StoreError> {
-                let done = sqlx::query($crate::store::sql::TRIM_CONNECTION_EVENTS)
-                    .bind(before_ms)
-                    .bind(i64::from(limit))
-                    .execute(&self.pool)
-                    .await?;
+                use $crate::store::sql;
+                let done = sql::timed(
+                    "trim_connection_events",
+                    sqlx::query(sql::TRIM_CONNECTION_EVENTS)
+                        .bind(before_ms)
+                        .bind(i64::from(limit))
+                        .execute(&self.pool),
+                )
+                .await?;
                 Ok(done.rows_affected())
             }
 
