@@ -206,6 +206,12 @@ impl<DB: sqlx::Database> PoolOf for sqlx::Pool<DB> {
     type Database = DB;
 }
 
+/// Runs a statement and records how long it took in
+/// `chatai_db_statement_duration_seconds{service="handoff", statement}`.
+pub(super) async fn timed<F: Future>(statement: &'static str, run: F) -> F::Output {
+    chatai_kit::metrics::timed_statement(crate::metrics::SERVICE, statement, run).await
+}
+
 /// Implements [`HandoffStore`](super::HandoffStore) from the statements above
 /// for a struct with an `async fn connection(&self)` that returns what the
 /// statement runs on (anything that dereferences to a connection): a pool's
@@ -224,8 +230,7 @@ macro_rules! impl_statements {
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
                 let mut connection = self.connection().await?;
-                let row: sql::HandoffRow = chatai_kit::metrics::timed_statement(
-                    $crate::metrics::SERVICE,
+                let row: sql::HandoffRow = sql::timed(
                     "create",
                     sqlx::query_as(sql::CREATE)
                         .bind(new.dialog_id)
@@ -249,8 +254,7 @@ macro_rules! impl_statements {
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
                 let mut connection = self.connection().await?;
-                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
-                    $crate::metrics::SERVICE,
+                let row: Option<sql::HandoffRow> = sql::timed(
                     "assign",
                     sqlx::query_as(sql::ASSIGN)
                         .bind(id)
@@ -271,8 +275,7 @@ macro_rules! impl_statements {
             ) -> Result<Option<$crate::store::Handoff>, $crate::store::StoreError> {
                 use $crate::store::sql;
                 let mut connection = self.connection().await?;
-                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
-                    $crate::metrics::SERVICE,
+                let row: Option<sql::HandoffRow> = sql::timed(
                     "record_first_reply",
                     sqlx::query_as(sql::FIRST_REPLY)
                         .bind(id)
@@ -291,8 +294,7 @@ macro_rules! impl_statements {
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
                 let mut connection = self.connection().await?;
-                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
-                    $crate::metrics::SERVICE,
+                let row: Option<sql::HandoffRow> = sql::timed(
                     "requeue",
                     sqlx::query_as(sql::REQUEUE)
                         .bind(id)
@@ -311,8 +313,7 @@ macro_rules! impl_statements {
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
                 let mut connection = self.connection().await?;
-                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
-                    $crate::metrics::SERVICE,
+                let row: Option<sql::HandoffRow> = sql::timed(
                     "complete",
                     sqlx::query_as(sql::COMPLETE)
                         .bind(id)
@@ -331,8 +332,7 @@ macro_rules! impl_statements {
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
                 let mut connection = self.connection().await?;
-                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
-                    $crate::metrics::SERVICE,
+                let row: Option<sql::HandoffRow> = sql::timed(
                     "return_to_assistant",
                     sqlx::query_as(sql::RETURN_TO_ASSISTANT)
                         .bind(id)
@@ -354,8 +354,7 @@ macro_rules! impl_statements {
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
                 let mut connection = self.connection().await?;
-                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
-                    $crate::metrics::SERVICE,
+                let row: Option<sql::HandoffRow> = sql::timed(
                     "transfer",
                     sqlx::query_as(sql::TRANSFER)
                         .bind(id)
@@ -376,8 +375,7 @@ macro_rules! impl_statements {
             ) -> Result<$crate::store::Handoff, $crate::store::StoreError> {
                 use $crate::store::sql;
                 let mut connection = self.connection().await?;
-                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
-                    $crate::metrics::SERVICE,
+                let row: Option<sql::HandoffRow> = sql::timed(
                     "cancel",
                     sqlx::query_as(sql::CANCEL)
                         .bind(id)
@@ -395,8 +393,7 @@ macro_rules! impl_statements {
             ) -> Result<Option<$crate::store::Handoff>, $crate::store::StoreError> {
                 use $crate::store::sql;
                 let mut connection = self.connection().await?;
-                let row: Option<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
-                    $crate::metrics::SERVICE,
+                let row: Option<sql::HandoffRow> = sql::timed(
                     "handoff",
                     sqlx::query_as(sql::HANDOFF)
                         .bind(id)
@@ -411,8 +408,7 @@ macro_rules! impl_statements {
             ) -> Result<Vec<$crate::store::Handoff>, $crate::store::StoreError> {
                 use $crate::store::sql;
                 let mut connection = self.connection().await?;
-                let rows: Vec<sql::HandoffRow> = chatai_kit::metrics::timed_statement(
-                    $crate::metrics::SERVICE,
+                let rows: Vec<sql::HandoffRow> = sql::timed(
                     "active",
                     sqlx::query_as(sql::ACTIVE).fetch_all(&mut *connection),
                 )
@@ -426,8 +422,7 @@ macro_rules! impl_statements {
             ) -> Result<Vec<i64>, $crate::store::StoreError> {
                 use $crate::store::sql;
                 let mut connection = self.connection().await?;
-                let durations: Vec<i64> = chatai_kit::metrics::timed_statement(
-                    $crate::metrics::SERVICE,
+                let durations: Vec<i64> = sql::timed(
                     "recent_handling_ms",
                     sqlx::query_scalar(sql::RECENT_HANDLING)
                         .bind(i64::from(limit))
