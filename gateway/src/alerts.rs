@@ -23,7 +23,7 @@ use serde_json::json;
 use crate::api::status_of;
 use crate::auth;
 use crate::gateway::Gateway;
-use crate::sse::error_response;
+use crate::sse::{error_response, verified};
 
 /// The request body.
 #[derive(Debug, Deserialize)]
@@ -58,16 +58,9 @@ pub async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(claims) = gateway
-        .verifier
-        .verify_presented(auth::bearer(&headers))
-        .await
-    else {
-        return error_response(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::InvalidToken,
-            "Invalid token",
-        );
+    let claims = match verified(&gateway, auth::bearer(&headers)).await {
+        Ok(claims) => claims,
+        Err(refused) => return refused,
     };
     tracing::Span::current().record("caller", claims.sub);
     if claims.role != Role::Admin {

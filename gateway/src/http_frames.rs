@@ -38,7 +38,7 @@ use crate::connection::requests::{self, Answer, Handled, Sender};
 use crate::frames::inbound::{self, Inbound, Priority};
 use crate::frames::outbound;
 use crate::gateway::Gateway;
-use crate::sse::{StreamRequest, error_response};
+use crate::sse::{StreamRequest, verified};
 
 /// Callers the per-caller limiter remembers before it forgets the idle ones.
 const LIMITER_KEYS: usize = 10_000;
@@ -82,16 +82,9 @@ pub async fn post_frame(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(claims) = gateway
-        .verifier
-        .verify_presented(auth::bearer(&headers))
-        .await
-    else {
-        return error_response(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::InvalidToken,
-            "Invalid token",
-        );
+    let claims = match verified(&gateway, auth::bearer(&headers)).await {
+        Ok(claims) => claims,
+        Err(refused) => return refused,
     };
     let (status, frame) = answer(&gateway, &claims, &body).await;
     frame_response(status, frame)
@@ -199,18 +192,11 @@ async fn for_stream(gateway: &Gateway, claims: &Claims, connection_id: &str, tex
 /// Handles a frame that names no stream (see the module docs).
 async fn on_its_own(gateway: &Gateway, claims: &Claims, text: &str) -> String {
     if !gateway.caller_limits.allow(claims.role, claims.sub) {
-        crate::metrics::frame_in("limited");
         return requests::rate_limited(text);
     }
-    let Inbound { id, frame } = match inbound::parse(text) {
-        Ok(inbound) => {
-            crate::metrics::frame_in(inbound.frame.type_name());
-            inbound
-        }
-        Err(err) => {
-            crate::metrics::frame_in("invalid");
-            return requests::parse_error(&err);
-        }
+    let Inbound { id, frame } = match requests::read_frame(text) {
+        Ok(inbound) => inbound,
+        Err(frame) => return frame,
     };
     let caller = auth::caller_of(claims, None);
     let span = tracing::info_span!(

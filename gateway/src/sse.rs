@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::Instrument;
 
 use crate::accept::ClientSocket;
-use crate::auth;
+use crate::auth::{self, Claims};
 use crate::close::CloseReason;
 use crate::connection::transport::{Closed, Incoming, Transport};
 use crate::connection::{self, Session};
@@ -193,6 +193,22 @@ impl Transport for SseTransport {
     }
 }
 
+/// The claims of the token an HTTP request presented, or the answer every
+/// HTTP route gives to a missing or refused one: 401 `invalid_token`.
+pub async fn verified(gateway: &Gateway, token: Option<&str>) -> Result<Claims, Response> {
+    gateway
+        .verifier
+        .verify_presented(token)
+        .await
+        .ok_or_else(|| {
+            error_response(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::InvalidToken,
+                "Invalid token",
+            )
+        })
+}
+
 /// An `error` frame as an HTTP response with `status`.
 pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     (
@@ -223,16 +239,10 @@ pub fn resume_point(uri: &axum::http::Uri, headers: &HeaderMap) -> Option<Cursor
 /// `/ws/operator/{operator_id}`.
 pub async fn stream(State(gateway): State<Arc<Gateway>>, mut request: Request) -> Response {
     let presented = auth::presented_token(request.uri(), request.headers());
-    let Some(claims) = gateway
-        .verifier
-        .verify_presented(presented.as_ref().map(|presented| presented.token.as_str()))
-        .await
-    else {
-        return error_response(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::InvalidToken,
-            "Invalid token",
-        );
+    let token = presented.as_ref().map(|presented| presented.token.as_str());
+    let claims = match verified(&gateway, token).await {
+        Ok(claims) => claims,
+        Err(refused) => return refused,
     };
     let principal = match claims.role {
         Role::Operator => Recipient::Operator(claims.sub),

@@ -282,8 +282,26 @@ pub fn parse_error(err: &inbound::FrameError) -> String {
     outbound::error(err.ref_id.as_deref(), err.code, &err.message)
 }
 
-/// The `error` frame of a frame refused for the rate limit.
+/// A client frame read and counted in `chatai_gateway_frames_in_total`
+/// (by its type, or `invalid`); the `error` frame to answer when it did
+/// not parse. Every transport's frames come through here.
+pub fn read_frame(text: &str) -> Result<Inbound, String> {
+    match inbound::parse(text) {
+        Ok(inbound) => {
+            crate::metrics::frame_in(inbound.frame.type_name());
+            Ok(inbound)
+        }
+        Err(err) => {
+            crate::metrics::frame_in("invalid");
+            Err(parse_error(&err))
+        }
+    }
+}
+
+/// The `error` frame of a frame refused for the rate limit, counted as a
+/// `limited` frame in.
 pub fn rate_limited(text: &str) -> String {
+    crate::metrics::frame_in("limited");
     let reference = inbound::parse(text).ok().and_then(|i| i.id);
     outbound::error(
         reference.as_deref(),
@@ -295,7 +313,6 @@ pub fn rate_limited(text: &str) -> String {
 impl<T: Transport> Connection<T> {
     pub(super) async fn on_text(&mut self, text: &str) -> Answer {
         if self.limiter.check().is_err() {
-            crate::metrics::frame_in("limited");
             self.strikes += 1;
             let frame = rate_limited(text);
             if self.strikes > self.gateway.config.rate_limit_strikes {
@@ -304,15 +321,9 @@ impl<T: Transport> Connection<T> {
             return Answer::Reply(frame);
         }
         self.strikes = 0;
-        let inbound = match inbound::parse(text) {
-            Ok(inbound) => {
-                crate::metrics::frame_in(inbound.frame.type_name());
-                inbound
-            }
-            Err(err) => {
-                crate::metrics::frame_in("invalid");
-                return Answer::Reply(parse_error(&err));
-            }
+        let inbound = match read_frame(text) {
+            Ok(inbound) => inbound,
+            Err(frame) => return Answer::Reply(frame),
         };
         // A root: one trace per client frame, across every service it
         // touches (the connection's own span lives as long as the socket).
