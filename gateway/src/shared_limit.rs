@@ -46,6 +46,8 @@ const LEASE: Duration = Duration::from_secs(15);
 /// How long a user's set lives after its last change (entries of a crashed
 /// gateway that nobody touched again go with it).
 const SET_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The longest wait between two tries to reach Redis.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(3);
 
 /// Adds a connection, drops lapsed gateways' entries, removes (and
 /// announces) the oldest over the limit; returns those removed.
@@ -224,12 +226,7 @@ impl Task {
     async fn run(mut self, stop: CancellationToken) {
         // Connect (and learn the deployment's names) before anything else;
         // reports wait in the queue meanwhile.
-        let backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(3))
-            .with_jitter()
-            .without_max_times();
-        let mut delays = backon::BackoffBuilder::build(backoff);
+        let mut delays = reconnect_delays();
         let (mut connection, names) = loop {
             match self.connect().await {
                 Ok(connected) => break connected,
@@ -237,7 +234,7 @@ impl Task {
                     tracing::warn!(cause = %err, "connection limit across gateways: cannot reach Redis yet")
                 }
             }
-            let delay = delays.next().unwrap_or(Duration::from_secs(3));
+            let delay = delays.next().unwrap_or(RECONNECT_DELAY_MAX);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
@@ -354,6 +351,18 @@ fn close_if_ours(registry: &Registry, name: &str) {
     }
 }
 
+/// Delays between tries to reach Redis: from 100 ms up to 3 s, jittered,
+/// forever.
+fn reconnect_delays() -> backon::ExponentialBackoff {
+    backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(RECONNECT_DELAY_MAX)
+            .with_jitter()
+            .without_max_times(),
+    )
+}
+
 /// Follows the evict channel until `stop`, resubscribing after a loss (an
 /// eviction announced meanwhile is missed: that connection stays open, over
 /// the limit, until it closes).
@@ -363,12 +372,7 @@ async fn listen(
     registry: Arc<Registry>,
     stop: CancellationToken,
 ) {
-    let backoff = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(3))
-        .with_jitter()
-        .without_max_times();
-    let mut delays = backon::BackoffBuilder::build(backoff);
+    let mut delays = reconnect_delays();
     loop {
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -381,7 +385,7 @@ async fn listen(
         };
         match subscribed {
             Ok(mut pubsub) => {
-                delays = backon::BackoffBuilder::build(backoff);
+                delays = reconnect_delays();
                 let mut messages = pubsub.on_message();
                 loop {
                     let message = tokio::select! {
@@ -399,7 +403,7 @@ async fn listen(
                 tracing::warn!(%channel, cause = %err, "cannot subscribe to the connection-limit channel yet")
             }
         }
-        let delay = delays.next().unwrap_or(Duration::from_secs(3));
+        let delay = delays.next().unwrap_or(RECONNECT_DELAY_MAX);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
