@@ -17,14 +17,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use chatai_kit::identity::Role;
+use chatai_kit::identity::{Caller, Role};
 use chatai_proto::v1 as pb;
 use chatai_proto::v1::chat_client::ChatClient;
 use chatai_testkit::TestDatabase;
 use serde_json::{Value, json};
 
-use crate::common::deployment::{Deployment, INTERNAL_TOKEN};
-use crate::common::{FAQ_QUESTION, RawWs, TestOptions, WAIT, as_caller, free_addr, spawn_app};
+use crate::common::deployment::{Deployment, internal_call};
+use crate::common::{FAQ_QUESTION, RawWs, TestOptions, WAIT, free_addr, spawn_app};
 
 /// Every metric the system declares, one list per crate.
 fn declared() -> BTreeSet<&'static str> {
@@ -625,18 +625,19 @@ async fn slow_client_is_cut(deployment: &Deployment, parts: &Parts) {
         let questions = (0..50).map(|_| {
             let mut chat = chat.clone();
             async move {
-                let mut request = as_caller(
-                    2102,
-                    Role::User,
+                let user = Caller {
+                    id: 2102,
+                    role: Role::User,
+                    name: None,
+                    connection_id: None,
+                };
+                let request = internal_call(
+                    &user,
                     pb::SendMessageRequest {
                         text: FAQ_QUESTION.into(),
                         ..Default::default()
                     },
                 );
-                let bearer = format!("Bearer {INTERNAL_TOKEN}")
-                    .parse()
-                    .expect("a header value");
-                request.metadata_mut().insert("authorization", bearer);
                 chat.send_message(request)
                     .await
                     .expect("SendMessage as the user");

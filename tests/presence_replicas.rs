@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::common::deployment::{Deployment, INTERNAL_TOKEN, Redis, START};
+use crate::common::deployment::{Deployment, Redis, START, internal_call};
 use crate::common::free_addr;
 use chatai_kit::identity::{Caller, Role};
 use chatai_proto::v1 as pb;
@@ -39,21 +39,12 @@ async fn presence_at(addr: &str) -> PresenceClient<Channel> {
     }
 }
 
-fn as_caller<T>(caller: &Caller, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    caller.write_metadata(request.metadata_mut());
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {INTERNAL_TOKEN}")
-            .parse()
-            .expect("a header value"),
-    );
-    request
-}
-
 async fn statuses(client: &mut PresenceClient<Channel>) -> (Statuses, u64) {
     let listing = client
-        .list_operators(as_caller(&Caller::service(), pb::ListOperatorsRequest {}))
+        .list_operators(internal_call(
+            &Caller::service(),
+            pb::ListOperatorsRequest {},
+        ))
         .await
         .expect("ListOperators")
         .into_inner();
@@ -123,7 +114,7 @@ async fn a_killed_presence_replica_changes_no_status() {
     assert_eq!(chose["type"], "ack", "{chose}");
 
     let made_busy = two
-        .set_status(as_caller(
+        .set_status(internal_call(
             &Caller {
                 id: 1,
                 role: Role::Admin,

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::common::deployment::{Deployment, INTERNAL_TOKEN, Redis, START};
+use crate::common::deployment::{Deployment, Redis, START, internal_call};
 use crate::common::{WsClient, free_addr};
 use chatai_kit::identity::{Caller, Role};
 use chatai_proto::v1 as pb;
@@ -43,15 +43,7 @@ fn channel(addr: SocketAddr) -> Channel {
 
 /// A request as an internal service, with the internal token.
 fn internal<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    Caller::service().write_metadata(request.metadata_mut());
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {INTERNAL_TOKEN}")
-            .parse()
-            .expect("a header value"),
-    );
-    request
+    internal_call(&Caller::service(), message)
 }
 
 /// What gRPC health says of `service` at `addr` (`None`: no answer).

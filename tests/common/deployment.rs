@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use chatai_kit::identity::Role;
+use chatai_kit::identity::{Caller, Role};
 use chatai_tokens::TokenKeys;
 use serde_json::Value;
 use tokio::process::{Child, Command};
@@ -21,6 +21,20 @@ use super::{WAIT, WsClient, connect_at, free_addr};
 
 pub const JWT_SECRET: &str = "processes-test-secret-of-32-bytes-or-more";
 pub const INTERNAL_TOKEN: &str = "processes-internal-token";
+
+/// `message` as a call from `caller` into one of the deployment's services:
+/// the caller's identity, and the internal token the services require.
+pub fn internal_call<T>(caller: &Caller, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    caller.write_metadata(request.metadata_mut());
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {INTERNAL_TOKEN}")
+            .parse()
+            .expect("a header value"),
+    );
+    request
+}
 
 /// How long a freshly started process may take to become healthy (it
 /// connects to PostgreSQL and Redis and applies migrations first).
